@@ -1,0 +1,125 @@
+"""Checkpoints as data, never code.
+
+A checkpoint is one safetensors file: the weights as tensors plus a JSON
+header (under the metadata key ``avloc``) holding the method name, its config
+dict, the preprocessing it needs and the library versions that wrote it. So a
+checkpoint alone rebuilds a working model, and loading one never unpickles
+anything: a pickled ``.pt`` file (which can run arbitrary code when loaded) is
+refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from avloc.errors import CheckpointError
+from avloc.io.atomic import atomic_path
+
+FORMAT_VERSION = 1
+_META_KEY = "avloc"
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint holds: method name, config, weights and metadata."""
+
+    method: str
+    config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+    extra_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _versions() -> dict[str, str]:
+    from avloc import __version__
+
+    return {"avloc": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
+    """Write ``ckpt`` atomically as safetensors; returns the path."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for k, v in ckpt.state_dict.items():
+        tensors[f"model/{k}"] = v.detach().cpu().contiguous()
+    for k, v in ckpt.extra_tensors.items():
+        tensors[f"extra/{k}"] = v.detach().cpu().contiguous()
+    header = {
+        "format_version": FORMAT_VERSION,
+        "method": ckpt.method,
+        "config": ckpt.config,
+        "meta": {**ckpt.meta, "versions": _versions()},
+    }
+    try:
+        text = json.dumps(header)
+    except TypeError as e:
+        raise CheckpointError(f"checkpoint config/meta must be plain JSON data: {e}") from None
+    _dedupe_shared(tensors)
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={_META_KEY: text})
+    return Path(path)
+
+
+def _dedupe_shared(tensors: dict[str, torch.Tensor]) -> None:
+    """safetensors refuses tensors sharing memory: give each its own storage."""
+    seen: set[int] = set()
+    for k, v in tensors.items():
+        ptr = v.untyped_storage().data_ptr() if v.numel() else -1
+        if ptr in seen:
+            tensors[k] = v.clone()
+        elif ptr != -1:
+            seen.add(ptr)
+
+
+def _is_safetensors(path: Path) -> bool:
+    with path.open("rb") as f:
+        head = f.read(10)
+    if len(head) < 10:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 2 <= n < 100_000_000 and head[8:9] == b"{"
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Raises :class:`CheckpointError` for a missing file, a pickle or zip file
+    (refused: loading those can execute code), or a corrupt header.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    if not _is_safetensors(p):
+        raise CheckpointError(
+            f"{p} is not an avloc (safetensors) checkpoint; pickled checkpoints (.pt/.pth) are refused "
+            "because loading them can run arbitrary code"
+        )
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(p), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{p}: corrupt or truncated checkpoint ({e})") from None
+    if _META_KEY not in meta:
+        raise CheckpointError(f"{p}: safetensors file without an avloc header (not written by avloc)")
+    try:
+        header = json.loads(meta[_META_KEY])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{p}: corrupt avloc header ({e})") from None
+    if header.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{p}: checkpoint format {header.get('format_version')} is not supported (expected {FORMAT_VERSION})")
+    state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+    extra = {k[len("extra/") :]: v for k, v in tensors.items() if k.startswith("extra/")}
+    return Checkpoint(method=header["method"], config=header["config"], state_dict=state, meta=header["meta"], extra_tensors=extra)

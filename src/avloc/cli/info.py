@@ -1,0 +1,37 @@
+"""``avloc info``: list registered methods, encoders, datasets and protocols."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def add_parser(sub: Any, name: str) -> None:
+    p = sub.add_parser(name, help="list registered methods, encoders, datasets and protocols")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run)
+
+
+def registry_listing() -> dict[str, list[str]]:
+    from avloc import registry
+
+    registry.load_all()
+    return {
+        "methods": registry.METHODS.names(),
+        "encoders": registry.ENCODERS.names(),
+        "datasets": registry.DATASETS.names(),
+        "protocols": registry.PROTOCOLS.names(),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    listing = registry_listing()
+    if args.json:
+        print(json.dumps(listing, indent=2))
+    else:
+        for kind, names in listing.items():
+            print(f"{kind} ({len(names)}):")
+            for n in names:
+                print(f"  {n}")
+    return 0
