@@ -8,7 +8,7 @@ from typing import Any
 
 
 def add_parser(sub: Any, name: str) -> None:
-    p = sub.add_parser(name, help="list registered methods, encoders, datasets and protocols")
+    p = sub.add_parser(name, help=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run)
 

@@ -1,7 +1,9 @@
 """The ``avloc`` command: dispatches to one module per subcommand.
 
-Each subcommand module defines ``add_parser(subparsers)`` and ``run(args) -> int``.
-User errors (:class:`avloc.errors.AvlocError`) print one line and exit 2.
+Each subcommand module defines ``add_parser(subparsers, name)`` (which sets
+``run`` with ``set_defaults``) and ``run(args) -> int``. Only the module of the
+command being run is imported, so quick commands stay quick. User errors
+(:class:`avloc.errors.AvlocError`) print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -12,27 +14,35 @@ import sys
 
 from avloc.errors import AvlocError
 
-# subcommand -> module under avloc.cli (imported lazily so `avloc probe` stays fast)
-COMMANDS: dict[str, str] = {
-    "info": "avloc.cli.info",
-    "probe": "avloc.cli.probe",
+# subcommand -> (module under avloc.cli, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("avloc.cli.info", "list registered methods, encoders, datasets and protocols"),
+    "probe": ("avloc.cli.probe", "show streams, duration, fps, frames, resolution and audio of media files"),
+    "data": ("avloc.cli.data", "generate benchmark data (make) or prepare manifests (prepare)"),
+    "demo": ("avloc.cli.demo", "generate a demo clip and run the main job on it"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Parser with full sub-parsers for ``command`` (all commands when ``None``)."""
     from avloc import __version__
 
     parser = argparse.ArgumentParser(prog="avloc", description="Audio-visual sound source localization.")
     parser.add_argument("--version", action="version", version=f"avloc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, module in COMMANDS.items():
-        importlib.import_module(module).add_parser(sub, name)
+    for name, (module, help_text) in COMMANDS.items():
+        if command is None or name == command:
+            importlib.import_module(module).add_parser(sub, name)
+        else:
+            sub.add_parser(name, help=help_text)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(first if first in COMMANDS else None)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)

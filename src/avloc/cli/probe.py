@@ -1,0 +1,51 @@
+"""``avloc probe FILE... [--json]``: what a user checks first about a media file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from avloc.errors import MediaError
+
+
+def add_parser(sub: Any, name: str) -> None:
+    p = sub.add_parser(name, help=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="one JSON object per file (a list for several files)")
+    p.set_defaults(run=run)
+
+
+def _fmt(info: Any) -> str:
+    video = (
+        f"video {info.width}x{info.height} {info.video_codec} {info.fps:.3f} fps ({info.fps_fraction}), {info.frames} frames"
+        if info.has_video
+        else "video: none"
+    )
+    audio = (
+        f"audio {info.audio_codec} {info.audio_sample_rate} Hz, {info.audio_channels} ch" if info.has_audio else "audio: none"
+    )
+    return f"{info.path}: {info.duration:.3f} s | {video} | {audio}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from avloc.io.media import probe
+
+    results: list[dict[str, Any]] = []
+    failed = 0
+    for f in args.files:
+        try:
+            info = probe(f)
+        except MediaError as e:
+            failed += 1
+            if len(args.files) == 1:
+                raise
+            print(f"avloc probe: error: {e}", file=sys.stderr)
+            continue
+        results.append(info.to_dict())
+        if not args.json:
+            print(_fmt(info))
+    if args.json:
+        print(json.dumps(results[0] if len(args.files) == 1 else results, indent=2))
+    return 2 if failed else 0

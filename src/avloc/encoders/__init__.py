@@ -1,0 +1,26 @@
+"""Shared encoders (visual and audio) behind one contract, see :mod:`avloc.encoders.base`.
+
+Importing this package registers every encoder in :data:`avloc.registry.ENCODERS`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from avloc.encoders import efficientnet_lite, resnet, small_cnn  # noqa: F401  (registration)
+from avloc.encoders.base import AudioEncoder, FeatureInfo, VisualEncoder, freeze
+from avloc.registry import ENCODERS
+
+__all__ = ["AudioEncoder", "FeatureInfo", "VisualEncoder", "create_encoder", "freeze", "list_encoders"]
+
+
+def create_encoder(name: str, **kwargs: Any) -> VisualEncoder | AudioEncoder:
+    """Build the encoder registered as ``name``; unknown names raise listing the valid ones."""
+    enc = ENCODERS.create(name, **kwargs)
+    assert isinstance(enc, VisualEncoder | AudioEncoder), f"encoder factory {name!r} returned {type(enc).__name__}"
+    return enc
+
+
+def list_encoders() -> list[str]:
+    """Sorted names of the registered encoders."""
+    return ENCODERS.names()

@@ -1,0 +1,1 @@
+"""Audio and image front-ends written in torch (no torchaudio/torchvision)."""

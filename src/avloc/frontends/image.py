@@ -1,0 +1,141 @@
+"""Image front-end: resizing, ImageNet normalisation, augmentation (torch only).
+
+Geometry modes (see docs/protocols.md): ``crop`` resizes the short side to
+``resize`` then centre-crops ``size`` (LVS); ``squash`` resizes straight to
+``size`` x ``size`` (EZ-VSL). Boxes follow the same geometry via
+:func:`transform_boxes`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ImageConfig:
+    """Model input geometry and normalisation (LVS/EZ-VSL: 224, ImageNet stats)."""
+
+    size: int = 224
+    resize: int = 224  # short side before the centre crop (crop mode); LVS uses 224
+    mode: Literal["crop", "squash"] = "squash"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+def to_float_image(img: torch.Tensor) -> torch.Tensor:
+    """uint8 (…, H, W, 3) or (…, 3, H, W) -> float (…, 3, H, W) in [0, 1]."""
+    if img.shape[-1] == 3 and img.shape[-3] != 3:
+        img = img.movedim(-1, -3)
+    return img.float().div_(255.0) if img.dtype == torch.uint8 else img.float()
+
+
+def resize(img: torch.Tensor, size: tuple[int, int], antialias: bool = True) -> torch.Tensor:
+    """Bilinear resize of (…, C, H, W) to ``size`` = (H, W) (half-pixel centres, like cv2)."""
+    shape = img.shape
+    x = img.reshape(-1, *shape[-3:])
+    if x.shape[-2:] == size:
+        return img
+    down = x.shape[-2] > size[0] or x.shape[-1] > size[1]
+    out = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=antialias and down)
+    return out.reshape(*shape[:-2], *size)
+
+
+def crop_geometry(h: int, w: int, cfg: ImageConfig) -> tuple[float, float, float, float]:
+    """Return (scale_x, scale_y, off_x, off_y): input pixel = orig * scale - off."""
+    if cfg.mode == "squash":
+        return cfg.size / w, cfg.size / h, 0.0, 0.0
+    s = cfg.resize / min(h, w)
+    nh, nw = round(h * s), round(w * s)
+    return nw / w, nh / h, (nw - cfg.size) / 2, (nh - cfg.size) / 2
+
+
+def preprocess_image(img: torch.Tensor, cfg: ImageConfig) -> torch.Tensor:
+    """Image (…, 3, H, W) float [0, 1] or uint8 -> model input (…, 3, size, size) in [0, 1]."""
+    x = to_float_image(img)
+    h, w = x.shape[-2:]
+    if cfg.mode == "squash":
+        return resize(x, (cfg.size, cfg.size))
+    s = cfg.resize / min(h, w)
+    nh, nw = max(cfg.size, round(h * s)), max(cfg.size, round(w * s))
+    x = resize(x, (nh, nw))
+    top, left = (nh - cfg.size) // 2, (nw - cfg.size) // 2
+    return x[..., top : top + cfg.size, left : left + cfg.size]
+
+
+def transform_boxes(boxes: torch.Tensor, orig_hw: tuple[int, int], cfg: ImageConfig) -> torch.Tensor:
+    """Pixel boxes (K, 4) in the original frame -> boxes normalised to [0, 1] in the model input.
+
+    Boxes are clipped to the input frame (crop mode can cut them); a box
+    entirely cropped away becomes empty (x2 <= x1), which callers may drop.
+    """
+    h, w = orig_hw
+    if cfg.mode == "squash":
+        scale = torch.tensor([1 / w, 1 / h, 1 / w, 1 / h], dtype=torch.float32)
+        return (boxes.float() * scale).clamp(0, 1)
+    s = cfg.resize / min(h, w)
+    nh, nw = max(cfg.size, round(h * s)), max(cfg.size, round(w * s))
+    top, left = (nh - cfg.size) // 2, (nw - cfg.size) // 2
+    b = boxes.float() * torch.tensor([nw / w, nh / h, nw / w, nh / h])
+    b = b - torch.tensor([left, top, left, top], dtype=torch.float32)
+    return (b / cfg.size).clamp(0, 1)
+
+
+def normalize(img: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
+    """(…, 3, H, W) in [0, 1] -> (x - mean) / std."""
+    m = torch.tensor(mean, dtype=img.dtype, device=img.device).view(3, 1, 1)
+    s = torch.tensor(std, dtype=img.dtype, device=img.device).view(3, 1, 1)
+    return (img - m) / s
+
+
+def hflip(img: torch.Tensor) -> torch.Tensor:
+    return img.flip(-1)
+
+
+def random_resized_crop(
+    img: torch.Tensor,
+    size: int,
+    scale: tuple[float, float] = (0.5, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Random area/aspect crop resized to ``size`` (Inception-style augmentation).
+
+    Returns the crop; the crop box (x1, y1, x2, y2) in input pixels is stored
+    on the result's ``crop_box`` attribute is not possible for tensors, so use
+    :func:`sample_resized_crop` when boxes must follow.
+    """
+    box = sample_resized_crop(img.shape[-2], img.shape[-1], scale, ratio, generator)
+    return apply_crop(img, box, size)
+
+
+def sample_resized_crop(
+    h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float], generator: torch.Generator | None = None
+) -> tuple[int, int, int, int]:
+    """Sample a crop box (x1, y1, x2, y2) with area fraction in ``scale`` and aspect in ``ratio``."""
+    area = h * w
+    for _ in range(10):
+        u = torch.rand(2, generator=generator).tolist()
+        target = area * (scale[0] + (scale[1] - scale[0]) * u[0])
+        logr = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[1]
+        ar = math.exp(logr)
+        cw, ch = round(math.sqrt(target * ar)), round(math.sqrt(target / ar))
+        if 0 < cw <= w and 0 < ch <= h:
+            p = torch.rand(2, generator=generator).tolist()
+            x1, y1 = int(p[0] * (w - cw + 1)), int(p[1] * (h - ch + 1))
+            return x1, y1, x1 + cw, y1 + ch
+    side = min(h, w)
+    x1, y1 = (w - side) // 2, (h - side) // 2
+    return x1, y1, x1 + side, y1 + side
+
+
+def apply_crop(img: torch.Tensor, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
+    x1, y1, x2, y2 = box
+    return resize(img[..., y1:y2, x1:x2], (size, size))

@@ -1,0 +1,1 @@
+"""Media input/output (PyAV, soundfile) and atomic writes."""

@@ -1,0 +1,334 @@
+"""Video and audio decoding/encoding with PyAV.
+
+* :func:`probe` — streams, duration, fps, frame count, resolution, audio rate
+  and channels; it demuxes (does not decode) every packet, so it also finds
+  truncated files whose header promises more than the file holds.
+* :func:`iter_frames` — frames sampled at an analysis rate with exact
+  timestamps, streamed (constant memory however long the video).
+* :func:`decode_audio` — mono float32 from any container with audio.
+* :func:`write_video` — H.264 (yuv420p) + AAC MP4 from numpy frames and audio.
+
+Sampling rule of :func:`iter_frames`: target times are ``t_k = start + k / fps``
+for ``t_k < duration``; for each target the decoded frame shown at that time is
+returned (the last frame whose presentation time is <= ``t_k``; the first
+frame for targets before it). This is correct for variable frame rate video.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avloc.errors import MediaError
+
+# A file whose streams end this much earlier than the container says is truncated.
+TRUNCATION_TOLERANCE_S = 0.5
+
+
+@dataclass
+class MediaInfo:
+    """What :func:`probe` reports; ``None`` where a stream is absent."""
+
+    path: str
+    duration: float | None
+    fps: float | None
+    fps_fraction: str | None
+    width: int | None
+    height: int | None
+    frames: int | None
+    video_codec: str | None
+    audio_sample_rate: int | None
+    audio_channels: int | None
+    audio_codec: str | None
+    format: str
+
+    @property
+    def has_video(self) -> bool:
+        return self.width is not None
+
+    @property
+    def has_audio(self) -> bool:
+        return self.audio_sample_rate is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _open(path: str | Path) -> Any:
+    import av
+
+    p = Path(path)
+    if not p.exists():
+        raise MediaError(f"file not found: {p}")
+    if p.is_dir():
+        raise MediaError(f"{p} is a directory, not a media file")
+    if p.stat().st_size == 0:
+        raise MediaError(f"{p} is empty (0 bytes)")
+    try:
+        return av.open(str(p))
+    except av.FFmpegError as e:
+        raise MediaError(f"{p}: not a readable media file ({e.strerror or e})") from None
+
+
+def probe(path: str | Path) -> MediaInfo:
+    """Describe ``path``; raises :class:`MediaError` if unreadable, truncated or empty."""
+    import av
+
+    p = Path(path)
+    with _open(p) as c:
+        vs = c.streams.video[0] if c.streams.video else None
+        aus = c.streams.audio[0] if c.streams.audio else None
+        if vs is None and aus is None:
+            raise MediaError(f"{p}: no video or audio stream")
+        streams = [s for s in (vs, aus) if s is not None]
+        n_video = 0
+        ends: dict[int, float] = {}
+        try:
+            for pkt in c.demux(*streams):
+                if pkt.size == 0 or pkt.pts is None:
+                    continue
+                t = float((pkt.pts + (pkt.duration or 0)) * pkt.time_base)
+                ends[pkt.stream.index] = max(ends.get(pkt.stream.index, 0.0), t)
+                if vs is not None and pkt.stream.index == vs.index:
+                    n_video += 1
+        except av.FFmpegError as e:
+            raise MediaError(f"{p}: truncated or corrupt media ({e.strerror or e})") from None
+        declared = c.duration / 1_000_000 if c.duration else None
+        measured = max(ends.values()) if ends else 0.0
+        start = float(c.start_time / 1_000_000) if c.start_time else 0.0
+        if not ends or measured - start <= 0:
+            raise MediaError(f"{p}: zero duration (no decodable packets)")
+        if declared is not None and measured - start < declared - TRUNCATION_TOLERANCE_S:
+            raise MediaError(
+                f"{p}: truncated: the header says {declared:.2f} s but the streams end at {measured - start:.2f} s"
+            )
+        duration = declared if declared is not None else measured - start
+        fps = fps_frac = None
+        if vs is not None:
+            rate = vs.average_rate or vs.guessed_rate or vs.base_rate
+            if rate:
+                fps, fps_frac = float(rate), f"{rate.numerator}/{rate.denominator}"
+        return MediaInfo(
+            path=str(p),
+            duration=round(float(duration), 6),
+            fps=fps,
+            fps_fraction=fps_frac,
+            width=vs.codec_context.width if vs is not None else None,
+            height=vs.codec_context.height if vs is not None else None,
+            frames=n_video if vs is not None else None,
+            video_codec=vs.codec_context.name if vs is not None else None,
+            audio_sample_rate=aus.codec_context.sample_rate if aus is not None else None,
+            audio_channels=aus.codec_context.channels if aus is not None else None,
+            audio_codec=aus.codec_context.name if aus is not None else None,
+            format=c.format.name,
+        )
+
+
+@dataclass
+class Frame:
+    """One analysed frame: its index, target time, the source frame's own time, pixels."""
+
+    index: int
+    time: float
+    source_time: float
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+
+
+def fit_size(width: int, height: int, max_side: int | None = None, short_side: int | None = None) -> tuple[int, int]:
+    """Output (w, h) keeping aspect: short side = ``short_side`` or long side <= ``max_side`` (even sizes)."""
+    s = 1.0
+    if short_side is not None:
+        s = short_side / min(width, height)
+    elif max_side is not None and max(width, height) > max_side:
+        s = max_side / max(width, height)
+    return max(2, round(width * s / 2) * 2), max(2, round(height * s / 2) * 2)
+
+
+def iter_frames(
+    path: str | Path,
+    fps: float | None = None,
+    size: tuple[int, int] | None = None,
+    start: float = 0.0,
+    end: float | None = None,
+) -> Iterator[Frame]:
+    """Yield frames sampled at ``fps`` (all frames when ``None``) between ``start`` and ``end``.
+
+    ``size`` = (width, height) resizes with FFmpeg's swscale (bilinear). Memory
+    is constant: one decoded frame is held at a time.
+    """
+    import av
+
+    if fps is not None and not (fps > 0 and math.isfinite(fps)):
+        raise MediaError(f"analysis fps must be positive, got {fps}")
+    p = Path(path)
+    with _open(p) as c:
+        if not c.streams.video:
+            raise MediaError(f"{p}: no video stream")
+        vs = c.streams.video[0]
+        vs.thread_type = "AUTO"
+        t0 = float(c.start_time / 1_000_000) if c.start_time else 0.0
+        k = 0
+        prev: Any = None
+        prev_t = 0.0
+        n_all = 0
+
+        def convert(fr: Any) -> np.ndarray:
+            if size is not None:
+                return fr.to_ndarray(width=size[0], height=size[1], format="rgb24", interpolation="BILINEAR")
+            return fr.to_ndarray(format="rgb24")
+
+        try:
+            for fr in c.decode(vs):
+                ft = (float(fr.time) if fr.time is not None else n_all / float(vs.average_rate or 25)) - t0
+                n_all += 1
+                if end is not None and ft > end and fps is None:
+                    return
+                if fps is None:
+                    if ft >= start:
+                        yield Frame(k, ft, ft, convert(fr))
+                        k += 1
+                    continue
+                # emit every target time that falls before this frame, using the previous frame
+                while True:
+                    target = start + k / fps
+                    if end is not None and target >= end:
+                        return
+                    if target >= ft or prev is None and target >= ft:
+                        break
+                    src = prev if prev is not None else fr
+                    yield Frame(k, target, prev_t if prev is not None else ft, convert(src))
+                    k += 1
+                prev, prev_t = fr, ft
+        except av.FFmpegError as e:
+            raise MediaError(f"{p}: decoding failed at frame {n_all} ({e.strerror or e}); file truncated or corrupt?") from None
+        if n_all == 0:
+            raise MediaError(f"{p}: video stream has no decodable frames")
+        if fps is not None and prev is not None:
+            last_end = prev_t + (1.0 / float(vs.average_rate) if vs.average_rate else 0.0)
+            stop = last_end if end is None else min(end, last_end)
+            while start + k / fps < stop:
+                yield Frame(k, start + k / fps, prev_t, convert(prev))
+                k += 1
+
+
+def decode_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """Decode the first audio stream of any container to mono float32.
+
+    Resampling (when ``sample_rate`` is given) and down-mixing are done by
+    FFmpeg's swresample. Returns ``(samples (N,), rate)``.
+    """
+    import av
+
+    p = Path(path)
+    with _open(p) as c:
+        if not c.streams.audio:
+            raise MediaError(f"{p}: no audio stream (this operation needs sound)")
+        st = c.streams.audio[0]
+        rate = sample_rate or st.codec_context.sample_rate
+        if not rate:
+            raise MediaError(f"{p}: audio stream has no sample rate")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        # Chunks are placed at their presentation time (in samples at `rate`), so
+        # timestamp gaps become silence instead of shifting later audio earlier.
+        placed: list[tuple[int, np.ndarray]] = []
+        cursor = 0
+        start = 0 if st.start_time is None else int(round(float(st.start_time * st.time_base) * rate))
+
+        def put(out: Any) -> None:
+            nonlocal cursor
+            data = out.to_ndarray().reshape(-1)
+            pos = cursor if out.pts is None else max(int(out.pts) - start, 0)
+            placed.append((pos, data))
+            cursor = pos + data.size
+
+        try:
+            for fr in c.decode(st):
+                for out in resampler.resample(fr):
+                    put(out)
+            for out in resampler.resample(None):
+                put(out)
+        except av.FFmpegError as e:
+            raise MediaError(f"{p}: audio decoding failed ({e.strerror or e}); file truncated or corrupt?") from None
+    total = max((pos + d.size for pos, d in placed), default=0)
+    wav = np.zeros(total, np.float32)
+    for pos, d in placed:
+        wav[pos : pos + d.size] = d
+    if wav.size == 0:
+        raise MediaError(f"{p}: audio stream has no samples")
+    return wav, int(rate)
+
+
+def write_video(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: float,
+    audio: np.ndarray | None = None,
+    sample_rate: int | None = None,
+    crf: int = 23,
+    preset: str = "veryfast",
+) -> Path:
+    """Encode RGB uint8 frames (H, W, 3) as H.264 MP4, with mono AAC audio if given.
+
+    Frames are consumed lazily (constant memory). Odd frame sizes are padded
+    by one pixel (yuv420p needs even sizes). Writes to ``path`` directly;
+    wrap in :func:`avloc.io.atomic.atomic_path` for atomic output.
+    """
+    import av
+
+    if audio is not None and not sample_rate:
+        raise MediaError("write_video: audio given without sample_rate")
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(str(path), "w", format="mp4") as out:
+        vs: Any = None
+        ast: Any = None
+        if audio is not None:
+            ast = out.add_stream("aac", rate=int(sample_rate))  # type: ignore[arg-type]
+            ast.layout = "mono"
+        for i, img in enumerate(frames):
+            if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+                raise MediaError(f"write_video: frame {i} must be (H, W, 3) uint8, got {img.shape} {img.dtype}")
+            h, w = img.shape[:2]
+            if h % 2 or w % 2:
+                img = np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+            if vs is None:
+                vs = out.add_stream("libx264", rate=rate)
+                vs.width, vs.height = img.shape[1], img.shape[0]
+                vs.pix_fmt = "yuv420p"
+                vs.options = {"crf": str(crf), "preset": preset}
+            elif (img.shape[1], img.shape[0]) != (vs.width, vs.height):
+                raise MediaError(f"write_video: frame {i} is {img.shape[1]}x{img.shape[0]}, expected {vs.width}x{vs.height}")
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            vf.pts = i
+            vf.time_base = 1 / rate
+            for pkt in vs.encode(vf):
+                out.mux(pkt)
+        if vs is None:
+            raise MediaError("write_video: no frames to write")
+        for pkt in vs.encode():
+            out.mux(pkt)
+        if ast is not None and audio is not None:
+            fifo = av.AudioFifo()
+            n = ast.codec_context.frame_size or 1024
+            # AAC encoders prepend `frame_size` priming samples that PyAV's MP4 muxer does not
+            # hide with an edit list; advancing the audio by that much keeps it in sync with
+            # the video (the first frame_size samples are lost: 64 ms at 16 kHz).
+            a = np.asarray(audio, dtype=np.float32).reshape(1, -1)[:, n:]
+            if a.shape[1] == 0:
+                a = np.zeros((1, n), np.float32)
+            af = av.AudioFrame.from_ndarray(np.clip(a, -1, 1), format="flt", layout="mono")
+            af.sample_rate = int(sample_rate)  # type: ignore[arg-type]
+            af.pts = 0
+            fifo.write(af)
+            while fifo.samples:
+                chunk = fifo.read(min(n, fifo.samples), partial=True)
+                for pkt in ast.encode(chunk):
+                    out.mux(pkt)
+            for pkt in ast.encode():
+                out.mux(pkt)
+    return Path(path)

@@ -1,0 +1,127 @@
+"""Registries, typed configs, checkpoints (incl. refusing pickles) and atomic writes."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from avloc.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from avloc.config import apply_overrides, config_from_dict, config_to_dict, load_config_file
+from avloc.errors import CheckpointError, ConfigError, OutputExistsError
+from avloc.io.atomic import atomic_path, check_writable, write_text_atomic
+from avloc.registry import Registry, RegistryError
+
+
+def test_registry_create_list_unknown_duplicate() -> None:
+    reg: Registry = Registry("thing")
+
+    @reg.register("b")
+    def make_b(x: int = 1) -> int:
+        return x * 2
+
+    reg.register("a")(lambda: "a")
+    assert reg.names() == ["a", "b"]
+    assert reg.create("b", x=4) == 8
+    with pytest.raises(RegistryError, match=r"unknown thing 'c'; valid names: a, b"):
+        reg.get("c")
+    with pytest.raises(RegistryError, match="duplicate thing name 'a'"):
+        reg.register("a")(lambda: None)
+
+
+@dataclass
+class Inner:
+    lr: float = 1e-4
+    sizes: tuple[int, ...] = (1, 2)
+
+
+@dataclass
+class Outer:
+    name: str = "lvs"
+    steps: int = 10
+    flag: bool = False
+    inner: Inner = field(default_factory=Inner)
+    maybe: float | None = None
+
+
+def test_config_roundtrip_and_overrides(tmp_path) -> None:
+    cfg = Outer()
+    d = config_to_dict(cfg)
+    assert d == {"name": "lvs", "steps": 10, "flag": False, "inner": {"lr": 1e-4, "sizes": [1, 2]}, "maybe": None}
+    assert config_from_dict(Outer, json.loads(json.dumps(d))) == cfg
+    cfg2 = apply_overrides(cfg, ["inner.lr=3e-3", "steps=5", "flag=true", "name=ezvsl", "inner.sizes=[4,5,6]", "maybe=0.5"])
+    assert cfg2.inner.lr == 3e-3 and cfg2.steps == 5 and cfg2.flag is True and cfg2.name == "ezvsl"
+    assert cfg2.inner.sizes == (4, 5, 6) and cfg2.maybe == 0.5
+    with pytest.raises(ConfigError, match="unknown key 'nope'"):
+        apply_overrides(cfg, ["inner.nope=1"])
+    with pytest.raises(ConfigError, match="expected an integer"):
+        apply_overrides(cfg, ["steps=1.5"])
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides(cfg, ["steps"])
+    with pytest.raises(ConfigError, match="unknown keys"):
+        config_from_dict(Outer, {"bogus": 1})
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"steps": 3}))
+    assert load_config_file(Outer, p).steps == 3
+
+
+def test_checkpoint_roundtrip(tmp_path) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    ck = Checkpoint(method="toy", config={"a": 1, "b": [1, 2]}, state_dict=model.state_dict(), meta={"note": "x"})
+    path = save_checkpoint(tmp_path / "m.safetensors", ck)
+    back = load_checkpoint(path)
+    assert back.method == "toy" and back.config == {"a": 1, "b": [1, 2]} and back.meta["note"] == "x"
+    assert "torch" in back.meta["versions"]
+    model2 = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    model2.load_state_dict(back.state_dict)
+    x = torch.randn(5, 3)
+    assert torch.equal(model(x), model2(x))
+
+
+class _Exploit:
+    def __reduce__(self):  # runs os.system on unpickling
+        import os
+
+        return (os.system, ("touch /tmp/avloc_pwned",))
+
+
+def test_malicious_pickle_is_refused(tmp_path) -> None:
+    import os
+
+    if os.path.exists("/tmp/avloc_pwned"):
+        os.remove("/tmp/avloc_pwned")
+    bad = tmp_path / "evil.pt"
+    with bad.open("wb") as f:
+        pickle.dump({"state_dict": _Exploit()}, f)
+    with pytest.raises(CheckpointError, match="pickled checkpoints"):
+        load_checkpoint(bad)
+    torch.save({"x": _Exploit()}, tmp_path / "evil2.pt")  # torch's zip format
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(tmp_path / "evil2.pt")
+    assert not os.path.exists("/tmp/avloc_pwned")
+
+
+def test_checkpoint_corrupt_and_missing(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "none.safetensors")
+    path = save_checkpoint(tmp_path / "m.safetensors", Checkpoint("toy", {}, {"w": torch.ones(100)}))
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(tmp_path / "cut.safetensors")
+
+
+def test_atomic_write_and_no_overwrite(tmp_path) -> None:
+    p = tmp_path / "out.json"
+    write_text_atomic(p, "one")
+    with pytest.raises(OutputExistsError, match="--force"):
+        check_writable(p, force=False)
+    assert check_writable(p, force=True) == p
+    with pytest.raises(RuntimeError), atomic_path(p) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert p.read_text() == "one"
+    assert [x.name for x in tmp_path.iterdir()] == ["out.json"]
