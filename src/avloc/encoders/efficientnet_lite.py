@@ -29,6 +29,7 @@ after block 10); stride 32 is the output of the 1x1 head conv (1280 channels,
 from __future__ import annotations
 
 import math
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,7 +198,10 @@ class EfficientNetLite0(VisualEncoder):
         p = Path(path)
         if not p.is_file():
             raise CheckpointError(f"EfficientNet-Lite0 weights not found: {p}")
-        sd = torch.load(p, map_location="cpu", weights_only=True)
+        try:
+            sd = torch.load(p, map_location="cpu", weights_only=True)  # tensors only: never runs pickled code
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+            raise CheckpointError(f"{p}: not a loadable tensor state dict ({type(e).__name__}: {str(e)[:200]})") from e
         if not isinstance(sd, dict):
             raise CheckpointError(f"{p}: expected a state dict, got {type(sd).__name__}")
         own = self.state_dict()

@@ -49,10 +49,13 @@ class LocalizationMethod(nn.Module):
 
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     name: ClassVar[str] = ""
+    #: True for methods with nothing to train (usable without a checkpoint).
+    training_free: ClassVar[bool] = False
 
     def __init__(self, cfg: MethodConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.checkpoint_meta: dict[str, Any] = {}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -63,6 +66,10 @@ class LocalizationMethod(nn.Module):
     def localize(self, images: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1], (B, N) waveform -> (B, h, w) heatmap."""
         raise NotImplementedError
+
+    def checkpoint_exclude_prefixes(self) -> list[str]:
+        """State-dict prefixes not saved in checkpoints (frozen pretrained encoders)."""
+        return []
 
     def onscreen(self, images: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """(B,) confidence that the sound's source is visible; methods may override."""

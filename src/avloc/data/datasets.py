@@ -1,0 +1,169 @@
+"""Datasets that read manifests, and the ``--data`` spec resolver.
+
+Every dataset yields the same sample dict (the contract the engine and the
+evaluation harness rely on):
+
+================ ==============================================================
+``id``           str
+``image``        float (3, H, W) in [0, 1] at ``image_cfg.size``
+``audio``        float (N,) waveform, ``audio_cfg.num_samples`` at its rate
+``boxes``        float (K, 4) sounding boxes, normalised [0, 1], model input frame
+``box_labels``   long (K,) class per box (-1 when unknown)
+``box_annotator`` long (K,) annotator per box (0 when single-annotator)
+``silent_boxes`` float (M, 4) visible silent objects, same frame
+``labels``       list[int] sounding classes
+``onscreen``     bool, the sound's source is visible
+``audible``      bool, there is a sound event at all
+================ ==============================================================
+
+Audio window: ``audio_cfg.window_seconds`` centred at the entry's ``time``
+(video entries) or ``audio_time``, else at the middle of the audio file;
+samples beyond the file are zero (``avloc.io.audio.window_at``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from avloc.data.manifest import Entry, read_manifest, resolve_media
+from avloc.errors import DataError, MediaError
+from avloc.frontends.audio import AudioFrontendConfig
+from avloc.frontends.image import ImageConfig, preprocess_image, transform_boxes
+from avloc.io.audio import load_audio, window_at
+from avloc.registry import DATASETS
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB; :class:`MediaError` if unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise MediaError(f"image not found: {p}")
+    try:
+        with Image.open(p) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise MediaError(f"{p}: cannot read image ({e})") from None
+
+
+def read_frame_at(path: str | Path, time: float) -> np.ndarray:
+    """The video frame shown at ``time`` seconds, (H, W, 3) uint8."""
+    from avloc.io.media import iter_frames
+
+    for fr in iter_frames(path, fps=1.0, start=time, end=time + 1e-3):
+        return fr.image
+    raise MediaError(f"{path}: no frame at t={time:.3f} s (video shorter?)")
+
+
+def _boxes_tensor(boxes: list[list[float]] | None) -> torch.Tensor:
+    return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4) if boxes else torch.zeros(0, 4)
+
+
+def build_sample(
+    entry: Entry,
+    image: np.ndarray,
+    wav: np.ndarray,
+    sr: int,
+    image_cfg: ImageConfig,
+    audio_cfg: AudioFrontendConfig,
+    center: float,
+    pad: str = "zero",
+) -> dict[str, Any]:
+    """Assemble the sample dict from decoded media and a manifest entry."""
+    h, w = image.shape[:2]
+    img = preprocess_image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), image_cfg)
+    boxes = transform_boxes(_boxes_tensor(entry.get("boxes")), (h, w), image_cfg)
+    silent = transform_boxes(_boxes_tensor(entry.get("silent_boxes")), (h, w), image_cfg)
+    n = len(entry.get("boxes") or [])
+    audio = window_at(wav, sr, center, audio_cfg.window_seconds, pad)  # type: ignore[arg-type]
+    return {
+        "id": entry["id"],
+        "image": img,
+        "audio": torch.from_numpy(audio),
+        "boxes": boxes,
+        "box_labels": torch.tensor(entry.get("box_labels") or [-1] * n, dtype=torch.long),
+        "box_annotator": torch.tensor(entry.get("box_annotator") or [0] * n, dtype=torch.long),
+        "silent_boxes": silent,
+        "labels": list(entry.get("labels") or []),
+        "onscreen": bool(entry.get("onscreen", n > 0)),
+        "audible": bool(entry.get("audible", True)),
+    }
+
+
+class ManifestDataset(Dataset):
+    """Samples described by a jsonl manifest (see :mod:`avloc.data.manifest`)."""
+
+    def __init__(
+        self,
+        manifest: str | Path,
+        image_cfg: ImageConfig | None = None,
+        audio_cfg: AudioFrontendConfig | None = None,
+        audio_pad: str = "zero",
+    ) -> None:
+        self.path = Path(manifest)
+        self.entries = read_manifest(self.path)
+        self.image_cfg = image_cfg or ImageConfig()
+        self.audio_cfg = audio_cfg or AudioFrontendConfig()
+        self.audio_pad = audio_pad
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        e = self.entries[i]
+        if "image" in e:
+            image = load_image(resolve_media(self.path, e["image"]))
+        else:
+            if "time" not in e:
+                raise DataError(f"{self.path}: entry {e['id']!r} has 'video' but no 'time' of the frame to use")
+            image = read_frame_at(resolve_media(self.path, e["video"]), float(e["time"]))
+        audio_rel = e.get("audio") or e.get("video")
+        if audio_rel is None:
+            raise DataError(f"{self.path}: entry {e['id']!r} has no 'audio' (nor a 'video' to take it from)")
+        wav, sr = load_audio(resolve_media(self.path, audio_rel), self.audio_cfg.sample_rate)
+        center = float(e.get("audio_time", e.get("time", wav.size / sr / 2)))
+        return build_sample(e, image, wav, sr, self.image_cfg, self.audio_cfg, center, self.audio_pad)
+
+
+@DATASETS.register("manifest")
+def manifest_dataset(
+    path: str, image_cfg: ImageConfig | None = None, audio_cfg: AudioFrontendConfig | None = None, **kwargs: Any
+) -> ManifestDataset:
+    """A :class:`ManifestDataset` (registered so ``--data manifest:PATH`` works)."""
+    return ManifestDataset(path, image_cfg, audio_cfg, **kwargs)
+
+
+def dataset_from_spec(
+    spec: str,
+    raw: str | Path | None = None,
+    image_cfg: ImageConfig | None = None,
+    audio_cfg: AudioFrontendConfig | None = None,
+    **kwargs: Any,
+) -> Dataset:
+    """Resolve a ``--data`` spec: ``manifest:PATH``, a ``.jsonl`` path, or ``NAME[:VARIANT[:SPLIT]]``.
+
+    ``digitscenes:single:test`` generates that DigitScenes variant and split
+    deterministically from the raw sources in ``raw``.
+    """
+    if spec.endswith(".jsonl") and ":" not in spec.split("/")[-1]:
+        return ManifestDataset(spec, image_cfg, audio_cfg)
+    name, _, rest = spec.partition(":")
+    if name == "manifest":
+        return ManifestDataset(rest, image_cfg, audio_cfg)
+    factory_kwargs: dict[str, Any] = dict(kwargs)
+    parts = rest.split(":") if rest else []
+    if len(parts) > 2:
+        raise DataError(f"data spec {spec!r} must look like NAME[:VARIANT[:SPLIT]] or manifest:PATH")
+    if parts:
+        factory_kwargs["variant"] = parts[0]
+    if len(parts) > 1:
+        factory_kwargs["split"] = parts[1]
+    if raw is None:
+        raise DataError(f"data spec {spec!r} generates data from raw sources: pass --raw DIR (or set AVLOC_DATA)")
+    return DATASETS.create(name, raw=raw, image_cfg=image_cfg, audio_cfg=audio_cfg, **factory_kwargs)  # type: ignore[no-any-return]

@@ -1,0 +1,166 @@
+"""Box-localisation scores: cIoU, success rate, AUC, adaptive cIoU, IIoU.
+
+* cIoU (Senocak et al., CVPR 2018, Sec. 5; the LVS/EZ-VSL ``Evaluator.cal_CIOU``):
+  ``sum(B * G) / (sum(G) + sum(B * [G == 0]))`` with B the binary prediction
+  and G the (consensus) ground truth. With a binary G this is the IoU.
+* success rate: fraction of samples with cIoU ``>=`` 0.5 (``>`` for
+  SSL-Alignment); AUC: trapezoid area under success rate vs threshold at
+  ``0.05 * i``, i = 0..20 (``sklearn.metrics.auc``), i.e. in [0, 1].
+* adaptive cIoU (SSL-Alignment, Senocak et al., ICCV 2023): binarise with the
+  top-K pixels, K = number of ground-truth pixels; IIoU: per image shared by
+  several audios, the minimum success, averaged over images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from avloc.errors import DataError
+from avloc.metrics import ops
+from avloc.metrics.base import Accumulator
+
+SuccessOp = Literal[">=", ">"]
+
+
+def ciou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Per-sample cIoU of binary predictions ``(B, H, W)`` against ground truth ``(B, H, W)`` -> ``(B,)`` float64.
+
+    0/0 (empty prediction and empty ground truth) gives NaN, as the public code does.
+    """
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
+    b = pred.astype(np.float64, copy=False).reshape(len(pred), -1)
+    g = gt.astype(np.float64, copy=False).reshape(len(gt), -1)
+    inter = (b * g).sum(1)
+    denom = g.sum(1) + (b * (g == 0)).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return inter / denom
+
+
+def passes(scores: np.ndarray, threshold: float, op: SuccessOp) -> np.ndarray:
+    """``scores >= threshold`` or ``scores > threshold`` (NaN never passes)."""
+    if op == ">=":
+        return scores >= threshold
+    if op == ">":
+        return scores > threshold
+    raise ValueError(f"unknown success comparison {op!r}; use '>=' or '>'")
+
+
+def auc_thresholds(steps: int) -> list[float]:
+    """``[step * i for i in range(steps)]`` with step = 1 / (steps - 1): 0, 0.05, ..., 1.0 for 21."""
+    if steps < 2:
+        raise ValueError(f"AUC needs at least 2 thresholds, got {steps}")
+    step = 1.0 / (steps - 1)
+    return [step * i for i in range(steps)]
+
+
+def trapezoid(y: Sequence[float] | np.ndarray, x: Sequence[float] | np.ndarray) -> float:
+    """Trapezoid rule, as ``sklearn.metrics.auc`` computes it."""
+    fn = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
+    return float(fn(np.asarray(y), np.asarray(x)))
+
+
+def success_summary(
+    scores: np.ndarray, success_threshold: float = 0.5, op: SuccessOp = ">=", auc_steps: int = 21
+) -> dict[str, Any]:
+    """Success rate, AUC, mean score and the success-vs-threshold curve of per-sample scores."""
+    scores = np.asarray(scores, dtype=np.float64)
+    n = len(scores)
+    if n == 0:
+        raise DataError("no samples were evaluated")
+    thresholds = auc_thresholds(auc_steps)
+    curve = [float(np.sum(passes(scores, t, op)) / n) for t in thresholds]
+    finite = np.isfinite(scores)
+    return {
+        "success": float(np.mean(passes(scores, success_threshold, op))),
+        "auc": trapezoid(curve, thresholds),
+        "mean_ciou": float(np.mean(scores[finite])) if finite.any() else float("nan"),
+        "n": n,
+        "n_undefined": int((~finite).sum()),
+        "curve": {"thresholds": thresholds, "success": curve},
+    }
+
+
+def iiou(scores: np.ndarray, image_ids: np.ndarray, success_threshold: float = 0.5, op: SuccessOp = ">=") -> float:
+    """IIoU: per image (shared by several audios), the minimum success; mean over images."""
+    hits = passes(np.asarray(scores, dtype=np.float64), success_threshold, op).astype(np.int64)
+    _, inv = np.unique(np.asarray(image_ids), return_inverse=True)
+    per_image = np.ones(inv.max() + 1 if len(inv) else 0, dtype=np.int64)
+    np.minimum.at(per_image, inv, hits)
+    return float(per_image.mean()) if len(per_image) else float("nan")
+
+
+def adaptive_ciou(maps: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """cIoU after keeping the top-K pixels of each map, K = number of non-zero ground-truth pixels."""
+    k = (gt.reshape(len(gt), -1) > 0).sum(1)
+    return ciou(ops.binarize_topk(maps, k), gt)
+
+
+class CIoU(Accumulator):
+    """Accumulates per-sample localisation scores; ``compute`` = :func:`success_summary` (+ IIoU).
+
+    ``update(scores, ids, image_ids=None)`` takes precomputed per-sample scores
+    (cIoU, IoU, class-aware cIoU); use :func:`ciou` to get them from maps.
+    """
+
+    fields = ("id", "image_id", "score")
+
+    def __init__(
+        self, success_threshold: float = 0.5, op: SuccessOp = ">=", auc_steps: int = 21, with_iiou: bool = False
+    ) -> None:
+        super().__init__()
+        self.success_threshold = success_threshold
+        self.op: SuccessOp = op
+        self.auc_steps = auc_steps
+        self.with_iiou = with_iiou
+
+    def update(self, scores: np.ndarray, ids: Sequence[str], image_ids: Sequence[str] | None = None) -> None:
+        scores = np.asarray(scores, dtype=np.float64)
+        ids_arr = np.asarray([str(i) for i in ids], dtype=str)
+        img = ids_arr if image_ids is None else np.asarray([str(i) for i in image_ids], dtype=str)
+        if not (len(scores) == len(ids_arr) == len(img)):
+            raise ValueError(f"{len(scores)} scores for {len(ids_arr)} ids")
+        self._append(id=ids_arr, image_id=img, score=scores)
+
+    def compute(self) -> dict[str, Any]:
+        scores = self.state("score")
+        out = success_summary(scores, self.success_threshold, self.op, self.auc_steps)
+        if self.with_iiou:
+            out["iiou"] = iiou(scores, self.state("image_id"), self.success_threshold, self.op)
+        return out
+
+
+class ThresholdSweep(Accumulator):
+    """Scores at several absolute binarisation thresholds; reports the best (ACL-SSL's test-set tuning).
+
+    ``update(scores (B, T), ids)``; ``compute`` gives the summary at the
+    threshold with the highest success rate, plus the whole sweep.
+    """
+
+    fields = ("id", "score")
+
+    def __init__(self, thresholds: Sequence[float], success_threshold: float = 0.5, op: SuccessOp = ">=", auc_steps: int = 21) -> None:
+        super().__init__()
+        if not thresholds:
+            raise ValueError("a threshold sweep needs at least one threshold")
+        self.thresholds = [float(t) for t in thresholds]
+        self.success_threshold = success_threshold
+        self.op: SuccessOp = op
+        self.auc_steps = auc_steps
+
+    def update(self, scores: np.ndarray, ids: Sequence[str]) -> None:
+        scores = np.asarray(scores, dtype=np.float64).reshape(len(ids), len(self.thresholds))
+        self._append(id=np.asarray([str(i) for i in ids], dtype=str), score=scores)
+
+    def compute(self) -> dict[str, Any]:
+        scores = self.state("score").reshape(-1, len(self.thresholds))
+        per = [success_summary(scores[:, j], self.success_threshold, self.op, self.auc_steps) for j in range(scores.shape[1])]
+        best = int(np.argmax([p["success"] for p in per]))  # first best on ties
+        out = dict(per[best])
+        out["best_threshold"] = self.thresholds[best]
+        out["sweep"] = {"thresholds": self.thresholds, "success": [p["success"] for p in per], "auc": [p["auc"] for p in per]}
+        out["tuned_on_test"] = True
+        return out
