@@ -47,7 +47,7 @@ def load_image(path: str | Path) -> np.ndarray:
         raise MediaError(f"image not found: {p}")
     try:
         with Image.open(p) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))
     except (UnidentifiedImageError, OSError) as e:
         raise MediaError(f"{p}: cannot read image ({e})") from None
 

@@ -53,8 +53,9 @@ def crop_geometry(h: int, w: int, cfg: ImageConfig) -> tuple[float, float, float
     if cfg.mode == "squash":
         return cfg.size / w, cfg.size / h, 0.0, 0.0
     s = cfg.resize / min(h, w)
-    nh, nw = round(h * s), round(w * s)
-    return nw / w, nh / h, (nw - cfg.size) / 2, (nh - cfg.size) / 2
+    # same resized size and integer crop offsets as preprocess_image / transform_boxes
+    nh, nw = max(cfg.size, round(h * s)), max(cfg.size, round(w * s))
+    return nw / w, nh / h, float((nw - cfg.size) // 2), float((nh - cfg.size) // 2)
 
 
 def preprocess_image(img: torch.Tensor, cfg: ImageConfig) -> torch.Tensor:
@@ -62,12 +63,12 @@ def preprocess_image(img: torch.Tensor, cfg: ImageConfig) -> torch.Tensor:
     x = to_float_image(img)
     h, w = x.shape[-2:]
     if cfg.mode == "squash":
-        return resize(x, (cfg.size, cfg.size))
+        return resize(x, (cfg.size, cfg.size)).clamp_(0.0, 1.0)  # antialiased kernels overshoot slightly
     s = cfg.resize / min(h, w)
     nh, nw = max(cfg.size, round(h * s)), max(cfg.size, round(w * s))
     x = resize(x, (nh, nw))
     top, left = (nh - cfg.size) // 2, (nw - cfg.size) // 2
-    return x[..., top : top + cfg.size, left : left + cfg.size]
+    return x[..., top : top + cfg.size, left : left + cfg.size].clamp_(0.0, 1.0)
 
 
 def transform_boxes(boxes: torch.Tensor, orig_hw: tuple[int, int], cfg: ImageConfig) -> torch.Tensor:

@@ -17,6 +17,16 @@ use only this contract:
   in the batch.
 * optional ``onscreen(images, audio) -> (B,)`` confidence in [0, 1] that the
   sound's source is visible.
+
+Visual encoders and the frozen-feature cache: a method that keeps its visual
+encoder in the attribute ``visual_encoder`` and calls
+:meth:`LocalizationMethod.visual_features` (never ``self.visual_encoder``
+directly) in ``forward`` gets the training engine's feature cache for free:
+when ``cfg.freeze_visual`` is true and the encoder is pretrained, the engine
+computes the encoder's output once per stable image key and puts it in
+``batch["vfeat"]`` (dropping ``batch["image"]``); ``visual_features`` returns
+it unchanged. A frozen encoder stays in eval mode (BatchNorm statistics fixed)
+even while the rest of the model trains.
 """
 
 from __future__ import annotations
@@ -69,7 +79,49 @@ class LocalizationMethod(nn.Module):
 
     def checkpoint_exclude_prefixes(self) -> list[str]:
         """State-dict prefixes not saved in checkpoints (frozen pretrained encoders)."""
-        return []
+        return ["visual_encoder."] if self.visual_cacheable() else []
+
+    # -- visual encoder helpers (see the module docstring) ------------------------------
+
+    def visual_module(self) -> nn.Module | None:
+        """The visual encoder (attribute ``visual_encoder``), or ``None`` if the method has none."""
+        enc = getattr(self, "visual_encoder", None)
+        return enc if isinstance(enc, nn.Module) else None
+
+    def visual_frozen(self) -> bool:
+        """True when the method has a visual encoder and ``cfg.freeze_visual`` is set."""
+        return self.visual_module() is not None and self.cfg.freeze_visual
+
+    def visual_cacheable(self) -> bool:
+        """True when the visual encoder is frozen *and* pretrained: its features can be cached."""
+        enc = self.visual_module()
+        return enc is not None and self.cfg.freeze_visual and bool(getattr(enc, "pretrained", False))
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, C, h, w) visual encoder features (no grad when frozen)."""
+        enc = self.visual_module()
+        if enc is None:
+            raise NotImplementedError(f"{type(self).__name__} has no visual_encoder")
+        if self.visual_frozen():
+            with torch.no_grad():
+                return enc(images)  # type: ignore[no-any-return]
+        return enc(images)  # type: ignore[no-any-return]
+
+    def visual_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Visual encoder features for a batch: cached ``vfeat`` if present, else encode ``image``."""
+        if "vfeat" in batch:
+            return batch["vfeat"]  # (B, C, h, w)
+        if "image" not in batch:
+            raise KeyError("batch has neither 'image' (B, 3, H, W) nor cached 'vfeat' (B, C, h, w)")
+        return self.encode_images(batch["image"])  # (B, C, h, w)
+
+    def train(self, mode: bool = True) -> LocalizationMethod:
+        """Like :meth:`nn.Module.train`, but a frozen visual encoder stays in eval mode."""
+        super().train(mode)
+        enc = self.visual_module()
+        if enc is not None and self.visual_frozen():
+            enc.eval()
+        return self
 
     def onscreen(self, images: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """(B,) confidence that the sound's source is visible; methods may override."""

@@ -71,7 +71,9 @@ def masked_max(maps: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(m.any(1), out, np.nan)
 
 
-def avsol_summary(kind: np.ndarray, ap: np.ndarray, peak_in: np.ndarray, max_all: np.ndarray, max_box: np.ndarray) -> dict[str, Any]:
+def avsol_summary(
+    kind: np.ndarray, ap: np.ndarray, peak_in: np.ndarray, max_all: np.ndarray, max_box: np.ndarray
+) -> dict[str, Any]:
     """HmBoxAUC, PiBR and PNSR (all, visible, audible, noise) from per-frame rows."""
     kind = np.asarray(kind, dtype=np.int64)
     ave = kind == 0

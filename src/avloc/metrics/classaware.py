@@ -101,4 +101,3 @@ class ClassAwareCIoU(Accumulator):
             out["nsa"] = float(self.state("nsa_sum").sum() / count) if count > 0 else float("nan")
             out["n_silent_maps"] = int(count)
         return out
-

@@ -59,8 +59,7 @@ def auc_thresholds(steps: int) -> list[float]:
 
 def trapezoid(y: Sequence[float] | np.ndarray, x: Sequence[float] | np.ndarray) -> float:
     """Trapezoid rule, as ``sklearn.metrics.auc`` computes it."""
-    fn = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
-    return float(fn(np.asarray(y), np.asarray(x)))
+    return float(np.trapezoid(np.asarray(y), np.asarray(x)))
 
 
 def success_summary(
@@ -142,7 +141,9 @@ class ThresholdSweep(Accumulator):
 
     fields = ("id", "score")
 
-    def __init__(self, thresholds: Sequence[float], success_threshold: float = 0.5, op: SuccessOp = ">=", auc_steps: int = 21) -> None:
+    def __init__(
+        self, thresholds: Sequence[float], success_threshold: float = 0.5, op: SuccessOp = ">=", auc_steps: int = 21
+    ) -> None:
         super().__init__()
         if not thresholds:
             raise ValueError("a threshold sweep needs at least one threshold")
@@ -157,10 +158,17 @@ class ThresholdSweep(Accumulator):
 
     def compute(self) -> dict[str, Any]:
         scores = self.state("score").reshape(-1, len(self.thresholds))
-        per = [success_summary(scores[:, j], self.success_threshold, self.op, self.auc_steps) for j in range(scores.shape[1])]
+        per = [
+            success_summary(scores[:, j], self.success_threshold, self.op, self.auc_steps)
+            for j in range(scores.shape[1])
+        ]
         best = int(np.argmax([p["success"] for p in per]))  # first best on ties
         out = dict(per[best])
         out["best_threshold"] = self.thresholds[best]
-        out["sweep"] = {"thresholds": self.thresholds, "success": [p["success"] for p in per], "auc": [p["auc"] for p in per]}
+        out["sweep"] = {
+            "thresholds": self.thresholds,
+            "success": [p["success"] for p in per],
+            "auc": [p["auc"] for p in per],
+        }
         out["tuned_on_test"] = True
         return out

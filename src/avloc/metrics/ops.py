@@ -37,7 +37,9 @@ _CV2_MAX_CHANNELS = 512
 
 def as_map_batch(maps: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     """Stack maps into a float32 ``(B, h, w)`` array, checking shapes and finiteness."""
-    arr = np.asarray(maps, dtype=np.float32) if not isinstance(maps, np.ndarray) else maps.astype(np.float32, copy=False)
+    arr = (
+        np.asarray(maps, dtype=np.float32) if not isinstance(maps, np.ndarray) else maps.astype(np.float32, copy=False)
+    )
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
@@ -145,7 +147,7 @@ def kth_smallest(maps: np.ndarray, k: np.ndarray | int) -> np.ndarray:
     return out
 
 
-def compare(maps: np.ndarray, thr: np.ndarray | float, strict: bool) -> np.ndarray:
+def compare(maps: np.ndarray, thr: np.ndarray | np.floating | float, strict: bool) -> np.ndarray:
     """``maps > thr`` if strict else ``maps >= thr``; thr scalar or per map ``(B,)``."""
     t = np.asarray(thr, dtype=maps.dtype)
     if t.ndim == 1:

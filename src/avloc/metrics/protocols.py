@@ -1,0 +1,536 @@
+"""Named evaluation protocols: each fixes resizing, normalisation, binarisation, ground truth and success test.
+
+A :class:`Protocol` is a typed dataclass config registered in
+:data:`avloc.registry.PROTOCOLS`; ``create_protocol(name, **overrides)``
+returns it and ``protocol.accumulator()`` the :class:`ProtocolAccumulator`
+that every evaluation path (training-time validation, ``avloc eval``, the
+benchmarks) feeds through :mod:`avloc.engine.evaluate`.
+
+Sources and the exact settings of each protocol are in ``docs/protocols.md``
+(facts from ``../shared/docs/PROTOCOLS.md``). Constants live here, each next
+to the paper it comes from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from avloc.errors import ConfigError, DataError
+from avloc.metrics import ops
+from avloc.metrics.avsol import FRAME_KINDS, AVSOLMetrics
+from avloc.metrics.base import Accumulator
+from avloc.metrics.classaware import ClassAwareCIoU, class_average, no_sound_area
+from avloc.metrics.extended import ExtendedAP, top_fraction_confidence
+from avloc.metrics.localization import CIoU, SuccessOp, ThresholdSweep, ciou
+from avloc.metrics.targets import Target, targets_from_batch
+from avloc.registry import PROTOCOLS
+
+Task = Literal["ciou", "extended", "dsol_classaware", "qian_classaware", "avsol"]
+Binarize = Literal["median", "fixed", "max_fraction", "adaptive"]
+
+# Evaluation grid of LVS / EZ-VSL / SLAVC / DSOL: the 224x224 model input.
+EVAL_SIZE = 224
+# Flickr consensus: a pixel counts fully when 2 of the 3 annotators' boxes cover it (Senocak et al. 2018).
+FLICKR_CONSENSUS_DIVISOR = 2.0
+# SLAVC: similarity scores lie in [-1/tau, 1/tau] with tau = 0.03; confidence = mean of the top 25%.
+SLAVC_TAU = 0.03
+SLAVC_CONFIDENCE_FRACTION = 0.25
+# MUSIC single source (DSOL, proposal paper) and the two-stage paper: prediction > 0.1 x max.
+MUSIC_MAX_FRACTION = 0.1
+# DSOL class-aware: class map > 0.5 x max; NSA counts pixels <= 0.2; CIoU reported at 0.3 and 0.5.
+DSOL_CLASS_MAX_FRACTION = 0.5
+DSOL_NSA_THRESHOLD = 0.2
+DSOL_EXTRA_THRESHOLDS = (0.3,)
+# Two-stage paper (Qian et al. 2020): frames with exactly two sounding classes.
+QIAN_N_SOURCES = 2
+# ACL-SSL: absolute thresholds 0.05, 0.10, ..., 0.95 on sigmoid maps, best kept (tuned on the test set).
+ACLSSL_SWEEP = tuple(round(0.05 * i, 2) for i in range(1, 20))
+# Flickr-SoundNet test list: 249 ids in LVS / EZ-VSL (3908875350 missing), 250 in the original.
+FLICKR_TEST_IDS = 249
+VGGSS_TEST_IDS = 5158
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Every setting an evaluation protocol fixes (see ``docs/protocols.md``)."""
+
+    name: str
+    task: Task = "ciou"
+    source: str = ""
+    eval_size: int = EVAL_SIZE
+    resize: ops.ResizeMode = "align_corners"
+    normalize: ops.NormalizeMode = "minmax"
+    norm_bounds: tuple[float, float] = (0.0, 1.0)
+    binarize: Binarize = "median"
+    binarize_threshold: float = 0.5  # fixed threshold, or fraction of the max
+    strict: bool = False  # prediction = map > thr (True) or map >= thr (False)
+    sweep: tuple[float, ...] = ()  # absolute thresholds to sweep (labelled tuned variants only)
+    gt: Literal["union", "consensus"] = "union"
+    consensus_divisor: float = FLICKR_CONSENSUS_DIVISOR
+    consensus_by_annotator: bool = False  # public code sums every box; True unites each annotator's boxes first
+    success_threshold: float = 0.5
+    extra_thresholds: tuple[float, ...] = ()
+    success_op: SuccessOp = ">="
+    auc_steps: int = 21
+    score: Literal["ciou", "iou"] = "ciou"
+    iiou: bool = False
+    confidence_fraction: float = SLAVC_CONFIDENCE_FRACTION
+    nsa_threshold: float = DSOL_NSA_THRESHOLD
+    n_sources: int | None = None
+    expected_samples: int | None = None
+    tuned_on_test: bool = False
+    # input pipeline of the source (applied by datasets, recorded here for the report)
+    audio_window: str = "3s-centre"
+    image_mode: str = "squash"
+    notes: str = ""
+    settings: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.eval_size < 1:
+            raise ConfigError(f"protocol {self.name}: eval_size must be positive, got {self.eval_size}")
+        if (
+            self.binarize == "fixed"
+            and self.task == "ciou"
+            and not (0 <= self.binarize_threshold <= 1)
+            and self.normalize != "none"
+        ):
+            raise ConfigError(f"protocol {self.name}: a fixed threshold on normalised maps must be in [0, 1]")
+
+    def accumulator(self, workers: int = 1, chunk_size: int = 256) -> ProtocolAccumulator:
+        return ProtocolAccumulator(self, workers=workers, chunk_size=chunk_size)
+
+    def describe(self) -> dict[str, Any]:
+        """The protocol's settings as a plain dict (for reports and run directories)."""
+        d = dataclasses.asdict(self)
+        d.pop("settings", None)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+Scored = list[tuple[str, dict[str, Any]]]
+
+
+class ProtocolAccumulator:
+    """Feeds heatmaps + ground truth through a protocol into its metric accumulators.
+
+    ``update(maps, targets)``: ``maps`` ``(B, h, w)`` raw heatmaps of any size
+    (``(B, C, h, w)`` class maps for the class-aware tasks), ``targets`` a list
+    of sample dicts / :class:`Target` or a collated batch. ``compute()`` returns
+    a flat dict of results. ``state_dict()`` / ``merge()`` make it mergeable
+    across processes (:func:`avloc.metrics.base.gather`).
+    """
+
+    def __init__(self, protocol: Protocol, workers: int = 1, chunk_size: int = 256) -> None:
+        self.protocol = protocol
+        self.workers = max(1, int(workers))
+        self.chunk_size = max(1, int(chunk_size))
+        p = protocol
+        self.subs: dict[str, Accumulator] = {}
+        if p.task == "ciou":
+            if p.sweep:
+                self.subs["sweep"] = ThresholdSweep(p.sweep, p.success_threshold, p.success_op, p.auc_steps)
+            else:
+                self.subs["ciou"] = CIoU(p.success_threshold, p.success_op, p.auc_steps, with_iiou=p.iiou)
+        elif p.task == "extended":
+            self.subs["ciou"] = CIoU(p.success_threshold, p.success_op, p.auc_steps)
+            self.subs["extended"] = ExtendedAP(p.success_threshold, p.success_op)
+        elif p.task in ("dsol_classaware", "qian_classaware"):
+            self.subs["class"] = ClassAwareCIoU(
+                p.success_threshold, p.extra_thresholds, p.success_op, p.auc_steps, with_nsa=p.task == "dsol_classaware"
+            )
+        elif p.task == "avsol":
+            self.subs["avsol"] = AVSOLMetrics()
+        else:
+            raise ConfigError(f"protocol {p.name}: unknown task {p.task!r}")
+
+    # ---- map preprocessing (the one place resizing / normalisation happen) ----
+    def prepare_maps(self, maps: np.ndarray) -> np.ndarray:
+        """Raw ``(B, h, w)`` maps -> resized, normalised float32 ``(B, S, S)``."""
+        p = self.protocol
+        m = ops.resize_maps(maps, (p.eval_size, p.eval_size), p.resize)
+        return ops.normalize_maps(m, p.normalize, p.norm_bounds)
+
+    def binarize(self, m: np.ndarray, gt: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        p = self.protocol
+        if p.binarize == "median":
+            return ops.binarize_median(m, p.strict)
+        if p.binarize == "fixed":
+            return ops.compare(m, np.float32(p.binarize_threshold if threshold is None else threshold), p.strict)
+        if p.binarize == "max_fraction":
+            return ops.binarize_max_fraction(m, p.binarize_threshold, p.strict)
+        if p.binarize == "adaptive":
+            return ops.binarize_topk(m, (gt.reshape(len(gt), -1) > 0).sum(1))
+        raise ConfigError(f"protocol {p.name}: unknown binarisation {p.binarize!r}")
+
+    def build_gt(
+        self, boxes: Sequence[np.ndarray], annotators: Sequence[np.ndarray | None] | None = None
+    ) -> np.ndarray:
+        p = self.protocol
+        if p.gt == "consensus":
+            groups = None
+            if p.consensus_by_annotator and annotators is not None:
+                if any(a is None for a in annotators):
+                    raise DataError(f"protocol {p.name}: consensus_by_annotator needs box_annotator on every sample")
+                groups = [np.asarray(a) for a in annotators]
+            return ops.consensus_gt(boxes, p.eval_size, p.consensus_divisor, groups)
+        return ops.union_gt(boxes, p.eval_size)
+
+    # ---- scoring: pure functions of (maps, targets) -> rows for the sub-accumulators ----
+    def score(self, maps: np.ndarray, targets: Sequence[Target]) -> Scored:
+        p = self.protocol
+        arr = np.asarray(maps) if not hasattr(maps, "detach") else maps.detach().cpu().numpy()  # type: ignore[union-attr]
+        if len(arr) != len(targets):
+            raise DataError(f"{len(arr)} heatmaps for {len(targets)} samples")
+        ids = [t.id for t in targets]
+        if p.task in ("dsol_classaware", "qian_classaware"):
+            return self._score_classaware(arr, targets)
+        if arr.ndim == 4 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        if arr.ndim != 3:
+            raise DataError(f"protocol {p.name} needs one 2-D heatmap per sample, got maps of shape {arr.shape}")
+        m = self.prepare_maps(arr)
+        gt = self.build_gt([t.boxes for t in targets], [t.box_annotator for t in targets])
+        if p.task == "avsol":
+            kinds = [_frame_kind(t) for t in targets]
+            return [("avsol", {"maps": m, "gt": gt, "kinds": kinds, "ids": ids})]
+        if p.task == "extended":
+            scores = ciou(self.binarize(m, gt), gt)
+            conf = top_fraction_confidence(m, p.confidence_fraction)
+            audible = np.array([t.audible for t in targets], dtype=bool)
+            aud_ids = [i for i, a in zip(ids, audible, strict=True) if a]
+            return [
+                ("ciou", {"scores": scores[audible], "ids": aud_ids}),
+                ("extended", {"confidence": conf, "scores": scores, "audible": audible, "ids": ids}),
+            ]
+        if p.sweep:
+            s = np.stack([ciou(self.binarize(m, gt, t), gt) for t in p.sweep], 1)  # (B, T)
+            return [("sweep", {"scores": s, "ids": ids})]
+        return [
+            ("ciou", {"scores": ciou(self.binarize(m, gt), gt), "ids": ids, "image_ids": [t.image_id for t in targets]})
+        ]
+
+    def _score_classaware(self, arr: np.ndarray, targets: Sequence[Target]) -> Scored:
+        p = self.protocol
+        if arr.ndim != 4:
+            raise DataError(f"protocol {p.name} needs class maps (B, C, h, w), got shape {arr.shape}")
+        n_cls = arr.shape[1]
+        pair_sample: list[int] = []
+        pair_class: list[int] = []
+        pair_boxes: list[np.ndarray] = []
+        silent_sample: list[int] = []
+        silent_class: list[int] = []
+        kept = np.ones(len(targets), dtype=bool)
+        for i, t in enumerate(targets):
+            classes = t.sounding_classes()
+            bad = [c for c in classes if not 0 <= c < n_cls]
+            if bad:
+                raise DataError(f"sample {t.id}: sounding classes {bad} outside the {n_cls} class maps")
+            if t.box_labels is None and t.boxes.size:
+                raise DataError(f"sample {t.id}: class-aware protocols need box_labels for every box")
+            if p.n_sources is not None and len(classes) != p.n_sources:
+                kept[i] = False
+                continue
+            for c in classes:
+                pair_sample.append(i)
+                pair_class.append(c)
+                lab = t.box_labels if t.box_labels is not None else np.zeros(0, dtype=np.int64)
+                pair_boxes.append(t.boxes[lab == c])
+            silent = t.silent_labels if t.silent_labels is not None else [c for c in range(n_cls) if c not in classes]
+            for c in silent:
+                silent_sample.append(i)
+                silent_class.append(int(c))
+        n = len(targets)
+        scores = np.full(n, np.nan)
+        if pair_sample:
+            ps = np.asarray(pair_sample)
+            m = self.prepare_maps(arr[ps, np.asarray(pair_class)])
+            gt = ops.union_gt(pair_boxes, p.eval_size)
+            pair_scores = ciou(self.binarize(m, gt), gt)
+            scores = class_average(pair_scores, ps, n)
+        nsa_sum = np.zeros(n)
+        nsa_count = np.zeros(n)
+        if silent_sample and p.task == "dsol_classaware":
+            ss = np.asarray(silent_sample)
+            ms = self.prepare_maps(arr[ss, np.asarray(silent_class)])
+            np.add.at(nsa_sum, ss, no_sound_area(ms, p.nsa_threshold))
+            np.add.at(nsa_count, ss, 1.0)
+        no_class = np.array([not t.sounding_classes() for t in targets]) & kept
+        if no_class.any():
+            first = [targets[i].id for i in np.nonzero(no_class)[0][:3]]
+            raise DataError(f"class-aware protocol {p.name}: samples without sounding classes, e.g. {first}")
+        return [
+            (
+                "class",
+                {
+                    "scores": scores,
+                    "ids": [t.id for t in targets],
+                    "nsa_sum": nsa_sum,
+                    "nsa_count": nsa_count,
+                    "kept": kept,
+                },
+            )
+        ]
+
+    def add(self, scored: Scored) -> None:
+        for name, kwargs in scored:
+            self.subs[name].update(**kwargs)
+
+    def update(self, maps: Any, targets: Mapping[str, Any] | Sequence[Mapping[str, Any] | Target]) -> None:
+        """Score a batch and add it (in chunks, optionally on worker threads)."""
+        tg = targets_from_batch(targets)
+        if len(maps) != len(tg):
+            raise DataError(f"{len(maps)} heatmaps for {len(tg)} samples")
+        chunks = [
+            (maps[i : i + self.chunk_size], tg[i : i + self.chunk_size]) for i in range(0, len(tg), self.chunk_size)
+        ]
+        if self.workers > 1 and len(chunks) > 1:
+            with ThreadPoolExecutor(self.workers) as ex:  # NumPy releases the GIL in the heavy kernels
+                results = list(ex.map(lambda c: self.score(*c), chunks))
+        else:
+            results = [self.score(*c) for c in chunks]
+        for r in results:  # appended in order, on this thread
+            self.add(r)
+
+    # ---- results and merging ----
+    def compute(self) -> dict[str, Any]:
+        p = self.protocol
+        out: dict[str, Any] = {"protocol": p.name}
+        n_dup = 0
+        for name, sub in self.subs.items():
+            sub, dup = _dedupe(sub)
+            n_dup = max(n_dup, dup)
+            res = sub.compute()
+            if name == "extended":
+                out.update(res)
+            else:
+                for k, v in res.items():
+                    out.setdefault(k, v)
+        if p.score == "iou" and "mean_ciou" in out:
+            out["mean_iou"] = out["mean_ciou"]
+        out["n_duplicates"] = n_dup
+        if p.expected_samples is not None:
+            out["expected_n"] = p.expected_samples
+        if p.tuned_on_test:
+            out["tuned_on_test"] = True
+        return out
+
+    def state_dict(self) -> dict[str, dict[str, np.ndarray]]:
+        return {name: sub.state_dict() for name, sub in self.subs.items()}
+
+    def merge(self, other: ProtocolAccumulator | Mapping[str, Any]) -> ProtocolAccumulator:
+        state = other.state_dict() if isinstance(other, ProtocolAccumulator) else other
+        if set(state) != set(self.subs):
+            raise DataError(
+                f"cannot merge state with parts {sorted(state)} into protocol {self.protocol.name} ({sorted(self.subs)})"
+            )
+        for name, sub in self.subs.items():
+            sub.merge(state[name])
+        return self
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> ProtocolAccumulator:
+        self.reset()
+        return self.merge(state)
+
+    def reset(self) -> None:
+        for sub in self.subs.values():
+            sub.reset()
+
+    def empty_like(self) -> ProtocolAccumulator:
+        return ProtocolAccumulator(self.protocol, self.workers, self.chunk_size)
+
+    def __len__(self) -> int:
+        return max(len(s) for s in self.subs.values())
+
+
+def _dedupe(sub: Accumulator) -> tuple[Accumulator, int]:
+    """Drop repeated sample ids (e.g. DistributedSampler padding), keeping the first; returns the count dropped."""
+    ids = sub.state("id")
+    if len(ids) == 0:
+        return sub, 0
+    _, first = np.unique(ids, return_index=True)
+    if len(first) == len(ids):
+        return sub, 0
+    keep = np.sort(first)
+    state = {k: v[keep] for k, v in sub.state_dict().items()}
+    return sub.empty_like().merge(state), len(ids) - len(keep)
+
+
+def _frame_kind(t: Target) -> int:
+    """Index into FRAME_KINDS: AVE if a sounding box, else audible (out of view), visible (silent boxes), noise."""
+    if len(t.boxes):
+        return FRAME_KINDS.index("ave")
+    if t.out_of_view or (t.onscreen is False and t.audible):
+        return FRAME_KINDS.index("audible")
+    if len(t.silent_boxes):
+        return FRAME_KINDS.index("visible")
+    return FRAME_KINDS.index("noise")
+
+
+# ---------------------------------------------------------------- registry
+
+
+def _register(base: Protocol) -> Protocol:
+    def factory(**overrides: Any) -> Protocol:
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(Protocol)})
+        if unknown:
+            raise ConfigError(
+                f"unknown protocol settings {unknown}; valid: {sorted(f.name for f in dataclasses.fields(Protocol))}"
+            )
+        return dataclasses.replace(base, **overrides)
+
+    PROTOCOLS.register(base.name)(factory)
+    return base
+
+
+def create_protocol(name: str | Protocol, **overrides: Any) -> Protocol:
+    """The registered protocol ``name`` with optional setting overrides (unknown names list the valid ones)."""
+    if isinstance(name, Protocol):
+        return dataclasses.replace(name, **overrides) if overrides else name
+    return PROTOCOLS.create(name, **overrides)  # type: ignore[no-any-return]
+
+
+def list_protocols() -> list[str]:
+    return PROTOCOLS.names()
+
+
+_LVS = (
+    "Chen et al., Localizing Visual Sounds the Hard Way, CVPR 2021 (test.py: cv2.resize, 1 - minmax(-h), pred > median)"
+)
+_EZVSL = (
+    "Mo & Morgado, EZ-VSL, ECCV 2022 (test.py: F.interpolate align_corners=True, minmax, pred >= median; also FNAC)"
+)
+_SLAVC = "Mo & Morgado, SLAVC, NeurIPS 2022 (extended Flickr / VGG-SS with non-audible frames)"
+_SSLALIGN = "Senocak et al., Sound Source Localization is All about Cross-Modal Alignment, ICCV 2023"
+_ACLSSL = "Park et al., ACL-SSL (thresholds swept on sigmoid maps, best kept: tuned on the test set)"
+_DSOL = "Hu et al., Discriminative Sounding Objects Localization, NeurIPS 2020"
+_QIAN = "Qian et al., A Two-Stage Framework for Multiple Sound-Source Localization, ECCV 2020, Eq. 9"
+_DNM = "Nishikawa et al., Dual Normalization Multitasking for AVSOL, Sec. 3.3 (HmBoxAUC, PiBR, PNSR)"
+
+_lvs = dict(source=_LVS, resize="cv2", normalize="lvs", strict=True, audio_window="10s-tiled", image_mode="crop")
+_ez = dict(source=_EZVSL, resize="align_corners", normalize="minmax", strict=False)
+_flickr = dict(gt="consensus", expected_samples=FLICKR_TEST_IDS)
+_vggss = dict(gt="union", expected_samples=VGGSS_TEST_IDS)
+
+_register(Protocol("lvs-flickr", **_lvs, **_flickr))  # type: ignore[arg-type]
+_register(Protocol("lvs-vggss", **_lvs, **_vggss))  # type: ignore[arg-type]
+_register(Protocol("ezvsl-flickr", **_ez, **_flickr))  # type: ignore[arg-type]
+_register(Protocol("ezvsl-vggss", **_ez, **_vggss))  # type: ignore[arg-type]
+_register(
+    Protocol(
+        "slavc-extended",
+        task="extended",
+        source=_SLAVC,
+        normalize="fixed",
+        norm_bounds=(-1 / SLAVC_TAU, 1 / SLAVC_TAU),
+        notes="relative top-50% binarisation of the fixed-bound normalised map; VGG-SS style union ground truth",
+    )
+)
+_register(
+    Protocol(
+        "slavc-extended-flickr",
+        task="extended",
+        source=_SLAVC,
+        normalize="fixed",
+        norm_bounds=(-1 / SLAVC_TAU, 1 / SLAVC_TAU),
+        gt="consensus",
+        notes="extended Flickr: consensus ground truth",
+    )
+)
+_register(Protocol("sslalign", source=_SSLALIGN, success_op=">", notes="median binarisation, success cIoU > 0.5"))
+_register(
+    Protocol(
+        "sslalign-adaptive",
+        source=_SSLALIGN,
+        binarize="adaptive",
+        success_op=">",
+        iiou=True,
+        notes="top-K pixels, K = ground-truth area; IIoU over samples sharing an image_id",
+    )
+)
+_register(
+    Protocol(
+        "sslalign-adaptive-flickr",
+        source=_SSLALIGN,
+        binarize="adaptive",
+        success_op=">",
+        iiou=True,
+        gt="consensus",
+        expected_samples=FLICKR_TEST_IDS,
+    )
+)
+for _gt_name, _gt in (("flickr", _flickr), ("vggss", _vggss)):
+    _register(
+        Protocol(
+            f"aclssl-sweep-{_gt_name}",
+            source=_ACLSSL,
+            normalize="none",
+            binarize="fixed",
+            sweep=ACLSSL_SWEEP,
+            tuned_on_test=True,
+            audio_window="10s-16k",
+            notes="labelled variant: the threshold is tuned on the test set; maps must already be sigmoid outputs",
+            **_gt,  # type: ignore[arg-type]
+        )
+    )
+_register(
+    Protocol(
+        "dsol-music",
+        source=_DSOL + " (single-source MUSIC; also the proposal paper)",
+        resize="cv2",
+        normalize="none",
+        binarize="max_fraction",
+        binarize_threshold=MUSIC_MAX_FRACTION,
+        strict=True,
+        score="iou",
+        audio_window="1s-16k",
+        notes="prediction = pixels > 0.1 x max; IoU with the union of boxes",
+    )
+)
+_register(
+    Protocol(
+        "dsol-classaware",
+        task="dsol_classaware",
+        source=_DSOL,
+        resize="cv2",
+        normalize="none",
+        binarize="max_fraction",
+        binarize_threshold=DSOL_CLASS_MAX_FRACTION,
+        strict=True,
+        extra_thresholds=DSOL_EXTRA_THRESHOLDS,
+        score="iou",
+        audio_window="1s-16k",
+        notes="per sounding class: class map > 0.5 x max, IoU with that class's boxes, mean over classes; NSA on silent classes",
+    )
+)
+_register(
+    Protocol(
+        "qian-classaware",
+        task="qian_classaware",
+        source=_QIAN,
+        resize="cv2",
+        normalize="relu",
+        binarize="max_fraction",
+        binarize_threshold=MUSIC_MAX_FRACTION,
+        strict=True,
+        n_sources=QIAN_N_SOURCES,
+        audio_window="5s-22k",
+        image_mode="squash-256",
+        notes="frames with exactly two sounding classes; ReLU, > 0.1 x max per class map; Eq. 9 average",
+    )
+)
+_register(
+    Protocol(
+        "avsol",
+        task="avsol",
+        source=_DNM,
+        resize="cv2",
+        normalize="none",
+        audio_window="per-frame-10fps",
+        notes="HmBoxAUC and PiBR over AVE frames; PNSR over non-AVE frames (all / visible / audible / noise)",
+    )
+)
