@@ -125,11 +125,11 @@ def test_probe_errors(tmp_path, demo_clip_path: Path) -> None:
     with pytest.raises(MediaError, match="empty"):
         probe(tmp_path / "empty.mp4")
     (tmp_path / "garbage.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
-    with pytest.raises(MediaError, match="not a readable media file|truncated|corrupt"):
+    with pytest.raises(MediaError, match=r"not a readable media file|truncated|corrupt"):
         probe(tmp_path / "garbage.mp4")
     data = demo_clip_path.read_bytes()
     (tmp_path / "trunc.mp4").write_bytes(data[: len(data) // 2])
-    with pytest.raises(MediaError, match="truncated|not a readable|corrupt"):
+    with pytest.raises(MediaError, match=r"truncated|not a readable|corrupt"):
         probe(tmp_path / "trunc.mp4")
 
 

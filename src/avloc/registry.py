@@ -68,7 +68,7 @@ PROTOCOLS: Registry[Any] = Registry("protocol")
 
 def load_all() -> None:
     """Import every subpackage that registers something, so registries are full."""
-    import avloc.data  # noqa: F401
-    import avloc.encoders  # noqa: F401
-    import avloc.methods  # noqa: F401
+    import avloc.data
+    import avloc.encoders
+    import avloc.methods
     import avloc.metrics  # noqa: F401

@@ -127,7 +127,8 @@ class ManifestDataset(Dataset):
         if audio_rel is None:
             raise DataError(f"{self.path}: entry {e['id']!r} has no 'audio' (nor a 'video' to take it from)")
         wav, sr = load_audio(resolve_media(self.path, audio_rel), self.audio_cfg.sample_rate)
-        center = float(e.get("audio_time", e.get("time", wav.size / sr / 2)))
+        t = e.get("audio_time", e.get("time"))
+        center = float(t) if t is not None else wav.size / sr / 2
         return build_sample(e, image, wav, sr, self.image_cfg, self.audio_cfg, center, self.audio_pad)
 
 

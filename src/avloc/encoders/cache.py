@@ -186,12 +186,13 @@ class FeatureCache:
         """Store ``feats`` (N, ...) under ``keys`` (N), overwriting atomically; returns them as stored (float32)."""
         if len(keys) != feats.shape[0]:
             raise ConfigError(f"feature cache: {len(keys)} keys for {feats.shape[0]} feature rows")
-        arr = feats.detach().cpu().float().numpy().astype(self.dtype)  # (N, ...)
-        if not np.isfinite(arr).all():
+        f32 = feats.detach().cpu().float().numpy()  # (N, ...)
+        limit = float(np.finfo(self.dtype).max)
+        if not np.isfinite(f32).all() or (f32.size and np.abs(f32).max() > limit):
             raise FeatureCacheError(
-                f"features are not finite in {self.dtype} (NaN, or beyond float16 range 65504): "
-                "check the encoder or use dtype='float32'"
+                f"features are NaN/inf or beyond the {self.dtype} range {limit:g}: check the encoder or use dtype='float32'"
             )
+        arr = f32.astype(self.dtype)
         stored = torch.from_numpy(arr).float()  # (N, ...) rounded to the stored precision
         for key, a, t in zip(keys, arr, stored):
             with atomic_path(self.path(key)) as tmp:

@@ -104,6 +104,9 @@ def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float, s
 class AudioFrontend(nn.Module):
     """Waveform (B, N) -> spectrogram (B, 1, F, T), per :class:`AudioFrontendConfig`."""
 
+    window: torch.Tensor
+    melfb: torch.Tensor
+
     def __init__(self, cfg: AudioFrontendConfig) -> None:
         super().__init__()
         self.cfg = cfg

@@ -199,7 +199,7 @@ def iter_frames(
                     target = start + k / fps
                     if end is not None and target >= end:
                         return
-                    if target >= ft or prev is None and target >= ft:
+                    if target >= ft or (prev is None and target >= ft):
                         break
                     src = prev if prev is not None else fr
                     yield Frame(k, target, prev_t if prev is not None else ft, convert(src))
@@ -238,7 +238,7 @@ def decode_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.n
         # timestamp gaps become silence instead of shifting later audio earlier.
         placed: list[tuple[int, np.ndarray]] = []
         cursor = 0
-        start = 0 if st.start_time is None else int(round(float(st.start_time * st.time_base) * rate))
+        start = 0 if st.start_time is None else round(float(st.start_time * st.time_base) * rate)
 
         def put(out: Any) -> None:
             nonlocal cursor

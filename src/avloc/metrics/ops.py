@@ -94,16 +94,22 @@ def _linear_indices(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray
     return i0, i1, lam0, lam1
 
 
+def _fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """float32 ``fma(a, b, c)``: the float32 product is exact in float64, one rounding back to float32."""
+    return (a.astype(np.float64) * b + c).astype(np.float32)
+
+
 def _resize_align_corners(maps: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     _, h, w = maps.shape
     y0, y1, wy0, wy1 = _linear_indices(h, out_h)
     x0, x1, wx0, wx1 = _linear_indices(w, out_w)
     r0 = maps[:, y0, :]  # (B, H, w)
     r1 = maps[:, y1, :]
-    # out = wy0 * (wx0 * x00 + wx1 * x01) + wy1 * (wx0 * x10 + wx1 * x11), float32
-    top = wx0 * r0[:, :, x0] + wx1 * r0[:, :, x1]  # (B, H, W)
-    bot = wx0 * r1[:, :, x0] + wx1 * r1[:, :, x1]
-    return (wy0[:, None] * top + wy1[:, None] * bot).astype(np.float32, copy=False)
+    # torch's compiled CPU kernel contracts a * w0 + b * w1 into fma(a, w0, b * w1), first along x then y;
+    # reproduced here so the result equals F.interpolate(..., align_corners=True) bit for bit.
+    top = _fma32(r0[:, :, x0], wx0, (r0[:, :, x1] * wx1).astype(np.float32))  # (B, H, W)
+    bot = _fma32(r1[:, :, x0], wx0, (r1[:, :, x1] * wx1).astype(np.float32))
+    return _fma32(top, wy0[:, None], (bot * wy1[:, None]).astype(np.float32))
 
 
 def normalize_maps(maps: np.ndarray, mode: NormalizeMode, bounds: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:

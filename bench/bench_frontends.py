@@ -1,0 +1,117 @@
+"""Benchmark the audio front-ends and EfficientNet-Lite0 on CPU.
+
+* spectrograms/s for 3 s clips at 16 kHz: the LVS spectrogram and the DSOL-style
+  64-band log-mel (:class:`avloc.frontends.audio.AudioFrontend`), batch 1 and 32;
+* EfficientNet-Lite0 images/s at 224x224 (stride-16 map, and the full network
+  with ImageNet logits), batch 1 and 32.
+
+Usage::
+
+    python bench/bench_frontends.py --threads 2 [--write-docs]
+
+prints a markdown table; ``--write-docs`` replaces the section
+``## Front-ends and encoders`` of ``docs/BENCHMARKS.md`` (creating the file if
+needed) and leaves the other sections untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from avloc.encoders import create_encoder
+from avloc.encoders.efficientnet_lite import EfficientNetLite0
+from avloc.frontends.audio import AudioFrontend, AudioFrontendConfig
+from avloc.io.atomic import write_text_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+SECTION = "## Front-ends and encoders"
+
+
+def throughput(fn: Callable[[], object], items: int, min_seconds: float, warmup: int = 2) -> float:
+    """Items per second of ``fn`` (which processes ``items`` items), timed for at least ``min_seconds``."""
+    for _ in range(warmup):
+        fn()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_seconds and n >= 3:
+            return n * items / elapsed
+
+
+def run(threads: int, min_seconds: float) -> list[tuple[str, int, float]]:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    rows: list[tuple[str, int, float]] = []
+    fronts = {
+        "LVS spectrogram (257 x 200)": AudioFrontendConfig(kind="lvs"),
+        "log-mel 64 bands, hop 10 ms (64 x 301)": AudioFrontendConfig(kind="logmel", n_mels=64, hop_length=160, n_fft=512),
+    }
+    with torch.inference_mode():
+        for name, cfg in fronts.items():
+            fe = AudioFrontend(cfg)
+            for b in (1, 32):
+                wav = torch.randn(b, cfg.num_samples) * 0.1  # (B, 48000): 3 s at 16 kHz
+                rows.append((f"audio: {name}, 3 s at 16 kHz", b, throughput(lambda fe=fe, wav=wav: fe(wav), b, min_seconds)))
+        enc = create_encoder("efficientnet_lite0").eval()
+        assert isinstance(enc, EfficientNetLite0)
+        for b in (1, 32):
+            x = torch.rand(b, 3, 224, 224)
+            rows.append(("EfficientNet-Lite0 224, stride-16 map (112 x 14 x 14)", b, throughput(lambda x=x: enc(x), b, min_seconds)))
+            rows.append(("EfficientNet-Lite0 224, full net + ImageNet logits", b, throughput(lambda x=x: enc.classify(x), b, min_seconds)))
+    return rows
+
+
+def table(rows: list[tuple[str, int, float]], unit: str = "items/s") -> str:
+    lines = ["| what | batch | " + unit + " |", "|---|---:|---:|"]
+    lines += [f"| {what} | {b} | {v:,.1f} |" for what, b, v in rows]
+    return "\n".join(lines)
+
+
+def write_docs(path: Path, body: str) -> None:
+    """Replace (or append) the ``SECTION`` of ``path``; other sections are kept byte for byte."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{SECTION}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: block + "\n", text, count=1).rstrip("\n") + "\n"
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    write_text_atomic(path, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    p.add_argument("--min-seconds", type=float, default=3.0, help="minimum timed seconds per row")
+    p.add_argument("--write-docs", action="store_true", help="write the table into docs/BENCHMARKS.md")
+    args = p.parse_args(argv)
+    rows = run(args.threads, args.min_seconds)
+    out = table(rows, "spectrograms/s or images/s")
+    print(out)
+    if args.write_docs:
+        cmd = "python bench/bench_frontends.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        cpu = platform.processor() or platform.machine()
+        body = (
+            f"Command: `{cmd.strip()}` (run {datetime.date.today().isoformat()}, torch {torch.__version__}, "
+            f"{args.threads} threads, CPU {cpu}, shared machine: figures are indicative).\n\n"
+            "Audio rows count spectrograms of 3 s clips at 16 kHz per second; encoder rows count 224x224 images per second.\n\n"
+            + out
+        )
+        write_docs(REPO / "docs" / "BENCHMARKS.md", body)
+        print(f"wrote section '{SECTION}' of {REPO / 'docs' / 'BENCHMARKS.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
