@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import re
+import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -36,45 +40,68 @@ REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Front-ends and encoders"
 
 
-def throughput(fn: Callable[[], object], items: int, min_seconds: float, warmup: int = 2) -> float:
-    """Items per second of ``fn`` (which processes ``items`` items), timed for at least ``min_seconds``."""
+def throughput(fn: Callable[[], object], items: int, min_seconds: float, warmup: int = 2) -> tuple[float, float]:
+    """(best, median) items per second of ``fn`` (which processes ``items`` items) over calls
+    timed for at least ``min_seconds``; the best call is the least disturbed by other load
+    (as ``timeit`` reports the minimum)."""
     for _ in range(warmup):
         fn()
-    n, t0 = 0, time.perf_counter()
-    while True:
+    times: list[float] = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < min_seconds or len(times) < 5:
+        t0 = time.perf_counter()
         fn()
-        n += 1
-        elapsed = time.perf_counter() - t0
-        if elapsed >= min_seconds and n >= 3:
-            return n * items / elapsed
+        times.append(time.perf_counter() - t0)
+    return items / min(times), items / statistics.median(times)
 
 
-def run(threads: int, min_seconds: float) -> list[tuple[str, int, float]]:
+def run(threads: int, min_seconds: float) -> list[tuple[str, int, tuple[float, float]]]:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    rows: list[tuple[str, int, float]] = []
+    rows: list[tuple[str, int, tuple[float, float]]] = []
     fronts = {
         "LVS spectrogram (257 x 200)": AudioFrontendConfig(kind="lvs"),
-        "log-mel 64 bands, hop 10 ms (64 x 301)": AudioFrontendConfig(kind="logmel", n_mels=64, hop_length=160, n_fft=512),
+        "log-mel 64 bands, hop 10 ms (64 x 301)": AudioFrontendConfig(
+            kind="logmel", n_mels=64, hop_length=160, n_fft=512
+        ),
     }
     with torch.inference_mode():
         for name, cfg in fronts.items():
             fe = AudioFrontend(cfg)
             for b in (1, 32):
                 wav = torch.randn(b, cfg.num_samples) * 0.1  # (B, 48000): 3 s at 16 kHz
-                rows.append((f"audio: {name}, 3 s at 16 kHz", b, throughput(lambda fe=fe, wav=wav: fe(wav), b, min_seconds)))
+                rows.append((f"audio: {name}, 3 s at 16 kHz", b, throughput(partial(fe, wav), b, min_seconds)))
         enc = create_encoder("efficientnet_lite0").eval()
         assert isinstance(enc, EfficientNetLite0)
         for b in (1, 32):
             x = torch.rand(b, 3, 224, 224)
-            rows.append(("EfficientNet-Lite0 224, stride-16 map (112 x 14 x 14)", b, throughput(lambda x=x: enc(x), b, min_seconds)))
-            rows.append(("EfficientNet-Lite0 224, full net + ImageNet logits", b, throughput(lambda x=x: enc.classify(x), b, min_seconds)))
+            rows.append(
+                (
+                    "EfficientNet-Lite0 224, stride-16 map (112 x 14 x 14)",
+                    b,
+                    throughput(partial(enc, x), b, min_seconds),
+                )
+            )
+            rows.append(
+                (
+                    "EfficientNet-Lite0 224, full net + ImageNet logits",
+                    b,
+                    throughput(partial(enc.classify, x), b, min_seconds),
+                )
+            )
+        # NHWC: faster depthwise convs on CPU at large batch (torch's stubs lack Module.to(memory_format=...))
+        enc = enc.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        for b in (1, 32):
+            x = torch.rand(b, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+            rows.append(
+                ("EfficientNet-Lite0 224, stride-16 map, channels_last", b, throughput(partial(enc, x), b, min_seconds))
+            )
     return rows
 
 
-def table(rows: list[tuple[str, int, float]], unit: str = "items/s") -> str:
-    lines = ["| what | batch | " + unit + " |", "|---|---:|---:|"]
-    lines += [f"| {what} | {b} | {v:,.1f} |" for what, b, v in rows]
+def table(rows: list[tuple[str, int, tuple[float, float]]], unit: str) -> str:
+    lines = [f"| what | batch | {unit}, best | {unit}, median |", "|---|---:|---:|---:|"]
+    lines += [f"| {what} | {b} | {best:,.1f} | {med:,.1f} |" for what, b, (best, med) in rows]
     return "\n".join(lines)
 
 
@@ -96,16 +123,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-seconds", type=float, default=3.0, help="minimum timed seconds per row")
     p.add_argument("--write-docs", action="store_true", help="write the table into docs/BENCHMARKS.md")
     args = p.parse_args(argv)
+    load_before = os.getloadavg()[0]
     rows = run(args.threads, args.min_seconds)
+    load_after = os.getloadavg()[0]
     out = table(rows, "spectrograms/s or images/s")
     print(out)
     if args.write_docs:
         cmd = "python bench/bench_frontends.py " + " ".join(sys.argv[1:] if argv is None else argv)
         cpu = platform.processor() or platform.machine()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
         body = (
-            f"Command: `{cmd.strip()}` (run {datetime.date.today().isoformat()}, torch {torch.__version__}, "
-            f"{args.threads} threads, CPU {cpu}, shared machine: figures are indicative).\n\n"
-            "Audio rows count spectrograms of 3 s clips at 16 kHz per second; encoder rows count 224x224 images per second.\n\n"
+            f"Command: `{cmd.strip()}` (run {datetime.date.today().isoformat()}, commit {commit or 'unknown'}, torch {torch.__version__}, "
+            f"{args.threads} threads, CPU {cpu}, {os.cpu_count()} cores, 1-min load average {load_before:.1f} before / "
+            f"{load_after:.1f} after: the machine is shared, so figures are indicative).\n\n"
+            "Audio rows count spectrograms of 3 s clips at 16 kHz per second; encoder rows count 224x224 images per second. "
+            "Best = fastest single call (least disturbed by other jobs on the machine), median = typical call.\n\n"
             + out
         )
         write_docs(REPO / "docs" / "BENCHMARKS.md", body)

@@ -61,11 +61,19 @@ def test_config_changes_miss(tmp_path: Path, setup: tuple) -> None:
     base.store(keys[:1], torch.ones(1, 8, 8, 8))
     assert base.lookup(keys[:1])[0].item()
     other_prep = asdict(ImageConfig(size=32, mode="crop"))
-    other_kwargs = FeatureCache(tmp_path, "small_cnn", {"channels": (4, 8), "out_stride": 2}, weights_fingerprint(enc), prep)
+    other_kwargs = FeatureCache(
+        tmp_path, "small_cnn", {"channels": (4, 8), "out_stride": 2}, weights_fingerprint(enc), prep
+    )
     other_name = FeatureCache(tmp_path, "small_cnn_v2", dict(KW), weights_fingerprint(enc), prep)
     enc2 = create_encoder("small_cnn", **KW)  # same architecture, other random weights
     assert weights_fingerprint(enc2) != weights_fingerprint(enc)
-    for c in (_cache(tmp_path, enc, other_prep), other_kwargs, other_name, _cache(tmp_path, enc2, prep), _cache(tmp_path, enc, prep, dtype="float32")):
+    for c in (
+        _cache(tmp_path, enc, other_prep),
+        other_kwargs,
+        other_name,
+        _cache(tmp_path, enc2, prep),
+        _cache(tmp_path, enc, prep, dtype="float32"),
+    ):
         assert c.namespace != base.namespace
         assert not c.lookup(keys[:1])[0].item()
     assert _cache(tmp_path, enc, dict(prep)).namespace == base.namespace  # equal config -> same namespace

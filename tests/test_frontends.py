@@ -75,7 +75,8 @@ def _np_mel_to_hz(m: np.ndarray, scale: str) -> np.ndarray:
 
 def _np_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float, scale: str) -> np.ndarray:
     """Triangles between consecutive mel-spaced edges, evaluated at the FFT bin frequencies."""
-    edges = _np_mel_to_hz(np.linspace(_np_hz_to_mel(np.float64(fmin), scale), _np_hz_to_mel(np.float64(fmax), scale), n_mels + 2), scale)
+    lo_hi = _np_hz_to_mel(np.array([fmin, fmax], dtype=np.float64), scale)
+    edges = _np_mel_to_hz(np.linspace(lo_hi[0], lo_hi[1], n_mels + 2), scale)
     bins = np.arange(n_fft // 2 + 1) * sr / n_fft
     fb = np.zeros((n_mels, bins.size))
     for m in range(n_mels):
@@ -108,13 +109,27 @@ def _np_logmel(x: np.ndarray, cfg: AudioFrontendConfig) -> np.ndarray:
 
 
 LOGMEL_SETTINGS = {
-    "dsol_16k_64_htk": AudioFrontendConfig(kind="logmel", sample_rate=16000, n_fft=512, hop_length=160, n_mels=64, mel_scale="htk"),
-    "dsol_16k_64_slaney": AudioFrontendConfig(kind="logmel", sample_rate=16000, n_fft=512, hop_length=160, n_mels=64),
-    "two_stage_22k": AudioFrontendConfig(kind="logmel", sample_rate=22050, n_fft=882, hop_length=441, n_mels=64, mel_scale="htk"),
-    "less_is_more_80": AudioFrontendConfig(
-        kind="logmel", sample_rate=16000, n_fft=512, win_length=400, hop_length=160, n_mels=80, fmin=50.0, fmax=7600.0, log="db"
+    "dsol_16k_64_htk": AudioFrontendConfig(
+        kind="logmel", sample_rate=16000, n_fft=512, hop_length=160, n_mels=64, mel_scale="htk"
     ),
-    "no_center_power1": AudioFrontendConfig(kind="logmel", sample_rate=16000, n_fft=400, hop_length=200, n_mels=40, center=False, power=1.0),
+    "dsol_16k_64_slaney": AudioFrontendConfig(kind="logmel", sample_rate=16000, n_fft=512, hop_length=160, n_mels=64),
+    "two_stage_22k": AudioFrontendConfig(
+        kind="logmel", sample_rate=22050, n_fft=882, hop_length=441, n_mels=64, mel_scale="htk"
+    ),
+    "less_is_more_80": AudioFrontendConfig(
+        kind="logmel",
+        sample_rate=16000,
+        n_fft=512,
+        win_length=400,
+        hop_length=160,
+        n_mels=80,
+        fmin=50.0,
+        fmax=7600.0,
+        log="db",
+    ),
+    "no_center_power1": AudioFrontendConfig(
+        kind="logmel", sample_rate=16000, n_fft=400, hop_length=200, n_mels=40, center=False, power=1.0
+    ),
 }
 
 
@@ -139,7 +154,9 @@ def test_mel_filterbank_matches_numpy(scale: str) -> None:
 
 def test_mel_scale_hand_checked_values() -> None:
     # Slaney: linear 200/3 Hz per mel up to 1 kHz = 15 mel; 6.4x frequency = 27 mel above.
-    np.testing.assert_allclose(hz_to_mel(np.array([0.0, 200.0 / 3, 1000.0, 6400.0]), "slaney"), [0.0, 1.0, 15.0, 42.0], atol=1e-9)
+    np.testing.assert_allclose(
+        hz_to_mel(np.array([0.0, 200.0 / 3, 1000.0, 6400.0]), "slaney"), [0.0, 1.0, 15.0, 42.0], atol=1e-9
+    )
     # HTK: 1000 Hz ~ 1000 mel (by construction of 2595 log10(1 + f/700)).
     np.testing.assert_allclose(hz_to_mel(np.array([1000.0]), "htk"), [999.9855], atol=1e-3)
     f = np.array([30.0, 700.0, 1500.0, 7000.0])
@@ -227,7 +244,9 @@ def test_random_resized_crop_deterministic_with_seed() -> None:
     outs = [random_resized_crop(img, 64, generator=torch.Generator().manual_seed(7)) for _ in range(2)]
     assert outs[0].shape == (3, 64, 64)
     torch.testing.assert_close(outs[0], outs[1])
-    boxes = {sample_resized_crop(120, 160, (0.5, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(s)) for s in range(20)}
+    boxes = {
+        sample_resized_crop(120, 160, (0.5, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(s)) for s in range(20)
+    }
     assert len(boxes) > 10  # different seeds give different crops
     for x1, y1, x2, y2 in boxes:
         assert 0 <= x1 < x2 <= 160 and 0 <= y1 < y2 <= 120

@@ -17,7 +17,8 @@ __all__ = ["AudioEncoder", "FeatureInfo", "VisualEncoder", "create_encoder", "fr
 def create_encoder(name: str, **kwargs: Any) -> VisualEncoder | AudioEncoder:
     """Build the encoder registered as ``name``; unknown names raise listing the valid ones."""
     enc = ENCODERS.create(name, **kwargs)
-    assert isinstance(enc, VisualEncoder | AudioEncoder), f"encoder factory {name!r} returned {type(enc).__name__}"
+    if not isinstance(enc, VisualEncoder | AudioEncoder):
+        raise TypeError(f"encoder factory {name!r} returned {type(enc).__name__}, not a VisualEncoder or AudioEncoder")
     return enc
 
 

@@ -87,7 +87,9 @@ def _jsonable(obj: Any) -> Any:
         return [_jsonable(v) for v in obj]
     if isinstance(obj, str | int | float | bool) or obj is None:
         return obj
-    raise ConfigError(f"feature cache: cannot key on a value of type {type(obj).__name__} ({obj!r}); use plain config values")
+    raise ConfigError(
+        f"feature cache: cannot key on a value of type {type(obj).__name__} ({obj!r}); use plain config values"
+    )
 
 
 class FeatureCache:
@@ -136,7 +138,13 @@ class FeatureCache:
 
     @classmethod
     def for_encoder(
-        cls, root: str | Path, encoder_name: str, encoder_kwargs: dict[str, Any], encoder: nn.Module, preprocessing: dict[str, Any], **kw: Any
+        cls,
+        root: str | Path,
+        encoder_name: str,
+        encoder_kwargs: dict[str, Any],
+        encoder: nn.Module,
+        preprocessing: dict[str, Any],
+        **kw: Any,
     ) -> FeatureCache:
         """Build the cache of ``encoder`` (fingerprinting its weights)."""
         return cls(root, encoder_name, encoder_kwargs, weights_fingerprint(encoder), preprocessing, **kw)
@@ -162,7 +170,9 @@ class FeatureCache:
                 f"delete the cache directory {self.dir} (or all of {self.root}) and run again"
             ) from e
         if arr.dtype != self.dtype:
-            raise FeatureCacheError(f"feature cache file {path} has dtype {arr.dtype}, expected {self.dtype}; delete {self.dir}")
+            raise FeatureCacheError(
+                f"feature cache file {path} has dtype {arr.dtype}, expected {self.dtype}; delete {self.dir}"
+            )
         return torch.from_numpy(arr)
 
     def lookup(self, keys: Sequence[str]) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
@@ -213,12 +223,16 @@ class FeatureCache:
         if missing:
             new = compute(missing)
             if new.shape[0] != len(missing):
-                raise ConfigError(f"feature cache: compute() returned {new.shape[0]} rows for {len(missing)} missing items")
+                raise ConfigError(
+                    f"feature cache: compute() returned {new.shape[0]} rows for {len(missing)} missing items"
+                )
             for i, t in zip(missing, self.store([keys[i] for i in missing], new)):
                 feats[i] = t
         shapes = {tuple(t.shape) for t in feats if t is not None}
         if len(shapes) > 1:
-            raise FeatureCacheError(f"cached features in {self.dir} have different shapes {sorted(shapes)}; delete {self.dir}")
+            raise FeatureCacheError(
+                f"cached features in {self.dir} have different shapes {sorted(shapes)}; delete {self.dir}"
+            )
         return torch.stack([t for t in feats if t is not None])  # (N, ...)
 
     def __len__(self) -> int:

@@ -79,25 +79,29 @@ LITE0_STAGES: tuple[StageArgs, ...] = (
 )
 
 
-def tf_same_pad(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
-    """Pad like TensorFlow ``padding='SAME'``: output = ceil(input / stride), extra pixel bottom/right."""
-    ih, iw = x.shape[-2:]
+def tf_same_padding(size: tuple[int, int], kernel: int, stride: int) -> tuple[int, int, int, int]:
+    """TensorFlow ``padding='SAME'`` as (left, right, top, bottom): output = ceil(input / stride),
+    the odd extra pixel going bottom/right."""
+    ih, iw = size
     ph = max((math.ceil(ih / stride) - 1) * stride + kernel - ih, 0)
     pw = max((math.ceil(iw / stride) - 1) * stride + kernel - iw, 0)
-    if ph or pw:
-        x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
-    return x
+    return pw // 2, pw - pw // 2, ph // 2, ph - ph // 2
 
 
 class SameConv2d(nn.Conv2d):
     """``nn.Conv2d`` with TensorFlow ``SAME`` padding computed from the input size."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, bias: bool = False) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, bias: bool = False
+    ) -> None:
         super().__init__(in_ch, out_ch, kernel, stride=stride, padding=0, groups=groups, bias=bias)
         self._k, self._s = kernel, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(tf_same_pad(x, self._k, self._s))
+        left, right, top, bottom = tf_same_padding((x.shape[-2], x.shape[-1]), self._k, self._s)
+        if left == right and top == bottom:  # symmetric: let the convolution pad (no copy)
+            return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), 1, self.groups)
+        return F.conv2d(F.pad(x, [left, right, top, bottom]), self.weight, self.bias, self.stride, 0, 1, self.groups)
 
 
 def _bn(ch: int) -> nn.BatchNorm2d:
@@ -122,8 +126,8 @@ class MBConvBlock(nn.Module):
         self.drop_rate = 0.0  # stochastic depth probability, set by the model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, H, W) -> (B, Cout, H/s, W/s)
-        h = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
-        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = F.relu6(self._bn0(self._expand_conv(x)), inplace=True) if self.expand else x
+        h = F.relu6(self._bn1(self._depthwise_conv(h)), inplace=True)
         h = self._bn2(self._project_conv(h))
         if self.residual:
             if self.training and self.drop_rate > 0:  # drop connect (per-sample stochastic depth)
@@ -176,7 +180,11 @@ class EfficientNetLite0(VisualEncoder):
         self._stride16_index, c16 = -1, 0  # index and channels of the last block at stride 16
         for st in LITE0_STAGES:
             for r in range(st.repeats):
-                blocks.append(MBConvBlock(st.in_ch if r == 0 else st.out_ch, st.out_ch, st.kernel, st.stride if r == 0 else 1, st.expand))
+                blocks.append(
+                    MBConvBlock(
+                        st.in_ch if r == 0 else st.out_ch, st.out_ch, st.kernel, st.stride if r == 0 else 1, st.expand
+                    )
+                )
                 stride *= st.stride if r == 0 else 1
                 if stride == 16:
                     self._stride16_index, c16 = len(blocks) - 1, st.out_ch
@@ -250,4 +258,6 @@ def efficientnet_lite0(
     out_stride: int = 16, pretrained: bool = True, weights_path: str | None = None, drop_connect_rate: float = 0.0
 ) -> EfficientNetLite0:
     """EfficientNet-Lite0 with ImageNet weights (see :class:`EfficientNetLite0`)."""
-    return EfficientNetLite0(out_stride=out_stride, pretrained=pretrained, weights_path=weights_path, drop_connect_rate=drop_connect_rate)
+    return EfficientNetLite0(
+        out_stride=out_stride, pretrained=pretrained, weights_path=weights_path, drop_connect_rate=drop_connect_rate
+    )

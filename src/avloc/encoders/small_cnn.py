@@ -26,7 +26,9 @@ from avloc.registry import ENCODERS
 
 def conv_bn_relu(in_ch: int, out_ch: int, stride: int | tuple[int, int]) -> nn.Sequential:
     """3x3 convolution (padding 1) -> BatchNorm -> ReLU."""
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)
+    )
 
 
 def _num_halvings(stride: int, n_blocks: int, what: str) -> int:
@@ -53,7 +55,9 @@ class SmallCNN(VisualEncoder):
         k = _num_halvings(out_stride, len(channels), "small_cnn out_stride")
         self.mean, self.std = tuple(mean), tuple(std)
         ins = (3, *channels[:-1])
-        self.blocks = nn.Sequential(*[conv_bn_relu(i, o, 2 if n < k else 1) for n, (i, o) in enumerate(zip(ins, channels))])
+        self.blocks = nn.Sequential(
+            *[conv_bn_relu(i, o, 2 if n < k else 1) for n, (i, o) in enumerate(zip(ins, channels))]
+        )
         self.feature_info = FeatureInfo(channels[-1], out_stride)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, C, h, w)
@@ -72,7 +76,9 @@ class SmallCNNAudio(AudioEncoder):
             raise ConfigError(f"small_cnn_audio channels must be a non-empty list of positive ints, got {channels}")
         k = _num_halvings(time_stride, len(channels), "small_cnn_audio time_stride")
         ins = (1, *channels[:-1])
-        self.blocks = nn.Sequential(*[conv_bn_relu(i, o, (2, 2 if n < k else 1)) for n, (i, o) in enumerate(zip(ins, channels))])
+        self.blocks = nn.Sequential(
+            *[conv_bn_relu(i, o, (2, 2 if n < k else 1)) for n, (i, o) in enumerate(zip(ins, channels))]
+        )
         self.out_channels = channels[-1]
         self.time_stride = time_stride
 

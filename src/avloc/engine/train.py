@@ -22,8 +22,8 @@ Feature cache (transparent)
 When ``TrainConfig.feature_cache`` is on, the method's visual encoder (the
 attribute ``visual_encoder``) is frozen and pretrained
 (``model.visual_cacheable()``), and the training dataset gives every sample a
-stable image key -- ``dataset.feature_cache_keys()`` (DigitScenes pool mode:
-``scene_index``) or the entry ``id`` of a manifest whose entries are still
+stable image key -- ``dataset.feature_cache_keys()``, ``dataset.scene_index(i)``
+(DigitScenes; pool mode reuses N images) or the entry ``id`` of a manifest whose entries are still
 images -- the loop computes the encoder's features once per key (batched,
 with a progress bar), then replaces ``batch["image"]`` by ``batch["vfeat"]``.
 Anything else trains end to end, and the run says which in ``config.json``
@@ -132,6 +132,9 @@ class TrainConfig:
     #: use cached frozen-backbone features when the method and dataset allow it
     feature_cache: bool = True
     feature_cache_batch_size: int = 64
+    #: also keep the cached features on disk (avloc.encoders.cache, keyed by image content), so
+    #: later runs with the same encoder, weights and preprocessing skip the encoder; None = memory only
+    feature_cache_dir: str | None = None
     progress: bool = True
 
 
@@ -207,14 +210,14 @@ def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002
     torch.manual_seed(seed)
 
 
 def _worker_init(worker_id: int) -> None:
     s = torch.initial_seed() % 2**32
     random.seed(s)
-    np.random.seed(s)
+    np.random.seed(s)  # noqa: NPY002
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,7 +232,8 @@ def _split_tensors(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> A
     if isinstance(obj, dict):
         return {"__dict__": [[k, _split_tensors(v, f"{prefix}/{k}", tensors)] for k, v in obj.items()]}
     if isinstance(obj, (list, tuple)):
-        return {"__list__": [_split_tensors(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]}
+        kind = "__tuple__" if isinstance(obj, tuple) else "__list__"
+        return {kind: [_split_tensors(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]}
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     raise TypeError(f"cannot store {type(obj).__name__} at {prefix} in a training state")
@@ -243,14 +247,16 @@ def _join_tensors(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
             return {k: _join_tensors(v, tensors) for k, v in obj["__dict__"]}
         if "__list__" in obj:
             return [_join_tensors(v, tensors) for v in obj["__list__"]]
+        if "__tuple__" in obj:
+            return tuple(_join_tensors(v, tensors) for v in obj["__tuple__"])
     return obj
 
 
 def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state = np.random.get_state()  # noqa: NPY002  (the legacy global RNG is what datasets may use)
     st: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)), *map(_py, np_state[2:])],
+        "numpy": [np_state[0], torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)), *map(_py, np_state[2:])],  # type: ignore[index]
         "python": json.dumps(random.getstate()),
     }
     if torch.cuda.is_available():
@@ -265,7 +271,8 @@ def _py(x: Any) -> Any:
 def _set_rng_state(st: dict[str, Any]) -> None:
     torch.set_rng_state(st["torch"].to(torch.uint8))
     name, keys, pos, has_gauss, gauss = st["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
+    np_state = (name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss))
+    np.random.set_state(np_state)  # noqa: NPY002
     v = json.loads(st["python"])
     random.setstate((v[0], tuple(v[1]), v[2]))
     if "cuda" in st and torch.cuda.is_available():
@@ -325,7 +332,7 @@ def _collate() -> Any:
 
 def _epoch_loader(dataset: Dataset, cfg: TrainConfig, d: _Dist, epoch: int, skip_batches: int) -> DataLoader:
     n = len(dataset)  # type: ignore[arg-type]
-    sampler = DistributedSampler(dataset, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    sampler: DistributedSampler[int] = DistributedSampler(dataset, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed, drop_last=True)
     sampler.set_epoch(epoch)
     idx = list(iter(sampler))
     if len(idx) < cfg.batch_size:
@@ -357,8 +364,9 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 def dataset_image_keys(dataset: Dataset) -> list[Any] | None:
     """A stable image key per sample index, or ``None`` when the dataset has none.
 
-    ``dataset.feature_cache_keys()`` when defined (DigitScenes pool mode:
-    ``scene_index``), the entry ``id`` of a manifest made of still images.
+    ``dataset.feature_cache_keys()`` when defined, ``dataset.scene_index(i)``
+    (DigitScenes; in pool mode N images are reused), or the entry ``id`` of a
+    manifest made of still images.
     """
     from avloc.data.datasets import ManifestDataset
 
@@ -366,6 +374,9 @@ def dataset_image_keys(dataset: Dataset) -> list[Any] | None:
     if callable(fn):
         keys = fn()
         return None if keys is None else list(keys)
+    scene = getattr(dataset, "scene_index", None)
+    if callable(scene):  # DigitScenes: draw i shows scene scene_index(i)
+        return [scene(i) for i in range(len(dataset))]  # type: ignore[arg-type]
     if isinstance(dataset, Subset):
         inner = dataset_image_keys(dataset.dataset)
         return None if inner is None else [inner[i] for i in dataset.indices]
@@ -402,11 +413,30 @@ def build_feature_cache(
         num_workers=cfg.num_workers,
         collate_fn=_collate(),
     )
+    disk = None
+    if cfg.feature_cache_dir is not None:
+        from avloc.encoders.cache import FeatureCache as DiskCache
+
+        enc = model.visual_module()
+        assert enc is not None
+        disk = DiskCache.for_encoder(
+            cfg.feature_cache_dir, model.cfg.visual_encoder, model.cfg.visual_encoder_kwargs, enc,
+            {"image": config_to_dict(model.cfg.image)}, dtype="float32",
+        )
     feats: list[torch.Tensor] = []
     model.eval()
     with torch.no_grad():
         for batch in tqdm(loader, desc="caching visual features", unit="batch", disable=not show, file=sys.stderr):
-            feats.append(model.encode_images(batch["image"].to(device)).cpu())  # (b, C, h, w)
+            images = batch["image"]  # (b, 3, H, W)
+            if disk is None:
+                feats.append(model.encode_images(images.to(device)).cpu())  # (b, C, h, w)
+            else:
+                from avloc.encoders.cache import content_key
+
+                def encode(idx: list[int], im: torch.Tensor = images) -> torch.Tensor:
+                    return model.encode_images(im[idx].to(device)).cpu()  # (m, C, h, w)
+
+                feats.append(disk.get_or_compute([content_key(im) for im in images], encode))
     return FeatureCache(uniq, torch.cat(feats))
 
 
@@ -584,7 +614,16 @@ def train(
     amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
+    def sync_buffers() -> None:
+        # DDP keeps parameters equal; BatchNorm running statistics are per rank: take rank 0's
+        if dist_info.world > 1:
+            import torch.distributed as dist
+
+            for buf in model.buffers():
+                dist.broadcast(buf.data, 0)
+
     def save_state() -> None:
+        sync_buffers()
         rng = _rng_state()
         rngs: list[Any] = [rng]
         if dist_info.world > 1:
@@ -616,9 +655,11 @@ def train(
     def validate() -> dict[str, Any] | None:
         nonlocal best
         res = None
-        if dist_info.main and val_set is not None:
+        if val_set is not None:  # every rank evaluates its shard; evaluate_model merges them
+            sync_buffers()
             t0 = time.perf_counter()
             res = _validate(model, val_set, cfg, device)
+        if dist_info.main and res is not None:
             log({"step": step, "split": "val", **res, "seconds": round(time.perf_counter() - t0, 2)})
             score = res.get(cfg.val_metric)
             if not isinstance(score, (int, float)):
@@ -684,6 +725,7 @@ def train(
             epoch += 1
             batch_in_epoch = 0
     bar.close()
+    sync_buffers()
     last_val = validate() if val_set is not None else last_val
     save_state()
     if dist_info.main:

@@ -15,10 +15,17 @@ from avloc.methods.base import LocalizationMethod, MethodConfig
 from avloc.registry import METHODS
 
 # modules that register methods (imported for their side effect)
-_METHOD_MODULES: list[str] = []
-
-for _m in _METHOD_MODULES:
-    importlib.import_module(_m)
+_METHOD_MODULES: list[str] = [
+    "avloc.methods.lvs",
+    "avloc.methods.avsync_prior",
+    "avloc.methods.attention10k",
+    "avloc.methods.avenet",
+    "avloc.methods.ezvsl",
+    "avloc.methods.priors",
+    "avloc.methods.synchrony",
+    "avloc.methods.proposal_mil",
+    "avloc.methods.twostage",
+]
 
 
 def register_method(name: str) -> Any:
@@ -48,3 +55,7 @@ def list_methods() -> list[str]:
 
 
 __all__ = ["LocalizationMethod", "MethodConfig", "create_method", "list_methods", "register_method"]
+
+# imported last: method modules use register_method defined above
+for _m in _METHOD_MODULES:
+    importlib.import_module(_m)

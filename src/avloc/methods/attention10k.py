@@ -64,6 +64,8 @@ def attended_vectors(attention: torch.Tensor, visual: torch.Tensor) -> torch.Ten
 class Attention10k(TwoStreamMethod):
     """Two-stream network with audio-guided softmax attention (Senocak et al. 2018)."""
 
+    cfg: Attention10kConfig
+
     def __init__(self, cfg: Attention10kConfig) -> None:
         super().__init__(cfg)
         if cfg.attention_temperature <= 0:
@@ -75,8 +77,8 @@ class Attention10k(TwoStreamMethod):
         return F.normalize(x, dim=-1) if self.cfg.normalize_embeddings else x
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        cfg: Attention10kConfig = self.cfg  # type: ignore[assignment]
-        v = self.embed_visual(self.backbone_features(batch))  # (B, D, h, w)
+        cfg = self.cfg
+        v = self.embed_visual(self.visual_features(batch))  # (B, D, h, w)
         h = self.embed_audio(batch["audio"])  # (B, D)
         scores = cross_cosine_maps(h, v)  # (B, B, h, w), [i, j] = S_{i->j}
         attn = attention_maps(scores, cfg.attention_temperature)  # (B, B, h, w)
@@ -87,11 +89,11 @@ class Attention10k(TwoStreamMethod):
         return {"dist": dist, "heatmap": attn.diagonal(dim1=0, dim2=1).permute(2, 0, 1)}  # heatmap (B, h, w)
 
     def build_criterion(self) -> nn.Module:
-        return DistanceRatioLoss(self.cfg.negatives)  # type: ignore[attr-defined]
+        return DistanceRatioLoss(self.cfg.negatives)
 
     def localize(self, images: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W), (B, N) -> attention ``alpha_{i->i}`` (B, h, w), per sample."""
-        cfg: Attention10kConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         v = self.embed_visual(self.encode_images(images))  # (B, D, h, w)
         h = self.embed_audio(audio)  # (B, D)
         return attention_maps(cosine_map(h, v), cfg.attention_temperature)  # (B, h, w)

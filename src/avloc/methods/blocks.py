@@ -18,7 +18,8 @@ exists once:
   ``[S_{i->j}]_{uv} = <A_i, V_j[:, u, v]> / (|A_i| |V_j[:, u, v]|)``;
 * :func:`object_prior` — class-agnostic ImageNet activation map (EZ-VSL's
   object-guided localization prior);
-* :func:`minmax_per_sample` — per-map min-max normalisation.
+* :func:`minmax_per_sample` — per-map min-max normalisation;
+* :class:`TrainingFreeMethod` — base of the training-free baselines.
 
 LVS (``methods/lvs.py``, another engineer's module) may import any of these.
 This module is owned by the baselines' author: open an issue / ping them
@@ -161,10 +162,13 @@ def build_visual_encoder(cfg: MethodConfig) -> VisualEncoder:
 class TwoStreamMethod(LocalizationMethod):
     """Base of the two-stream methods: visual encoder + projection, audio path.
 
-    Subclasses implement ``forward``/``build_criterion``/``localize`` with
-    :meth:`embed_visual` and :meth:`embed_audio`. ``visual_encoder`` is a
-    top-level attribute so the engine's feature cache (``avloc.encoders.cache``)
-    computes exactly the features read back from ``batch["vfeat"]``.
+    Subclasses implement ``forward``/``build_criterion``/``localize`` with the
+    base-class helpers ``visual_features(batch)`` (cached ``batch["vfeat"]`` or
+    the encoded ``batch["image"]``) and ``encode_images(images)``, then
+    :meth:`embed_visual` and :meth:`embed_audio`. ``visual_encoder`` is the
+    top-level attribute the base class and the engine's feature cache use; the
+    base class also keeps a frozen encoder in eval mode and leaves a frozen
+    pretrained encoder out of checkpoints.
     """
 
     config_class = TwoStreamConfig
@@ -174,45 +178,25 @@ class TwoStreamMethod(LocalizationMethod):
         if cfg.embed_dim < 1:
             raise ConfigError(f"embed_dim must be >= 1, got {cfg.embed_dim}")
         self.visual_encoder = build_visual_encoder(cfg)
-        self.visual_proj = VisualProjection(self.visual_encoder.feature_info.channels, cfg.embed_dim, cfg.visual_proj_hidden)
+        self.visual_proj = VisualProjection(
+            self.visual_encoder.feature_info.channels, cfg.embed_dim, cfg.visual_proj_hidden
+        )
         self.audio_path = AudioPath(cfg)
-
-    # the frozen encoder stays in eval mode (BatchNorm statistics fixed) whatever .train() says
-    def train(self, mode: bool = True) -> TwoStreamMethod:
-        super().train(mode)
-        if self.cfg.freeze_visual:
-            self.visual_encoder.eval()
-        return self
-
-    def checkpoint_exclude_prefixes(self) -> list[str]:
-        """A frozen *pretrained* encoder is rebuilt from its own weights source, so it is not saved."""
-        if self.cfg.freeze_visual and self.visual_encoder.pretrained:
-            return ["visual_encoder."]
-        return []
-
-    def backbone_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Visual encoder map ``(B, C, h, w)``: cached ``batch["vfeat"]`` if present, else encode ``batch["image"]``."""
-        if "vfeat" in batch:
-            if not self.cfg.freeze_visual:
-                raise ConfigError("batch has cached 'vfeat' but freeze_visual=False: cached features only fit a frozen encoder")
-            feat = batch["vfeat"].float()
-            c = self.visual_encoder.feature_info.channels
-            if feat.dim() != 4 or feat.shape[1] != c:
-                raise ConfigError(f"cached vfeat must be (B, {c}, h, w) from {self.cfg.visual_encoder!r}, got {tuple(feat.shape)}")
-            return feat
-        return self.encode_images(batch["image"])
-
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Images ``(B, 3, H, W)`` in [0, 1] -> encoder map ``(B, C, h, w)`` (no gradient when frozen)."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ConfigError(f"images must be (B, 3, H, W) in [0, 1], got shape {tuple(images.shape)}")
-        if self.cfg.freeze_visual:
-            with torch.no_grad():
-                return self.visual_encoder(images)
-        return self.visual_encoder(images)  # (B, C, h, w)
 
     def embed_visual(self, feat: torch.Tensor) -> torch.Tensor:  # (B, C, h, w) -> (B, D, h, w)
         return self.visual_proj(feat)
 
     def embed_audio(self, wav: torch.Tensor) -> torch.Tensor:  # (B, N) -> (B, D)
         return self.audio_path(wav)
+
+
+class TrainingFreeMethod(LocalizationMethod):
+    """Base of methods with nothing to train: ``forward`` returns the heatmap, no criterion."""
+
+    training_free = True
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"heatmap": self.localize(batch["image"], batch["audio"])}
+
+    def build_criterion(self) -> nn.Module:
+        raise ConfigError(f"method {self.name!r} is training-free: there is nothing to train (use it directly in eval)")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 import numpy as np
 
@@ -84,7 +84,20 @@ class Accumulator:
         raise NotImplementedError
 
 
-def gather(acc: Accumulator) -> Accumulator:
+class Mergeable(Protocol):
+    """Anything with plain-array state that merges: :class:`Accumulator`, ``ProtocolAccumulator``."""
+
+    def state_dict(self) -> Any: ...
+
+    def merge(self, other: Any) -> Any: ...
+
+    def empty_like(self) -> Any: ...
+
+
+M = TypeVar("M", bound=Mergeable)
+
+
+def gather(acc: M) -> M:
     """Merge ``acc`` over all torch.distributed processes (no-op when not distributed)."""
     import torch.distributed as dist  # lazy: only training-time validation needs it
 
@@ -92,7 +105,7 @@ def gather(acc: Accumulator) -> Accumulator:
         return acc
     states: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(states, acc.state_dict())
-    merged = acc.empty_like()
+    merged: M = acc.empty_like()
     for s in states:
         merged.merge(s)
     return merged

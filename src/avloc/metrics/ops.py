@@ -94,22 +94,20 @@ def _linear_indices(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray
     return i0, i1, lam0, lam1
 
 
-def _fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """float32 ``fma(a, b, c)``: the float32 product is exact in float64, one rounding back to float32."""
-    return (a.astype(np.float64) * b + c).astype(np.float32)
-
-
 def _resize_align_corners(maps: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     _, h, w = maps.shape
     y0, y1, wy0, wy1 = _linear_indices(h, out_h)
     x0, x1, wx0, wx1 = _linear_indices(w, out_w)
-    r0 = maps[:, y0, :]  # (B, H, w)
-    r1 = maps[:, y1, :]
-    # torch's compiled CPU kernel contracts a * w0 + b * w1 into fma(a, w0, b * w1), first along x then y;
-    # reproduced here so the result equals F.interpolate(..., align_corners=True) bit for bit.
-    top = _fma32(r0[:, :, x0], wx0, (r0[:, :, x1] * wx1).astype(np.float32))  # (B, H, W)
-    bot = _fma32(r1[:, :, x0], wx0, (r1[:, :, x1] * wx1).astype(np.float32))
-    return _fma32(top, wy0[:, None], (bot * wy1[:, None]).astype(np.float32))
+    # torch's compiled CPU kernel contracts ``a * w0 + b * w1`` into ``fma(a, w0, b * w1)``, first along x,
+    # then along y. A float32 product is exact in float64, so ``float32(a * w0 + c)`` computed in float64
+    # is that fma: the result equals F.interpolate(..., align_corners=True) bit for bit (tests check it).
+    # x pass on the h source rows only (each output row reuses one of them).
+    rows = np.multiply(maps[:, :, x0], wx0, dtype=np.float64)  # (B, h, W)
+    rows += np.multiply(maps[:, :, x1], wx1, dtype=np.float32)
+    horiz = rows.astype(np.float32)
+    out = np.multiply(horiz[:, y0, :], wy0[:, None], dtype=np.float64)  # (B, H, W)
+    out += np.multiply(horiz[:, y1, :], wy1[:, None], dtype=np.float32)
+    return out.astype(np.float32)
 
 
 def normalize_maps(maps: np.ndarray, mode: NormalizeMode, bounds: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
@@ -131,12 +129,16 @@ def normalize_maps(maps: np.ndarray, mode: NormalizeMode, bounds: tuple[float, f
 
 
 def _minmax(maps: np.ndarray) -> np.ndarray:
+    """``(v - min) / (max - min)`` per map, as ``normalize_img``; constant maps unchanged."""
     flat = maps.reshape(len(maps), -1)
-    vmin = flat.min(1)[:, None, None]
-    vmax = flat.max(1)[:, None, None]
-    rng = vmax - vmin
-    safe = np.where(rng == 0, np.float32(1), rng)
-    return np.where(rng == 0, maps, (maps - vmin) / safe).astype(maps.dtype, copy=False)
+    vmin = flat.min(1)
+    rng = flat.max(1) - vmin
+    const = rng == 0
+    out = maps - vmin[:, None, None]
+    out /= np.where(const, np.float32(1), rng)[:, None, None]
+    if const.any():
+        out[const] = maps[const]
+    return out
 
 
 def kth_smallest(maps: np.ndarray, k: np.ndarray | int) -> np.ndarray:
@@ -200,7 +202,6 @@ def box_count_maps(boxes: Sequence[np.ndarray], size: int, groups: Sequence[np.n
 
     With ``groups`` (one group id per box, e.g. the annotator), boxes of the
     same group are first united, so the count is the number of groups.
-    Vectorised with a 2-D difference array.
     """
     n = len(boxes)
     rows: list[np.ndarray] = []
@@ -232,13 +233,11 @@ def box_count_maps(boxes: Sequence[np.ndarray], size: int, groups: Sequence[np.n
 
 
 def _paint(px: np.ndarray, idx: np.ndarray, n: int, size: int) -> np.ndarray:
-    diff = np.zeros((n, size + 1, size + 1), dtype=np.int32)
-    x1, y1, x2, y2 = px[:, 0], px[:, 1], px[:, 2], px[:, 3]
-    np.add.at(diff, (idx, y1, x1), 1)
-    np.add.at(diff, (idx, y1, x2), -1)
-    np.add.at(diff, (idx, y2, x1), -1)
-    np.add.at(diff, (idx, y2, x2), 1)
-    return diff.cumsum(1).cumsum(2)[:, :size, :size]
+    """Add 1 inside each box ``px[j]`` of map ``idx[j]`` (slice writes: cheaper than a difference array + cumsum)."""
+    out = np.zeros((n, size, size), dtype=np.int32)
+    for (x1, y1, x2, y2), i in zip(px.tolist(), idx.tolist(), strict=True):
+        out[i, y1:y2, x1:x2] += 1
+    return out
 
 
 def union_gt(boxes: Sequence[np.ndarray], size: int) -> np.ndarray:

@@ -27,7 +27,7 @@ from avloc.metrics.avsol import FRAME_KINDS, AVSOLMetrics
 from avloc.metrics.base import Accumulator
 from avloc.metrics.classaware import ClassAwareCIoU, class_average, no_sound_area
 from avloc.metrics.extended import ExtendedAP, top_fraction_confidence
-from avloc.metrics.localization import CIoU, SuccessOp, ThresholdSweep, ciou
+from avloc.metrics.localization import CIoU, SuccessOp, ThresholdSweep, ciou_from_counts
 from avloc.metrics.targets import Target, targets_from_batch
 from avloc.registry import PROTOCOLS
 
@@ -155,7 +155,8 @@ class ProtocolAccumulator:
         m = ops.resize_maps(maps, (p.eval_size, p.eval_size), p.resize)
         return ops.normalize_maps(m, p.normalize, p.norm_bounds)
 
-    def binarize(self, m: np.ndarray, gt: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    def binarize(self, m: np.ndarray, counts: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Binary prediction ``(B, S, S)`` from prepared maps (``counts``: ground-truth box counts, for adaptive K)."""
         p = self.protocol
         if p.binarize == "median":
             return ops.binarize_median(m, p.strict)
@@ -164,21 +165,24 @@ class ProtocolAccumulator:
         if p.binarize == "max_fraction":
             return ops.binarize_max_fraction(m, p.binarize_threshold, p.strict)
         if p.binarize == "adaptive":
-            return ops.binarize_topk(m, (gt.reshape(len(gt), -1) > 0).sum(1))
+            return ops.binarize_topk(m, np.count_nonzero(counts.reshape(len(counts), -1), axis=1))
         raise ConfigError(f"protocol {p.name}: unknown binarisation {p.binarize!r}")
 
-    def build_gt(
-        self, boxes: Sequence[np.ndarray], annotators: Sequence[np.ndarray | None] | None = None
-    ) -> np.ndarray:
+    def gt_counts(self, targets: Sequence[Target]) -> np.ndarray:
+        """Per-pixel box counts ``(B, S, S)`` (per annotator when ``consensus_by_annotator``)."""
         p = self.protocol
-        if p.gt == "consensus":
-            groups = None
-            if p.consensus_by_annotator and annotators is not None:
-                if any(a is None for a in annotators):
-                    raise DataError(f"protocol {p.name}: consensus_by_annotator needs box_annotator on every sample")
-                groups = [np.asarray(a) for a in annotators]
-            return ops.consensus_gt(boxes, p.eval_size, p.consensus_divisor, groups)
-        return ops.union_gt(boxes, p.eval_size)
+        groups = None
+        if p.gt == "consensus" and p.consensus_by_annotator:
+            missing = [t.id for t in targets if t.box_annotator is None]
+            if missing:
+                raise DataError(f"protocol {p.name}: consensus_by_annotator needs box_annotator (missing on {missing[:3]})")
+            groups = [np.asarray(t.box_annotator) for t in targets]
+        return ops.box_count_maps([t.boxes for t in targets], p.eval_size, groups)
+
+    def score_maps(self, pred: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Per-sample cIoU against the protocol's ground truth (union or consensus)."""
+        p = self.protocol
+        return ciou_from_counts(pred, counts, p.consensus_divisor if p.gt == "consensus" else None)
 
     # ---- scoring: pure functions of (maps, targets) -> rows for the sub-accumulators ----
     def score(self, maps: np.ndarray, targets: Sequence[Target]) -> Scored:
@@ -194,12 +198,12 @@ class ProtocolAccumulator:
         if arr.ndim != 3:
             raise DataError(f"protocol {p.name} needs one 2-D heatmap per sample, got maps of shape {arr.shape}")
         m = self.prepare_maps(arr)
-        gt = self.build_gt([t.boxes for t in targets], [t.box_annotator for t in targets])
+        counts = self.gt_counts(targets)
         if p.task == "avsol":
             kinds = [_frame_kind(t) for t in targets]
-            return [("avsol", {"maps": m, "gt": gt, "kinds": kinds, "ids": ids})]
+            return [("avsol", {"maps": m, "gt": counts > 0, "kinds": kinds, "ids": ids})]
         if p.task == "extended":
-            scores = ciou(self.binarize(m, gt), gt)
+            scores = self.score_maps(self.binarize(m, counts), counts)
             conf = top_fraction_confidence(m, p.confidence_fraction)
             audible = np.array([t.audible for t in targets], dtype=bool)
             aud_ids = [i for i, a in zip(ids, audible, strict=True) if a]
@@ -208,11 +212,10 @@ class ProtocolAccumulator:
                 ("extended", {"confidence": conf, "scores": scores, "audible": audible, "ids": ids}),
             ]
         if p.sweep:
-            s = np.stack([ciou(self.binarize(m, gt, t), gt) for t in p.sweep], 1)  # (B, T)
+            s = np.stack([self.score_maps(self.binarize(m, counts, t), counts) for t in p.sweep], 1)  # (B, T)
             return [("sweep", {"scores": s, "ids": ids})]
-        return [
-            ("ciou", {"scores": ciou(self.binarize(m, gt), gt), "ids": ids, "image_ids": [t.image_id for t in targets]})
-        ]
+        scores = self.score_maps(self.binarize(m, counts), counts)
+        return [("ciou", {"scores": scores, "ids": ids, "image_ids": [t.image_id for t in targets]})]
 
     def _score_classaware(self, arr: np.ndarray, targets: Sequence[Target]) -> Scored:
         p = self.protocol
@@ -249,8 +252,8 @@ class ProtocolAccumulator:
         if pair_sample:
             ps = np.asarray(pair_sample)
             m = self.prepare_maps(arr[ps, np.asarray(pair_class)])
-            gt = ops.union_gt(pair_boxes, p.eval_size)
-            pair_scores = ciou(self.binarize(m, gt), gt)
+            counts = ops.box_count_maps(pair_boxes, p.eval_size)
+            pair_scores = ciou_from_counts(self.binarize(m, counts), counts)
             scores = class_average(pair_scores, ps, n)
         nsa_sum = np.zeros(n)
         nsa_count = np.zeros(n)

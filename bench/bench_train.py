@@ -1,0 +1,151 @@
+"""Benchmark LVS training and evaluation throughput on CPU.
+
+Rows (samples per second, default LVS config: frozen EfficientNet-Lite0 stride 16 at
+224 + trainable projection, ``small_cnn_audio`` on the 3 s LVS spectrogram):
+
+* training step with cached visual features (``batch["vfeat"]``, what ``avloc train``
+  does when the frozen encoder's features can be cached): forward, loss, backward, Adam;
+* training step end to end (the frozen encoder runs on the images every step);
+* evaluation (``localize`` on images + audio, no grad), the cost of ``avloc eval``;
+* with ``--raw DIR``: DigitScenes ``single`` samples composed per second in one process
+  (the data-loading ceiling; ``num_workers`` processes scale it).
+
+Usage::
+
+    python bench/bench_train.py --threads 2 [--raw ../shared/data] [--write-docs]
+
+``--write-docs`` replaces the section ``## Training`` of ``docs/BENCHMARKS.md`` and
+leaves the other sections untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from avloc.io.atomic import write_text_atomic
+from avloc.methods import create_method
+from avloc.methods.lvs import LVS, LVSConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SECTION = "## Training"
+
+
+def throughput(fn: Callable[[], object], items: int, min_seconds: float, warmup: int = 1) -> tuple[float, float]:
+    """(best, median) items/s of ``fn`` over calls timed for at least ``min_seconds`` (>= 3 calls)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < min_seconds or len(times) < 3:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return items / min(times), items / statistics.median(times)
+
+
+def run(threads: int, min_seconds: float, batch: int, raw: str | None) -> list[tuple[str, int, tuple[float, float]]]:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = LVSConfig()
+    model = create_method("lvs", cfg)
+    assert isinstance(model, LVS)
+    crit = model.build_criterion()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    images = torch.rand(batch, 3, cfg.image.size, cfg.image.size)  # (B, 3, 224, 224)
+    audio = torch.randn(batch, cfg.audio.num_samples) * 0.1  # (B, 48000)
+    with torch.no_grad():
+        vfeat = model.encode_images(images)  # (B, 112, 14, 14)
+
+    def step(b: dict[str, torch.Tensor]) -> None:
+        model.train()
+        loss = crit(model(b), b)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    rows: list[tuple[str, int, tuple[float, float]]] = []
+    rows.append(("LVS train step, cached visual features", batch, throughput(lambda: step({"vfeat": vfeat, "audio": audio}), batch, min_seconds)))
+    rows.append(("LVS train step, end to end (frozen encoder run every step)", batch, throughput(lambda: step({"image": images, "audio": audio}), batch, min_seconds)))
+    model.eval()
+
+    def evaluate() -> None:
+        with torch.no_grad():
+            model.localize(images, audio)
+
+    rows.append(("LVS evaluation (localize on images)", batch, throughput(evaluate, batch, min_seconds)))
+    if raw is not None:
+        from avloc.data.datasets import dataset_from_spec
+
+        ds = dataset_from_spec("digitscenes:single:train", raw=raw, image_cfg=cfg.image, audio_cfg=cfg.audio, pool=500, count=100_000)
+        counter = iter(range(10**9))
+
+        def load() -> None:
+            for _ in range(batch):
+                ds[next(counter)]
+
+        rows.append(("DigitScenes single: compose samples (1 process)", batch, throughput(load, batch, min_seconds)))
+    return rows
+
+
+def table(rows: list[tuple[str, int, tuple[float, float]]]) -> str:
+    lines = ["| what | batch | samples/s, best | samples/s, median |", "|---|---:|---:|---:|"]
+    lines += [f"| {what} | {b} | {best:,.1f} | {med:,.1f} |" for what, b, (best, med) in rows]
+    return "\n".join(lines)
+
+
+def write_docs(path: Path, body: str) -> None:
+    """Replace (or append) the ``SECTION`` of ``path``; other sections are kept byte for byte."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{SECTION}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: block + "\n", text, count=1).rstrip("\n") + "\n"
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    write_text_atomic(path, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    p.add_argument("--min-seconds", type=float, default=5.0, help="minimum timed seconds per row")
+    p.add_argument("--raw", help="DigitScenes raw sources: also time sample composition")
+    p.add_argument("--write-docs", action="store_true", help="write the table into docs/BENCHMARKS.md")
+    args = p.parse_args(argv)
+    load_before = os.getloadavg()[0]
+    rows = run(args.threads, args.min_seconds, args.batch, args.raw)
+    load_after = os.getloadavg()[0]
+    out = table(rows)
+    print(out)
+    if args.write_docs:
+        cmd = "python bench/bench_train.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        body = (
+            f"Command: `{cmd.strip()}` (run {datetime.date.today().isoformat()}, commit {commit or 'unknown'}, torch {torch.__version__}, "
+            f"{args.threads} threads, CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, 1-min load average "
+            f"{load_before:.1f} before / {load_after:.1f} after: the machine is shared, so figures are indicative).\n\n"
+            "Default LVS config (frozen ImageNet EfficientNet-Lite0 stride 16 at 224 + 3x3/1x1 projection, small_cnn_audio "
+            "on the 3 s LVS spectrogram, c = 128). A training step is forward + loss + backward + Adam. \"Cached\" feeds the "
+            "frozen encoder's features (`batch[\"vfeat\"]`) as `avloc train` does when they can be cached; \"end to end\" "
+            "runs the frozen encoder on the images every step. Best = fastest call, median = typical call.\n\n" + out
+        )
+        write_docs(REPO / "docs" / "BENCHMARKS.md", body)
+        print(f"wrote section '{SECTION}' of {REPO / 'docs' / 'BENCHMARKS.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

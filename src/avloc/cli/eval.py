@@ -1,0 +1,177 @@
+"""``avloc eval``: score saved predictions or a model with a named protocol.
+
+Saved predictions::
+
+    avloc eval --gt vggss.json --pred preds.npz --protocol ezvsl-vggss --json [--out-md t.md] [--plot c.png]
+
+``preds.npz`` maps each clip id (the VGG-SS ``file``, the Flickr XML stem,
+the manifest ``id``) to a raw 2-D map of any size. ``--gt`` is a VGG-SS
+json, a Flickr-SoundNet XML folder, an AVSOL / MUSIC json, or an avloc jsonl
+manifest (boxes normalised by the entry's ``size``: predictions cover the
+whole frame).
+
+A model::
+
+    avloc eval --model NAME_OR_PATH (--manifest M | --data SPEC --raw DIR) --protocol P --json
+
+Top-level imports stay light (the parser is built for every ``avloc``
+command); everything heavy is imported inside :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(sub: Any, name: str) -> None:
+    p = sub.add_parser(name, help="evaluate saved predictions or a model with a named protocol")
+    src = p.add_argument_group("what to evaluate (saved predictions, or a model)")
+    src.add_argument("--gt", help="ground truth: VGG-SS json, Flickr XML folder, AVSOL/MUSIC json, or jsonl manifest")
+    src.add_argument("--pred", help="predictions .npz: clip id -> 2-D heatmap (any size)")
+    src.add_argument("--model", help="registered model name or checkpoint path (avloc.methods.zoo.load_model)")
+    src.add_argument("--manifest", help="jsonl manifest to evaluate the model on")
+    src.add_argument("--data", help="dataset spec (avloc.data.datasets.dataset_from_spec)")
+    src.add_argument("--raw", help="raw media folder for --data")
+    how = p.add_argument_group("protocol")
+    how.add_argument("--protocol", required=True, help="named protocol (see `avloc info`), e.g. ezvsl-vggss")
+    how.add_argument("--device", default="cpu")
+    how.add_argument("--batch-size", type=int, default=32)
+    how.add_argument("--workers", type=int, default=2, help="threads scoring saved predictions")
+    out = p.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print one JSON object")
+    out.add_argument("--out-md", help="write a markdown results table here")
+    out.add_argument("--plot", help="write a success-vs-threshold curve PNG here")
+    out.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from avloc.errors import AvlocError
+    from avloc.io.atomic import check_writable
+    from avloc.metrics.protocols import create_protocol
+
+    protocol = create_protocol(args.protocol)  # unknown names fail before any work
+    for path in (args.out_md, args.plot):
+        if path:
+            check_writable(path, args.force)
+    if args.pred or args.gt:
+        if args.model:
+            raise AvlocError("give either --gt/--pred (saved predictions) or --model, not both")
+        if not (args.pred and args.gt):
+            raise AvlocError("saved predictions need both --gt and --pred")
+        results = _eval_predictions(args.gt, args.pred, protocol, args.workers)
+    elif args.model:
+        results = _eval_model(args)
+    else:
+        raise AvlocError("nothing to evaluate: give --gt and --pred, or --model with --manifest or --data")
+    if args.out_md:
+        _write_markdown(args.out_md, results, protocol)
+    if args.plot:
+        _plot(args.plot, results)
+    summary = {k: v for k, v in results.items() if k not in ("curve", "sweep")}
+    if args.json:
+        print(json.dumps(_jsonable(results), sort_keys=True))
+    else:
+        for k, v in summary.items():
+            print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+    return 0
+
+
+def _jsonable(x: Any) -> Any:
+    """NaN / inf -> null, so the output is strict JSON."""
+    if isinstance(x, float):
+        return x if x == x and abs(x) != float("inf") else None
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def _eval_predictions(gt: str, pred: str, protocol: Any, workers: int) -> dict[str, Any]:
+    import zipfile
+
+    import numpy as np
+
+    from avloc.data.annotations import load_gt
+    from avloc.engine.evaluate import evaluate_predictions
+    from avloc.errors import DataError
+
+    p = Path(pred)
+    if not p.is_file():
+        raise DataError(f"predictions file not found: {p}")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            preds = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        raise DataError(f"{p}: not a readable .npz of heatmaps ({e})") from None
+    bad = [k for k, v in preds.items() if v.ndim not in (2, 3)]
+    if bad:
+        raise DataError(f"{p}: maps must be 2-D (or 3-D class maps), e.g. {bad[0]!r} has shape {preds[bad[0]].shape}")
+    return evaluate_predictions(preds, load_gt(gt), protocol, workers=workers)
+
+
+def _eval_model(args: argparse.Namespace) -> dict[str, Any]:
+    from avloc.engine.evaluate import evaluate_model
+    from avloc.errors import AvlocError
+    from avloc.methods.zoo import load_model  # being written alongside; imported only in model mode
+
+    model = load_model(args.model)
+    if args.manifest:
+        from avloc.data.datasets import ManifestDataset
+
+        data = ManifestDataset(args.manifest, model.cfg.image, model.cfg.audio)
+    elif args.data:
+        from avloc.data.datasets import dataset_from_spec
+
+        data = dataset_from_spec(args.data, raw=args.raw, image_cfg=model.cfg.image, audio_cfg=model.cfg.audio)
+    else:
+        raise AvlocError("--model needs --manifest or --data")
+    return evaluate_model(model, data, args.protocol, args.device, progress=True, batch_size=args.batch_size)
+
+
+def _write_markdown(path: str, results: dict[str, Any], protocol: Any) -> None:
+    from avloc.io.atomic import write_text_atomic
+
+    rows = [(k, v) for k, v in results.items() if isinstance(v, (int, float, str, bool)) and k != "protocol"]
+    lines = [
+        f"## {protocol.name}",
+        "",
+        f"Source: {protocol.source}",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *[f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in rows],
+        "",
+    ]
+    write_text_atomic(path, "\n".join(lines))
+
+
+def _plot(path: str, results: dict[str, Any]) -> None:
+    from avloc.errors import AvlocError
+
+    curve = results.get("curve")
+    if not curve:
+        raise AvlocError(f"protocol {results.get('protocol')} has no success-vs-threshold curve to plot")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from avloc.io.atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    ax.plot(curve["thresholds"], curve["success"], marker="o", ms=3)
+    ax.set_xlabel("cIoU threshold")
+    ax.set_ylabel("success rate")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{results.get('protocol')}: AUC {results.get('auc', float('nan')):.3f}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,145 @@
+"""The one evaluation path: training-time validation, ``avloc eval`` and the benchmarks all use it.
+
+* :func:`evaluate_model` runs ``model.localize(images, audio)`` (eval mode,
+  ``torch.no_grad()``) over a dataset or loader and feeds the protocol's
+  accumulator;
+* :func:`evaluate_predictions` feeds saved heatmaps (``id -> 2-D map``) to the
+  same accumulator.
+
+Both return ``ProtocolAccumulator.compute()`` (see :mod:`avloc.metrics.protocols`).
+torch is imported only inside :func:`evaluate_model`, so scoring saved
+predictions stays light.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Mapping, Sequence, Sized
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from avloc.errors import DataError
+from avloc.metrics.protocols import Protocol, ProtocolAccumulator, create_protocol
+from avloc.metrics.targets import Target, to_target
+
+if TYPE_CHECKING:
+    import torch
+
+    from avloc.methods.base import LocalizationMethod
+
+
+def _accumulator(protocol: str | Protocol, workers: int) -> ProtocolAccumulator:
+    return create_protocol(protocol).accumulator(workers=workers)
+
+
+def evaluate_model(
+    model: LocalizationMethod,
+    data: Any,
+    protocol: str | Protocol,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    max_batches: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on ``data`` (a Dataset of sample dicts, or an iterable of collated batches).
+
+    Batches need ``id``, ``image`` (B, 3, H, W), ``audio`` (B, N) and the
+    ground-truth keys the protocol uses (``boxes`` ...). ``localize`` may return
+    ``(B, h, w)`` heatmaps or ``(B, C, h, w)`` class maps (class-aware
+    protocols). Under torch.distributed, each process evaluates its shard
+    and the accumulators are merged (duplicate ids from sampler padding are
+    dropped and counted).
+    """
+    import torch
+
+    from avloc.metrics.base import gather
+
+    acc = _accumulator(protocol, workers=1)
+    loader = _as_loader(data, batch_size, num_workers)
+    dev = torch.device(device)
+    was_training = model.training
+    model.eval()
+    bar = _progress(loader, progress, acc.protocol.name)
+    try:
+        with torch.no_grad():
+            for i, batch in enumerate(bar):
+                if max_batches is not None and i >= max_batches:
+                    break
+                missing = [k for k in ("id", "image", "audio") if k not in batch]
+                if missing:
+                    raise DataError(f"evaluation batch lacks {missing} (keys: {sorted(batch)})")
+                images = batch["image"].to(dev)
+                audio = batch["audio"].to(dev)
+                maps = model.localize(images, audio)
+                if maps.shape[0] != images.shape[0]:
+                    raise DataError(f"{type(model).__name__}.localize returned {maps.shape[0]} maps for {images.shape[0]} samples")
+                acc.update(maps.detach().float().cpu().numpy(), batch)
+    finally:
+        model.train(was_training)
+        if hasattr(bar, "close"):
+            bar.close()
+    acc = gather(acc)
+    if len(acc) == 0:
+        raise DataError("the evaluation data yielded no samples")
+    return acc.compute()
+
+
+def evaluate_predictions(
+    preds: Mapping[str, np.ndarray],
+    gts: Sequence[Target | Mapping[str, Any]] | Mapping[str, Target | Mapping[str, Any]],
+    protocol: str | Protocol,
+    workers: int = 2,
+    batch_size: int = 512,
+) -> dict[str, Any]:
+    """Score saved heatmaps: ``preds`` maps each ground-truth id to a raw 2-D map (3-D class maps for class-aware).
+
+    Every ground-truth sample needs a prediction (missing ones raise with
+    examples); predictions without ground truth are counted in
+    ``n_unused_predictions``. Maps of different sizes are fine (grouped by shape).
+    """
+    targets = [to_target(g) for g in (gts.values() if isinstance(gts, Mapping) else gts)]
+    if not targets:
+        raise DataError("no ground-truth samples to evaluate")
+    missing = [t.id for t in targets if t.id not in preds]
+    if missing:
+        raise DataError(
+            f"{len(missing)} of {len(targets)} ground-truth ids have no prediction, e.g. {missing[:3]}; "
+            "the predictions file must hold one map per clip id"
+        )
+    acc = _accumulator(protocol, workers=workers)
+    acc.chunk_size = max(1, batch_size // max(1, workers))
+    by_shape: dict[tuple[int, ...], list[Target]] = {}
+    for t in targets:
+        by_shape.setdefault(np.shape(preds[t.id]), []).append(t)
+    for group in by_shape.values():
+        for start in range(0, len(group), batch_size):
+            part = group[start : start + batch_size]
+            acc.update(np.stack([np.asarray(preds[t.id], dtype=np.float32) for t in part]), part)
+    out = acc.compute()
+    out["n_unused_predictions"] = len(set(preds) - {t.id for t in targets})
+    return out
+
+
+def _as_loader(data: Any, batch_size: int, num_workers: int) -> Iterable[Any]:
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, (list, tuple)):
+        import torch.distributed as dist
+        from torch.utils.data import DataLoader, DistributedSampler
+
+        from avloc.data.collate import collate_samples
+
+        sampler: Any = DistributedSampler(data, shuffle=False) if dist.is_available() and dist.is_initialized() else None
+        return DataLoader(
+            data, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers, collate_fn=collate_samples
+        )
+    return data  # already an iterable of collated batches (a DataLoader, a list of batches)
+
+
+def _progress(loader: Iterable[Any], enabled: bool, name: str) -> Iterable[Any]:
+    if not enabled:
+        return loader
+    from tqdm import tqdm
+
+    total = len(loader) if isinstance(loader, Sized) else None
+    return tqdm(loader, total=total, desc=f"eval {name}", file=sys.stderr, leave=False)

@@ -1,0 +1,152 @@
+"""EZ-VSL: multiple-instance contrastive learning, with optional object-guided localization.
+
+Mo & Morgado, "Localizing Visual Sounds the Easy Way", ECCV 2022.
+
+* Audio-visual similarity (Sec. 3.1-3.2): cosine map ``S_{i->j}[uv]`` between the
+  audio embedding of clip ``i`` and location ``uv`` of image ``j`` (both projected
+  to ``D`` channels, L2-normalised).
+* Multiple-instance contrastive loss (Sec. 3.2): the clip-level similarity is the
+  max over locations, ``s_ij = max_uv S_{i->j}[uv] / tau`` (tau = 0.03), and InfoNCE
+  is applied in both directions::
+
+      L = -1/B sum_i log softmax_j(s_ij)[i]  -  1/B sum_j log softmax_i(s_ij)[j]
+
+  (audio->image plus image->audio, summed as in the public implementation).
+* Object-guided localization, OGL (Sec. 3.3), at inference only: the final map is::
+
+      map = mm( alpha * mm(S_{i->i}) + (1 - alpha) * mm(P_i) ),  alpha = 0.4
+
+  where ``mm`` is per-map min-max normalisation and ``P_i`` the class-agnostic
+  object prior of the frozen ImageNet-pretrained visual encoder:
+  ``object_prior="l1"`` = mean over channels of ``|f(I_i)|`` (what EZ-VSL's public
+  code computes on its ImageNet ResNet-18), ``"l2"`` = channel L2 norm. It uses the
+  encoder feature map the method already computes (or the cached ``vfeat``), so
+  it has the AV map's resolution. OGL needs a pretrained visual encoder.
+
+Heatmap: ``S_{i->i}`` (B, h, w) (cosine in [-1, 1]), or the OGL map in [0, 1]; per sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from avloc.errors import ConfigError
+from avloc.methods import register_method
+from avloc.methods.blocks import (
+    ObjectPriorKind,
+    TwoStreamConfig,
+    TwoStreamMethod,
+    cosine_map,
+    cross_cosine_maps,
+    minmax_per_sample,
+    object_prior,
+)
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def object_guided_map(av_map: torch.Tensor, prior: torch.Tensor, alpha: float) -> torch.Tensor:
+    """EZ-VSL OGL: ``mm(alpha * mm(av) + (1 - alpha) * mm(prior))``, ``(B, h, w)`` each."""
+    if av_map.shape != prior.shape:
+        raise ConfigError(f"OGL: AV map {tuple(av_map.shape)} and object prior {tuple(prior.shape)} differ in shape")
+    return minmax_per_sample(alpha * minmax_per_sample(av_map) + (1 - alpha) * minmax_per_sample(prior))
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class EZVSL(TwoStreamMethod):
+    """EZ-VSL localiser (Mo & Morgado 2022)."""
+
+    cfg: EZVSLConfig
+
+    def __init__(self, cfg: EZVSLConfig) -> None:
+        super().__init__(cfg)
+        if cfg.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {cfg.temperature}")
+        if not 0.0 <= cfg.ogl_alpha <= 1.0:
+            raise ConfigError(f"ogl_alpha must be in [0, 1], got {cfg.ogl_alpha}")
+        if cfg.ogl and not (self.visual_encoder.pretrained and cfg.freeze_visual):
+            raise ConfigError(
+                f"ogl=True needs a frozen ImageNet-pretrained visual encoder for the object prior; "
+                f"{cfg.visual_encoder!r} is {'pretrained' if self.visual_encoder.pretrained else 'not pretrained'} "
+                f"and freeze_visual={cfg.freeze_visual} (use e.g. visual_encoder='efficientnet_lite0', or ogl=False)"
+            )
+
+    def _heatmap(self, feat: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Encoder map (B, C, h, w), audio embedding (B, D) -> heatmap (B, h, w)."""
+        cfg = self.cfg
+        av = cosine_map(a, self.embed_visual(feat))  # (B, h, w)
+        if not cfg.ogl:
+            return av
+        return object_guided_map(av, object_prior(feat, cfg.object_prior), cfg.ogl_alpha)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        feat = self.visual_features(batch)  # (B, C, h, w)
+        v = self.embed_visual(feat)  # (B, D, h, w)
+        a = self.embed_audio(batch["audio"])  # (B, D)
+        sim = cross_cosine_maps(a, v)  # (B, B, h, w)
+        logits = sim.flatten(2).amax(dim=-1) / cfg.temperature  # (B, B): [audio i, image j]
+        with torch.no_grad():
+            heat = self._heatmap(feat, a)  # (B, h, w)
+        return {"logits": logits, "heatmap": heat}
+
+    def build_criterion(self) -> nn.Module:
+        return MILContrastiveLoss()
+
+    def localize(self, images: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W), (B, N) -> AV cosine map, or the OGL map when ``cfg.ogl`` (B, h, w); per sample."""
+        return self._heatmap(self.encode_images(images), self.embed_audio(audio))
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def mil_contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
+    """EZ-VSL Sec. 3.2: ``CE(logits, diag) + CE(logits^T, diag)`` for max-pooled, tempered logits (B, B)."""
+    b = logits.shape[0]
+    if logits.dim() != 2 or logits.shape[1] != b:
+        raise ConfigError(f"logits must be square (B, B), got {tuple(logits.shape)}")
+    if b < 2:
+        raise ConfigError("the EZ-VSL loss needs a batch of at least 2 clips (negatives come from other clips)")
+    labels = torch.arange(b, device=logits.device)
+    return F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)
+
+
+class MILContrastiveLoss(nn.Module):
+    """Criterion: ``outputs["logits"]`` (B, B) -> ``{"loss", "acc"}`` (audio->image retrieval accuracy)."""
+
+    def forward(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits = outputs["logits"]  # (B, B)
+        acc = (logits.argmax(dim=1) == torch.arange(logits.shape[0], device=logits.device)).float().mean()
+        return {"loss": mil_contrastive_loss(logits), "acc": acc.detach()}
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class EZVSLConfig(TwoStreamConfig):
+    """EZ-VSL settings.
+
+    ``temperature``: tau of the MIL contrastive loss (EZ-VSL: 0.03).
+    ``ogl``: use object-guided localization at inference (EZ-VSL Sec. 3.3).
+    ``ogl_alpha``: weight of the AV map in OGL (EZ-VSL: 0.4).
+    ``object_prior``: ``l1`` (EZ-VSL's channel mean of ``|f|``) or ``l2`` (channel L2 norm).
+    """
+
+    temperature: float = 0.03
+    ogl: bool = False
+    ogl_alpha: float = 0.4
+    object_prior: ObjectPriorKind = "l1"
+
+
+# ----------------------------------------------------------------------------- registration
+
+EZVSL.config_class = EZVSLConfig
+register_method("ezvsl")(EZVSL)
