@@ -30,7 +30,17 @@ def _hand_terms(s: torch.Tensor, cfg: LVSConfig) -> tuple[list[float], list[floa
         mn = [1 - _sig((v - eps_neg) / cfg.tau) for v in cells]
         pos.append(sum(m * v for m, v in zip(mp, cells)) / sum(mp))
         hard.append(sum(m * v for m, v in zip(mn, cells)) / sum(mn))
-        easy.append([sum(v for row in vals[i][j] for v in row) / len(cells) for j in range(b) if j != i])
+        row_e = []
+        for j in range(b):
+            if j == i:
+                continue
+            cj = [v for row in vals[i][j] for v in row]
+            if cfg.easy_pool == "mean":
+                row_e.append(sum(cj) / len(cj))
+            else:  # public code: pooled with the positive soft mask of S_{i->j}
+                mj = [_sig((v - cfg.eps_p) / cfg.tau) for v in cj]
+                row_e.append(sum(m * v for m, v in zip(mj, cj)) / sum(mj))
+        easy.append(row_e)
     return pos, hard, easy
 
 
@@ -52,10 +62,10 @@ def test_cosine_maps_match_definition() -> None:
             torch.testing.assert_close(s[i, j], ref)
 
 
+@pytest.mark.parametrize("easy_pool", ["positive", "mean"])
 @pytest.mark.parametrize("variant", ["positives", "complementary", "trimap"])
-def test_loss_matches_hand_computation(variant: str) -> None:
-    cfg = LVSConfig(variant=variant)  # type: ignore[arg-type]
-    # small tau and wide thresholds would saturate on random maps: use the paper's values on scaled maps
+def test_loss_matches_hand_computation(variant: str, easy_pool: str) -> None:
+    cfg = LVSConfig(variant=variant, easy_pool=easy_pool)  # type: ignore[arg-type]
     out = _tiny_outputs()
     loss_fn = LVSLoss(cfg)
     s = cosine_maps(out["aemb"], out["vmap"])

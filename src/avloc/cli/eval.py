@@ -96,9 +96,9 @@ def _eval_predictions(gt: str, pred: str, protocol: Any, workers: int) -> dict[s
 
     import numpy as np
 
-    from avloc.data.annotations import load_gt
     from avloc.engine.evaluate import evaluate_predictions
     from avloc.errors import DataError
+    from avloc.metrics.groundtruth import load_gt
 
     p = Path(pred)
     if not p.is_file():
@@ -120,6 +120,7 @@ def _eval_model(args: argparse.Namespace) -> dict[str, Any]:
     from avloc.methods.zoo import load_model  # being written alongside; imported only in model mode
 
     model = load_model(args.model)
+    data: Any
     if args.manifest:
         from avloc.data.datasets import ManifestDataset
 

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "probe": ("avloc.cli.probe", "show streams, duration, fps, frames, resolution and audio of media files"),
     "data": ("avloc.cli.data", "generate benchmark data (make) or prepare manifests (prepare)"),
     "demo": ("avloc.cli.demo", "generate a demo clip and run the main job on it"),
+    "localize": ("avloc.cli.localize", "find the sounding objects in videos"),
     "train": ("avloc.cli.train", "train a method"),
     "eval": ("avloc.cli.eval", "evaluate saved predictions or a model with a named protocol"),
 }

@@ -20,17 +20,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from avloc.errors import DataError
-from avloc.metrics.protocols import Protocol, ProtocolAccumulator, create_protocol
+from avloc.metrics.protocols import Protocol, create_protocol
 from avloc.metrics.targets import Target, to_target
 
 if TYPE_CHECKING:
     import torch
 
     from avloc.methods.base import LocalizationMethod
-
-
-def _accumulator(protocol: str | Protocol, workers: int) -> ProtocolAccumulator:
-    return create_protocol(protocol).accumulator(workers=workers)
 
 
 def evaluate_model(
@@ -56,7 +52,7 @@ def evaluate_model(
 
     from avloc.metrics.base import gather
 
-    acc = _accumulator(protocol, workers=1)
+    acc = create_protocol(protocol).accumulator()
     loader = _as_loader(data, batch_size, num_workers)
     dev = torch.device(device)
     was_training = model.training
@@ -92,12 +88,15 @@ def evaluate_predictions(
     protocol: str | Protocol,
     workers: int = 2,
     batch_size: int = 512,
+    chunk_size: int = 64,
 ) -> dict[str, Any]:
     """Score saved heatmaps: ``preds`` maps each ground-truth id to a raw 2-D map (3-D class maps for class-aware).
 
     Every ground-truth sample needs a prediction (missing ones raise with
     examples); predictions without ground truth are counted in
     ``n_unused_predictions``. Maps of different sizes are fine (grouped by shape).
+    Batches of ``batch_size`` maps are scored in chunks of ``chunk_size`` on
+    ``workers`` threads (small chunks keep the 224x224 intermediates in reused memory).
     """
     targets = [to_target(g) for g in (gts.values() if isinstance(gts, Mapping) else gts)]
     if not targets:
@@ -108,8 +107,7 @@ def evaluate_predictions(
             f"{len(missing)} of {len(targets)} ground-truth ids have no prediction, e.g. {missing[:3]}; "
             "the predictions file must hold one map per clip id"
         )
-    acc = _accumulator(protocol, workers=workers)
-    acc.chunk_size = max(1, batch_size // max(1, workers))
+    acc = create_protocol(protocol).accumulator(workers=workers, chunk_size=chunk_size)
     by_shape: dict[tuple[int, ...], list[Target]] = {}
     for t in targets:
         by_shape.setdefault(np.shape(preds[t.id]), []).append(t)

@@ -230,17 +230,17 @@ class ProjectionMLP(nn.Module):
 class AVCHead(nn.Module):
     """Audio-visual correspondence network (Eq. 2): ``F_a``, ``O_v`` -> 2-way logits for every pair.
 
-    Each modality: conv (1x1 audio, 3x3 visual) + ReLU + global max pool -> ``avc_dim / 2``;
+    Each modality: conv (1x1 audio, ``kernel`` x ``kernel`` visual) + ReLU + global max pool -> ``avc_dim / 2``;
     concatenation ``avc_dim`` (1024) -> FC ``avc_hidden`` (128) -> ReLU -> FC 2.
     """
 
-    def __init__(self, feat_dim: int, avc_dim: int, avc_hidden: int) -> None:
+    def __init__(self, feat_dim: int, avc_dim: int, avc_hidden: int, kernel: int = 3) -> None:
         super().__init__()
         if avc_dim % 2:
             raise ConfigError(f"avc_dim must be even (two halves concatenated), got {avc_dim}")
         half = avc_dim // 2
         self.audio_conv = nn.Sequential(nn.Conv1d(feat_dim, half, 1), nn.ReLU(inplace=True))
-        self.visual_conv = nn.Sequential(nn.Conv2d(feat_dim, half, 3, padding=1), nn.ReLU(inplace=True))
+        self.visual_conv = nn.Sequential(nn.Conv2d(feat_dim, half, kernel, padding=kernel // 2), nn.ReLU(inplace=True))
         self.fc = nn.Sequential(nn.Linear(avc_dim, avc_hidden), nn.ReLU(inplace=True), nn.Linear(avc_hidden, 2))
 
     def audio_vec(self, fa: torch.Tensor) -> torch.Tensor:  # (B, K, T) -> (B, half)
@@ -274,7 +274,8 @@ class TwoStage(LocalizationMethod):
         self.visual_encoder = build_visual_encoder(cfg)
         vis_ch = self.visual_encoder.feature_info.channels
         # F_v: the last (trainable) conv layer on top of the possibly frozen encoder
-        self.visual_trunk = nn.Sequential(nn.Conv2d(vis_ch, d, 3, padding=1, bias=False), nn.BatchNorm2d(d), nn.ReLU(inplace=True))
+        k = cfg.visual_kernel
+        self.visual_trunk = nn.Sequential(nn.Conv2d(vis_ch, d, k, padding=k // 2, bias=False), nn.BatchNorm2d(d), nn.ReLU(inplace=True))
         self.audio_frontend = AudioFrontend(cfg.audio)
         enc = create_encoder(cfg.audio_encoder, **cfg.audio_encoder_kwargs)
         if not isinstance(enc, AudioEncoder):
@@ -286,7 +287,7 @@ class TwoStage(LocalizationMethod):
         self.audio_cls = nn.Linear(d, c)
         self.visual_cls = nn.Linear(d, c)
         # correspondence network, Eq. 2
-        self.avc = AVCHead(d, cfg.avc_dim, cfg.avc_hidden)
+        self.avc = AVCHead(d, cfg.avc_dim, cfg.avc_hidden, cfg.visual_kernel)
         # E_r maps (Eq. 5) and projections g_r (Eq. 6)
         self.audio_embed = nn.Sequential(nn.Conv1d(d, cfg.embed_dim, 1), nn.ReLU(inplace=True))
         self.visual_embed = nn.Sequential(nn.Conv2d(d, cfg.embed_dim, 1), nn.ReLU(inplace=True))
@@ -300,7 +301,7 @@ class TwoStage(LocalizationMethod):
     #: config fields that must agree between the stage-1 checkpoint and this model
     ARCH_FIELDS = (
         "visual_encoder", "visual_encoder_kwargs", "audio_encoder", "audio_encoder_kwargs", "num_classes",
-        "feat_dim", "embed_dim", "proj_hidden", "proj_dim", "avc_dim", "avc_hidden", "audio", "image",
+        "feat_dim", "embed_dim", "proj_hidden", "proj_dim", "avc_dim", "avc_hidden", "visual_kernel", "audio", "image",
     )
 
     def load_stage1(self, path: str | Path) -> None:
@@ -509,6 +510,7 @@ class TwoStageConfig(MethodConfig):
     * widths: ``feat_dim`` (F_r and E_r channels, ResNet-18's 512), ``embed_dim`` (E_r; 512),
       projections ``embed_dim -> proj_hidden -> proj_dim`` (512-128-128), AVC ``avc_dim`` (1024)
       -> ``avc_hidden`` (128) -> 2.
+    * ``visual_kernel``: kernel of the visual trunk (``F_v``) and AVC visual convolutions (3; odd).
     * ``avc_weight``: lambda of Eq. 3 (1: public implementation, the paper gives none).
     * ``ava_weight``: weight of Eq. 7 in stage 2 (1, public implementation).
     * ``margin``: Delta of Eq. 7 (1.4 on unit-norm embeddings, public implementation: just under
@@ -535,6 +537,7 @@ class TwoStageConfig(MethodConfig):
     proj_dim: int = 128
     avc_dim: int = 1024
     avc_hidden: int = 128
+    visual_kernel: int = 3
     avc_weight: float = 1.0
     ava_weight: float = 1.0
     margin: float = 1.4
@@ -555,6 +558,8 @@ class TwoStageConfig(MethodConfig):
         for name in ("num_classes", "feat_dim", "embed_dim", "proj_hidden", "proj_dim", "avc_dim", "avc_hidden"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.visual_kernel < 1 or self.visual_kernel % 2 == 0:
+            raise ConfigError(f"visual_kernel must be a positive odd number, got {self.visual_kernel}")
         if self.margin <= 0:
             raise ConfigError(f"margin must be > 0, got {self.margin}")
         if not 0.0 <= self.valid_threshold <= 1.0:
@@ -565,15 +570,18 @@ def _digitscenes_cpu() -> dict[str, Any]:
     """CPU preset for DigitScenes: 3 s clips at 8 kHz (FSDD's native rate: the spoken digits hold
     nothing above 4 kHz, and no resampling of the utterances) with the paper's log-mel ratios
     (n_fft 0.04 sr, hop 0.02 sr, 64 bands), 224 px frames, frozen cached EfficientNet-Lite0
-    (stride 16, 14x14), the small audio CNN, and widths scaled down 4x (512 -> 128, 128 -> 64)."""
+    (stride 16, 14x14), the small audio CNN at half its default widths (16-32-64-64), the
+    method's widths scaled down 4x (512 -> 128, 128 -> 64) and 1x1
+    visual convolutions (9x fewer FLOPs than 3x3 on the 14x14 map)."""
     sr = 8000
     return {
         "audio": {"sample_rate": sr, "window_seconds": 3.0, "kind": "logmel", "n_fft": round(0.04 * sr),
                   "hop_length": round(0.02 * sr), "n_mels": 64},
         "image": {"size": 224, "resize": 224},
         "audio_encoder": "small_cnn_audio",
-        "audio_encoder_kwargs": {"channels": [32, 64, 128, 128], "time_stride": 4},
+        "audio_encoder_kwargs": {"channels": [16, 32, 64, 64], "time_stride": 4},
         "feat_dim": 128, "embed_dim": 128, "proj_hidden": 64, "proj_dim": 64, "avc_dim": 256, "avc_hidden": 64,
+        "visual_kernel": 1,
     }
 
 

@@ -31,9 +31,6 @@ from avloc.errors import DataError
 ResizeMode = Literal["cv2", "align_corners"]
 NormalizeMode = Literal["minmax", "lvs", "fixed", "relu", "none"]
 
-# cv2.resize handles at most this many channels per call (CV_CN_MAX)
-_CV2_MAX_CHANNELS = 512
-
 
 def as_map_batch(maps: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     """Stack maps into a float32 ``(B, h, w)`` array, checking shapes and finiteness."""
@@ -55,8 +52,8 @@ def as_map_batch(maps: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
 def resize_maps(maps: np.ndarray, size: tuple[int, int], mode: ResizeMode) -> np.ndarray:
     """Bilinear resize of ``(B, h, w)`` float32 maps to ``size`` = (H, W).
 
-    ``cv2``: calls ``cv2.resize(..., INTER_LINEAR)`` itself (maps packed as
-    channels, up to 512 per call), i.e. exactly LVS's ``test.py``.
+    ``cv2``: calls ``cv2.resize(..., INTER_LINEAR)`` itself, one map per call, i.e.
+    exactly LVS's ``test.py``.
     ``align_corners``: the arithmetic of torch's CPU
     ``F.interpolate(mode="bilinear", align_corners=True)`` in float32.
     """
@@ -74,11 +71,10 @@ def resize_maps(maps: np.ndarray, size: tuple[int, int], mode: ResizeMode) -> np
 def _resize_cv2(maps: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     import cv2  # lazy: only the cv2-style protocols need it
 
+    # one call per map, as LVS does: packing maps as channels takes another SIMD path with different rounding
     out = np.empty((len(maps), out_h, out_w), dtype=np.float32)
-    for start in range(0, len(maps), _CV2_MAX_CHANNELS):
-        chunk = np.ascontiguousarray(maps[start : start + _CV2_MAX_CHANNELS].transpose(1, 2, 0))  # (h, w, b)
-        res = cv2.resize(chunk, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
-        out[start : start + chunk.shape[2]] = res.reshape(out_h, out_w, -1).transpose(2, 0, 1)
+    for i, m in enumerate(maps):
+        out[i] = cv2.resize(m, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
     return out
 
 

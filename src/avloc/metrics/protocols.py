@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -89,7 +89,6 @@ class Protocol:
     audio_window: str = "3s-centre"
     image_mode: str = "squash"
     notes: str = ""
-    settings: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.eval_size < 1:
@@ -108,7 +107,6 @@ class Protocol:
     def describe(self) -> dict[str, Any]:
         """The protocol's settings as a plain dict (for reports and run directories)."""
         d = dataclasses.asdict(self)
-        d.pop("settings", None)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 

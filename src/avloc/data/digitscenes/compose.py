@@ -128,12 +128,11 @@ def make_background(photo: np.ndarray, size: int, rng: np.random.Generator, cfg:
         rng.uniform(*cfg.bg_contrast),
         rng.uniform(*cfg.bg_saturation),
     )
-    small = photo.astype(np.float32)  # (32, 32, 3)
-    gray = small @ _LUMA  # (32, 32)
-    small = gray[..., None] + sat * (small - gray[..., None])
+    rgb = photo.astype(np.float32)  # (32, 32, 3)
+    gray = rgb @ _LUMA  # (32, 32)
     mean = float(gray.mean())
-    small = ((small - mean) * contrast + mean) * bright
-    small8 = np.clip(small + 0.5, 0, 255).astype(np.uint8)
+    jittered = ((gray[..., None] + sat * (rgb - gray[..., None]) - mean) * contrast + mean) * bright
+    small8 = np.clip(jittered + 0.5, 0, 255).astype(np.uint8)
     img = cv2.resize(small8, (size, size), interpolation=cv2.INTER_CUBIC)  # uint8 saturates overshoot
     if sigma > 0.1:
         img = cv2.GaussianBlur(img, (0, 0), sigma)

@@ -105,7 +105,7 @@ class DigitScenes(Dataset):
         if isinstance(self.config, VideoConfig):
             return self._video_item(i)
         s = self.sampler.sample(i, self.scene_index(i))
-        out = {"id": f"digitscenes-{self.variant}-{self.split}-{self.seed}-{i:07d}"}
+        out: dict[str, Any] = {"id": f"digitscenes-{self.variant}-{self.split}-{self.seed}-{i:07d}"}
         out.update(self._tensors(s.image, s.boxes, s.silent_boxes))
         audio = s.audio
         if audio.size != self.audio_cfg.num_samples:  # a clip set by config, not by audio_cfg
@@ -129,7 +129,7 @@ class DigitScenes(Dataset):
         clip = self._clip
         j = self._frames[f]
         ann = clip.annotation(j)
-        out = {"id": f"digitscenes-video-{self.split}-{self.seed}-{c:07d}-f{j:04d}"}
+        out: dict[str, Any] = {"id": f"digitscenes-video-{self.split}-{self.seed}-{c:07d}-f{j:04d}"}
         out.update(self._tensors(clip.frame(j), ann["boxes"], ann["silent_boxes"]))
         audio = window_at(clip.audio, clip.sample_rate, ann["time"], self.audio_cfg.window_seconds)
         out.update(

@@ -252,17 +252,17 @@ def contact_sheet(sampler: DigitScenesSampler, count: int, cells: int = 16, cols
                 break
     else:
         for i in range(min(count, cells)):
-            s = sampler.sample(i)
-            t = draw_annotations(s.image, s.boxes, s.box_labels, s.silent_boxes, s.silent_labels)
-            extra = "" if s.onscreen else f" OFF:{s.meta['mode']}"
-            _caption(t, f"#{i} say={s.labels}{extra}")
+            smp = sampler.sample(i)
+            t = draw_annotations(smp.image, smp.boxes, smp.box_labels, smp.silent_boxes, smp.silent_labels)
+            extra = "" if smp.onscreen else f" OFF:{smp.meta['mode']}"
+            _caption(t, f"#{i} say={smp.labels}{extra}")
             tiles.append(t)
     h, w = tiles[0].shape[:2]
     rows = -(-len(tiles) // cols)
     sheet = np.full((rows * (h + 4) + 4, min(cols, len(tiles)) * (w + 4) + 4, 3), 255, np.uint8)
     for k, t in enumerate(tiles):
-        r, c = divmod(k, cols)
-        sheet[4 + r * (h + 4) : 4 + r * (h + 4) + h, 4 + c * (w + 4) : 4 + c * (w + 4) + w] = t
+        r, col = divmod(k, cols)
+        sheet[4 + r * (h + 4) : 4 + r * (h + 4) + h, 4 + col * (w + 4) : 4 + col * (w + 4) + w] = t
     return sheet
 
 

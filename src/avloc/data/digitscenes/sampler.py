@@ -247,11 +247,15 @@ class DigitScenesSampler:
         gains = None
         if isinstance(cfg, MultiConfig):
             gains = rng.uniform(-cfg.relative_gain_db / 2, cfg.relative_gain_db / 2, len(spoken)).tolist()
+        meta: dict[str, Any]
+        speakers: list[str]
         if mode == "silence":
-            audio, meta, speakers = np.zeros(n, np.float32), {"fsdd": [], "speech_spans": [], "esc10": None, "snr_db": None}, []
+            audio, speakers = np.zeros(n, np.float32), []
+            meta = {"fsdd": [], "speech_spans": [], "esc10": None, "snr_db": None}
         else:
             audio, meta, speakers = self._sound(spoken, rng, ambient, n, gains)
-        meta.update(scene.sources, mode=mode)
+        meta.update(scene.sources)
+        meta["mode"] = mode
         if isinstance(cfg, OpensetConfig):
             meta["heard"] = all(c not in set(cfg.unheard) for c in spoken)
         silent = [k for k in range(len(digits)) if k not in sounding]

@@ -1,0 +1,97 @@
+"""Speed and memory of ``avloc localize`` (docs/BENCHMARKS.md, "avloc localize").
+
+Real-time factor (seconds of video per second of processing, model load excluded)
+per clip, analysis rate and overlay on/off, with the default model; peak RSS of a
+child ``avloc localize`` process on generated long 720p videos.
+
+    python bench/bench_localize.py [--data DIR] [--fps 5 10] [--long-minutes 1 5 10] [--skip-shared]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def generated_720p(path: Path, seconds: float, fps: float = 30.0) -> Path:
+    """A cheap-to-encode 1280x720 clip: a moving disc over a flat background, pulsing tone bursts."""
+    from avloc.io.media import write_video
+
+    sr = 16000
+    n = round(seconds * fps)
+    t = np.arange(round(seconds * sr)) / sr
+    audio = (0.3 * np.sin(2 * np.pi * 440 * t) * (np.sin(2 * np.pi * 0.7 * t) > 0.3)).astype(np.float32)
+    yy, xx = np.mgrid[0:720, 0:1280]
+
+    def frames() -> Iterator[np.ndarray]:
+        bg = np.full((720, 1280, 3), 70, np.uint8)
+        for i in range(n):
+            img = bg.copy()
+            cx = 640 + 300 * np.sin(i / fps)
+            img[(xx - cx) ** 2 + (yy - 360) ** 2 < 90**2] = (230, 200, 40)
+            yield img
+
+    write_video(path, frames(), fps, audio, sr, preset="ultrafast")
+    return path
+
+
+def run_rtf(clip: Path, fps: float, overlay: bool, out: Path, model) -> float:
+    from avloc.inference import DEFAULT_MODEL, LocalizeConfig, localize_video
+
+    cfg = LocalizeConfig(fps=fps, overlay=overlay, force=True)
+    res = localize_video(clip, model, cfg, out, model_name=DEFAULT_MODEL, progress=False)
+    return res.realtime_factor
+
+
+def peak_rss_mb(clip: Path, out: Path) -> tuple[float, float]:
+    """(peak RSS MB, wall s) of ``avloc localize CLIP --no-overlay`` in a child process."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "avloc.cli.main", "localize", str(clip), "--out", str(out), "--force",
+                    "--no-overlay", "--quiet"], check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, wall
+
+
+def main() -> int:
+    from avloc.inference import DEFAULT_MODEL
+    from avloc.methods.zoo import load_model
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=os.environ.get("AVLOC_DATA", str(REPO.parent / "shared" / "data")))
+    ap.add_argument("--fps", type=float, nargs="+", default=[5.0, 10.0])
+    ap.add_argument("--long-minutes", type=float, nargs="*", default=[1.0, 5.0, 10.0])
+    ap.add_argument("--skip-shared", action="store_true")
+    args = ap.parse_args()
+    model = load_model(DEFAULT_MODEL)
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')}, torch threads {__import__('torch').get_num_threads()}, load {os.getloadavg()}")
+    with tempfile.TemporaryDirectory() as d:
+        clips = [] if args.skip_shared else sorted(Path(args.data, "videos").glob("*.mp4"))
+        clips.append(generated_720p(Path(d) / "gen720p30.mp4", 10.0))
+        print("| clip | fps | RTF overlay | RTF no overlay |\n|---|---|---|---|")
+        for c in clips:
+            for fps in args.fps:
+                on = run_rtf(c, fps, True, Path(d) / "out", model)
+                off = run_rtf(c, fps, False, Path(d) / "out", model)
+                print(f"| {c.name[:40]} | {fps:g} | {on:.2f} | {off:.2f} |", flush=True)
+        print("\n| long 720p clip | peak RSS MB | wall s |\n|---|---|---|")
+        for m in args.long_minutes:
+            c = generated_720p(Path(d) / f"long{m:g}.mp4", 60 * m)
+            rss, wall = peak_rss_mb(c, Path(d) / "out")
+            print(f"| {m:g} min | {rss:.0f} | {wall:.0f} |", flush=True)
+            c.unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

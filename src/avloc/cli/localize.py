@@ -1,0 +1,103 @@
+"""``avloc localize INPUT... --out DIR``: find the sounding objects in videos (docs/localize.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from avloc.errors import AvlocError, ConfigError
+
+#: file extensions picked up when an INPUT is a folder
+VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".wmv", ".ts", ".3gp"}
+
+
+def add_parser(sub: Any, name: str) -> None:
+    p = sub.add_parser(name, help=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files or folders of videos")
+    p.add_argument("--out", required=True, help="output folder")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, help="checkpoint path, zoo name or training-free method (default: embedded default)")
+    g.add_argument("--combine", choices=["none", "synchrony"], default="none",
+                   help="multiply a per-frame model's map with the synchrony map")
+    g.add_argument("--visual-only", action="store_true", help="no audio needed: the object prior alone")
+    g.add_argument("--audio-tagger", default=None, metavar="PATH", help="YAMNet .tflite: zero-shot semantic mode")
+    g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    a = p.add_argument_group("analysis")
+    a.add_argument("--fps", type=float, default=5.0, help="analysed frames per second (default 5)")
+    a.add_argument("--window", type=float, default=None, metavar="S", help="audio window (s); default: the model's")
+    a.add_argument("--smoothing", choices=["ema", "median", "none"], default="ema")
+    o = p.add_argument_group("outputs")
+    o.add_argument("--save-heatmaps", action="store_true", help="also write NAME.heatmaps.npz")
+    o.add_argument("--no-overlay", action="store_true", help="skip the overlay video (faster)")
+    o.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    o.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Files as given, folders expanded to their video files (sorted); returns (files, errors)."""
+    files: list[Path] = []
+    errors: list[str] = []
+    for s in inputs:
+        p = Path(s)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
+            if not found:
+                errors.append(f"{p}: folder has no video files ({', '.join(sorted(VIDEO_EXTENSIONS))})")
+            files.extend(found)
+        else:
+            files.append(p)
+    return files, errors
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from avloc.inference import DEFAULT_MODEL, LocalizeConfig, localize_video
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
+    cfg = LocalizeConfig(
+        fps=args.fps, window_seconds=args.window, smoothing=args.smoothing, visual_only=args.visual_only,
+        combine=args.combine, overlay=not args.no_overlay, save_heatmaps=args.save_heatmaps, force=args.force,
+        device=args.device,
+    )
+    cfg.validate()
+    model = None
+    name = None
+    tagger = None
+    if args.visual_only:
+        if args.model is not None or args.audio_tagger is not None:
+            raise ConfigError("--visual-only uses the object prior alone: do not combine it with --model or --audio-tagger")
+    else:
+        from avloc.methods.zoo import load_model
+
+        name = args.model or DEFAULT_MODEL
+        model = load_model(name, device=args.device)
+        if args.audio_tagger:
+            from avloc.inference.semantic import SemanticMapper
+
+            tagger = SemanticMapper(args.audio_tagger, device=args.device)
+    files, errors = expand_inputs(args.inputs)
+    for e in errors:
+        print(f"avloc localize: error: {e}", file=sys.stderr)
+    failed = len(errors)
+    seen: dict[str, Path] = {}
+    for f in files:
+        if f.stem in seen:
+            print(f"avloc localize: error: {f}: same output name as {seen[f.stem]}; run it with another --out", file=sys.stderr)
+            failed += 1
+            continue
+        seen[f.stem] = f
+        try:
+            res = localize_video(f, model, cfg, args.out, model_name=name, tagger=tagger, progress=not args.quiet)
+        except AvlocError as e:
+            print(f"avloc localize: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        on = "n/a" if res.onscreen_fraction is None else f"{res.onscreen_fraction:.0%}"
+        print(f"{f}: {res.frames} frames, on-screen {on}, {res.realtime_factor:.2f}x real time -> "
+              + ", ".join(str(p) for p in res.outputs.values()))
+    return 2 if failed else 0

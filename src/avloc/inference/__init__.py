@@ -1,0 +1,18 @@
+"""The ``avloc localize`` pipeline as library code (see docs/localize.md).
+
+``localize_video(path, model, LocalizeConfig(...), out_dir)`` writes, per
+video, ``NAME.avloc.mp4`` (overlay), ``NAME.avloc.json`` (``schema.json``),
+``NAME.sheet.png`` and optionally ``NAME.heatmaps.npz``.
+"""
+
+from __future__ import annotations
+
+from avloc.inference.config import SCHEMA_VERSION, LocalizeConfig
+from avloc.inference.pipeline import LocalizeResult, localize_video, output_paths
+
+#: The model ``avloc localize`` uses when ``--model`` is not given: the training-free
+#: synchrony x object prior (``avloc.methods.avsync_prior``). Chosen on measured results,
+#: see docs/localize.md ("Default model").
+DEFAULT_MODEL = "avsync-objectness"
+
+__all__ = ["DEFAULT_MODEL", "SCHEMA_VERSION", "LocalizeConfig", "LocalizeResult", "localize_video", "output_paths"]

@@ -1,0 +1,82 @@
+"""Configuration of the ``avloc localize`` pipeline (one typed dataclass, saved in every JSON output)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from avloc.errors import ConfigError
+
+#: Version of the ``NAME.avloc.json`` layout (``schema.json``); bump on any incompatible change.
+SCHEMA_VERSION = "1.0"
+
+
+@dataclass
+class LocalizeConfig:
+    """Everything that changes what ``localize_video`` computes or writes (see docs/localize.md)."""
+
+    #: analysis rate (frames per second of video that get a heatmap)
+    fps: float = 5.0
+    #: audio window centred on each analysed frame (s); ``None``: the model's ``cfg.audio.window_seconds``
+    window_seconds: float | None = None
+    #: frames per model call (per-frame methods) / per synchrony chunk (clip methods, plus context)
+    batch_size: int = 8
+    #: long side (cells) of the stored heatmaps; each covers the whole frame with its aspect ratio
+    map_long_side: int = 64
+    #: temporal smoothing of heatmaps and on-screen confidence: EMA (causal) or centred median
+    smoothing: Literal["ema", "median", "none"] = "ema"
+    #: EMA weight of the newest frame: s_t = a * x_t + (1 - a) * s_{t-1}
+    ema_alpha: float = 0.6
+    #: frames in the centred median window (odd)
+    median_frames: int = 3
+    #: boxes: connected components of the map above ``box_threshold`` x its peak (after min subtraction)
+    box_threshold: float = 0.5
+    #: boxes smaller than this fraction of the frame are dropped
+    min_box_area: float = 0.002
+    max_boxes: int = 3
+    #: a window whose RMS is below this (dBFS) is silent: off-screen, confidence 0, no boxes.
+    #: -60 dBFS is ~ 16-bit dither plus room noise; the generated clips' noise floor sits at -50 dBFS.
+    silence_db: float = -60.0
+    #: on-screen statistic p = sigmoid(w_contrast * z_peak + w_db * (rms_db + 30) / 10 + bias), with
+    #: z_peak = (max - mean) / std of the map. Calibrated on generated on/off-screen clips with
+    #: ``python -m avloc.inference.calibrate`` for the default model (docs/localize.md).
+    #: (2026-11-22, --clips 3: 240 frames, accuracy 0.72; mean p 0.67 on-screen vs 0.33 off-screen)
+    onscreen_w_contrast: float = 5.371
+    onscreen_w_db: float = 0.400
+    onscreen_bias: float = -16.062
+    onscreen_threshold: float = 0.5
+    #: ``--visual-only``: the object prior alone (no audio needed)
+    visual_only: bool = False
+    #: ``--combine synchrony``: learned map (min-max) x (floor + synchrony), see docs/localize.md
+    combine: Literal["none", "synchrony"] = "none"
+    #: overlay video at the source's average frame rate, long side at most ``overlay_max_side``
+    overlay: bool = True
+    overlay_max_side: int = 1280
+    overlay_alpha: float = 0.5
+    #: contact sheet: this many analysed frames, thumbnails this wide, this many columns
+    sheet_frames: int = 12
+    sheet_thumb_width: int = 320
+    sheet_columns: int = 4
+    save_heatmaps: bool = False
+    force: bool = False
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        if not self.fps > 0:
+            raise ConfigError(f"--fps must be positive, got {self.fps}")
+        if self.window_seconds is not None and not self.window_seconds > 0:
+            raise ConfigError(f"--window must be positive, got {self.window_seconds}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.map_long_side < 4:
+            raise ConfigError(f"map_long_side must be >= 4, got {self.map_long_side}")
+        if not 0 < self.ema_alpha <= 1:
+            raise ConfigError(f"ema_alpha must be in (0, 1], got {self.ema_alpha}")
+        if self.median_frames < 1 or self.median_frames % 2 == 0:
+            raise ConfigError(f"median_frames must be odd and >= 1, got {self.median_frames}")
+        if not 0 < self.box_threshold < 1:
+            raise ConfigError(f"box_threshold must be in (0, 1), got {self.box_threshold}")
+        if self.smoothing not in ("ema", "median", "none"):
+            raise ConfigError(f"smoothing must be ema, median or none, got {self.smoothing!r}")
+        if self.combine not in ("none", "synchrony"):
+            raise ConfigError(f"combine must be none or synchrony, got {self.combine!r}")

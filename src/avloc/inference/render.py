@@ -1,0 +1,82 @@
+"""Drawing: heatmap overlay (colormap x alpha), boxes with scores, on/off-screen banner, contact sheet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+#: banner colours (RGB)
+ON_COLOUR = (40, 200, 70)
+OFF_COLOUR = (220, 60, 50)
+NEUTRAL_COLOUR = (120, 120, 120)
+BOX_COLOUR = (255, 255, 255)
+
+
+def display_heat(m: np.ndarray, strength: float) -> np.ndarray:
+    """Map -> [0, 1] display weights: min-max normalised, scaled by ``strength`` (on-screen confidence)."""
+    lo, hi = float(m.min()), float(m.max())
+    n = (m - lo) / (hi - lo) if hi - lo > 1e-12 else np.zeros_like(m)
+    return (n * strength).astype(np.float32)
+
+
+def banner_text(record: dict[str, Any]) -> tuple[str, tuple[int, int, int]]:
+    if record.get("silent"):
+        return "silent: no sound source", NEUTRAL_COLOUR
+    conf = record.get("onscreen_confidence")
+    if conf is None:
+        return "visual only (no audio): object prior", NEUTRAL_COLOUR
+    if record.get("onscreen"):
+        return f"ON-SCREEN {conf:.2f}", ON_COLOUR
+    return f"OFF-SCREEN {conf:.2f}", OFF_COLOUR
+
+
+def draw_overlay(img: np.ndarray, heat: np.ndarray, record: dict[str, Any], src_wh: tuple[int, int], alpha: float) -> np.ndarray:
+    """RGB uint8 frame (H, W, 3) + display heat (h, w) in [0, 1] + JSON frame record -> new frame.
+
+    ``src_wh`` is the source resolution the record's boxes are in (the frame may be downscaled).
+    """
+    h, w = img.shape[:2]
+    out = img
+    if heat.size and float(heat.max()) > 0:
+        hm = cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)  # (H, W)
+        colour = cv2.applyColorMap((hm * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]  # BGR -> RGB
+        wgt = (alpha * hm)[..., None]
+        out = (img.astype(np.float32) * (1 - wgt) + colour.astype(np.float32) * wgt).astype(np.uint8)
+    else:
+        out = img.copy()
+    scale = max(h, w) / 640.0
+    thick = max(1, round(2 * scale))
+    font = 0.5 * max(scale, 0.3)
+    sx, sy = w / src_wh[0], h / src_wh[1]
+    if record.get("onscreen") is not False:
+        for b in record.get("boxes", []):
+            p1 = (round(b["x1"] * sx), round(b["y1"] * sy))
+            p2 = (round(b["x2"] * sx), round(b["y2"] * sy))
+            cv2.rectangle(out, p1, p2, BOX_COLOUR, thick)
+            cv2.putText(out, f"{b['score']:.2f}", (p1[0] + 2, max(p1[1] - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, font,
+                        BOX_COLOUR, max(1, thick // 2), cv2.LINE_AA)
+    text, banner = banner_text(record)
+    bh = max(8, round(24 * scale))
+    cv2.rectangle(out, (0, 0), (w, bh), banner, -1)
+    cv2.putText(out, f"{record['time']:.1f}s  {text}", (4, bh - max(2, bh // 4)), cv2.FONT_HERSHEY_SIMPLEX, font,
+                (255, 255, 255), max(1, thick // 2), cv2.LINE_AA)
+    return out
+
+
+def contact_sheet(thumbs: list[np.ndarray], columns: int) -> np.ndarray:
+    """Thumbnails (same width) -> one RGB image in a grid (rows padded to the tallest thumbnail)."""
+    if not thumbs:
+        raise ValueError("contact_sheet: no thumbnails")
+    tw = thumbs[0].shape[1]
+    th = max(t.shape[0] for t in thumbs)
+    cols = min(columns, len(thumbs))
+    rows = (len(thumbs) + cols - 1) // cols
+    pad = 4
+    sheet = np.full((rows * (th + pad) + pad, cols * (tw + pad) + pad, 3), 24, np.uint8)
+    for i, t in enumerate(thumbs):
+        r, c = divmod(i, cols)
+        y, x = pad + r * (th + pad), pad + c * (tw + pad)
+        sheet[y : y + t.shape[0], x : x + t.shape[1]] = t
+    return sheet

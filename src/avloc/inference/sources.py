@@ -1,0 +1,124 @@
+"""Map sources: what turns a run of analysed frames and their audio windows into heatmaps.
+
+Every source has ``context_seconds`` (frames of context each side a chunk
+needs; 0 for per-frame methods) and ``maps(images, audio, times)``:
+``images (T, 3, S, S)`` in [0, 1] (model geometry), ``audio (T, N)`` windows
+centred on each frame, ``times (T,)`` s -> :class:`SourceOutput`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from avloc.errors import ConfigError
+from avloc.methods.base import LocalizationMethod
+
+
+@dataclass
+class SourceOutput:
+    maps: np.ndarray  # (T, h, w) float32, model-input geometry
+    onscreen: list[float | None] = field(default_factory=list)  # per frame, from a method's onscreen()
+    boxes: list[np.ndarray | None] = field(default_factory=list)  # per frame (K, 5) model-input pixels + score
+    semantic: list[dict[str, Any] | None] = field(default_factory=list)
+
+
+def has_own_onscreen(model: LocalizationMethod) -> bool:
+    return type(model).onscreen is not LocalizationMethod.onscreen
+
+
+def minmax(x: torch.Tensor) -> torch.Tensor:
+    """(T, h, w) -> each map in [0, 1] (a constant map becomes 0)."""
+    flat = x.flatten(1)
+    lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
+    return ((flat - lo) / (hi - lo).clamp_min(1e-12)).view_as(x)
+
+
+class ModelSource:
+    """A registered method: ``localize_clip`` (temporal methods) or per-frame ``localize``;
+    its ``onscreen()`` and ``boxes()`` are used when it has them."""
+
+    def __init__(self, model: LocalizationMethod) -> None:
+        self.model = model
+        self.is_clip = callable(getattr(model, "localize_clip", None))
+        self.context_seconds = float(getattr(model, "clip_context_seconds", 0.0)) if self.is_clip else 0.0
+        self.own_onscreen = has_own_onscreen(model)
+        self.own_boxes = callable(getattr(model, "boxes", None))
+
+    @torch.no_grad()
+    def maps(self, images: torch.Tensor, audio: torch.Tensor, times: torch.Tensor, keep: slice | None = None) -> SourceOutput:
+        """Maps for ``images[keep]`` (the rest is temporal context; per-frame sources get no context)."""
+        keep = keep if keep is not None else slice(None)
+        if self.is_clip:
+            fn: Any = self.model.localize_clip
+            if "keep" in inspect.signature(fn).parameters:
+                m = fn(images, audio, times, keep=keep)
+            else:
+                m = fn(images, audio, times)[keep]
+        else:
+            m = self.model.localize(images[keep], audio[keep])
+        images, audio = images[keep], audio[keep]
+        if m.dim() != 3 or m.shape[0] != images.shape[0]:
+            raise ConfigError(f"{self.model.name}: localize returned {tuple(m.shape)}, expected (B, h, w) with B={images.shape[0]}")
+        t = images.shape[0]
+        on: list[float | None] = [None] * t
+        if self.own_onscreen:
+            on = [float(v) for v in self.model.onscreen(images, audio).reshape(-1).tolist()]
+        bx: list[np.ndarray | None] = [None] * t
+        if self.own_boxes:
+            boxes_fn: Any = self.model.boxes
+            bx = [np.asarray(b.detach().cpu(), dtype=np.float64).reshape(-1, 5) for b in boxes_fn(images, audio)]
+        return SourceOutput(m.detach().float().cpu().numpy(), on, bx, [None] * t)
+
+
+class CombinedSource(ModelSource):
+    """``--combine synchrony``: ``minmax(learned map) * (floor + synchrony)`` on the synchrony grid.
+
+    The synchrony cue is :class:`avloc.methods.avsync_prior.AVSyncPrior` without
+    its object prior, run on the learned model's own preprocessed frames and
+    audio windows (same sample rate), so the two maps share one geometry.
+    """
+
+    def __init__(self, model: LocalizationMethod) -> None:
+        super().__init__(model)
+        if self.is_clip:
+            raise ConfigError(f"--combine synchrony needs a per-frame method; {model.name!r} is already temporal")
+        from avloc.methods.avsync_prior import AVSyncPrior, AVSyncPriorConfig
+
+        cfg = AVSyncPriorConfig(use_prior=False)
+        cfg.audio = model.cfg.audio
+        self.sync = AVSyncPrior(cfg)
+        self.context_seconds = cfg.context_seconds
+
+    @torch.no_grad()
+    def maps(self, images: torch.Tensor, audio: torch.Tensor, times: torch.Tensor, keep: slice | None = None) -> SourceOutput:
+        keep = keep if keep is not None else slice(None)
+        out = super().maps(images, audio, times, keep)
+        sync = self.sync.synchrony(images, audio, times)[keep]  # (T', G, G)
+        learned = torch.from_numpy(out.maps)[:, None]
+        learned = minmax(F.interpolate(learned, size=sync.shape[-2:], mode="bilinear", align_corners=False)[:, 0])
+        out.maps = (learned * (self.sync.cfg.prior_floor + sync)).numpy()
+        return out
+
+
+class VisualOnlySource:
+    """``--visual-only``: the object prior of the default model alone (no audio is read)."""
+
+    context_seconds = 0.0
+
+    def __init__(self) -> None:
+        from avloc.methods.avsync_prior import AVSyncPrior, AVSyncPriorConfig
+
+        self.model = AVSyncPrior(AVSyncPriorConfig())
+
+    @torch.no_grad()
+    def maps(self, images: torch.Tensor, audio: torch.Tensor, times: torch.Tensor, keep: slice | None = None) -> SourceOutput:
+        images = images[keep if keep is not None else slice(None)]
+        m = self.model.object_prior_map(images).float().cpu().numpy()
+        t = images.shape[0]
+        return SourceOutput(m, [None] * t, [None] * t, [None] * t)

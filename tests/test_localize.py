@@ -1,0 +1,301 @@
+"""``avloc localize``: end to end on generated clips, the JSON schema, outputs, error paths, odd inputs."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from avloc.cli.main import main
+from avloc.data.synthetic import DemoClip, DemoClipConfig, write_demo_clip
+from avloc.inference.check import score_records
+from avloc.io.media import probe, write_video
+
+SCHEMA = Path(__file__).resolve().parents[1] / "src" / "avloc" / "inference" / "schema.json"
+_TYPES: dict[str, Any] = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+
+
+def validate(doc: Any, schema: dict[str, Any], where: str = "$") -> list[str]:
+    """The JSON-Schema subset schema.json uses: type, required, properties, items, enum, (exclusive)minimum/maximum."""
+    errs: list[str] = []
+    types = schema.get("type")
+    if types is not None:
+        types = [types] if isinstance(types, str) else types
+        ok = False
+        for t in types:
+            if t == "integer":
+                ok |= isinstance(doc, int) and not isinstance(doc, bool)
+            elif t == "number":
+                ok |= isinstance(doc, int | float) and not isinstance(doc, bool)
+            else:
+                ok |= isinstance(doc, _TYPES[t])
+        if not ok:
+            return [f"{where}: {type(doc).__name__} is not {types}"]
+    if "enum" in schema and doc not in schema["enum"]:
+        errs.append(f"{where}: {doc!r} not in {schema['enum']}")
+    if isinstance(doc, int | float) and not isinstance(doc, bool):
+        if "minimum" in schema and doc < schema["minimum"]:
+            errs.append(f"{where}: {doc} < {schema['minimum']}")
+        if "maximum" in schema and doc > schema["maximum"]:
+            errs.append(f"{where}: {doc} > {schema['maximum']}")
+        if "exclusiveMinimum" in schema and doc <= schema["exclusiveMinimum"]:
+            errs.append(f"{where}: {doc} <= {schema['exclusiveMinimum']}")
+    if isinstance(doc, dict):
+        errs += [f"{where}: missing {k!r}" for k in schema.get("required", []) if k not in doc]
+        for k, sub in schema.get("properties", {}).items():
+            if k in doc:
+                errs += validate(doc[k], sub, f"{where}.{k}")
+    if isinstance(doc, list) and "items" in schema:
+        for i, v in enumerate(doc):
+            errs += validate(v, schema["items"], f"{where}[{i}]")
+    return errs
+
+
+def check_schema(doc: dict[str, Any]) -> None:
+    errs = validate(doc, json.loads(SCHEMA.read_text()))
+    assert not errs, errs[:10]
+
+
+def _clip(path: Path, seconds: float = 6.0, width: int = 160, height: int = 120, seed: int = 0) -> DemoClip:
+    return write_demo_clip(path, DemoClipConfig(seconds=seconds, fps=10, width=width, height=height, seed=seed))
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DemoClip, int]:
+    d = tmp_path_factory.mktemp("loc")
+    clip = _clip(d / "demo.mp4", seconds=8.0, width=192, height=144)
+    rc = main(["localize", str(d / "demo.mp4"), "--out", str(d / "out"), "--save-heatmaps", "--quiet"])
+    return d, clip, rc
+
+
+def test_end_to_end_finds_the_sounding_object(demo_run) -> None:
+    d, clip, rc = demo_run
+    assert rc == 0
+    doc = json.loads((d / "out" / "demo.avloc.json").read_text())
+    s = score_records(doc["frames"], clip.cfg.fps, clip.sounding_boxes, clip.silent_boxes)
+    assert s.frames == 40
+    assert s.peak_in_sounding >= 0.6 and s.peak_in_silent <= 0.1, s
+    assert s.mean_iou > 0.2, s
+    # boxes: in source pixels, the top box overlaps the sounding object most of the time
+    assert all(0 <= b["x1"] < b["x2"] <= 192 and 0 <= b["y1"] < b["y2"] <= 144 for f in doc["frames"] for b in f["boxes"])
+
+
+def test_json_schema_and_heatmaps(demo_run) -> None:
+    d, _, _ = demo_run
+    doc = json.loads((d / "out" / "demo.avloc.json").read_text())
+    check_schema(doc)
+    assert doc["model"]["name"] == "avsync-objectness" and doc["config"]["window_seconds"] == 1.0
+    assert [f["time"] for f in doc["frames"]] == pytest.approx(np.arange(40) / 5.0)
+    with np.load(d / "out" / "demo.heatmaps.npz") as z:
+        times, maps = z["times"], z["maps"]
+    assert maps.shape == (40, doc["heatmap_size"]["height"], doc["heatmap_size"]["width"]) == (40, 48, 64)  # 4:3 frame
+    assert times == pytest.approx([f["time"] for f in doc["frames"]])
+    assert np.isfinite(maps).all() and maps.std() > 0
+    # the validator is not vacuous
+    bad = json.loads(json.dumps(doc))
+    bad["frames"][0]["boxes"] = [{"x1": 1}]
+    del bad["summary"]
+    bad["frames"][1]["onscreen_confidence"] = 1.5
+    errs = validate(bad, json.loads(SCHEMA.read_text()))
+    assert any("summary" in e for e in errs) and any("'y1'" in e for e in errs) and any("1.5 > 1" in e for e in errs)
+
+
+def test_overlay_decodes_with_audio_and_sheet(demo_run) -> None:
+    d, _, _ = demo_run
+    info = probe(d / "out" / "demo.avloc.mp4")
+    assert info.has_audio and info.audio_sample_rate == 16000
+    assert (info.width, info.height) == (192, 144) and info.fps == 10.0 and info.frames == 80
+    assert abs(info.duration - 8.0) < 0.2
+    from PIL import Image
+
+    with Image.open(d / "out" / "demo.sheet.png") as im:
+        assert im.width > 320 and im.height > 100
+
+
+def test_existing_outputs_need_force(demo_run, capsys) -> None:
+    d, _, _ = demo_run
+    out = d / "out"
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    rc = main(["localize", str(d / "demo.mp4"), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--force" in err[0]
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
+
+
+def _write_plain(path: Path, frames: list[np.ndarray], fps: float, audio: np.ndarray | None, sr: int = 16000) -> Path:
+    write_video(path, frames, fps, audio, sr if audio is not None else None)
+    return path
+
+
+def test_no_audio_needs_visual_only(tmp_path, capsys) -> None:
+    frames = [np.full((48, 64, 3), 40 + 10 * i, np.uint8) for i in range(10)]
+    for f in frames:
+        f[10:30, 20:40] = 230  # a bright object
+    v = _write_plain(tmp_path / "mute.mp4", frames, 10, None)
+    rc = main(["localize", str(v), "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "no audio track" in err[0] and "--visual-only" in err[0]
+    assert not (tmp_path / "o" / "mute.avloc.json").exists()
+    rc = main(["localize", str(v), "--out", str(tmp_path / "o"), "--visual-only", "--quiet"])
+    assert rc == 0
+    doc = json.loads((tmp_path / "o" / "mute.avloc.json").read_text())
+    check_schema(doc)
+    assert all(f["onscreen"] is None and f["onscreen_confidence"] is None and f["audio_rms_db"] is None for f in doc["frames"])
+    assert all(f["boxes"] for f in doc["frames"])
+    info = probe(tmp_path / "o" / "mute.avloc.mp4")
+    assert info.has_video and not info.has_audio
+
+
+def test_silent_audio_is_offscreen(tmp_path) -> None:
+    clip_frames = [np.full((72, 96, 3), 90, np.uint8) for _ in range(20)]
+    for i, f in enumerate(clip_frames):
+        f[20 + i : 40 + i, 30:50] = 220  # a moving object, no sound
+    v = _write_plain(tmp_path / "silent.mp4", clip_frames, 10, np.zeros(32000, np.float32))
+    rc = main(["localize", str(v), "--out", str(tmp_path / "o"), "--no-overlay", "--quiet"])
+    assert rc == 0
+    doc = json.loads((tmp_path / "o" / "silent.avloc.json").read_text())
+    check_schema(doc)
+    assert len(doc["frames"]) == 10
+    assert all(f["silent"] and f["onscreen"] is False and f["onscreen_confidence"] == 0.0 and f["boxes"] == [] for f in doc["frames"])
+    assert doc["summary"]["onscreen_fraction"] == 0.0 and "video" not in doc["outputs"]
+    assert not (tmp_path / "o" / "silent.avloc.mp4").exists()
+
+
+def test_folder_with_a_corrupt_file(tmp_path, capsys) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    _clip(src / "a.mp4", seconds=2.0, width=96, height=64)
+    (src / "b.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
+    (src / "notes.txt").write_text("ignored: not a video extension")
+    rc = main(["localize", str(src), "--out", str(tmp_path / "o"), "--no-overlay", "--quiet"])
+    cap = capsys.readouterr()
+    err = cap.err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "b.mp4" in err[0]
+    assert (tmp_path / "o" / "a.avloc.json").exists() and (tmp_path / "o" / "a.sheet.png").exists()
+    assert not list((tmp_path / "o").glob("b.*")) and not list((tmp_path / "o").glob(".*"))  # no temp files left
+
+
+def _vfr(path: Path, width: int = 96, height: int = 64) -> Path:
+    """H.264 with irregular frame durations (30 ms / 70 ms / 120 ms ...) plus AAC audio."""
+    import av
+
+    rng = np.random.default_rng(0)
+    sr = 16000
+    with av.open(str(path), "w", format="mp4") as c:
+        vs = c.add_stream("libx264", rate=30)
+        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+        vs.codec_context.time_base = Fraction(1, 1000)
+        a = c.add_stream("aac", rate=sr)
+        a.layout = "mono"
+        t_ms = 0
+        for i in range(20):
+            img = np.full((height, width, 3), 60, np.uint8)
+            img[10:30, (i * 3) % (width - 20) : (i * 3) % (width - 20) + 20] = 220
+            fr = av.VideoFrame.from_ndarray(img, format="rgb24")
+            fr.pts, fr.time_base = t_ms, Fraction(1, 1000)
+            for p in vs.encode(fr):
+                c.mux(p)
+            t_ms += int(rng.choice([30, 70, 120]))
+        for p in vs.encode():
+            c.mux(p)
+        wav = (0.3 * np.sin(np.arange(round(sr * t_ms / 1000)) * 0.2)).astype(np.float32).reshape(1, -1)
+        af = av.AudioFrame.from_ndarray(wav, format="flt", layout="mono")
+        af.sample_rate, af.pts = sr, 0
+        fifo = av.AudioFifo()
+        fifo.write(af)
+        while fifo.samples:
+            for p in a.encode(fifo.read(min(1024, fifo.samples), partial=True)):
+                c.mux(p)
+        for p in a.encode():
+            c.mux(p)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["portrait", "tiny", "huge", "vfr"])
+def test_odd_inputs(tmp_path, kind: str) -> None:
+    sr = 16000
+    if kind == "vfr":
+        v = _vfr(tmp_path / "vfr.mp4")
+    else:
+        w, h, n = {"portrait": (120, 200, 10), "tiny": (32, 24, 10), "huge": (3840, 2160, 2)}[kind]
+        frames = [np.full((h, w, 3), 50, np.uint8) for _ in range(n)]
+        for i, f in enumerate(frames):
+            f[h // 4 : h // 2, w // 4 + i : w // 2 + i] = 200
+        audio = (0.3 * np.sin(np.arange(sr * n // 10) * 0.1)).astype(np.float32)
+        v = _write_plain(tmp_path / f"{kind}.mp4", frames, 10, audio)
+    info = probe(v)
+    rc = main(["localize", str(v), "--out", str(tmp_path / "o"), "--save-heatmaps", "--quiet"])
+    assert rc == 0
+    doc = json.loads((tmp_path / "o" / f"{v.stem}.avloc.json").read_text())
+    check_schema(doc)
+    assert len(doc["frames"]) >= 1
+    for f in doc["frames"]:
+        assert 0 <= f["peak"]["x"] <= info.width and 0 <= f["peak"]["y"] <= info.height
+        assert all(b["x2"] <= info.width and b["y2"] <= info.height for b in f["boxes"])
+    with np.load(tmp_path / "o" / f"{v.stem}.heatmaps.npz") as z:
+        mh, mw = z["maps"].shape[1:]
+    assert (mw > mh) == (info.width > info.height)  # each map has the frame's orientation
+    ov = probe(tmp_path / "o" / f"{v.stem}.avloc.mp4")
+    assert ov.has_audio and max(ov.width, ov.height) <= 1280 and abs(ov.duration - info.duration) < 0.25
+    assert abs(ov.width / ov.height - info.width / info.height) < 0.05
+
+
+def test_median_smoothing_streams_in_order() -> None:
+    from avloc.inference.config import LocalizeConfig
+    from avloc.inference.postprocess import FrameResult, smooth
+
+    vals = [0.0, 10.0, 0.0, 0.0, 5.0, 5.0, 5.0]
+    rs = (FrameResult(i, i / 5, i / 5, np.full((2, 2), v, np.float32), np.zeros((1, 1)), -20.0) for i, v in enumerate(vals))
+    out = list(smooth(rs, LocalizeConfig(smoothing="median", median_frames=3)))
+    assert [r.index for r in out] == list(range(7))
+    assert [float(r.map[0, 0]) for r in out] == [5.0, 0.0, 0.0, 0.0, 5.0, 5.0, 5.0]  # edges use the frames they have
+
+
+def test_unwarp_crop_covers_the_whole_frame() -> None:
+    from avloc.frontends.image import ImageConfig
+    from avloc.inference.postprocess import unwarp_map
+
+    m = np.zeros((7, 7), np.float32)
+    m[:, 6] = 1.0  # right edge of the model input
+    full = unwarp_map(m, (400, 200), (64, 32), ImageConfig(size=224, resize=224, mode="crop"))
+    assert full.shape == (32, 64)
+    # centre crop of a 2:1 frame spans x in [1/4, 3/4]: outside it is the map minimum
+    assert full[:, :15].max() == 0.0 and full[:, 49:].max() == 0.0
+    assert full[:, 44:48].min() > 0.5
+    sq = unwarp_map(m, (400, 200), (64, 32), ImageConfig(size=224, mode="squash"))
+    assert sq[:, -4:].min() > 0.5 and sq[:, :40].max() == 0.0
+
+
+def test_yamnet_semantic_mode_on_a_dog_clip(shared_data, tmp_path) -> None:
+    yam = shared_data / "yamnet" / "yamnet.tflite"
+    clips = sorted((shared_data / "videos").glob("demo__single__dog_barking_*.mp4"))
+    if not yam.is_file() or not clips:
+        pytest.skip("yamnet.tflite or the dog-barking clip is missing from the shared data")
+    rc = main(["localize", str(clips[0]), "--out", str(tmp_path), "--audio-tagger", str(yam), "--no-overlay", "--fps", "2", "--quiet"])
+    assert rc == 0
+    doc = json.loads((tmp_path / f"{clips[0].stem}.avloc.json").read_text())
+    check_schema(doc)
+    sem = [f["semantic"] for f in doc["frames"]]
+    dog_frames = [s for s in sem if any(a["label"] in ("Dog", "Bark", "Bow-wow", "Yip", "Growling", "Howl") for a in s["audioset"])]
+    assert len(dog_frames) >= len(sem) // 2
+    used = [s for s in sem if s["used"]]
+    # frames whose semantic map comes from dog breeds only (ImageNet 151-268); YAMNet hears a "roar" in one frame
+    dogs = [s for s in used if all(151 <= i <= 268 for c in s["imagenet"] for i in c["indices"])]
+    assert used and len(dogs) >= 0.7 * len(used)
+
+
+@pytest.mark.slow
+def test_every_shared_clip(shared_data, tmp_path) -> None:
+    clips = sorted((shared_data / "videos").glob("*.mp4"))
+    assert clips
+    rc = main(["localize", *map(str, clips), "--out", str(tmp_path), "--quiet"])
+    assert rc == 0
+    for c in clips:
+        doc = json.loads((tmp_path / f"{c.stem}.avloc.json").read_text())
+        check_schema(doc)
+        assert doc["frames"] and probe(tmp_path / f"{c.stem}.avloc.mp4").has_audio
+

@@ -1,0 +1,293 @@
+"""Registered protocols vs whole public-style evaluation loops; evaluate_model / evaluate_predictions."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from avloc.data.collate import collate_samples
+from avloc.engine.evaluate import evaluate_model, evaluate_predictions
+from avloc.methods.base import LocalizationMethod, MethodConfig
+from avloc.metrics import create_protocol, list_protocols
+from avloc.registry import PROTOCOLS, RegistryError
+
+S = 224
+REQUIRED = [
+    "lvs-flickr",
+    "lvs-vggss",
+    "ezvsl-flickr",
+    "ezvsl-vggss",
+    "slavc-extended",
+    "sslalign-adaptive",
+    "dsol-music",
+    "dsol-classaware",
+    "qian-classaware",
+    "avsol",
+    "aclssl-sweep-vggss",
+]
+
+
+def normalize_img(value: np.ndarray) -> np.ndarray:
+    vmin, vmax = value.min(), value.max()
+    if not (vmax - vmin) == 0:
+        value = (value - vmin) / (vmax - vmin)
+    return value
+
+
+def gt_map(boxes: np.ndarray, consensus: bool) -> np.ndarray:
+    g = np.zeros([S, S])
+    for b in boxes:
+        xmin, ymin, xmax, ymax = (np.clip(np.array(b), 0, 1) * S).astype(int)
+        temp = np.zeros([S, S])
+        temp[ymin:ymax, xmin:xmax] = 1
+        g += temp
+    if consensus:
+        g = g / 2
+        g[g > 1] = 1
+    else:
+        g[g > 0] = 1
+    return g
+
+
+def cal_ciou(infer: np.ndarray, gtmap: np.ndarray, thres: float) -> float:
+    infer_map = np.zeros((S, S))
+    infer_map[infer >= thres] = 1
+    return float(np.sum(infer_map * gtmap) / (np.sum(gtmap) + np.sum(infer_map * (gtmap == 0))))
+
+
+def finalize(cious: list[float]) -> dict[str, float]:
+    c = np.array(cious)
+    results = [np.sum(c >= 0.05 * i) / len(c) for i in range(21)]
+    return {
+        "success": float(np.mean(c >= 0.5)),
+        "auc": float(np.trapezoid(results, [0.05 * i for i in range(21)])),
+        "mean_ciou": float(np.mean(c)),
+    }
+
+
+def ezvsl_reference(maps: np.ndarray, boxes: list[np.ndarray], consensus: bool) -> dict[str, float]:
+    """EZ-VSL test.py: F.interpolate(align_corners=True), normalize_img, threshold = median, pred >= thr."""
+    cious = []
+    for m, b in zip(maps, boxes, strict=True):
+        h = F.interpolate(torch.from_numpy(m)[None, None], size=(S, S), mode="bilinear", align_corners=True)
+        pred = normalize_img(h.numpy()[0, 0])
+        thr = np.sort(pred.flatten())[int(pred.shape[0] * pred.shape[1] / 2)]
+        cious.append(cal_ciou(pred, gt_map(b, consensus), thr))
+    return finalize(cious)
+
+
+def lvs_reference(maps: np.ndarray, boxes: list[np.ndarray], consensus: bool) -> dict[str, float]:
+    """LVS test.py: cv2.resize, 1 - normalize_img(-h), pred[pred > thr] = 1, pred[pred < 1] = 0, cIoU at 0.5."""
+    cious = []
+    for m, b in zip(maps, boxes, strict=True):
+        h = cv2.resize(m, dsize=(S, S), interpolation=cv2.INTER_LINEAR)
+        pred = 1 - normalize_img(-h)
+        thr = np.sort(pred.flatten())[int(pred.shape[0] * pred.shape[1] / 2)]
+        pred[pred > thr] = 1
+        pred[pred < 1] = 0
+        cious.append(cal_ciou(pred, gt_map(b, consensus), 0.5))
+    return finalize(cious)
+
+
+def random_boxes(rng: np.random.Generator, k: int) -> np.ndarray:
+    a = rng.uniform(-0.05, 1.05, (k, 2, 2))
+    return np.concatenate([a.min(1), a.max(1)], 1)
+
+
+def make_case(seed: int, n: int, size: int = 7) -> tuple[dict[str, np.ndarray], list[dict[str, object]]]:
+    rng = np.random.default_rng(seed)
+    preds = {f"c{i}": rng.standard_normal((size, size)).astype(np.float32) for i in range(n)}
+    gts = [{"id": f"c{i}", "boxes": random_boxes(rng, int(rng.integers(1, 4)))} for i in range(n)]
+    return preds, gts
+
+
+def test_registry_lists_every_required_protocol() -> None:
+    names = list_protocols()
+    for name in REQUIRED:
+        assert name in names
+    with pytest.raises(RegistryError, match=r"valid names: .*ezvsl-vggss"):
+        create_protocol("no-such-protocol")
+    assert create_protocol("ezvsl-vggss", success_op=">").success_op == ">"
+    assert len(PROTOCOLS) == len(names)
+
+
+@pytest.mark.parametrize(
+    ("name", "reference", "consensus"),
+    [
+        ("ezvsl-vggss", ezvsl_reference, False),
+        ("ezvsl-flickr", ezvsl_reference, True),
+        ("lvs-vggss", lvs_reference, False),
+        ("lvs-flickr", lvs_reference, True),
+    ],
+)
+def test_protocol_reproduces_public_loop_bit_for_bit(name: str, reference: object, consensus: bool) -> None:
+    preds, gts = make_case(0, 60)
+    ours = evaluate_predictions(preds, gts, name)
+    ref = reference([preds[str(g["id"])] for g in gts], [np.asarray(g["boxes"]) for g in gts], consensus)  # type: ignore[operator]
+    for k in ("success", "auc", "mean_ciou"):
+        assert ours[k] == ref[k], k
+
+
+def test_lvs_and_ezvsl_differ_on_ties() -> None:
+    # a map with many equal values: LVS keeps pixels > median, EZ-VSL >= median
+    preds = {"a": np.array([[0.0, 1.0], [1.0, 1.0]], dtype=np.float32)}
+    gts = [{"id": "a", "boxes": np.array([[0.5, 0.0, 1.0, 1.0]])}]
+    assert evaluate_predictions(preds, gts, "ezvsl-vggss")["mean_ciou"] != evaluate_predictions(preds, gts, "lvs-vggss")["mean_ciou"]
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.floats(0.01, 100), st.floats(-50, 50), st.integers(0, 10_000))
+def test_affine_rescaling_leaves_median_protocol_unchanged(a: float, b: float, seed: int) -> None:
+    preds, gts = make_case(seed, 6, size=5)
+    # an exactly representable affine map: scale by a power of two, shift by an integer
+    scale, shift = np.float32(2.0 ** round(np.log2(a))), np.float32(round(b))
+    moved = {k: v * scale + shift for k, v in preds.items()}
+    for name in ("ezvsl-vggss", "lvs-flickr"):
+        r0, r1 = evaluate_predictions(preds, gts, name), evaluate_predictions(moved, gts, name)
+        assert (r0["success"], r0["auc"]) == (r1["success"], r1["auc"])
+        assert r0["mean_ciou"] == pytest.approx(r1["mean_ciou"], abs=1e-3)
+
+
+@settings(max_examples=5, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 11))
+def test_protocol_accumulator_merge_and_order(seed: int, cut: int) -> None:
+    preds, gts = make_case(seed, 12)
+    proto = create_protocol("sslalign-adaptive")
+    whole = proto.accumulator()
+    whole.update(np.stack([preds[str(g["id"])] for g in gts]), gts)
+    a, b = proto.accumulator(), proto.accumulator()
+    a.update(np.stack([preds[str(g["id"])] for g in gts[:cut]]), gts[:cut])
+    b.update(np.stack([preds[str(g["id"])] for g in gts[cut:]]), gts[cut:])
+    merged = proto.accumulator().merge(b.state_dict()).merge(a)
+    r_whole, r_merged = whole.compute(), merged.compute()
+    assert r_whole.pop("curve") == r_merged.pop("curve")
+    assert r_whole == pytest.approx(r_merged)
+    # duplicates (DistributedSampler padding) are dropped and counted
+    dup = proto.accumulator().merge(whole).merge(a)
+    assert dup.compute()["n_duplicates"] == cut
+    assert dup.compute()["success"] == r_whole["success"]
+
+
+def test_missing_prediction_is_an_error() -> None:
+    preds, gts = make_case(1, 4)
+    del preds["c2"]
+    with pytest.raises(Exception, match="1 of 4 ground-truth ids have no prediction"):
+        evaluate_predictions(preds, gts, "ezvsl-vggss")
+
+
+def test_extended_protocol_with_silent_pairs() -> None:
+    preds, gts = make_case(2, 10)
+    for g in gts[6:]:
+        g["audible"] = False
+    res = evaluate_predictions(preds, gts, "slavc-extended")
+    assert res["n_audible"] == 6 and res["n_silent"] == 4 and res["n"] == 6
+    assert 0.0 <= res["ap"] <= 1.0 and 0.0 <= res["max_f1"] <= 1.0
+    # a perfect, confident localiser on audible frames and flat maps on silent ones: AP = 1
+    perfect = {}
+    for g in gts:
+        m = np.full((S, S), -1 / 0.03, dtype=np.float32)
+        if g.get("audible", True):
+            x1, y1, x2, y2 = (np.clip(np.asarray(g["boxes"])[0], 0, 1) * S).astype(int)
+            m[:, :] = 0.0
+            m[y1:y2, x1:x2] = 1 / 0.03
+        perfect[str(g["id"])] = m
+    big = [dict(g, boxes=np.array([[0.0, 0.0, 0.75, 0.75]])) for g in gts]
+    for g in big:
+        x = perfect[str(g["id"])]
+        if g.get("audible", True):
+            x[:, :] = 0.0
+            x[: int(0.75 * S), : int(0.75 * S)] = 1 / 0.03
+    assert evaluate_predictions(perfect, big, "slavc-extended")["ap"] == pytest.approx(1.0)
+
+
+def test_sweep_variant_is_labelled_and_picks_best() -> None:
+    preds, gts = make_case(3, 8)
+    sig = {k: 1 / (1 + np.exp(-v)) for k, v in preds.items()}
+    res = evaluate_predictions(sig, gts, "aclssl-sweep-vggss")
+    assert res["tuned_on_test"] is True
+    assert res["success"] == max(res["sweep"]["success"])
+    assert res["best_threshold"] in res["sweep"]["thresholds"]
+
+
+def test_music_and_classaware_protocols() -> None:
+    box = [0.25, 0.25, 0.75, 0.75]
+    m = np.zeros((S, S), dtype=np.float32)
+    m[56:168, 56:168] = 1.0
+    res = evaluate_predictions({"a": m}, [{"id": "a", "boxes": [box]}], "dsol-music")
+    assert res["success"] == 1.0 and res["mean_iou"] == 1.0
+    # two classes sounding (0 and 2), class 1 silent; class 0 right, class 2 wrong
+    cm = np.zeros((3, S, S), dtype=np.float32)
+    cm[0, :112, :112] = 1.0
+    cm[2, :112, :112] = 1.0
+    cm[1] = 0.1
+    gt = {"id": "a", "boxes": [[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]], "box_labels": [0, 2]}
+    r = evaluate_predictions({"a": cm}, [gt], "dsol-classaware")
+    assert r["mean_ciou"] == pytest.approx(0.5) and r["nsa"] == 1.0 and r["success@0.3"] == 1.0
+    q = evaluate_predictions({"a": cm, "b": cm}, [gt, dict(gt, id="b", box_labels=[0, 0])], "qian-classaware")
+    assert q["n_skipped"] == 1 and q["mean_ciou"] == pytest.approx(0.5)
+
+
+def test_avsol_protocol() -> None:
+    m = np.zeros((S, S), dtype=np.float32)
+    m[:112, :112] = 0.9
+    gts = [
+        {"id": "v@0", "boxes": [[0, 0, 0.5, 0.5]]},
+        {"id": "v@1", "boxes": [], "silent_boxes": [[0, 0, 0.5, 0.5]]},
+        {"id": "v@2", "boxes": [], "out_of_view": True},
+    ]
+    preds = {"v@0": m, "v@1": m * 0.5, "v@2": m * 0.25}
+    r = evaluate_predictions(preds, gts, "avsol")
+    assert r["hmboxauc"] == pytest.approx(1.0) and r["pibr"] == 1.0
+    assert r["pnsr"] == pytest.approx((0.45 + 0.225) / 2 / 0.9, rel=1e-5)
+    assert r["pnsr_visible"] == pytest.approx(0.5, rel=1e-5) and r["pnsr_audible"] == pytest.approx(0.25, rel=1e-5)
+
+
+class CornerMethod(LocalizationMethod):
+    """A tiny method: the heatmap is the image's red channel, pooled to 7x7 (depends on nothing else)."""
+
+    name = "corner-test"
+
+    def __init__(self) -> None:
+        super().__init__(MethodConfig())
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def localize(self, images: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        assert not self.training and not torch.is_grad_enabled()
+        return F.adaptive_avg_pool2d(images[:, :1] * self.scale, 7)[:, 0]  # (B, 7, 7)
+
+
+def test_evaluate_model_matches_evaluate_predictions() -> None:
+    rng = np.random.default_rng(4)
+    samples = []
+    for i in range(9):
+        img = torch.from_numpy(rng.random((3, 32, 32)).astype(np.float32))
+        boxes = torch.from_numpy(random_boxes(rng, int(rng.integers(1, 3))).astype(np.float32))
+        samples.append({"id": f"s{i}", "image": img, "audio": torch.zeros(160), "boxes": boxes})
+    model = CornerMethod().train()
+    res = evaluate_model(model, SamplesDataset(samples), "ezvsl-vggss", progress=False, batch_size=4)
+    assert model.training  # mode restored
+    batch = collate_samples(samples)
+    assert batch["image"].shape == (9, 3, 32, 32) and isinstance(batch["boxes"], list)
+    with torch.no_grad():
+        maps = F.adaptive_avg_pool2d(batch["image"][:, :1], 7)[:, 0].numpy()
+    preds = {s["id"]: maps[i] for i, s in enumerate(samples)}
+    ref = evaluate_predictions(preds, samples, "ezvsl-vggss")
+    assert res["n"] == 9
+    for k in ("success", "auc", "mean_ciou"):
+        assert res[k] == ref[k]
+
+
+class SamplesDataset(torch.utils.data.Dataset):
+    def __init__(self, samples: list[dict[str, object]]) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, object]:
+        return self.samples[i]
