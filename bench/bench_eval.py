@@ -4,9 +4,11 @@ Times, in one run, (1) the vectorised harness (``evaluate_predictions``),
 (2) a per-sample reference loop written like EZ-VSL's ``test.py``
 (``F.interpolate`` per map, ``np.sort`` median, float64 cIoU) and checks both
 give identical results, and (3) the wall time of the whole command
-``avloc eval --gt .../vggss.json --pred preds.npz --protocol ezvsl-vggss --json``.
+``avloc eval --gt .../vggss.json --pred preds.npz --protocol ezvsl-vggss --json``
+(a fresh process: NumPy resize, no torch import). Wall and CPU times are both
+reported: on a shared machine the CPU time is the steadier figure.
 
-    python bench/bench_eval.py [--data ../shared/data] [--write-md docs/BENCHMARKS.md]
+    python bench/bench_eval.py [--data ../shared/data] [--threads 1] [--repeats 3] [--write-md FILE]
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import datetime as dt
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,11 +60,23 @@ def reference_loop(preds: dict[str, np.ndarray], entries: list[dict[str, object]
     return {"success": float(np.mean(c >= 0.5)), "auc": float(np.trapezoid(curve, [0.05 * i for i in range(21)])), "mean_ciou": float(c.mean())}
 
 
+def timed(fn: Any) -> tuple[Any, float, float]:
+    """(result, wall seconds, CPU seconds of this process)."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - w0, time.process_time() - c0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=os.environ.get("AVLOC_DATA", str(REPO.parent / "shared" / "data")))
+    ap.add_argument("--threads", type=int, default=1, help="torch threads, harness worker threads and `avloc eval --workers`")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each part; the fastest is reported")
     ap.add_argument("--write-md", help="update the '## Evaluation harness' section of this markdown file")
     args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     gt_path = Path(args.data) / "vggss" / "vggss.json"
     if not gt_path.is_file():
         print(f"VGG-SS annotations not found at {gt_path}; pass --data", file=sys.stderr)
@@ -72,35 +88,54 @@ def main() -> int:
     from avloc.engine.evaluate import evaluate_predictions
 
     gts = [{"id": e["file"], "boxes": e["bbox"]} for e in entries]
-    t0 = time.perf_counter()
-    ours = evaluate_predictions(preds, gts, "ezvsl-vggss")
-    t_vec = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ref = reference_loop(preds, entries)
-    t_ref = time.perf_counter() - t0
-    same = all(ours[k] == ref[k] for k in ref)
+    load0 = os.getloadavg()[0]
+    vec = [timed(lambda: evaluate_predictions(preds, gts, "ezvsl-vggss", workers=args.threads)) for _ in range(args.repeats)]
+    refs = [timed(lambda: reference_loop(preds, entries)) for _ in range(args.repeats)]
+    ours, ref = vec[0][0], refs[0][0]
+    same = all(ours[k] == ref[k] for k in ref) and all(r[0] == ref for r in refs) and all(
+        all(v[0][k] == ref[k] for k in ref) for v in vec
+    )
 
+    clis = []
     with tempfile.TemporaryDirectory() as tmp:
         npz = Path(tmp) / "preds.npz"
         np.savez(npz, **preds)
-        cmd = [sys.executable, "-m", "avloc.cli.main", "eval", "--gt", str(gt_path), "--pred", str(npz), "--protocol", "ezvsl-vggss", "--json"]
-        t0 = time.perf_counter()
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        t_cli = time.perf_counter() - t0
-        cli = json.loads(out.stdout)
-    same = same and all(cli[k] == ref[k] for k in ref)
-    load = os.getloadavg()[0]
+        cmd = [sys.executable, "-m", "avloc.cli.main", "eval", "--gt", str(gt_path), "--pred", str(npz),
+               "--protocol", "ezvsl-vggss", "--json", "--workers", str(args.threads)]
+        cli_cpu = []
+        for _ in range(args.repeats):
+            u0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            w0 = time.perf_counter()
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            clis.append(time.perf_counter() - w0)
+            u1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cli_cpu.append(u1.ru_utime - u0.ru_utime + u1.ru_stime - u0.ru_stime)
+            cli = json.loads(out.stdout)
+            same = same and all(cli[k] == ref[k] for k in ref)
+    load1 = os.getloadavg()[0]
+    t_vec, c_vec = min(v[1] for v in vec), min(v[2] for v in vec)
+    t_ref, c_ref = min(r[1] for r in refs), min(r[2] for r in refs)
     report = {
         "n": len(entries),
+        "threads": args.threads,
+        "repeats": args.repeats,
         "vectorised_s": round(t_vec, 3),
+        "vectorised_cpu_s": round(c_vec, 3),
         "reference_loop_s": round(t_ref, 3),
-        "speedup": round(t_ref / t_vec, 1),
-        "cli_wall_s": round(t_cli, 3),
+        "reference_loop_cpu_s": round(c_ref, 3),
+        "speedup": round(t_ref / t_vec, 2),
+        "speedup_cpu": round(c_ref / c_vec, 2),
+        "cli_wall_s": round(min(clis), 3),
+        "cli_cpu_s": round(min(cli_cpu), 3),
         "identical_results": same,
         "success": ours["success"],
         "auc": ours["auc"],
-        "load_avg_1min": round(load, 2),
+        "load_avg_1min_before": round(load0, 2),
+        "load_avg_1min_after": round(load1, 2),
         "cpus": os.cpu_count(),
+        "commit": _git_head(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
     }
     print(json.dumps(report, indent=2))
     if args.write_md:
@@ -108,29 +143,41 @@ def main() -> int:
     return 0 if same else 1
 
 
-def write_section(path: Path, r: dict[str, object]) -> None:
+def _git_head() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")
+
+
+def write_section(path: Path, r: dict[str, Any]) -> None:
     day = dt.date.today().isoformat()
     body = f"""## Evaluation harness
 
 `ezvsl-vggss` on the 5,158 VGG-SS test clips (real `vggss.json` boxes) with
-random 14x14 maps (seed 0), measured {day} on {r['cpus']} CPU cores (1-min load
-average during the run: {r['load_avg_1min']}; the machine was shared).
+random 14x14 maps (seed 0), measured {day} at commit {r['commit']} (torch {r['torch']},
+NumPy {r['numpy']}) on {r['cpus']} CPU cores, {r['threads']} thread(s) everywhere, fastest of
+{r['repeats']} runs. 1-min load average {r['load_avg_1min_before']} before / {r['load_avg_1min_after']} after
+(the machine is shared: CPU seconds of the process are the steadier figure).
 
-Command: `python bench/bench_eval.py --write-md docs/BENCHMARKS.md`
+Command: `python bench/bench_eval.py --threads {r['threads']} --repeats {r['repeats']} --write-md {path}`
 
-| what | time (s) |
-|---|---|
-| vectorised harness (`evaluate_predictions`, 2 threads) | {r['vectorised_s']} |
-| per-sample reference loop (EZ-VSL `test.py` style) | {r['reference_loop_s']} |
-| speed-up | {r['speedup']}x |
-| whole `avloc eval --gt ../shared/data/vggss/vggss.json --pred preds.npz --protocol ezvsl-vggss --json` | {r['cli_wall_s']} |
+| what | wall (s) | CPU (s) |
+|---|---|---|
+| vectorised harness (`evaluate_predictions`, {r['threads']} worker thread(s), torch resize) | {r['vectorised_s']} | {r['vectorised_cpu_s']} |
+| per-sample reference loop (EZ-VSL `test.py` style) | {r['reference_loop_s']} | {r['reference_loop_cpu_s']} |
+| speed-up | {r['speedup']}x | {r['speedup_cpu']}x |
+| whole `avloc eval --gt ../shared/data/vggss/vggss.json --pred preds.npz --protocol ezvsl-vggss --json --workers {r['threads']}` (new process, NumPy resize) | {r['cli_wall_s']} | {r['cli_cpu_s']} |
 
-Identical success / AUC / mean cIoU from all three: {r['identical_results']}
+Identical success / AUC / mean cIoU from all runs of all three: {r['identical_results']}
 (success {r['success']:.6f}, AUC {r['auc']:.6f}).
 """
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    text = path.read_text() if path.exists() else ""
     pat = re.compile(r"^## Evaluation harness\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pat.sub(body + "\n", text) if pat.search(text) else text.rstrip("\n") + "\n\n" + body
+    text = pat.sub(body + "\n", text) if pat.search(text) else (text.rstrip("\n") + "\n\n" + body if text else body)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
 
 

@@ -77,3 +77,96 @@ def test_eval_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
     np.savez(tmp_path / "few.npz", only=np.zeros((7, 7)))
     assert main(["eval", "--gt", str(gt), "--pred", str(tmp_path / "few.npz"), "--protocol", "ezvsl-vggss"]) == 2
     assert "have no prediction" in capsys.readouterr().err
+
+
+def make_digitscenes(shared_data: Path, out: Path, variant: str, count: int) -> Path:
+    """A tiny DigitScenes manifest written by `avloc data make` (real digits and sounds from the shared data)."""
+    argv = ["data", "make", "digitscenes", "--raw", str(shared_data), "--out", str(out), "--variant", variant,
+            "--split", "test", "--count", str(count), "--size", "64", "--seed", "3"]
+    assert main(argv) == 0
+    return out / f"{variant}_test.jsonl"
+
+
+def test_eval_model_mode(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`avloc eval --model NAME --data SPEC --raw DIR` with training-free methods; equals scoring their maps."""
+    import torch
+
+    from avloc.data.collate import collate_samples
+    from avloc.data.datasets import dataset_from_spec
+    from avloc.methods.zoo import load_model
+
+    man = make_digitscenes(shared_data, tmp_path / "ds", "single", 6)
+    capsys.readouterr()
+    md = tmp_path / "m.md"
+    rc = main(["eval", "--model", "centre", "--data", str(man), "--raw", str(shared_data), "--protocol", "ezvsl-vggss",
+               "--json", "--batch-size", "4", "--out-md", str(md)])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["protocol"] == "ezvsl-vggss" and out["n"] == 6 and 0.0 <= out["auc"] <= 1.0
+    assert "| success |" in md.read_text()
+    # the same numbers from the model's maps scored as saved predictions
+    model = load_model("centre")
+    ds = dataset_from_spec(str(man), raw=shared_data, image_cfg=model.cfg.image, audio_cfg=model.cfg.audio)
+    batch = collate_samples([ds[i] for i in range(len(ds))])
+    with torch.no_grad():
+        maps = model.eval().localize(batch["image"], batch["audio"]).numpy()
+    preds = {str(i): maps[j] for j, i in enumerate(batch["id"])}
+    ref = evaluate_predictions(preds, [ds[i] for i in range(len(ds))], "ezvsl-vggss")
+    for k in ("success", "auc", "mean_ciou"):
+        assert out[k] == ref[k], k
+    # `random` runs through the same path (its maps depend only on each sample's bytes)
+    assert main(["eval", "--model", "random", "--data", str(man), "--protocol", "lvs-vggss", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 6
+
+
+def test_eval_model_class_aware_needs_localize_classes(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    man = make_digitscenes(shared_data, tmp_path / "ds", "multi", 3)
+    capsys.readouterr()
+    rc = main(["eval", "--model", "centre", "--data", str(man), "--protocol", "dsol-classaware", "--json"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "localize_classes" in err and "dsol-classaware" in err
+
+
+def test_load_npz_equals_np_load(tmp_path: Path) -> None:
+    from avloc.cli.eval import load_npz
+    from avloc.errors import DataError
+
+    rng = np.random.default_rng(2)
+    arrays = {
+        "a": rng.standard_normal((7, 7)).astype(np.float32),
+        "b": rng.standard_normal((14, 14)),  # float64
+        "c": np.asfortranarray(rng.standard_normal((5, 9)).astype(np.float32)),
+        "d": rng.standard_normal((3, 4, 4)).astype(np.float16),
+        "e": rng.standard_normal((7, 7)).astype(np.float32),  # same header as "a"
+    }
+    for save in (np.savez, np.savez_compressed):
+        path = tmp_path / f"{save.__name__}.npz"
+        save(path, **arrays)  # type: ignore[operator]
+        got = load_npz(path)
+        with np.load(path) as z:
+            want = {k: z[k] for k in z.files}
+        assert list(got) == list(want)
+        for k in want:
+            assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k])
+    np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(DataError, match="Python objects"):
+        load_npz(tmp_path / "obj.npz")
+
+
+def test_eval_pred_does_not_import_torch(tmp_path: Path) -> None:
+    """Scoring saved predictions stays light: the NumPy resize runs and torch is never imported."""
+    import subprocess
+    import sys
+
+    gt, pred, _ = write_vggss(tmp_path, 5, np.random.default_rng(3))
+    code = (
+        "import sys; from avloc.cli.main import main; "
+        f"rc = main(['eval', '--gt', {str(gt)!r}, '--pred', {str(pred)!r}, '--protocol', 'ezvsl-vggss', '--json']); "
+        "assert rc == 0 and 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["n"] == 5

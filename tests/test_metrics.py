@@ -72,9 +72,14 @@ def test_resize_matches_cv2_and_torch_exactly(shape: tuple[int, int]) -> None:
     ours_cv = ops.resize_maps(m, (S, S), "cv2")
     ref_cv = np.stack([cv2.resize(x, (S, S), interpolation=cv2.INTER_LINEAR) for x in m])
     assert np.array_equal(ours_cv, ref_cv)
-    ours_ac = ops.resize_maps(m, (S, S), "align_corners")
     ref_ac = F.interpolate(torch.from_numpy(m)[:, None], size=(S, S), mode="bilinear", align_corners=True)[:, 0].numpy()
-    assert np.array_equal(ours_ac, ref_ac)
+    # the NumPy re-implementation (used when torch is not imported) and the torch call give the same bits
+    ours_ac = ops.resize_maps(m, (S, S), "align_corners", backend="numpy")
+    assert np.array_equal(ours_ac, ref_ac) and ours_ac.flags["C_CONTIGUOUS"]
+    assert np.array_equal(ops.resize_maps(m, (S, S), "align_corners", backend="torch"), ref_ac)
+    assert np.array_equal(ops.resize_maps(m, (S, S), "align_corners"), ref_ac)  # auto (torch is imported here)
+    one_by_one = np.stack([ops.resize_maps(x, (S, S), "align_corners", backend="numpy")[0] for x in m])
+    assert np.array_equal(one_by_one, ref_ac)  # batching does not change a map
     # the two conventions really differ
     assert not np.allclose(ours_cv, ours_ac) or shape == (S, S)
 
@@ -232,6 +237,15 @@ def test_onscreen_accuracy_hand_worked() -> None:
     acc.update(y[:2], ["a", "b"], d[:2], s[:2])
     acc.update(y[2:], ["c", "d"], d[2:], s[2:])
     assert acc.compute() == out
+    # a method's onscreen() confidences, thresholded at 0.5: predictions T F T F -> 2 of 4 right
+    conf = np.array([0.9, 0.2, 0.5, 0.1])
+    assert onscreen_accuracy(y, confidences=conf)["acc_confidence"] == 0.5
+    acc_c = OnscreenAccuracy()
+    acc_c.update(y[:3], ["a", "b", "c"], confidences=conf[:3])
+    acc_c.update(y[3:], ["d"], confidences=conf[3:])
+    res = acc_c.compute()
+    assert res["acc_confidence"] == 0.5 and "acc_d_on" not in res
+    assert OnscreenAccuracy().merge(acc_c.state_dict()).compute() == res
 
 
 # ----------------------------------------------------------------- accumulators: merge, order

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from avloc.data.collate import collate_samples
 from avloc.engine.evaluate import evaluate_model, evaluate_predictions
+from avloc.errors import ConfigError
 from avloc.methods.base import LocalizationMethod, MethodConfig
 from avloc.metrics import create_protocol, list_protocols
 from avloc.registry import PROTOCOLS, RegistryError
@@ -291,3 +292,365 @@ class SamplesDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, object]:
         return self.samples[i]
+
+
+# ----------------------------------------------------------------- a plain-NumPy reference for every protocol
+# Each reference is a per-sample loop in the style of the public code, written from ../shared/docs/PROTOCOLS.md;
+# none of them calls avloc.metrics.
+
+
+def interp_ac(m: np.ndarray) -> np.ndarray:
+    return F.interpolate(torch.from_numpy(m)[None, None], size=(S, S), mode="bilinear", align_corners=True)[0, 0].numpy()
+
+
+def interp_cv2(m: np.ndarray) -> np.ndarray:
+    return cv2.resize(m, dsize=(S, S), interpolation=cv2.INTER_LINEAR)
+
+
+def success_auc(scores: list[float], op: str = ">=") -> dict[str, float]:
+    c = np.array(scores)
+    hit = (lambda t: c >= t) if op == ">=" else (lambda t: c > t)
+    curve = [np.sum(hit(0.05 * i)) / len(c) for i in range(21)]
+    return {"success": float(np.mean(hit(0.5))), "auc": float(np.trapezoid(curve, [0.05 * i for i in range(21)])),
+            "mean_ciou": float(np.mean(c[np.isfinite(c)]))}
+
+
+def sslalign_reference(maps: list[np.ndarray], boxes: list[np.ndarray], adaptive: bool, consensus: bool) -> dict[str, float]:
+    """SSL-Alignment: EZ-VSL preprocessing; median or top-K (K = GT area) binarisation; success cIoU > 0.5."""
+    cious = []
+    for m, b in zip(maps, boxes, strict=True):
+        pred = normalize_img(interp_ac(m))
+        gt = gt_map(b, consensus)
+        k = int((gt > 0).sum()) if adaptive else S * S - S * S // 2
+        if k == 0:  # no ground-truth pixel: top-0 predicts nothing, cIoU 0/0 is undefined
+            cious.append(float("nan"))
+            continue
+        thr = np.sort(pred.flatten())[S * S - k]
+        cious.append(cal_ciou(pred, gt, thr))
+    return success_auc(cious, ">")
+
+
+def slavc_reference(
+    maps: list[np.ndarray], boxes: list[np.ndarray], audible: list[bool], consensus: bool
+) -> dict[str, float]:
+    """SLAVC extended: fixed bounds [-1/tau, 1/tau], median binarisation, top-25% confidence, AP / max-F1."""
+    tau = 0.03
+    conf, correct, cious = [], [], []
+    for m, b, a in zip(maps, boxes, audible, strict=True):
+        pred = (interp_ac(m) + 1 / tau) / (2 / tau)
+        flat = np.sort(pred.flatten())
+        c = cal_ciou(pred, gt_map(b, consensus), flat[S * S // 2])
+        conf.append(float(np.mean(flat[-(S * S // 4):].astype(np.float64))))
+        correct.append(a and c >= 0.5)
+        if a:
+            cious.append(c)
+    order = np.argsort(-np.array(conf), kind="stable")
+    tp = fp = 0
+    ap = prev_r = best_f1 = 0.0
+    n_pos = sum(audible)
+    for j in order:
+        tp += int(correct[j])
+        fp += int(not correct[j])
+        p, r = tp / (tp + fp), tp / n_pos
+        ap += p * (r - prev_r)
+        prev_r = r
+        best_f1 = max(best_f1, 2 * p * r / (p + r) if p + r > 0 else 0.0)
+    return {**success_auc(cious), "ap": ap, "max_f1": best_f1}
+
+
+def aclssl_reference(maps: list[np.ndarray], boxes: list[np.ndarray]) -> dict[str, float]:
+    """ACL-SSL: absolute thresholds 0.05..0.95 on the (sigmoid) maps, the best success kept."""
+    best: dict[str, float] = {}
+    for i in range(1, 20):
+        t = round(0.05 * i, 2)
+        res = success_auc([cal_ciou(interp_ac(m), gt_map(b, False), t) for m, b in zip(maps, boxes, strict=True)])
+        if not best or res["success"] > best["success"]:
+            best = {**res, "best_threshold": t}
+    return best
+
+
+def music_reference(maps: list[np.ndarray], boxes: list[np.ndarray]) -> dict[str, float]:
+    """DSOL single source: cv2 resize, prediction = pixels > 0.1 x max, IoU with the union of boxes."""
+    ious = []
+    for m, b in zip(maps, boxes, strict=True):
+        h = interp_cv2(m)
+        pred = (h > 0.1 * h.max()).astype(np.float64)
+        ious.append(cal_ciou(pred, gt_map(b, False), 0.5))
+    return success_auc(ious)
+
+
+def classaware_reference(
+    maps: list[np.ndarray], gts: list[dict[str, object]], frac: float, relu: bool, nsa: bool, n_sources: int | None
+) -> dict[str, float]:
+    """DSOL (0.5 x max, NSA over silent classes) / Qian Eq. 9 (ReLU, 0.1 x max, frames with exactly 2 classes)."""
+    scores, nsa_vals, skipped = [], [], 0
+    for cm, g in zip(maps, gts, strict=True):
+        labels = list(np.asarray(g["box_labels"]))
+        classes = sorted(set(labels))
+        if n_sources is not None and len(classes) != n_sources:
+            skipped += 1
+            continue
+        per_class = []
+        for c in classes:
+            h = interp_cv2(cm[c])
+            if relu:
+                h = np.maximum(h, 0)
+            pred = (h > frac * h.max()).astype(np.float64)
+            cls_boxes = np.asarray(g["boxes"])[[i for i, lab in enumerate(labels) if lab == c]]
+            per_class.append(cal_ciou(pred, gt_map(cls_boxes, False), 0.5))
+        scores.append(sum(per_class) / len(per_class))
+        for c in range(len(cm)):
+            if c not in classes:
+                nsa_vals.append(float(np.mean(interp_cv2(cm[c]) <= 0.2)))
+    out = {**success_auc(scores), "n_skipped": skipped}
+    if nsa:  # DSOL also reports CIoU@0.3 and NSA
+        out["success@0.3"] = float(np.mean(np.array(scores) >= 0.3))
+        out["nsa"] = float(np.mean(nsa_vals))
+    return out
+
+
+def avsol_reference(maps: list[np.ndarray], gts: list[dict[str, object]]) -> dict[str, float]:
+    """DNM: HmBoxAUC (AP of the pixel ranking), PiBR (peak in a box) over AVE frames; PNSR over the others."""
+    aps, peaks, box_max, other_max = [], [], [], []
+    for m, g in zip(maps, gts, strict=True):
+        h = interp_cv2(m).astype(np.float64)
+        if len(g["boxes"]):  # type: ignore[arg-type]
+            gt = gt_map(np.asarray(g["boxes"]), False) > 0
+            ap, prev = 0.0, 0.0
+            for t in np.unique(h)[::-1]:
+                sel = h >= t
+                ap += (sel & gt).sum() / sel.sum() * ((sel & gt).sum() / gt.sum() - prev)
+                prev = (sel & gt).sum() / gt.sum()
+            aps.append(ap)
+            peaks.append(bool(gt.flatten()[np.argmax(h)]))
+            box_max.append(h[gt].max())
+        else:
+            other_max.append(h.max())
+    return {"hmboxauc": float(np.mean(aps)), "pibr": float(np.mean(peaks)), "pnsr": float(np.mean(other_max) / np.mean(box_max))}
+
+
+def bump(m: np.ndarray, boxes: np.ndarray, amount: float) -> None:
+    """Raise the cells of map ``m`` (in place) under the first box, so that localisation often succeeds."""
+    h, w = m.shape[-2:]
+    x1, y1, x2, y2 = np.clip(np.asarray(boxes, dtype=np.float64), 0, 1)[0] * [w, h, w, h]
+    m[..., int(y1) : int(np.ceil(y2)), int(x1) : int(np.ceil(x2))] += amount
+
+
+def informative(preds: dict[str, np.ndarray], gts: list[dict[str, object]], amount: float) -> None:
+    """Bump two maps out of three on their ground truth: success rates strictly between 0 and 1."""
+    for i, g in enumerate(gts):
+        if i % 3:
+            bump(preds[str(g["id"])], np.asarray(g["boxes"]), amount)
+
+
+def compare_results(ours: dict[str, object], ref: dict[str, float], exact: tuple[str, ...]) -> None:
+    for k, v in ref.items():
+        if k in exact:
+            assert ours[k] == v, (k, ours[k], v)
+        else:
+            assert ours[k] == pytest.approx(v, rel=1e-9, abs=1e-12), (k, ours[k], v)
+
+
+COVERED_BY_REFERENCE = {
+    "ezvsl-vggss", "ezvsl-flickr", "lvs-vggss", "lvs-flickr",  # test_protocol_reproduces_public_loop_bit_for_bit
+    "sslalign", "sslalign-adaptive", "sslalign-adaptive-flickr", "slavc-extended", "slavc-extended-flickr",
+    "aclssl-sweep-vggss", "aclssl-sweep-flickr", "dsol-music", "dsol-classaware", "qian-classaware", "avsol",
+}
+
+
+def test_every_registered_protocol_has_a_reference() -> None:
+    assert set(list_protocols()) == COVERED_BY_REFERENCE
+
+
+@pytest.mark.parametrize(
+    ("name", "adaptive", "consensus"),
+    [("sslalign", False, False), ("sslalign-adaptive", True, False), ("sslalign-adaptive-flickr", True, True)],
+)
+def test_sslalign_protocols_vs_reference(name: str, adaptive: bool, consensus: bool) -> None:
+    preds, gts = make_case(5, 40, size=14)
+    informative(preds, gts, 4.0)
+    ours = evaluate_predictions(preds, gts, name)
+    assert 0.0 < ours["success"] < 1.0
+    ref = sslalign_reference([preds[str(g["id"])] for g in gts], [np.asarray(g["boxes"]) for g in gts], adaptive, consensus)
+    compare_results(ours, ref, ("success", "auc", "mean_ciou"))
+
+
+@pytest.mark.parametrize("name", ["slavc-extended", "slavc-extended-flickr"])
+def test_slavc_protocols_vs_reference(name: str) -> None:
+    preds, gts = make_case(6, 30, size=14)
+    preds = {k: v * 5 for k, v in preds.items()}  # similarity-like scale, inside [-1/tau, 1/tau]
+    informative(preds, gts, 20.0)
+    for g in gts[20:]:
+        g["audible"] = False
+    ours = evaluate_predictions(preds, gts, name)
+    assert 0.0 < ours["ap"] < 1.0 and 0.0 < ours["success"] < 1.0
+    ref = slavc_reference([preds[str(g["id"])] for g in gts], [np.asarray(g["boxes"]) for g in gts],
+                          [bool(g.get("audible", True)) for g in gts], consensus=name.endswith("flickr"))
+    compare_results(ours, ref, ("success", "auc", "mean_ciou"))
+    assert ours["n_audible"] == 20 and ours["n_silent"] == 10
+
+
+@pytest.mark.parametrize("gt_kind", ["vggss", "flickr"])
+def test_aclssl_sweep_vs_reference(gt_kind: str) -> None:
+    preds, gts = make_case(7, 20, size=7)
+    informative(preds, gts, 3.0)
+    sig = {k: (1 / (1 + np.exp(-v))).astype(np.float32) for k, v in preds.items()}
+    ours = evaluate_predictions(sig, gts, f"aclssl-sweep-{gt_kind}")
+    assert 0.0 < ours["success"] < 1.0 and len(set(ours["sweep"]["success"])) > 2
+    maps, boxes = [sig[str(g["id"])] for g in gts], [np.asarray(g["boxes"]) for g in gts]
+    if gt_kind == "vggss":
+        ref = aclssl_reference(maps, boxes)
+    else:
+        best: dict[str, float] = {}
+        for i in range(1, 20):
+            t = round(0.05 * i, 2)
+            res = success_auc([cal_ciou(interp_ac(m), gt_map(b, True), t) for m, b in zip(maps, boxes, strict=True)])
+            if not best or res["success"] > best["success"]:
+                best = {**res, "best_threshold": t}
+        ref = best
+    compare_results(ours, ref, ("success", "auc", "mean_ciou", "best_threshold"))
+
+
+def test_dsol_music_vs_reference() -> None:
+    preds, gts = make_case(8, 30, size=7)
+    preds = {k: np.maximum(v, 0) * 0.1 for k, v in preds.items()}  # non-negative activation maps
+    informative(preds, gts, 5.0)
+    ours = evaluate_predictions(preds, gts, "dsol-music")
+    assert 0.0 < ours["success"] < 1.0
+    ref = music_reference([preds[str(g["id"])] for g in gts], [np.asarray(g["boxes"]) for g in gts])
+    compare_results(ours, ref, ("success", "auc", "mean_ciou"))
+    assert ours["mean_iou"] == ours["mean_ciou"]
+
+
+def classaware_case(seed: int, n: int, n_cls: int = 4) -> tuple[dict[str, np.ndarray], list[dict[str, object]]]:
+    rng = np.random.default_rng(seed)
+    preds, gts = {}, []
+    for i in range(n):
+        preds[f"c{i}"] = rng.random((n_cls, 7, 7)).astype(np.float32) - 0.2
+        k = int(rng.integers(1, 4))
+        labels = rng.integers(0, n_cls, k)
+        boxes = random_boxes(rng, k)
+        if i % 3:  # most class maps peak on their class's first box
+            for c in set(labels.tolist()):
+                bump(preds[f"c{i}"][c], boxes[labels == c], 3.0)
+        gts.append({"id": f"c{i}", "boxes": boxes, "box_labels": labels})
+    return preds, gts
+
+
+def test_dsol_classaware_vs_reference() -> None:
+    preds, gts = classaware_case(9, 25)
+    ours = evaluate_predictions(preds, gts, "dsol-classaware")
+    assert 0.0 < ours["success@0.3"] < 1.0
+    ref = classaware_reference([preds[str(g["id"])] for g in gts], gts, 0.5, relu=False, nsa=True, n_sources=None)
+    compare_results(ours, ref, ("success", "auc", "success@0.3", "n_skipped"))
+
+
+def test_qian_classaware_vs_reference() -> None:
+    preds, gts = classaware_case(10, 40)
+    ours = evaluate_predictions(preds, gts, "qian-classaware")
+    assert 0.0 < ours["mean_ciou"] and ours["auc"] > 0.0
+    ref = classaware_reference([preds[str(g["id"])] for g in gts], gts, 0.1, relu=True, nsa=False, n_sources=2)
+    assert 0 < ref["n_skipped"] < 40
+    compare_results(ours, ref, ("success", "auc", "n_skipped"))
+
+
+def test_avsol_vs_reference() -> None:
+    rng = np.random.default_rng(11)
+    preds, gts = {}, []
+    for i in range(12):
+        # 224 maps (no resizing) with few distinct values: many ties, and a fast reference loop
+        preds[f"v@{i}"] = np.kron(rng.random((7, 7)), np.ones((32, 32))).astype(np.float32).round(1)
+        if i % 3:
+            gts.append({"id": f"v@{i}", "boxes": random_boxes(rng, int(rng.integers(1, 3)))})
+        else:
+            gts.append({"id": f"v@{i}", "boxes": [], "out_of_view": bool(i % 2)})
+    ours = evaluate_predictions(preds, gts, "avsol")
+    ref = avsol_reference([preds[str(g["id"])] for g in gts], gts)
+    compare_results(ours, ref, ("pibr",))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from(["minmax", "lvs", "fixed", "relu", "none"]),
+       st.sampled_from(["median", "fixed", "max_fraction", "adaptive"]), st.booleans(), st.integers(0, 3))
+def test_raw_thresholding_equals_thresholding_normalised_maps(
+    seed: int, normalize: str, binarize: str, strict: bool, quantize: int
+) -> None:
+    """``predict`` (raw maps, threshold mapped back) == the public order: normalise, then threshold."""
+    rng = np.random.default_rng(seed)
+    m = (rng.standard_normal((5, 24, 24)) * 10 ** rng.uniform(-3, 3)).astype(np.float32)
+    if quantize:  # ties at the median / K-th value
+        m = np.round(m * quantize) / quantize
+    m[0] = m[0, 0, 0]  # one constant map (normalize_img leaves it unchanged)
+    proto = create_protocol("ezvsl-vggss", eval_size=24, normalize=normalize, binarize=binarize, strict=strict,
+                            norm_bounds=(-3.0, 5.0), binarize_threshold=0.3 if binarize != "fixed" else 0.25)
+    acc = proto.accumulator()
+    counts = np.zeros((5, 24, 24), dtype=np.int32)
+    counts[:, 3:11, 5:20] = 1
+    counts[1] = 0  # empty ground truth: adaptive K = 0
+    got = acc.predict(m, counts)
+    from avloc.metrics import ops
+
+    v = ops.normalize_maps(m, normalize, (-3.0, 5.0))  # type: ignore[arg-type]
+    if binarize == "median":
+        want = ops.binarize_median(v, strict)
+    elif binarize == "fixed":
+        want = ops.compare(v, np.float32(0.25), strict)
+    elif binarize == "max_fraction":
+        want = ops.binarize_max_fraction(v, 0.3, strict)
+    else:
+        want = ops.binarize_topk(v, np.count_nonzero(counts.reshape(5, -1), axis=1))
+    assert np.array_equal(got, want)
+
+
+class ClassMapMethod(CornerMethod):
+    """Class maps = the three image channels pooled to 7x7 (channel c is class c)."""
+
+    name = "classmap-test"
+
+    def localize_classes(self, images: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = F.adaptive_avg_pool2d(images * self.scale, 7)  # (B, 3, 7, 7)
+        return maps, torch.ones(images.shape[0], 3)
+
+
+def test_evaluate_model_class_aware_uses_localize_classes() -> None:
+    rng = np.random.default_rng(12)
+    samples = []
+    for i in range(6):
+        k = 2
+        samples.append({
+            "id": f"s{i}",
+            "image": torch.from_numpy(rng.random((3, 32, 32)).astype(np.float32)),
+            "audio": torch.zeros(160),
+            "boxes": torch.from_numpy(random_boxes(rng, k).astype(np.float32)),
+            "box_labels": torch.tensor([0, 2]),
+        })
+    res = evaluate_model(ClassMapMethod(), SamplesDataset(samples), "qian-classaware", progress=False, batch_size=4)
+    batch = collate_samples(samples)
+    maps = F.adaptive_avg_pool2d(batch["image"], 7).numpy()
+    ref = evaluate_predictions({s["id"]: maps[i] for i, s in enumerate(samples)}, samples, "qian-classaware")
+    assert res["n"] == 6 and res["n_skipped"] == 0
+    for k in ("success", "auc", "mean_ciou"):
+        assert res[k] == ref[k]
+    # a method without localize_classes: a clear error, not a silent class-agnostic score
+    with pytest.raises(ConfigError, match="CornerMethod has no localize_classes"):
+        evaluate_model(CornerMethod(), SamplesDataset(samples), "dsol-classaware", progress=False)
+
+
+def test_iiou_vs_reference() -> None:
+    """IIoU (SSL-Alignment): images shared by several audios; per image the minimum success, mean over images."""
+    preds, gts = make_case(13, 30, size=14)
+    for i, g in enumerate(gts):
+        g["image_id"] = f"img{i // 3}"  # 10 images, 3 audios each
+        if i % 7:  # most maps peak on the union of the boxes: mixed successes within an image
+            x1, y1, x2, y2 = np.clip(np.asarray(g["boxes"]), 0, 1)[0] * 14
+            preds[str(g["id"])][int(y1) : int(np.ceil(y2)), int(x1) : int(np.ceil(x2))] += 4.0
+    ours = evaluate_predictions(preds, gts, "sslalign-adaptive")
+    assert 0.0 < ours["iiou"] < ours["success"] < 1.0
+    per_image: dict[str, list[bool]] = {}
+    for g in gts:
+        m = normalize_img(interp_ac(preds[str(g["id"])]))
+        gt = gt_map(np.asarray(g["boxes"]), False)
+        k = int((gt > 0).sum())
+        ok = k > 0 and cal_ciou(m, gt, np.sort(m.flatten())[S * S - k]) > 0.5
+        per_image.setdefault(str(g["image_id"]), []).append(bool(ok))
+    assert ours["iiou"] == np.mean([min(v) for v in per_image.values()])

@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from avloc.metrics.protocols import create_protocol
 
     protocol = create_protocol(args.protocol)  # unknown names fail before any work
+    _keep_freed_memory()
     for path in (args.out_md, args.plot):
         if path:
             check_writable(path, args.force)
@@ -80,6 +81,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_KEEP_BYTES = 256 * 2**20  # keep up to this much freed heap memory instead of returning it to the OS
+_MMAP_BYTES = 32 * 2**20  # glibc's largest mmap threshold: blocks below it come from the reused heap
+
+
+def _keep_freed_memory() -> None:
+    """Let this short-lived process reuse freed memory (glibc only; performance, never results).
+
+    Scoring allocates and frees the same few-megabyte arrays for every chunk of
+    maps; with glibc's default thresholds each one is returned to the OS and
+    page-faulted back in, which doubled the CPU time of ``avloc eval --pred``
+    on 5,158 maps (sys time 1.5 s of 3.8 s). Other C libraries have no
+    ``mallopt`` and keep their own policy.
+    """
+    import ctypes
+
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None:
+        return
+    mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES)
+    mallopt(_M_MMAP_THRESHOLD, _MMAP_BYTES)
+
+
 def _jsonable(x: Any) -> Any:
     """NaN / inf -> null, so the output is strict JSON."""
     if isinstance(x, float):
@@ -92,10 +118,6 @@ def _jsonable(x: Any) -> Any:
 
 
 def _eval_predictions(gt: str, pred: str, protocol: Any, workers: int) -> dict[str, Any]:
-    import zipfile
-
-    import numpy as np
-
     from avloc.engine.evaluate import evaluate_predictions
     from avloc.errors import DataError
     from avloc.metrics.groundtruth import load_gt
@@ -103,15 +125,57 @@ def _eval_predictions(gt: str, pred: str, protocol: Any, workers: int) -> dict[s
     p = Path(pred)
     if not p.is_file():
         raise DataError(f"predictions file not found: {p}")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            preds = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError) as e:
-        raise DataError(f"{p}: not a readable .npz of heatmaps ({e})") from None
+    preds = load_npz(p)
     bad = [k for k, v in preds.items() if v.ndim not in (2, 3)]
     if bad:
         raise DataError(f"{p}: maps must be 2-D (or 3-D class maps), e.g. {bad[0]!r} has shape {preds[bad[0]].shape}")
     return evaluate_predictions(preds, load_gt(gt), protocol, workers=workers)
+
+
+def load_npz(path: Path) -> dict[str, Any]:
+    """All arrays of an ``.npz`` (``np.savez`` / ``np.savez_compressed``) as ``{name: array}``, without pickles.
+
+    Same arrays as ``np.load(path)``, several times faster for thousands of small
+    maps: each distinct ``.npy`` header is parsed once (``np.load`` parses every
+    member's header with ``ast.literal_eval``).
+    """
+    import ast
+    import zipfile
+
+    import numpy as np
+
+    from avloc.errors import DataError
+
+    headers: dict[bytes, tuple[np.dtype[Any], tuple[int, ...], bool]] = {}
+    out: dict[str, Any] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                name = info.filename
+                if not name.endswith(".npy"):
+                    raise DataError(f"{path}: member {name!r} is not a .npy array")
+                raw = zf.read(info)
+                if raw[:6] != b"\x93NUMPY" or raw[6] not in (1, 2, 3):
+                    raise DataError(f"{path}: member {name!r} is not a .npy array")
+                size_bytes = 2 if raw[6] == 1 else 4
+                start = 8 + size_bytes
+                end = start + int.from_bytes(raw[8:start], "little")
+                header = raw[start:end]
+                if header not in headers:
+                    meta = ast.literal_eval(header.decode("latin1"))
+                    dtype = np.dtype(meta["descr"])
+                    if dtype.hasobject:
+                        raise DataError(f"{path}: member {name!r} holds Python objects; save numeric maps")
+                    headers[header] = (dtype, tuple(meta["shape"]), bool(meta["fortran_order"]))
+                dtype, shape, fortran = headers[header]
+                count = int(np.prod(shape))
+                if len(raw) - end != count * dtype.itemsize:
+                    raise DataError(f"{path}: member {name!r} is truncated")
+                arr = np.frombuffer(raw, dtype=dtype, count=count, offset=end)
+                out[name[: -len(".npy")]] = arr.reshape(shape, order="F" if fortran else "C")
+    except (zipfile.BadZipFile, ValueError, SyntaxError, KeyError, OSError) as e:
+        raise DataError(f"{path}: not a readable .npz of heatmaps ({e})") from None
+    return out
 
 
 def _eval_model(args: argparse.Namespace) -> dict[str, Any]:

@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "localize": ("avloc.cli.localize", "find the sounding objects in videos"),
     "train": ("avloc.cli.train", "train a method"),
     "eval": ("avloc.cli.eval", "evaluate saved predictions or a model with a named protocol"),
+    "bench": ("avloc.cli.bench", "list or run the benchmark scripts behind the docs' tables"),
+    "pseudo-boxes": ("avloc.cli.pseudo_boxes", "automatic boxes of sounding objects from a classification model"),
 }
 
 

@@ -2,7 +2,10 @@
 
 * :func:`evaluate_model` runs ``model.localize(images, audio)`` (eval mode,
   ``torch.no_grad()``) over a dataset or loader and feeds the protocol's
-  accumulator;
+  accumulator; class-aware protocols (``dsol-classaware``, ``qian-classaware``)
+  call the method's ``localize_classes(images, audio)`` instead (per-class maps
+  ``(B, C, h, w)``, optionally returned with class probabilities as a tuple) and
+  fail with a clear message when the method has none;
 * :func:`evaluate_predictions` feeds saved heatmaps (``id -> 2-D map``) to the
   same accumulator.
 
@@ -14,12 +17,12 @@ predictions stays light.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Mapping, Sequence, Sized
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from avloc.errors import DataError
+from avloc.errors import ConfigError, DataError
 from avloc.metrics.protocols import Protocol, create_protocol
 from avloc.metrics.targets import Target, to_target
 
@@ -42,9 +45,10 @@ def evaluate_model(
     """Evaluate ``model`` on ``data`` (a Dataset of sample dicts, or an iterable of collated batches).
 
     Batches need ``id``, ``image`` (B, 3, H, W), ``audio`` (B, N) and the
-    ground-truth keys the protocol uses (``boxes`` ...). ``localize`` may return
-    ``(B, h, w)`` heatmaps or ``(B, C, h, w)`` class maps (class-aware
-    protocols). Under torch.distributed, each process evaluates its shard
+    ground-truth keys the protocol uses (``boxes``; ``box_labels`` / ``labels``
+    for class-aware protocols). Class-agnostic protocols use ``localize``
+    (``(B, h, w)`` heatmaps); class-aware ones use ``localize_classes``
+    (``(B, C, h, w)`` class maps). Under torch.distributed, each process evaluates its shard
     and the accumulators are merged (duplicate ids from sampler padding are
     dropped and counted).
     """
@@ -53,6 +57,7 @@ def evaluate_model(
     from avloc.metrics.base import gather
 
     acc = create_protocol(protocol).accumulator()
+    localize = _localizer(model, acc.protocol)
     loader = _as_loader(data, batch_size, num_workers)
     dev = torch.device(device)
     was_training = model.training
@@ -68,9 +73,9 @@ def evaluate_model(
                     raise DataError(f"evaluation batch lacks {missing} (keys: {sorted(batch)})")
                 images = batch["image"].to(dev)
                 audio = batch["audio"].to(dev)
-                maps = model.localize(images, audio)
+                maps = localize(images, audio)
                 if maps.shape[0] != images.shape[0]:
-                    raise DataError(f"{type(model).__name__}.localize returned {maps.shape[0]} maps for {images.shape[0]} samples")
+                    raise DataError(f"{type(model).__name__} returned {maps.shape[0]} maps for {images.shape[0]} samples")
                 acc.update(maps.detach().float().cpu().numpy(), batch)
     finally:
         model.train(was_training)
@@ -88,7 +93,7 @@ def evaluate_predictions(
     protocol: str | Protocol,
     workers: int = 2,
     batch_size: int = 512,
-    chunk_size: int = 64,
+    chunk_size: int = 16,
 ) -> dict[str, Any]:
     """Score saved heatmaps: ``preds`` maps each ground-truth id to a raw 2-D map (3-D class maps for class-aware).
 
@@ -96,7 +101,7 @@ def evaluate_predictions(
     examples); predictions without ground truth are counted in
     ``n_unused_predictions``. Maps of different sizes are fine (grouped by shape).
     Batches of ``batch_size`` maps are scored in chunks of ``chunk_size`` on
-    ``workers`` threads (small chunks keep the 224x224 intermediates in reused memory).
+    ``workers`` threads (small chunks keep the 224x224 intermediates in cache).
     """
     targets = [to_target(g) for g in (gts.values() if isinstance(gts, Mapping) else gts)]
     if not targets:
@@ -118,6 +123,32 @@ def evaluate_predictions(
     out = acc.compute()
     out["n_unused_predictions"] = len(set(preds) - {t.id for t in targets})
     return out
+
+
+CLASS_AWARE_TASKS = ("dsol_classaware", "qian_classaware")
+
+
+def _localizer(model: LocalizationMethod, protocol: Protocol) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``localize`` for class-agnostic protocols; ``localize_classes`` (class maps only) for class-aware ones."""
+    name = type(model).__name__
+    if protocol.task not in CLASS_AWARE_TASKS:
+        return model.localize
+    per_class = getattr(model, "localize_classes", None)
+    if not callable(per_class):
+        raise ConfigError(
+            f"protocol {protocol.name} scores one map per sounding class, but {name} has no "
+            "localize_classes(images, audio) -> (B, C, h, w); evaluate a class-aware method (e.g. twostage) "
+            "or use a class-agnostic protocol (e.g. dsol-music)"
+        )
+
+    def class_maps(images: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        out = per_class(images, audio)
+        maps = out[0] if isinstance(out, tuple) else out  # twostage returns (maps, class probabilities)
+        if maps.dim() != 4:
+            raise DataError(f"{name}.localize_classes must return (B, C, h, w) class maps, got shape {tuple(maps.shape)}")
+        return maps  # type: ignore[no-any-return]
+
+    return class_maps
 
 
 def _as_loader(data: Any, batch_size: int, num_workers: int) -> Iterable[Any]:

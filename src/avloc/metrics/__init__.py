@@ -1,7 +1,7 @@
 """Evaluation metrics and the named protocols of the field (see ``docs/protocols.md``).
 
 Importing this package registers every protocol in :data:`avloc.registry.PROTOCOLS`.
-NumPy only: nothing here imports torch.
+NumPy (and OpenCV); torch only for resizing when it is already imported (see :func:`ops.resize_maps`).
 """
 
 from __future__ import annotations

@@ -52,26 +52,27 @@ def ciou_from_counts(pred: np.ndarray, counts: np.ndarray, divisor: float | None
     if pred.shape != counts.shape:
         raise ValueError(f"prediction {pred.shape} and ground truth {counts.shape} differ in shape")
     b = len(pred)
-    p = pred.reshape(b, -1)
+    p = pred.reshape(b, -1).astype(bool, copy=False)
     c = counts.reshape(b, -1)
     covered = c > 0
-    outside = np.count_nonzero(p & ~covered, axis=1)
+    p_in = ops.count_true(p & covered)
+    outside = ops.count_true(p) - p_in  # integer counts: |B * [G == 0]| = |B| - |B * [G > 0]|
     if divisor is None:
-        inter = np.count_nonzero(p & covered, axis=1).astype(np.float64)
-        gsum = np.count_nonzero(covered, axis=1).astype(np.float64)
+        inter = p_in.astype(np.float64)
+        gsum = ops.count_true(covered).astype(np.float64)
     else:
         inter = np.zeros(b)
         gsum = np.zeros(b)
         full = c >= divisor  # value 1 (clipped)
-        inter += np.count_nonzero(p & full, axis=1)
-        gsum += np.count_nonzero(full, axis=1)
+        inter += ops.count_true(p & full)
+        gsum += ops.count_true(full)
         for k in range(1, int(np.ceil(divisor))):
             if k >= divisor:
                 break
             level = c == k
             v = k / divisor
-            inter += v * np.count_nonzero(p & level, axis=1)
-            gsum += v * np.count_nonzero(level, axis=1)
+            inter += v * ops.count_true(p & level)
+            gsum += v * ops.count_true(level)
     with np.errstate(invalid="ignore", divide="ignore"):
         return inter / (gsum + outside)
 

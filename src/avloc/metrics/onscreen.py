@@ -7,6 +7,8 @@
   evaluated pairs themselves, which the result flags.
 * d_on: on-screen when the maximum proposal similarity exceeds 0.2.
 * the OR of both criteria (the paper's best).
+* thresholded confidences: any method's ``onscreen(images, audio)`` confidence
+  in [0, 1], on-screen when ``>= c_threshold`` (0.5).
 Accuracy = fraction of pairs whose prediction matches the on-screen label.
 """
 
@@ -36,8 +38,10 @@ def onscreen_accuracy(
     similarities: np.ndarray | None = None,
     d_threshold: float = 0.2,
     m_threshold: float | None = None,
+    confidences: np.ndarray | None = None,
+    c_threshold: float = 0.5,
 ) -> dict[str, Any]:
-    """Accuracy of m_on (distance < m), d_on (similarity > d_threshold) and their OR, for the inputs given."""
+    """Accuracy of m_on (distance < m), d_on (similarity > d_threshold), their OR, and of confidences >= c_threshold."""
     y = np.asarray(onscreen, dtype=bool)
     if len(y) == 0:
         raise DataError("no pairs were evaluated")
@@ -55,20 +59,26 @@ def onscreen_accuracy(
         preds.append(p_d)
     if len(preds) == 2:
         out["acc_or"] = float(np.mean((preds[0] | preds[1]) == y))
-    if not preds:
-        raise DataError("give distances (m_on), similarities (d_on) or both")
+    if confidences is not None:
+        c = np.asarray(confidences, dtype=np.float64)
+        if len(c) != len(y):
+            raise DataError(f"{len(c)} confidences for {len(y)} pairs")
+        out["acc_confidence"] = float(np.mean((c >= c_threshold) == y))
+    if not preds and confidences is None:
+        raise DataError("give distances (m_on), similarities (d_on), confidences, or several of them")
     return out
 
 
 class OnscreenAccuracy(Accumulator):
     """Accumulates (distance, similarity, label) per pair; NaN marks a criterion not provided."""
 
-    fields = ("id", "distance", "similarity", "onscreen")
+    fields = ("id", "distance", "similarity", "confidence", "onscreen")
 
-    def __init__(self, d_threshold: float = 0.2, m_threshold: float | None = None) -> None:
+    def __init__(self, d_threshold: float = 0.2, m_threshold: float | None = None, c_threshold: float = 0.5) -> None:
         super().__init__()
         self.d_threshold = d_threshold
         self.m_threshold = m_threshold
+        self.c_threshold = c_threshold
 
     def update(
         self,
@@ -76,21 +86,29 @@ class OnscreenAccuracy(Accumulator):
         ids: Sequence[str],
         distances: np.ndarray | None = None,
         similarities: np.ndarray | None = None,
+        confidences: np.ndarray | None = None,
     ) -> None:
         n = len(ids)
+
+        def col(x: np.ndarray | None) -> np.ndarray:
+            return np.full(n, np.nan) if x is None else np.asarray(x, dtype=np.float64)
+
         self._append(
             id=np.asarray([str(i) for i in ids], dtype=str),
-            distance=np.full(n, np.nan) if distances is None else np.asarray(distances, dtype=np.float64),
-            similarity=np.full(n, np.nan) if similarities is None else np.asarray(similarities, dtype=np.float64),
+            distance=col(distances),
+            similarity=col(similarities),
+            confidence=col(confidences),
             onscreen=np.asarray(onscreen, dtype=bool),
         )
 
     def compute(self) -> dict[str, Any]:
-        d, s = self.state("distance"), self.state("similarity")
+        d, s, c = self.state("distance"), self.state("similarity"), self.state("confidence")
         return onscreen_accuracy(
             self.state("onscreen"),
             None if np.isnan(d).any() else d,
             None if np.isnan(s).any() else s,
             self.d_threshold,
             self.m_threshold,
+            None if np.isnan(c).any() else c,
+            self.c_threshold,
         )

@@ -147,24 +147,60 @@ class ProtocolAccumulator:
             raise ConfigError(f"protocol {p.name}: unknown task {p.task!r}")
 
     # ---- map preprocessing (the one place resizing / normalisation happen) ----
-    def prepare_maps(self, maps: np.ndarray) -> np.ndarray:
-        """Raw ``(B, h, w)`` maps -> resized, normalised float32 ``(B, S, S)``."""
+    def resize(self, maps: np.ndarray) -> np.ndarray:
+        """Raw ``(B, h, w)`` maps -> resized float32 ``(B, S, S)`` (not normalised)."""
         p = self.protocol
-        m = ops.resize_maps(maps, (p.eval_size, p.eval_size), p.resize)
+        return ops.resize_maps(maps, (p.eval_size, p.eval_size), p.resize)
+
+    def normalize(self, m: np.ndarray) -> np.ndarray:
+        """Resized maps -> the protocol's normalised values (what the public code thresholds)."""
+        p = self.protocol
         return ops.normalize_maps(m, p.normalize, p.norm_bounds)
 
-    def binarize(self, m: np.ndarray, counts: np.ndarray, threshold: float | None = None) -> np.ndarray:
-        """Binary prediction ``(B, S, S)`` from prepared maps (``counts``: ground-truth box counts, for adaptive K)."""
+    def prepare_maps(self, maps: np.ndarray) -> np.ndarray:
+        """Raw ``(B, h, w)`` maps -> resized, normalised float32 ``(B, S, S)``."""
+        return self.normalize(self.resize(maps))
+
+    def predict(self, m: np.ndarray, counts: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Binary prediction ``(B, S, S)`` from *resized, un-normalised* maps ``m``.
+
+        Equal, bit for bit, to thresholding the normalised map as the public code
+        does: every normalisation ``f`` is non-decreasing, so the threshold ``t``
+        is computed in normalised units (``np.sort(f(m))[k] == f(np.sort(m)[k])``)
+        and mapped back to the smallest raw value ``x`` with ``f(x) >= t`` (``>``
+        when strict) by :func:`ops.threshold_preimage`; the prediction is then
+        ``m >= x``, one comparison, with no normalised map materialised.
+        ``counts``: ground-truth box counts, for the adaptive K.
+        """
         p = self.protocol
+        n = m.shape[1] * m.shape[2]
+        vmin: np.ndarray | None = None
+        vmax: np.ndarray | None = None
+        if p.normalize in ("minmax", "lvs") or p.binarize == "max_fraction":
+            vmin, vmax = ops.map_range(m)
+
+        def f(v: np.ndarray) -> np.ndarray:
+            return ops.apply_normalization(v, p.normalize, p.norm_bounds, vmin, vmax)
+
+        strict = p.strict
+        empty: np.ndarray | None = None
         if p.binarize == "median":
-            return ops.binarize_median(m, p.strict)
-        if p.binarize == "fixed":
-            return ops.compare(m, np.float32(p.binarize_threshold if threshold is None else threshold), p.strict)
-        if p.binarize == "max_fraction":
-            return ops.binarize_max_fraction(m, p.binarize_threshold, p.strict)
-        if p.binarize == "adaptive":
-            return ops.binarize_topk(m, np.count_nonzero(counts.reshape(len(counts), -1), axis=1))
-        raise ConfigError(f"protocol {p.name}: unknown binarisation {p.binarize!r}")
+            t = f(ops.kth_smallest(m, n // 2))
+        elif p.binarize == "fixed":
+            t = np.full(len(m), p.binarize_threshold if threshold is None else threshold, dtype=np.float32)
+        elif p.binarize == "max_fraction":
+            assert vmax is not None
+            t = np.float32(p.binarize_threshold) * f(vmax)
+        elif p.binarize == "adaptive":
+            k = np.count_nonzero(counts.reshape(len(counts), -1), axis=1)
+            t = f(ops.kth_smallest(m, n - np.clip(k, 1, n)))
+            strict, empty = False, k <= 0  # top-K keeps ties at the K-th value; K = 0 predicts nothing
+        else:
+            raise ConfigError(f"protocol {p.name}: unknown binarisation {p.binarize!r}")
+        pred = m >= ops.threshold_preimage(f, t, strict, vmin, vmax)[:, None, None]
+        if empty is not None and empty.any():
+            pred[empty] = False
+        return pred
 
     def gt_counts(self, targets: Sequence[Target]) -> np.ndarray:
         """Per-pixel box counts ``(B, S, S)`` (per annotator when ``consensus_by_annotator``)."""
@@ -195,14 +231,14 @@ class ProtocolAccumulator:
             arr = arr[:, 0]
         if arr.ndim != 3:
             raise DataError(f"protocol {p.name} needs one 2-D heatmap per sample, got maps of shape {arr.shape}")
-        m = self.prepare_maps(arr)
         counts = self.gt_counts(targets)
         if p.task == "avsol":
             kinds = [_frame_kind(t) for t in targets]
-            return [("avsol", {"maps": m, "gt": counts > 0, "kinds": kinds, "ids": ids})]
+            return [("avsol", {"maps": self.prepare_maps(arr), "gt": counts > 0, "kinds": kinds, "ids": ids})]
+        m = self.resize(arr)
         if p.task == "extended":
-            scores = self.score_maps(self.binarize(m, counts), counts)
-            conf = top_fraction_confidence(m, p.confidence_fraction)
+            scores = self.score_maps(self.predict(m, counts), counts)
+            conf = top_fraction_confidence(self.normalize(m), p.confidence_fraction)
             audible = np.array([t.audible for t in targets], dtype=bool)
             aud_ids = [i for i, a in zip(ids, audible, strict=True) if a]
             return [
@@ -210,9 +246,9 @@ class ProtocolAccumulator:
                 ("extended", {"confidence": conf, "scores": scores, "audible": audible, "ids": ids}),
             ]
         if p.sweep:
-            s = np.stack([self.score_maps(self.binarize(m, counts, t), counts) for t in p.sweep], 1)  # (B, T)
+            s = np.stack([self.score_maps(self.predict(m, counts, t), counts) for t in p.sweep], 1)  # (B, T)
             return [("sweep", {"scores": s, "ids": ids})]
-        scores = self.score_maps(self.binarize(m, counts), counts)
+        scores = self.score_maps(self.predict(m, counts), counts)
         return [("ciou", {"scores": scores, "ids": ids, "image_ids": [t.image_id for t in targets]})]
 
     def _score_classaware(self, arr: np.ndarray, targets: Sequence[Target]) -> Scored:
@@ -249,9 +285,9 @@ class ProtocolAccumulator:
         scores = np.full(n, np.nan)
         if pair_sample:
             ps = np.asarray(pair_sample)
-            m = self.prepare_maps(arr[ps, np.asarray(pair_class)])
+            m = self.resize(arr[ps, np.asarray(pair_class)])
             counts = ops.box_count_maps(pair_boxes, p.eval_size)
-            pair_scores = ciou_from_counts(self.binarize(m, counts), counts)
+            pair_scores = ciou_from_counts(self.predict(m, counts), counts)
             scores = class_average(pair_scores, ps, n)
         nsa_sum = np.zeros(n)
         nsa_count = np.zeros(n)
