@@ -4,4 +4,5 @@ Importing this package registers the datasets it defines in
 :data:`avloc.registry.DATASETS`.
 """
 
+import avloc.data.clips  # registers "digitscenes-clips"
 import avloc.data.digitscenes  # noqa: F401  (registers "digitscenes")

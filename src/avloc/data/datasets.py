@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from avloc.data.manifest import Entry, read_manifest, resolve_media
 from avloc.errors import DataError, MediaError
 from avloc.frontends.audio import AudioFrontendConfig
-from avloc.frontends.image import ImageConfig, preprocess_image, transform_boxes
+from avloc.frontends.image import ImageConfig, preprocess_image, segment_times, transform_boxes
 from avloc.io.audio import load_audio, window_at
 from avloc.registry import DATASETS
 
@@ -117,7 +117,10 @@ class ManifestDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         e = self.entries[i]
+        segment = self.image_cfg.frames > 1
         if "image" in e:
+            if segment:
+                raise DataError(f"{self.path}: entry {e['id']!r} is a still image; image_cfg.frames={self.image_cfg.frames} needs video entries")
             image = load_image(resolve_media(self.path, e["image"]))
         else:
             if "time" not in e:
@@ -129,7 +132,16 @@ class ManifestDataset(Dataset):
         wav, sr = load_audio(resolve_media(self.path, audio_rel), self.audio_cfg.sample_rate)
         t = e.get("audio_time", e.get("time"))
         center = float(t) if t is not None else wav.size / sr / 2
-        return build_sample(e, image, wav, sr, self.image_cfg, self.audio_cfg, center, self.audio_pad)
+        sample = build_sample(e, image, wav, sr, self.image_cfg, self.audio_cfg, center, self.audio_pad)
+        if segment:  # T frames around the entry's time (ImageConfig.frames); boxes stay those of the frame at `time`
+            video = resolve_media(self.path, e["video"])
+            times = segment_times(float(e["time"]), self.audio_cfg.window_seconds, self.image_cfg.frames)
+            last = float(e["duration"]) - 0.5 / float(e.get("fps") or 25.0) if "duration" in e else max(times)
+            frames = [read_frame_at(video, min(max(t, 0.0), last)) for t in times]  # clamped to the video
+            sample["image"] = torch.stack(
+                [preprocess_image(torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1), self.image_cfg) for f in frames]
+            )  # (T, 3, S, S)
+        return sample
 
 
 @DATASETS.register("manifest")

@@ -25,7 +25,8 @@ attribute ``visual_encoder``) is frozen and pretrained
 stable image key -- ``dataset.feature_cache_keys()``, ``dataset.scene_index(i)``
 (DigitScenes; pool mode reuses N images) or the entry ``id`` of a manifest whose entries are still
 images -- the loop computes the encoder's features once per key (batched,
-with a progress bar), then replaces ``batch["image"]`` by ``batch["vfeat"]``.
+with a progress bar), then replaces ``batch["image"]`` by ``batch["vfeat"]``,
+looked up by each sample's dataset index (never by a batch field).
 Anything else trains end to end, and the run says which in ``config.json``
 (``feature_cache.used``) and on stderr. Validation always runs the full model
 on images.
@@ -440,14 +441,6 @@ def build_feature_cache(
     return FeatureCache(uniq, torch.cat(feats))
 
 
-def _batch_keys(batch: dict[str, Any], n: int) -> list[Any]:
-    for name in ("scene_index", "id"):
-        if name in batch:
-            v = batch[name]
-            return v.tolist() if isinstance(v, torch.Tensor) else list(v)
-    raise DataError(f"feature cache on but the batch has neither 'scene_index' nor 'id' ({n} samples)")
-
-
 # ---------------------------------------------------------------------------------------------
 # logging and curves
 
@@ -683,10 +676,14 @@ def train(
     t_log, n_log = time.perf_counter(), 0
     while step < total:
         loader = _epoch_loader(train_set, cfg, dist_info, epoch, batch_in_epoch)
-        for raw_batch in loader:
+        order: list[int] = loader.sampler.indices  # type: ignore[attr-defined]  # dataset index of each sample, in batch order
+        for b, raw_batch in enumerate(loader):
             batch = _to_device(raw_batch, device)
-            if cache is not None and cache_bank_dev is not None:
-                rows = torch.tensor([cache.row[k] for k in _batch_keys(raw_batch, len(raw_batch["audio"]))], device=device)
+            if cache is not None and cache_bank_dev is not None and keys is not None:
+                # rows by dataset index: keys[i] is the key of sample i (a batch field such as scene_index may
+                # name a clip whose frames differ, e.g. DigitScenes video)
+                ids = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                rows = torch.tensor([cache.row[keys[i]] for i in ids], device=device)
                 batch["vfeat"] = cache_bank_dev[rows]  # (B, C, h, w)
                 batch.pop("image", None)
             lr = lr_at(step, total, cfg.optim)

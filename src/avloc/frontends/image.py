@@ -28,6 +28,18 @@ class ImageConfig:
     mode: Literal["crop", "squash"] = "squash"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    #: frames per sample. 1: the frame at the sample's time, ``image`` (3, H, W). T > 1: a segment of
+    #: T frames evenly spaced over the audio window centred there (frame k at ``time - W/2 + (k + 0.5) W / T``,
+    #: W = ``audio_cfg.window_seconds``, nearest video frame), ``image`` (T, 3, H, W); only datasets with
+    #: video provide it (the others raise). Used by segment methods (DNM, Nishikawa et al. Sec. 4.1).
+    frames: int = 1
+
+
+def segment_times(center: float, window_seconds: float, frames: int) -> list[float]:
+    """Times (s) of the ``frames`` frames of a segment of ``window_seconds`` centred on ``center`` (see ``ImageConfig.frames``)."""
+    if frames < 1 or window_seconds <= 0:
+        raise ValueError(f"a segment needs frames >= 1 and a positive window, got {frames}, {window_seconds}")
+    return [center - window_seconds / 2 + (k + 0.5) * window_seconds / frames for k in range(frames)]
 
 
 def to_float_image(img: torch.Tensor) -> torch.Tensor:

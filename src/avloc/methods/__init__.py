@@ -25,6 +25,9 @@ _METHOD_MODULES: list[str] = [
     "avloc.methods.synchrony",
     "avloc.methods.proposal_mil",
     "avloc.methods.twostage",
+    "avloc.methods.classif",
+    "avloc.methods.dnm",
+    "avloc.methods.dnm_baselines",
 ]
 
 

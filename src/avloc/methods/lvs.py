@@ -219,13 +219,21 @@ class LVSLoss(nn.Module):
             logits = torch.stack([pos, neg], dim=1) / cfg.logit_temperature  # (B, 2)
         target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         loss = F.cross_entropy(logits, target)
-        return {
+        out = {
             "loss": loss,
             "pos": pos.mean().detach(),
             "hard_neg": hard.mean().detach(),
             "easy_neg": easy.mean().detach(),
             "acc": (logits.argmax(dim=1) == 0).float().mean().detach(),
         }
+        if cfg.box_weight > 0:  # optional semi-supervised box term (avloc.methods.semisup), off by default
+            from avloc.methods.semisup import box_attention_loss
+
+            s_ii = s_all.diagonal(dim1=0, dim2=1).permute(2, 0, 1)  # (B, h, w)
+            box, n_sup = box_attention_loss(s_ii, batch or {}, cfg.box_temperature)
+            out["loss"] = loss + cfg.box_weight * box
+            out["box"], out["n_box"] = box.detach(), torch.tensor(float(n_sup))
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,6 +286,10 @@ class LVSConfig(MethodConfig):
     easy_pool: Literal["mean", "positive"] = "positive"
     #: lower bound of |m| in <m, S> / |m|: only guards 0/0 (sigmoid underflow); far below any real mask sum
     mask_floor: float = 1e-30
+    #: semi-supervised box term (Senocak et al. 2018; "Less can be more" Table 4 with pseudo boxes): weight of
+    #: -sum q log softmax(S_ii / box_temperature) on samples with batch["box_supervised"]; 0 = off (unsupervised LVS)
+    box_weight: float = 0.0
+    box_temperature: float = 0.07
 
     def validate(self) -> None:
         if not -1.0 <= self.eps_n < self.eps_p <= 1.0 and self.variant == "trimap":

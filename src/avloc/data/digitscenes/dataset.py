@@ -13,6 +13,7 @@ cache frozen-backbone image features keyed by ``scene_index``.
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,13 @@ from avloc.data.digitscenes.sampler import Clip, DigitScenesSampler
 from avloc.data.sources import RawSources
 from avloc.errors import ConfigError
 from avloc.frontends.audio import AudioFrontendConfig
-from avloc.frontends.image import ImageConfig, preprocess_image, transform_boxes
+from avloc.frontends.image import ImageConfig, preprocess_image, segment_times, transform_boxes
 from avloc.io.audio import window_at
 from avloc.registry import DATASETS
 
 DEFAULT_COUNT = {"train": 10_000, "val": 1_000, "test": 1_000}
+#: video clips kept in memory per dataset (~0.4 MB each: a 6 s sound track and the scene); deterministic either way
+CLIP_CACHE_SIZE = 1024
 
 
 def _boxes(b: list[list[int]]) -> torch.Tensor:
@@ -77,8 +80,13 @@ class DigitScenes(Dataset):
         sources.check()
         self.sampler = DigitScenesSampler(sources, variant, split, cfg, seed)
         self.variant, self.split, self.seed, self.config = variant, split, seed, cfg
+        if image_cfg is not None and image_cfg.frames > 1 and not isinstance(cfg, VideoConfig):
+            raise ConfigError(
+                f"image_cfg.frames={image_cfg.frames} asks for multi-frame segments: only the 'video' variant has time, not {variant!r}"
+            )
         self._frames = cfg.annotated_frames() if isinstance(cfg, VideoConfig) else [0]
-        self._clip: Clip | None = None  # last clip drawn (consecutive frames share it)
+        # recently drawn clips (their frames are items; a shuffled loader revisits a clip many times)
+        self._clips: OrderedDict[int, Clip] = OrderedDict()
 
     def __len__(self) -> int:
         return self.count * len(self._frames)
@@ -124,13 +132,20 @@ class DigitScenes(Dataset):
 
     def _video_item(self, i: int) -> dict[str, Any]:
         c, f = divmod(i, len(self._frames))
-        if self._clip is None or self._clip.index != c:
-            self._clip = self.sampler.clip(c)
-        clip = self._clip
+        clip = self._clips.get(c)
+        if clip is None:
+            clip = self._clips[c] = self.sampler.clip(c)
+            if len(self._clips) > CLIP_CACHE_SIZE:
+                self._clips.popitem(last=False)
+        self._clips.move_to_end(c)
         j = self._frames[f]
         ann = clip.annotation(j)
         out: dict[str, Any] = {"id": f"digitscenes-video-{self.split}-{self.seed}-{c:07d}-f{j:04d}"}
         out.update(self._tensors(clip.frame(j), ann["boxes"], ann["silent_boxes"]))
+        if self.image_cfg is not None and self.image_cfg.frames > 1:  # a segment around the frame (ImageConfig.frames)
+            times = segment_times(ann["time"], self.audio_cfg.window_seconds, self.image_cfg.frames)
+            idx = [min(max(round(t * clip.fps), 0), clip.n_frames - 1) for t in times]
+            out["image"] = torch.stack([self._tensors(clip.frame(k), [], [])["image"] for k in idx])  # (T, 3, S, S)
         audio = window_at(clip.audio, clip.sample_rate, ann["time"], self.audio_cfg.window_seconds)
         out.update(
             audio=torch.from_numpy(audio),

@@ -1,0 +1,224 @@
+"""DNM paper, Table 2 on DigitScenes ``video``: train the six models, score HmBoxAUC / PiBR / PNSR, time them.
+
+Models (registered methods, Nishikawa et al. Sec. 5.2): CAM (``dnm-cam``, visual
+only), the Tian-style audio-guided attention (``dnm-tian``), Static-Cls,
+Static-AVC, Static-DNM and CDF-DNM (``dnm`` with ``fusion`` x ``tasks``).
+
+Each is trained with the shared engine (:func:`avloc.engine.train.train`, frozen
+EfficientNet-Lite0 features of the T-frame segments cached on disk in
+``--feature-cache-dir`` and shared by the six runs), then scored under the
+``avsol`` protocol with :func:`avloc.engine.evaluate.evaluate_predictions` on
+the test clips: HmBoxAUC and PiBR over all AVE frames and split into frames with
+one / several sounding digits, PNSR over all non-AVE frames and per kind. The
+test features are encoded once; each model's maps are its ``localize_features``
+output, checked against ``localize`` on the first batch. ``avloc eval --model
+RUN/last.safetensors --data digitscenes:video:test --raw DIR --protocol avsol``
+reproduces the "all" columns of one model (on the dataset's default 1,000 clips
+unless ``count`` is given).
+
+Latency: ``localize`` on one segment (T frames + 1 s of audio, batch 1, backbone
+included), median of ``--latency-reps`` runs after a warm-up.
+
+Usage::
+
+    python bench/dnm_digitscenes.py --raw ../shared/data --out runs/dnm --threads 1 \\
+        [--train-clips 400 --test-clips 60 --steps 400] [--zoo src/avloc/zoo/dnm-digitscenes.safetensors]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from avloc.config import config_to_dict
+from avloc.data.collate import collate_samples
+from avloc.data.datasets import dataset_from_spec
+from avloc.encoders.cache import FeatureCache, content_key
+from avloc.engine.evaluate import evaluate_predictions
+from avloc.engine.train import DataConfig, OptimConfig, TrainConfig, train
+from avloc.methods import create_method
+from avloc.methods.dnm import SegmentMethod
+from avloc.methods.zoo import save_model
+
+#: Table 2 rows: name -> (method, config overrides)
+MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "CAM (visual only)": ("dnm-cam", {}),
+    "Tian-style attention": ("dnm-tian", {}),
+    "Static-Cls": ("dnm", {"fusion": "static", "tasks": "cls"}),
+    "Static-AVC": ("dnm", {"fusion": "static", "tasks": "avc"}),
+    "Static-DNM": ("dnm", {"fusion": "static", "tasks": "dnm"}),
+    "CDF-DNM": ("dnm", {"fusion": "cdf", "tasks": "dnm"}),
+}
+GT_KEYS = ("id", "boxes", "box_labels", "labels", "silent_boxes", "onscreen", "audible", "out_of_view")
+
+
+def test_features(
+    model: SegmentMethod, ds: Any, batch_size: int, cache_dir: str | None
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[dict[str, Any]], dict[str, torch.Tensor]]:
+    """Frozen-backbone features (b, T, C, h, w) and audio (b, N) per batch, ground truth rows, first batch."""
+    disk = None
+    if cache_dir:
+        enc = model.visual_module()
+        assert enc is not None
+        disk = FeatureCache.for_encoder(
+            cache_dir, model.cfg.visual_encoder, model.cfg.visual_encoder_kwargs, enc,
+            {"image": config_to_dict(model.cfg.image)}, dtype="float32",
+        )
+    feats, audio, gts = [], [], []
+    first: dict[str, torch.Tensor] = {}
+    n = len(ds)
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            batch = collate_samples([ds[i] for i in range(start, min(n, start + batch_size))])
+            images = batch["image"]  # (b, T, 3, S, S)
+            if disk is None:
+                f = model.encode_images(images)
+            else:
+
+                def encode(idx: list[int], im: torch.Tensor = images) -> torch.Tensor:
+                    return model.encode_images(im[idx])  # (m, T, C, h, w)
+
+                f = disk.get_or_compute([content_key(im) for im in images], encode)
+            if not first:
+                first = {"image": images, "audio": batch["audio"]}
+            feats.append(f)
+            audio.append(batch["audio"])
+            gts += [{k: batch[k][i] for k in GT_KEYS} for i in range(len(batch["id"]))]
+    return feats, audio, gts, first
+
+
+def score(preds: dict[str, np.ndarray], gts: list[dict[str, Any]]) -> dict[str, Any]:
+    """avsol on everything, and HmBoxAUC / PiBR on AVE frames with one and with several sounding boxes."""
+    res = {k: v for k, v in evaluate_predictions(preds, gts, "avsol").items() if not isinstance(v, (list, dict))}
+    for name, sel in (("single", lambda k: k == 1), ("multi", lambda k: k > 1)):
+        sub = [g for g in gts if sel(len(g["boxes"]))]
+        if sub:
+            r = evaluate_predictions({g["id"]: preds[g["id"]] for g in sub}, sub, "avsol")
+            res[f"hmboxauc_{name}"], res[f"pibr_{name}"], res[f"n_{name}"] = r["hmboxauc"], r["pibr"], r["n_ave"]
+        else:
+            res[f"hmboxauc_{name}"], res[f"pibr_{name}"], res[f"n_{name}"] = float("nan"), float("nan"), 0
+    return res
+
+
+def latency(model: SegmentMethod, first: dict[str, torch.Tensor], reps: int) -> float:
+    """Median seconds of ``localize`` on one segment (batch 1, backbone included)."""
+    x, a = first["image"][:1], first["audio"][:1]
+    times = []
+    with torch.no_grad():
+        model.localize(x, a)
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            model.localize(x, a)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--raw", required=True)
+    p.add_argument("--out", required=True, help="run directories and results.json go here")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--train-clips", type=int, default=400)
+    p.add_argument("--test-clips", type=int, default=60)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--feature-cache-dir", default=None, help="default: OUT/feature_cache")
+    p.add_argument("--latency-reps", type=int, default=20)
+    p.add_argument("--zoo", default=None, help="also save the CDF-DNM model here (avloc.methods.zoo.save_model)")
+    p.add_argument("--force", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache_dir = args.feature_cache_dir or str(out / "feature_cache")
+    results_path = out / "results.json"
+    results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() and not args.force else {}
+
+    ref = create_method("dnm")
+    assert isinstance(ref, SegmentMethod)
+    t0 = time.perf_counter()
+    test_ds = dataset_from_spec("digitscenes:video:test", raw=args.raw, image_cfg=ref.cfg.image, audio_cfg=ref.cfg.audio, count=args.test_clips)
+    feats, audio, gts, first = test_features(ref, test_ds, 48, cache_dir)
+    print(f"test: {len(gts)} frames of {args.test_clips} clips encoded in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+    for name in args.models:
+        if name in results:
+            print(f"{name}: done already (results.json); --force to redo", file=sys.stderr)
+            continue
+        method, overrides = MODELS[name]
+        torch.manual_seed(args.seed)
+        model = create_method(method, overrides)
+        assert isinstance(model, SegmentMethod)
+        train_ds = dataset_from_spec(
+            "digitscenes:video:train", raw=args.raw, image_cfg=model.cfg.image, audio_cfg=model.cfg.audio, count=args.train_clips
+        )
+        tcfg = TrainConfig(
+            steps=args.steps, batch_size=args.batch_size, seed=args.seed, val_every=0, ckpt_every=0, log_every=20,
+            optim=OptimConfig(lr=args.lr, schedule="cosine", min_lr_ratio=0.1), feature_cache=True,
+            feature_cache_dir=cache_dir, progress=False,
+        )
+        dcfg = DataConfig(train="digitscenes:video:train", raw=args.raw, train_kwargs={"count": args.train_clips})
+        run = out / name.split(" ")[0].lower()
+        t1 = time.perf_counter()
+        tr = train(model, train_ds, run, tcfg, None, force=True, data=dcfg)
+        train_s = time.perf_counter() - t1
+        if not tr.feature_cache:
+            raise SystemExit(f"{name}: the engine did not use the feature cache")
+        model.eval()
+        with torch.no_grad():
+            direct = model.localize(first["image"], first["audio"])
+            via = model.localize_features(feats[0], audio[0])
+            if not torch.allclose(direct, via, atol=1e-4):
+                raise SystemExit(f"{name}: localize_features differs from localize by {float((direct - via).abs().max()):.2e}")
+            preds: dict[str, np.ndarray] = {}
+            i = 0
+            for f, a in zip(feats, audio):
+                maps = model.localize_features(f, a).numpy()
+                for m in maps:
+                    preds[gts[i]["id"]] = m
+                    i += 1
+        res = score(preds, gts)
+        lat = latency(model, first, args.latency_reps)
+        last = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()][-1]
+        results[name] = {
+            "method": method, "overrides": overrides, **res, "train_seconds": round(train_s, 1), "train_steps": tr.step,
+            "final_train": {k: v for k, v in last.items() if k not in ("step", "split")},
+            "latency_ms_per_segment": round(lat * 1e3, 2), "frames_per_s": round(model.frames / lat, 1),
+            "run": str(run),
+        }
+        results_path.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"{name}: {json.dumps(results[name])}", file=sys.stderr)
+        if name == "CDF-DNM" and args.zoo:
+            save_model(model, args.zoo, meta={"bench": "bench/dnm_digitscenes.py", "train_clips": args.train_clips, "steps": tr.step,
+                                              "avsol_test": {k: res[k] for k in ("hmboxauc", "pibr", "pnsr")}})
+            print(f"saved {args.zoo}", file=sys.stderr)
+
+    print("| model | HmBoxAUC all | single | multi | PiBR all | single | multi | PNSR all | visible | audible | noise | ms / segment |")
+    print("|---|" + "---:|" * 11)
+    for name in MODELS:
+        if name not in results:
+            continue
+        r = results[name]
+        pn = "" if r["method"] != "dnm" or r["overrides"].get("tasks") == "cls" else "x"
+        cells = [r["hmboxauc"], r["hmboxauc_single"], r["hmboxauc_multi"], r["pibr"], r["pibr_single"], r["pibr_multi"]]
+        pns = [r["pnsr"], r["pnsr_visible"], r["pnsr_audible"], r["pnsr_noise"]]
+        print(f"| {name} | " + " | ".join(f"{c:.3f}" for c in cells) + " | "
+              + " | ".join((f"{c:.3f}" if pn else f"({c:.3f})") for c in pns) + f" | {r['latency_ms_per_segment']:.1f} |")
+    print(f"\nAVE frames: {results[next(iter(results))]['n_ave']}; non-AVE visible / audible / noise: "
+          + " / ".join(str(results[next(iter(results))][f"n_{k}"]) for k in ("visible", "audible", "noise")))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
