@@ -170,3 +170,14 @@ def test_eval_pred_does_not_import_torch(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["n"] == 5
+
+
+def test_eval_model_generated_spec_with_count(shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--data digitscenes:single:test --count N` generates exactly the first N test samples."""
+    rc = main(["eval", "--model", "centre", "--data", "digitscenes:single:test", "--raw", str(shared_data),
+               "--count", "5", "--protocol", "sslalign-adaptive", "--json"])
+    assert rc == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 5
+    assert main(["eval", "--model", "centre", "--data", "digitscenes:single:test", "--raw", str(shared_data),
+                 "--count", "0", "--protocol", "sslalign-adaptive"]) == 2
+    assert "--count must be >= 1" in capsys.readouterr().err

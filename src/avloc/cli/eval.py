@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ def add_parser(sub: Any, name: str) -> None:
     src.add_argument("--manifest", help="jsonl manifest to evaluate the model on")
     src.add_argument("--data", help="dataset spec (avloc.data.datasets.dataset_from_spec)")
     src.add_argument("--raw", help="raw media folder for --data")
+    src.add_argument("--count", type=int, help="for --data: the first N generated samples (default: the dataset's own count)")
     how = p.add_argument_group("protocol")
     how.add_argument("--protocol", required=True, help="named protocol (see `avloc info`), e.g. ezvsl-vggss")
     how.add_argument("--device", default="cpu")
@@ -192,9 +194,15 @@ def _eval_model(args: argparse.Namespace) -> dict[str, Any]:
     elif args.data:
         from avloc.data.datasets import dataset_from_spec
 
-        data = dataset_from_spec(args.data, raw=args.raw, image_cfg=model.cfg.image, audio_cfg=model.cfg.audio)
+        if args.count is not None and args.count < 1:
+            raise AvlocError(f"--count must be >= 1, got {args.count}")
+        extra = {} if args.count is None else {"count": args.count}
+        data = dataset_from_spec(args.data, raw=args.raw or os.environ.get("AVLOC_DATA"), image_cfg=model.cfg.image,
+                                 audio_cfg=model.cfg.audio, **extra)
     else:
         raise AvlocError("--model needs --manifest or --data")
+    if args.count is not None and not args.data:
+        raise AvlocError("--count applies to generated --data specs only")
     return evaluate_model(model, data, args.protocol, args.device, progress=True, batch_size=args.batch_size)
 
 
