@@ -4,7 +4,7 @@ Usage::
 
     python bench/baselines_digitscenes.py --raw ../shared/data --data digitscenes:single:test --count 500 \
         --model random=random --model ezvsl=RUN/best.safetensors --model ezvsl+ogl=RUN/best.safetensors@ogl=true \
-        [--protocol lvs-flickr --protocol sslalign-adaptive ...] [--json OUT.json]
+        [--protocol lvs-flickr --protocol sslalign-adaptive --protocol avsol ...] [--split-by heard] [--json OUT.json]
 
 ``--model LABEL=SPEC[@key=value,...]``: SPEC is anything ``avloc.methods.zoo.load_model``
 accepts (checkpoint path, zoo name, training-free method name); ``@key=value`` changes
@@ -14,6 +14,9 @@ rebuilding the model from the edited config with the same weights.
 Each model's ``localize`` runs once over the data (the method contract, eval mode); the maps
 are scored by :func:`avloc.engine.evaluate.evaluate_predictions` for every protocol — the same
 accumulators as ``avloc eval``. Prints a markdown table (and writes JSON with ``--json``).
+``avsol`` on still scenes (every sample an AVE frame) gives PiBR, the pointing accuracy (map peak
+inside a sounding box), and HmBoxAUC. ``--split-by FIELD`` scores the samples whose boolean
+sample field (e.g. ``heard`` of the ``openset`` variant) is true and false separately.
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ from avloc.methods.zoo import load_model
 from avloc.metrics.targets import targets_from_batch
 
 DEFAULT_PROTOCOLS = ("lvs-flickr", "lvs-vggss", "sslalign-adaptive")
+#: result keys shown per protocol family: (key, column name)
+COLUMNS = {
+    "ciou": (("success", "success"), ("auc", "AUC"), ("mean_ciou", "mean cIoU")),
+    "avsol": (("pibr", "PiBR (pointing)"), ("hmboxauc", "HmBoxAUC")),
+}
 
 
 def build(spec: str) -> LocalizationMethod:
@@ -60,6 +68,7 @@ def main() -> None:
     ap.add_argument("--protocol", action="append", default=None)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--json", default=None, help="write all results here")
+    ap.add_argument("--split-by", default=None, help="boolean sample field: score its true / false samples separately")
     args = ap.parse_args()
     protocols = args.protocol or list(DEFAULT_PROTOCOLS)
     models = [(lab, build(spec)) for lab, _, spec in (m.partition("=") for m in args.model)]
@@ -73,6 +82,11 @@ def main() -> None:
         for s in range(0, args.count, args.batch_size)
     ]
     targets = [t for b in batches for t in targets_from_batch(b)]
+    groups: dict[str, set[str]] = {"": {str(t.id) for t in targets}}
+    if args.split_by:
+        flags = {str(i): bool(v) for b in batches for i, v in zip(b["id"], b[args.split_by])}
+        groups = {f" ({args.split_by})": {i for i, v in flags.items() if v},
+                  f" (not {args.split_by})": {i for i, v in flags.items() if not v}}
     results: dict[str, Any] = {}
     for lab, model in models:
         t0 = time.perf_counter()
@@ -82,16 +96,19 @@ def main() -> None:
                 maps = model.localize(b["image"], b["audio"]).float().numpy()  # (B, h, w)
                 preds.update(zip(map(str, b["id"]), maps))
         sec = time.perf_counter() - t0
-        results[lab] = {p: evaluate_predictions(preds, targets, p) for p in protocols}
-        results[lab]["seconds"] = sec
+        for suffix, ids in groups.items():
+            sub_p = {i: m for i, m in preds.items() if i in ids}
+            sub_t = [t for t in targets if str(t.id) in ids]
+            results[lab + suffix] = {p: evaluate_predictions(sub_p, sub_t, p) for p in protocols}
+            results[lab + suffix]["seconds"] = sec
+            results[lab + suffix]["n"] = len(sub_t)
         print(f"{lab}: {len(preds)} maps in {sec:.0f} s", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=float))
-    head = " | ".join(f"{p} success | {p} AUC | {p} mean cIoU" for p in protocols)
-    print(f"\n| model | {head} |\n|---|" + "---|" * (3 * len(protocols)))
+    cols = [(p, k, name) for p in protocols for k, name in (COLUMNS["avsol"] if p == "avsol" else COLUMNS["ciou"])]
+    print("\n| model | n | " + " | ".join(f"{p} {name}" for p, _, name in cols) + " |\n|---|---:|" + "---:|" * len(cols))
     for lab, r in results.items():
-        cells = " | ".join(f"{r[p]['success']:.3f} | {r[p]['auc']:.3f} | {r[p]['mean_ciou']:.3f}" for p in protocols)
-        print(f"| {lab} | {cells} |")
+        print(f"| {lab} | {r['n']} | " + " | ".join(f"{r[p][k]:.3f}" for p, k, _ in cols) + " |")
 
 
 if __name__ == "__main__":

@@ -466,7 +466,12 @@ def plot_curves(metrics: list[dict[str, Any]], out: Path, title: str = "") -> No
     axes[0].set_xlabel("step")
     axes[0].set_ylabel("training loss")
     axes[0].grid(alpha=0.3)
-    keys = sorted({k for m in va for k, v in m.items() if isinstance(v, (int, float)) and k not in ("step", "seconds")})
+    # scores only: counts (n, n_undefined, ...), timings and flags are logged but not plotted
+    keys = sorted({
+        k for m in va for k, v in m.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "seconds")
+        and not k.startswith("n_") and k != "n"
+    })
     for k in keys:
         pts = [(m["step"], m[k]) for m in va if isinstance(m.get(k), (int, float))]
         axes[1].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=k)
