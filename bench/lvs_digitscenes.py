@@ -20,6 +20,7 @@ import argparse
 import json
 import time
 
+import numpy as np
 import torch
 
 from avloc.config import config_to_dict
@@ -29,6 +30,12 @@ from avloc.encoders.cache import FeatureCache, content_key
 from avloc.engine.evaluate import evaluate_predictions
 from avloc.methods.lvs import LVS, self_maps
 from avloc.methods.zoo import load_model
+
+#: result keys shown per protocol family: (key, column name); avsol on stills = PiBR (pointing) and HmBoxAUC
+COLUMNS = {
+    "ciou": (("success", "success"), ("auc", "AUC"), ("mean_ciou", "mean cIoU")),
+    "avsol": (("pibr", "PiBR (pointing)"), ("hmboxauc", "HmBoxAUC")),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,10 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     secs = time.perf_counter() - t0
     results = {n: {pr: {k: v for k, v in evaluate_predictions(preds[n], gts, pr).items() if k != "curve"} for pr in args.protocols} for n in models}
     print(json.dumps({"data": args.data, "n": len(gts), "seconds": round(secs, 1), "results": results}, indent=2))
-    print("\n| model | " + " | ".join(f"{pr} success | {pr} AUC | {pr} mean cIoU" for pr in args.protocols) + " |")
-    print("|---|" + "---:|" * (3 * len(args.protocols)))
+    cols = [(pr, k, name) for pr in args.protocols for k, name in COLUMNS["avsol" if pr == "avsol" else "ciou"]]
+    print("\n| model | " + " | ".join(f"{pr} {name}" for pr, _, name in cols) + " |")
+    print("|---|" + "---:|" * len(cols))
     for n, r in results.items():
-        print(f"| {n} | " + " | ".join(f"{r[pr]['success']:.3f} | {r[pr]['auc']:.3f} | {r[pr]['mean_ciou']:.3f}" for pr in args.protocols) + " |")
+        print(f"| {n} | " + " | ".join(f"{r[pr][k]:.3f}" for pr, k, _ in cols) + " |")
+    if len(results) > 1:  # mean and (population) std over the checkpoints, e.g. seeds of one config
+        print(f"| mean +- std ({len(results)}) | " + " | ".join(
+            f"{np.mean([r[pr][k] for r in results.values()]):.3f} +- {np.std([r[pr][k] for r in results.values()]):.3f}"
+            for pr, k, _ in cols) + " |")
     return 0
 
 

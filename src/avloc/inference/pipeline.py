@@ -48,7 +48,7 @@ from avloc.inference.postprocess import (
     smooth,
     unwarp_map,
 )
-from avloc.inference.render import contact_sheet, display_heat, draw_overlay
+from avloc.inference.render import contact_sheet, display_heat, draw_overlay, heat_layer
 from avloc.inference.sources import CombinedSource, ModelSource, SourceOutput, VisualOnlySource
 from avloc.io.atomic import atomic_path, check_writable, write_text_atomic
 from avloc.io.audio import resample, rms_db, windows_at
@@ -310,7 +310,8 @@ def localize_video(
             out_fps = float(info.fps or cfg.fps)
 
             def overlay_frames(maps: np.ndarray) -> Iterator[np.ndarray]:
-                j = 0
+                j, layer_j = 0, -1
+                layer = None
                 with tqdm(total=info.frames, unit="frame", desc=f"{path.name}: overlay", disable=not progress, leave=False) as bar2:
                     for fr in iter_frames(path, fps=out_fps, size=ov_wh, start=0.5 / out_fps):
                         t = fr.time - 0.5 / out_fps  # the output frame's own time
@@ -318,8 +319,11 @@ def localize_video(
                             j += 1
                         rec = records[j]
                         heat = display_heat(np.asarray(maps[j], np.float32), _heat_strength(rec))
+                        if layer_j != j:  # the coloured heat layer changes only with the analysed frame
+                            h_, w_ = fr.image.shape[:2]
+                            layer, layer_j = heat_layer(heat, (w_, h_), cfg.overlay_alpha), j
                         bar2.update(1)
-                        yield draw_overlay(fr.image, heat, rec, src_wh, cfg.overlay_alpha)
+                        yield draw_overlay(fr.image, heat, rec, src_wh, cfg.overlay_alpha, layer=layer)
 
             from avloc.io.media import write_video
 

@@ -32,18 +32,37 @@ def banner_text(record: dict[str, Any]) -> tuple[str, tuple[int, int, int]]:
     return f"OFF-SCREEN {conf:.2f}", OFF_COLOUR
 
 
-def draw_overlay(img: np.ndarray, heat: np.ndarray, record: dict[str, Any], src_wh: tuple[int, int], alpha: float) -> np.ndarray:
+def heat_layer(heat: np.ndarray, size_wh: tuple[int, int], alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Display heat (h, w) in [0, 1] -> the colour layer at ``size_wh``: (RGB uint8 (H, W, 3), image weight, colour
+    weight), both float32 (H, W); ``None`` when there is nothing to draw. Computed once per analysed frame and reused
+    for every output frame it covers."""
+    if not heat.size or float(heat.max()) <= 0:
+        return None
+    hm = cv2.resize(heat, size_wh, interpolation=cv2.INTER_LINEAR)  # (H, W)
+    colour = np.ascontiguousarray(cv2.applyColorMap((hm * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1])  # RGB
+    wgt = (alpha * hm).astype(np.float32)
+    return colour, (1.0 - wgt).astype(np.float32), wgt
+
+
+def draw_overlay(
+    img: np.ndarray,
+    heat: np.ndarray,
+    record: dict[str, Any],
+    src_wh: tuple[int, int],
+    alpha: float,
+    layer: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
     """RGB uint8 frame (H, W, 3) + display heat (h, w) in [0, 1] + JSON frame record -> new frame.
 
-    ``src_wh`` is the source resolution the record's boxes are in (the frame may be downscaled).
+    ``src_wh`` is the source resolution the record's boxes are in (the frame may be downscaled). ``layer``:
+    :func:`heat_layer` of ``heat`` at this frame's size, when the caller already has it.
     """
     h, w = img.shape[:2]
-    out = img
-    if heat.size and float(heat.max()) > 0:
-        hm = cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)  # (H, W)
-        colour = cv2.applyColorMap((hm * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]  # BGR -> RGB
-        wgt = (alpha * hm)[..., None]
-        out = (img.astype(np.float32) * (1 - wgt) + colour.astype(np.float32) * wgt).astype(np.uint8)
+    if layer is None:
+        layer = heat_layer(heat, (w, h), alpha)
+    if layer is not None:
+        colour, w_img, w_col = layer
+        out = cv2.blendLinear(np.ascontiguousarray(img), colour, w_img, w_col)  # per-pixel img (1 - a h) + colour a h
     else:
         out = img.copy()
     scale = max(h, w) / 640.0
