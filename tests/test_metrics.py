@@ -27,6 +27,7 @@ from avloc.metrics import (
     success_summary,
 )
 from avloc.metrics.localization import ciou_from_counts
+from npref import ref_gt
 
 S = 224
 
@@ -36,21 +37,6 @@ def ref_cal_ciou(infer: np.ndarray, gtmap: np.ndarray, thres: float) -> float:
     infer_map = np.zeros((S, S))
     infer_map[infer >= thres] = 1
     return float(np.sum(infer_map * gtmap) / (np.sum(gtmap) + np.sum(infer_map * (gtmap == 0))))
-
-
-def ref_gt(boxes: np.ndarray, consensus: bool) -> np.ndarray:
-    gt_map = np.zeros([S, S])
-    for b in boxes:
-        xmin, ymin, xmax, ymax = (np.clip(np.array(b), 0, 1) * S).astype(int)
-        temp = np.zeros([S, S])
-        temp[ymin:ymax, xmin:xmax] = 1
-        gt_map += temp
-    if consensus:
-        gt_map = gt_map / 2
-        gt_map[gt_map > 1] = 1
-    else:
-        gt_map[gt_map > 0] = 1
-    return gt_map
 
 
 def ref_auc(cious: list[float]) -> float:

@@ -16,6 +16,7 @@ from avloc.errors import ConfigError
 from avloc.methods.base import LocalizationMethod, MethodConfig
 from avloc.metrics import create_protocol, list_protocols
 from avloc.registry import PROTOCOLS, RegistryError
+from npref import ref_gt
 
 S = 224
 REQUIRED = [
@@ -38,21 +39,6 @@ def normalize_img(value: np.ndarray) -> np.ndarray:
     if not (vmax - vmin) == 0:
         value = (value - vmin) / (vmax - vmin)
     return value
-
-
-def gt_map(boxes: np.ndarray, consensus: bool) -> np.ndarray:
-    g = np.zeros([S, S])
-    for b in boxes:
-        xmin, ymin, xmax, ymax = (np.clip(np.array(b), 0, 1) * S).astype(int)
-        temp = np.zeros([S, S])
-        temp[ymin:ymax, xmin:xmax] = 1
-        g += temp
-    if consensus:
-        g = g / 2
-        g[g > 1] = 1
-    else:
-        g[g > 0] = 1
-    return g
 
 
 def cal_ciou(infer: np.ndarray, gtmap: np.ndarray, thres: float) -> float:
@@ -78,7 +64,7 @@ def ezvsl_reference(maps: np.ndarray, boxes: list[np.ndarray], consensus: bool) 
         h = F.interpolate(torch.from_numpy(m)[None, None], size=(S, S), mode="bilinear", align_corners=True)
         pred = normalize_img(h.numpy()[0, 0])
         thr = np.sort(pred.flatten())[int(pred.shape[0] * pred.shape[1] / 2)]
-        cious.append(cal_ciou(pred, gt_map(b, consensus), thr))
+        cious.append(cal_ciou(pred, ref_gt(b, consensus), thr))
     return finalize(cious)
 
 
@@ -91,7 +77,7 @@ def lvs_reference(maps: np.ndarray, boxes: list[np.ndarray], consensus: bool) ->
         thr = np.sort(pred.flatten())[int(pred.shape[0] * pred.shape[1] / 2)]
         pred[pred > thr] = 1
         pred[pred < 1] = 0
-        cious.append(cal_ciou(pred, gt_map(b, consensus), 0.5))
+        cious.append(cal_ciou(pred, ref_gt(b, consensus), 0.5))
     return finalize(cious)
 
 
@@ -320,7 +306,7 @@ def sslalign_reference(maps: list[np.ndarray], boxes: list[np.ndarray], adaptive
     cious = []
     for m, b in zip(maps, boxes, strict=True):
         pred = normalize_img(interp_ac(m))
-        gt = gt_map(b, consensus)
+        gt = ref_gt(b, consensus)
         k = int((gt > 0).sum()) if adaptive else S * S - S * S // 2
         if k == 0:  # no ground-truth pixel: top-0 predicts nothing, cIoU 0/0 is undefined
             cious.append(float("nan"))
@@ -339,7 +325,7 @@ def slavc_reference(
     for m, b, a in zip(maps, boxes, audible, strict=True):
         pred = (interp_ac(m) + 1 / tau) / (2 / tau)
         flat = np.sort(pred.flatten())
-        c = cal_ciou(pred, gt_map(b, consensus), flat[S * S // 2])
+        c = cal_ciou(pred, ref_gt(b, consensus), flat[S * S // 2])
         conf.append(float(np.mean(flat[-(S * S // 4):].astype(np.float64))))
         correct.append(a and c >= 0.5)
         if a:
@@ -363,7 +349,7 @@ def aclssl_reference(maps: list[np.ndarray], boxes: list[np.ndarray]) -> dict[st
     best: dict[str, float] = {}
     for i in range(1, 20):
         t = round(0.05 * i, 2)
-        res = success_auc([cal_ciou(interp_ac(m), gt_map(b, False), t) for m, b in zip(maps, boxes, strict=True)])
+        res = success_auc([cal_ciou(interp_ac(m), ref_gt(b, False), t) for m, b in zip(maps, boxes, strict=True)])
         if not best or res["success"] > best["success"]:
             best = {**res, "best_threshold": t}
     return best
@@ -375,7 +361,7 @@ def music_reference(maps: list[np.ndarray], boxes: list[np.ndarray]) -> dict[str
     for m, b in zip(maps, boxes, strict=True):
         h = interp_cv2(m)
         pred = (h > 0.1 * h.max()).astype(np.float64)
-        ious.append(cal_ciou(pred, gt_map(b, False), 0.5))
+        ious.append(cal_ciou(pred, ref_gt(b, False), 0.5))
     return success_auc(ious)
 
 
@@ -397,7 +383,7 @@ def classaware_reference(
                 h = np.maximum(h, 0)
             pred = (h > frac * h.max()).astype(np.float64)
             cls_boxes = np.asarray(g["boxes"])[[i for i, lab in enumerate(labels) if lab == c]]
-            per_class.append(cal_ciou(pred, gt_map(cls_boxes, False), 0.5))
+            per_class.append(cal_ciou(pred, ref_gt(cls_boxes, False), 0.5))
         scores.append(sum(per_class) / len(per_class))
         for c in range(len(cm)):
             if c not in classes:
@@ -415,7 +401,7 @@ def avsol_reference(maps: list[np.ndarray], gts: list[dict[str, object]]) -> dic
     for m, g in zip(maps, gts, strict=True):
         h = interp_cv2(m).astype(np.float64)
         if len(g["boxes"]):  # type: ignore[arg-type]
-            gt = gt_map(np.asarray(g["boxes"]), False) > 0
+            gt = ref_gt(np.asarray(g["boxes"]), False) > 0
             ap, prev = 0.0, 0.0
             for t in np.unique(h)[::-1]:
                 sel = h >= t
@@ -504,7 +490,7 @@ def test_aclssl_sweep_vs_reference(gt_kind: str) -> None:
         best: dict[str, float] = {}
         for i in range(1, 20):
             t = round(0.05 * i, 2)
-            res = success_auc([cal_ciou(interp_ac(m), gt_map(b, True), t) for m, b in zip(maps, boxes, strict=True)])
+            res = success_auc([cal_ciou(interp_ac(m), ref_gt(b, True), t) for m, b in zip(maps, boxes, strict=True)])
             if not best or res["success"] > best["success"]:
                 best = {**res, "best_threshold": t}
         ref = best
@@ -649,7 +635,7 @@ def test_iiou_vs_reference() -> None:
     per_image: dict[str, list[bool]] = {}
     for g in gts:
         m = normalize_img(interp_ac(preds[str(g["id"])]))
-        gt = gt_map(np.asarray(g["boxes"]), False)
+        gt = ref_gt(np.asarray(g["boxes"]), False)
         k = int((gt > 0).sum())
         ok = k > 0 and cal_ciou(m, gt, np.sort(m.flatten())[S * S - k]) > 0.5
         per_image.setdefault(str(g["image_id"]), []).append(bool(ok))
