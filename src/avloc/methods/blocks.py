@@ -28,15 +28,16 @@ before changing a signature.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from avloc.encoders import AudioEncoder, VisualEncoder, create_encoder, freeze
-from avloc.errors import ConfigError
+from avloc.errors import ConfigError, DataError
 from avloc.frontends.audio import AudioFrontend
 from avloc.methods.base import LocalizationMethod, MethodConfig
 
@@ -200,3 +201,31 @@ class TrainingFreeMethod(LocalizationMethod):
 
     def build_criterion(self) -> nn.Module:
         raise ConfigError(f"method {self.name!r} is training-free: there is nothing to train (use it directly in eval)")
+
+
+def labels_to_multihot(labels: Any, num_classes: int, device: torch.device) -> torch.Tensor:
+    """Batch ``labels`` -> ``(B, C)`` float multi-hot.
+
+    Accepts a float/bool tensor ``(B, C)`` (already multi-hot), an integer tensor
+    ``(B, K)`` of class indices padded with -1, or a sequence of per-sample index lists.
+    """
+    if isinstance(labels, torch.Tensor):
+        if labels.dtype == torch.bool or labels.is_floating_point():
+            if labels.dim() != 2 or labels.shape[1] != num_classes:
+                raise DataError(f"multi-hot labels must be (B, {num_classes}), got {tuple(labels.shape)}")
+            return labels.to(device=device, dtype=torch.float32)
+        idx = labels.reshape(labels.shape[0], -1).tolist()
+    elif isinstance(labels, Sequence) and not isinstance(labels, str):
+        idx = [list(x) if isinstance(x, Sequence | torch.Tensor) else [x] for x in labels]
+    else:
+        raise DataError(f"batch 'labels' must be a tensor or a list of class lists, got {type(labels).__name__}")
+    out = torch.zeros(len(idx), num_classes, device=device)
+    for i, row in enumerate(idx):
+        for c in row:
+            c = int(c)
+            if c < 0:
+                continue  # padding
+            if c >= num_classes:
+                raise DataError(f"label {c} out of range for num_classes={num_classes}")
+            out[i, c] = 1.0
+    return out

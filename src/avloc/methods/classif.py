@@ -64,6 +64,7 @@ from avloc.frontends.audio import AudioFrontend, AudioFrontendConfig
 from avloc.frontends.image import ImageConfig
 from avloc.methods import register_method
 from avloc.methods.base import LocalizationMethod, MethodConfig
+from avloc.methods.blocks import labels_to_multihot
 
 HEADS = ("vision", "audio", "av")
 
@@ -195,25 +196,16 @@ def window_average(alpha: torch.Tensor, center: int, d: int) -> torch.Tensor:
 
 
 def labels_to_targets(labels: Any, num_classes: int, device: torch.device) -> torch.Tensor:
-    """Batch ``labels`` (list of class lists, or (B,) / (B, K) long) -> target distributions (B, C).
+    """Batch ``labels`` (see :func:`avloc.methods.blocks.labels_to_multihot`) -> target distributions (B, C).
 
     Several classes in one clip share the probability mass equally (one class = one-hot).
     """
-    if isinstance(labels, torch.Tensor):
-        rows = labels.reshape(labels.shape[0], -1).tolist()
-    elif isinstance(labels, Sequence) and not isinstance(labels, str):
-        rows = [list(x) if isinstance(x, Sequence | torch.Tensor) else [x] for x in labels]
-    else:
-        raise DataError(f"classif needs batch 'labels' (class lists), got {type(labels).__name__}")
-    out = torch.zeros(len(rows), num_classes, device=device)
-    for i, row in enumerate(rows):
-        cls = sorted({int(c) for c in row if int(c) >= 0})
-        if not cls:
-            raise DataError(f"sample {i} of the batch has no class label; classif trains on labelled clips only")
-        if cls[-1] >= num_classes:
-            raise DataError(f"label {cls[-1]} >= num_classes {num_classes}")
-        out[i, cls] = 1.0 / len(cls)
-    return out
+    hot = labels_to_multihot(labels, num_classes, device)  # (B, C)
+    n = hot.sum(dim=1, keepdim=True)  # (B, 1)
+    if bool((n == 0).any()):
+        i = int((n[:, 0] == 0).nonzero()[0])
+        raise DataError(f"sample {i} of the batch has no class label; classif trains on labelled clips only")
+    return hot / n
 
 
 # ---------------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ modality, each giving ``avc_dim / 2`` channels.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -91,7 +91,7 @@ from avloc.frontends.audio import AudioFrontend, AudioFrontendConfig
 from avloc.frontends.image import ImageConfig
 from avloc.methods import register_method
 from avloc.methods.base import LocalizationMethod, MethodConfig
-from avloc.methods.blocks import NORM_EPS, build_visual_encoder, minmax_per_sample
+from avloc.methods.blocks import NORM_EPS, build_visual_encoder, labels_to_multihot, minmax_per_sample
 
 # ----------------------------------------------------------------------------- building blocks
 
@@ -184,34 +184,6 @@ def distance_maps(audio_emb: torch.Tensor, visual_emb: torch.Tensor) -> torch.Te
     """Eq. 8: ``K^c(u,v) = ||g_a(f_a^c) - g_v(E_v)(u,v)||_2``; ``(B, C, P)``, ``(B, P, h, w)`` -> ``(B, C, h, w)``."""
     diff = audio_emb[:, :, :, None, None] - visual_emb[:, None]  # (B, C, P, h, w)
     return diff.square().sum(2).clamp_min(0.0).sqrt()
-
-
-def labels_to_multihot(labels: Any, num_classes: int, device: torch.device) -> torch.Tensor:
-    """Batch ``labels`` -> ``(B, C)`` float multi-hot.
-
-    Accepts a float/bool tensor ``(B, C)`` (already multi-hot), an integer tensor
-    ``(B, K)`` of class indices padded with -1, or a sequence of per-sample index lists.
-    """
-    if isinstance(labels, torch.Tensor):
-        if labels.dtype == torch.bool or labels.is_floating_point():
-            if labels.dim() != 2 or labels.shape[1] != num_classes:
-                raise DataError(f"multi-hot labels must be (B, {num_classes}), got {tuple(labels.shape)}")
-            return labels.to(device=device, dtype=torch.float32)
-        idx = labels.reshape(labels.shape[0], -1).tolist()
-    elif isinstance(labels, Sequence) and not isinstance(labels, str):
-        idx = [list(x) if isinstance(x, Sequence | torch.Tensor) else [x] for x in labels]
-    else:
-        raise DataError(f"batch 'labels' must be a tensor or a list of class lists, got {type(labels).__name__}")
-    out = torch.zeros(len(idx), num_classes, device=device)
-    for i, row in enumerate(idx):
-        for c in row:
-            c = int(c)
-            if c < 0:
-                continue  # padding
-            if c >= num_classes:
-                raise DataError(f"label {c} out of range for num_classes={num_classes}")
-            out[i, c] = 1.0
-    return out
 
 
 class ProjectionMLP(nn.Module):
