@@ -20,39 +20,17 @@ import argparse
 import datetime
 import os
 import platform
-import re
-import statistics
-import subprocess
 import sys
-import time
-from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
 import torch
 
+from _common import REPO, git_commit, rate_table, replace_section, throughput
 from avloc.encoders import create_encoder
 from avloc.encoders.efficientnet_lite import EfficientNetLite0
 from avloc.frontends.audio import AudioFrontend, AudioFrontendConfig
-from avloc.io.atomic import write_text_atomic
 
-REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Front-ends and encoders"
-
-
-def throughput(fn: Callable[[], object], items: int, min_seconds: float, warmup: int = 2) -> tuple[float, float]:
-    """(best, median) items per second of ``fn`` (which processes ``items`` items) over calls
-    timed for at least ``min_seconds``; the best call is the least disturbed by other load
-    (as ``timeit`` reports the minimum)."""
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < min_seconds or len(times) < 5:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return items / min(times), items / statistics.median(times)
 
 
 def run(threads: int, min_seconds: float) -> list[tuple[str, int, tuple[float, float]]]:
@@ -99,24 +77,6 @@ def run(threads: int, min_seconds: float) -> list[tuple[str, int, tuple[float, f
     return rows
 
 
-def table(rows: list[tuple[str, int, tuple[float, float]]], unit: str) -> str:
-    lines = [f"| what | batch | {unit}, best | {unit}, median |", "|---|---:|---:|---:|"]
-    lines += [f"| {what} | {b} | {best:,.1f} | {med:,.1f} |" for what, b, (best, med) in rows]
-    return "\n".join(lines)
-
-
-def write_docs(path: Path, body: str) -> None:
-    """Replace (or append) the ``SECTION`` of ``path``; other sections are kept byte for byte."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{SECTION}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: block + "\n", text, count=1).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    write_text_atomic(path, text)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
@@ -126,23 +86,21 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     rows = run(args.threads, args.min_seconds)
     load_after = os.getloadavg()[0]
-    out = table(rows, "spectrograms/s or images/s")
+    out = rate_table(rows, "spectrograms/s or images/s")
     print(out)
     if args.write_docs:
         cmd = "python bench/bench_frontends.py " + " ".join(sys.argv[1:] if argv is None else argv)
         cpu = platform.processor() or platform.machine()
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
+        commit = git_commit()
         body = (
-            f"Command: `{cmd.strip()}` (run {datetime.date.today().isoformat()}, commit {commit or 'unknown'}, torch {torch.__version__}, "
+            f"Command: `{cmd.strip()}` (run {datetime.date.today().isoformat()}, commit {commit}, torch {torch.__version__}, "
             f"{args.threads} threads, CPU {cpu}, {os.cpu_count()} cores, 1-min load average {load_before:.1f} before / "
             f"{load_after:.1f} after: the machine is shared, so figures are indicative).\n\n"
             "Audio rows count spectrograms of 3 s clips at 16 kHz per second; encoder rows count 224x224 images per second. "
             "Best = fastest single call (least disturbed by other jobs on the machine), median = typical call.\n\n"
             + out
         )
-        write_docs(REPO / "docs" / "BENCHMARKS.md", body)
+        replace_section(REPO / "docs" / "BENCHMARKS.md", SECTION, body)
         print(f"wrote section '{SECTION}' of {REPO / 'docs' / 'BENCHMARKS.md'}")
     return 0
 

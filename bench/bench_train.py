@@ -24,35 +24,15 @@ import argparse
 import datetime
 import os
 import platform
-import re
-import statistics
-import subprocess
 import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-from avloc.io.atomic import write_text_atomic
+from _common import REPO, git_commit, rate_table, replace_section, throughput
 from avloc.methods import create_method
 from avloc.methods.lvs import LVS, LVSConfig
 
-REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Training"
-
-
-def throughput(fn: Callable[[], object], items: int, min_seconds: float, warmup: int = 1) -> tuple[float, float]:
-    """(best, median) items/s of ``fn`` over calls timed for at least ``min_seconds`` (>= 3 calls)."""
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < min_seconds or len(times) < 3:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return items / min(times), items / statistics.median(times)
 
 
 def run(threads: int, min_seconds: float, batch: int, raw: str | None) -> list[tuple[str, int, tuple[float, float]]]:
@@ -76,8 +56,20 @@ def run(threads: int, min_seconds: float, batch: int, raw: str | None) -> list[t
         opt.step()
 
     rows: list[tuple[str, int, tuple[float, float]]] = []
-    rows.append(("LVS train step, cached visual features", batch, throughput(lambda: step({"vfeat": vfeat, "audio": audio}), batch, min_seconds)))
-    rows.append(("LVS train step, end to end (frozen encoder run every step)", batch, throughput(lambda: step({"image": images, "audio": audio}), batch, min_seconds)))
+    rows.append(
+        (
+            "LVS train step, cached visual features",
+            batch,
+            throughput(lambda: step({"vfeat": vfeat, "audio": audio}), batch, min_seconds),
+        )
+    )
+    rows.append(
+        (
+            "LVS train step, end to end (frozen encoder run every step)",
+            batch,
+            throughput(lambda: step({"image": images, "audio": audio}), batch, min_seconds),
+        )
+    )
     model.eval()
 
     def evaluate() -> None:
@@ -88,7 +80,9 @@ def run(threads: int, min_seconds: float, batch: int, raw: str | None) -> list[t
     if raw is not None:
         from avloc.data.datasets import dataset_from_spec
 
-        ds = dataset_from_spec("digitscenes:single:train", raw=raw, image_cfg=cfg.image, audio_cfg=cfg.audio, pool=500, count=100_000)
+        ds = dataset_from_spec(
+            "digitscenes:single:train", raw=raw, image_cfg=cfg.image, audio_cfg=cfg.audio, pool=500, count=100_000
+        )
         counter = iter(range(10**9))
 
         def load() -> None:
@@ -97,24 +91,6 @@ def run(threads: int, min_seconds: float, batch: int, raw: str | None) -> list[t
 
         rows.append(("DigitScenes single: compose samples (1 process)", batch, throughput(load, batch, min_seconds)))
     return rows
-
-
-def table(rows: list[tuple[str, int, tuple[float, float]]]) -> str:
-    lines = ["| what | batch | samples/s, best | samples/s, median |", "|---|---:|---:|---:|"]
-    lines += [f"| {what} | {b} | {best:,.1f} | {med:,.1f} |" for what, b, (best, med) in rows]
-    return "\n".join(lines)
-
-
-def write_docs(path: Path, body: str) -> None:
-    """Replace (or append) the ``SECTION`` of ``path``; other sections are kept byte for byte."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{SECTION}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: block + "\n", text, count=1).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    write_text_atomic(path, text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,21 +104,21 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     rows = run(args.threads, args.min_seconds, args.batch, args.raw)
     load_after = os.getloadavg()[0]
-    out = table(rows)
+    out = rate_table(rows, "samples/s")
     print(out)
     if args.write_docs:
         cmd = "python bench/bench_train.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        commit = git_commit()
         body = (
-            f"Command: `{cmd.strip()}` (run {datetime.date.today().isoformat()}, commit {commit or 'unknown'}, torch {torch.__version__}, "
+            f"Command: `{cmd.strip()}` (run {datetime.date.today().isoformat()}, commit {commit}, torch {torch.__version__}, "
             f"{args.threads} threads, CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, 1-min load average "
             f"{load_before:.1f} before / {load_after:.1f} after: the machine is shared, so figures are indicative).\n\n"
             "Default LVS config (frozen ImageNet EfficientNet-Lite0 stride 16 at 224 + 3x3/1x1 projection, small_cnn_audio "
-            "on the 3 s LVS spectrogram, c = 128). A training step is forward + loss + backward + Adam. \"Cached\" feeds the "
-            "frozen encoder's features (`batch[\"vfeat\"]`) as `avloc train` does when they can be cached; \"end to end\" "
+            'on the 3 s LVS spectrogram, c = 128). A training step is forward + loss + backward + Adam. "Cached" feeds the '
+            'frozen encoder\'s features (`batch["vfeat"]`) as `avloc train` does when they can be cached; "end to end" '
             "runs the frozen encoder on the images every step. Best = fastest call, median = typical call.\n\n" + out
         )
-        write_docs(REPO / "docs" / "BENCHMARKS.md", body)
+        replace_section(REPO / "docs" / "BENCHMARKS.md", SECTION, body)
         print(f"wrote section '{SECTION}' of {REPO / 'docs' / 'BENCHMARKS.md'}")
     return 0
 

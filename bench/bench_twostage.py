@@ -69,6 +69,7 @@ def main() -> None:
             "vfeat": torch.randn(b, *vshape).relu(),
             "audio": torch.randn(b, cfg.audio.num_samples) * 0.1,
             "labels": [[i % 10, (i * 3 + 1) % 10] for i in range(b)],
+            "visible_labels": [sorted({i % 10, (i * 3 + 1) % 10, (i + 5) % 10, (i * 7 + 2) % 10}) for i in range(b)],
         }
         fn = partial(train_step, model, model.build_criterion(), opt, batch)
         rows.append((f"train stage {stage} (cached features, batch {b})", "samples/s", rate(fn, b, a.min_seconds)))

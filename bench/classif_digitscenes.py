@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         from avloc.io.atomic import write_text_atomic
 
         write_text_atomic(args.json_out, json.dumps(res, indent=2) + "\n")
-    cols = [(pr, k) for pr in args.protocols for k in ("success", "auc", "mean_ciou")]
+    cols = [(pr, k) for pr in args.protocols for k in (("pibr", "hmboxauc") if pr == "avsol" else ("success", "auc", "mean_ciou"))]
     print("\n| model | " + " | ".join(f"{pr} {k}" for pr, k in cols) + " |")
     print("|---|" + "---:|" * len(cols))
     for n, r in res["localization"].items():

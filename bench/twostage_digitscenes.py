@@ -2,19 +2,25 @@
 
 Three steps, each reading the previous step's files in ``--work``:
 
-1. ``prepare``: draw the training set once (DigitScenes ``multi`` with 1, 2 and 3
-   sounding digits, ``pool`` scenes per level, re-drawn sounds) and the test sets
-   (``single``; ``multi`` with 1, 2, 3 sounding digits), and compute the frozen
-   EfficientNet-Lite0 features of every image once. Composing a scene costs
-   about 0.1-0.3 s on the shared 2-core machine, so the set is drawn once and
-   reused by the three trainings.
+1. ``prepare``: draw the training set once and the test sets, with the frozen
+   EfficientNet-Lite0 features of every distinct image computed once (``vfeat``).
+   Training: DigitScenes ``multi`` with 1, 2 and 3 sounding digits (4 visible),
+   per level ``--pool`` distinct scenes (scene seed ``--seed`` + level, so the
+   levels do not share images) and ``--train-per-level`` draws over them (the
+   sounding digits and their utterances re-drawn per draw). Test: ``single`` and
+   ``multi`` with 1, 2, 3 sounding digits (levels 1-3).
 2. ``train``: stage 1 (= the "multi-task" baseline), stage 2 initialised from
    stage 1, and the AVC-only baseline, each with :func:`avloc.engine.train.train`
-   on the in-memory set (batches carry the cached features as ``vfeat``).
+   on the in-memory set (batches carry the cached features as ``vfeat``, the
+   spoken digits as ``labels`` and the digits in view as ``visible_labels``;
+   ``--visual-labels`` picks the image classifier's targets). Training speed
+   (samples/s, whole loop) is merged into ``train_speed.json``.
 3. ``eval``: per-class maps and class probabilities from the cached features,
    scored with :func:`avloc.engine.evaluate.evaluate_predictions` (the harness's
-   one scoring path): field protocols on ``single``; ``qian-classaware`` (Eq. 9)
-   and ``dsol-classaware`` at levels 1-3. Prints a markdown table.
+   one scoring path): ``lvs-vggss``, ``sslalign-adaptive`` and ``avsol``
+   (PiBR = pointing: map peak inside the sounding box) on ``single``;
+   ``qian-classaware`` (Eq. 9) and ``dsol-classaware`` at levels 1-3; plus the
+   classifiers' top-k recall. Prints a markdown table, writes ``results.json``.
 
 Nothing derived from the data is written outside ``--work``.
 """
@@ -44,6 +50,7 @@ from avloc.metrics.protocols import create_protocol
 
 LEVELS = (1, 2, 3)
 GT_KEYS = ("id", "boxes", "box_labels", "labels", "silent_boxes", "onscreen", "audible")
+SINGLE_PROTOCOLS = ("lvs-vggss", "sslalign-adaptive", "avsol")
 
 
 class Materialised(Dataset):
@@ -57,19 +64,29 @@ class Materialised(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         it = self.items[i]
-        return {"id": it["id"], "vfeat": it["vfeat"].float(), "audio": it["audio"], "labels": list(it["labels"])}
+        return {
+            "id": it["id"], "vfeat": it["vfeat"].float(), "audio": it["audio"], "labels": list(it["labels"]),
+            "visible_labels": list(it["visible_labels"]),
+        }
 
 
-def _draw(spec: str, raw: str, cfg: TwoStageConfig, count: int, workers: int, enc: torch.nn.Module, **kw: Any) -> list[dict[str, Any]]:
+def _draw(spec: str, raw: str, cfg: TwoStageConfig, count: int, enc: torch.nn.Module, **kw: Any) -> list[dict[str, Any]]:
+    """``count`` draws of ``spec``; the encoder runs once per distinct scene (pool mode shares scenes)."""
     ds = dataset_from_spec(spec, raw=raw, image_cfg=cfg.image, audio_cfg=cfg.audio, count=count, **kw)
+    feats: dict[int, torch.Tensor] = {}
     out: list[dict[str, Any]] = []
-    loader = DataLoader(ds, batch_size=32, num_workers=workers, collate_fn=collate_samples)
-    for b in loader:
-        with torch.no_grad():
-            feats = enc(b["image"]).half()  # (B, C, h, w)
+    for b in DataLoader(ds, batch_size=64, num_workers=0, collate_fn=collate_samples):
+        scenes = [int(j) for j in b["scene_index"]]
+        new = [i for i, j in enumerate(scenes) if j not in feats and j not in scenes[:i]]
+        if new:
+            with torch.no_grad():
+                f = enc(b["image"][new]).half()  # (n, C, h, w)
+            for k, i in enumerate(new):
+                feats[scenes[i]] = f[k].clone()
         for i in range(len(b["id"])):
-            out.append({k: b[k][i] for k in GT_KEYS if k in b} | {"vfeat": feats[i], "audio": b["audio"][i]})
-        print(f"  {spec} {kw}: {len(out)}/{count}", file=sys.stderr, flush=True)
+            keep = {k: b[k][i] for k in GT_KEYS if k in b}
+            out.append(keep | {"vfeat": feats[scenes[i]], "audio": b["audio"][i], "visible_labels": b["visible_labels"][i]})
+        print(f"  {spec} {kw}: {len(out)}/{count} ({len(feats)} scenes)", file=sys.stderr, flush=True)
     return out
 
 
@@ -82,12 +99,12 @@ def prepare(a: argparse.Namespace) -> None:
     if a.only in (None, "train"):
         tr: list[dict[str, Any]] = []
         for lv in LEVELS:
-            tr += _draw("digitscenes:multi:train", a.raw, cfg, a.train_per_level, a.workers, enc, pool=a.pool, n_sounding=lv)
+            tr += _draw("digitscenes:multi:train", a.raw, cfg, a.train_per_level, enc, pool=a.pool, n_sounding=lv, seed=a.seed + lv)
         torch.save(tr, work / "train.pt")
     if a.only in (None, "test"):
-        test = {"single": _draw("digitscenes:single:test", a.raw, cfg, a.test_count, a.workers, enc)}
+        test = {"single": _draw("digitscenes:single:test", a.raw, cfg, a.single_count, enc)}
         for lv in LEVELS:
-            test[f"multi-{lv}"] = _draw("digitscenes:multi:test", a.raw, cfg, a.test_count, a.workers, enc, n_sounding=lv)
+            test[f"multi-{lv}"] = _draw("digitscenes:multi:test", a.raw, cfg, a.test_count, enc, n_sounding=lv)
         torch.save(test, work / "test.pt")
     print(f"prepared {a.only or 'train and test'} in {time.time() - t0:.0f} s", file=sys.stderr)
 
@@ -102,30 +119,33 @@ RUNS = {  # run name -> (preset, init from run)
 def run_train(a: argparse.Namespace) -> None:
     work = Path(a.work)
     data = Materialised(torch.load(work / "train.pt", weights_only=False))
-    speeds = {}
+    speed_file = work / "train_speed.json"
+    speeds = json.loads(speed_file.read_text()) if speed_file.is_file() else {}
     for name in a.runs:
         preset, init = RUNS[name]
-        over: dict[str, Any] = dict(PRESETS[preset])
+        over: dict[str, Any] = dict(PRESETS[preset]) | {"visual_labels": a.visual_labels}
         if init is not None:
             over["init_from"] = str(work / init / "last.safetensors")
         model = TwoStage(config_from_dict(TwoStageConfig, over))
         tc = TrainConfig(
-            epochs=a.epochs[name] if isinstance(a.epochs, dict) else a.epochs, batch_size=a.batch_size,
-            optim=OptimConfig(lr=a.lr), seed=a.seed, log_every=10, ckpt_every=10_000, val_every=0, progress=False,
+            steps=a.steps, epochs=a.epochs, batch_size=a.batch_size, optim=OptimConfig(lr=a.lr), seed=a.seed,
+            log_every=25, ckpt_every=250, val_every=0, progress=False, num_workers=0,
         )
         t0 = time.time()
         res = train(model, data, work / name, tc, force=True)
         dt = time.time() - t0
-        speeds[name] = {"steps": res.step, "seconds": round(dt, 1), "samples_per_s": round(res.step * a.batch_size / dt, 1)}
+        speeds[name] = {"steps": res.step, "batch_size": a.batch_size, "seconds": round(dt, 1),
+                        "samples_per_s": round(res.step * a.batch_size / dt, 1), "threads": torch.get_num_threads()}
         print(f"{name}: {res.step} steps in {dt:.0f} s", file=sys.stderr)
-    (work / "train_speed.json").write_text(json.dumps(speeds, indent=1))
+        speed_file.write_text(json.dumps(speeds, indent=1))
 
 
 @torch.no_grad()
-def predict(model: TwoStage, items: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Class-agnostic maps and probability-scaled class maps (id -> array) from cached features."""
+def predict(model: TwoStage, items: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Class-agnostic maps, probability-scaled class maps and (audio, visual) class probabilities (id -> array)."""
     agn: dict[str, np.ndarray] = {}
     cls: dict[str, np.ndarray] = {}
+    prob: dict[str, np.ndarray] = {}
     for s in range(0, len(items), 32):
         part = items[s : s + 32]
         fa = model.audio_map(torch.stack([it["audio"] for it in part]))
@@ -133,69 +153,120 @@ def predict(model: TwoStage, items: list[dict[str, Any]]) -> tuple[dict[str, np.
         maps, probs = model.class_maps(fa, fv), model.class_probs(fa)
         heat = model.combine(maps, probs)
         scaled = maps * probs[:, :, None, None]  # a silent class's map is scaled down by its probability
+        pv = torch.sigmoid(model.visual_logits(fv))
         for i, it in enumerate(part):
             agn[it["id"]] = heat[i].numpy()
             cls[it["id"]] = scaled[i].numpy()
-    return agn, cls
+            prob[it["id"]] = np.stack([torch.sigmoid(model.audio_logits(fa[i : i + 1]))[0].numpy(), pv[i].numpy()])
+    return agn, cls, prob
+
+
+def topk_recall(prob: dict[str, np.ndarray], items: list[dict[str, Any]], row: int, key: str) -> float:
+    """Mean fraction of a clip's k classes (``key``) among its k most probable (``row`` 0 audio, 1 visual)."""
+    rec = []
+    for it in items:
+        want = {int(c) for c in it[key]}
+        if want:
+            top = set(np.argsort(-prob[it["id"]][row])[: len(want)].tolist())
+            rec.append(len(top & want) / len(want))
+    return float(np.mean(rec))
 
 
 def run_eval(a: argparse.Namespace) -> None:
     work = Path(a.work)
     test = torch.load(work / "test.pt", weights_only=False)
-    models = {
-        "AVC (class-agnostic)": load_model(work / "avc" / "last.safetensors"),
-        "Multi-task (stage-1 CAM)": load_model(work / "stage1" / "last.safetensors"),
-        "Two-stage (ours)": load_model(a.stage2 or work / "stage2" / "last.safetensors"),
-    }
+    models: dict[str, Any] = {}
+    if not a.only_extra:
+        models = {
+            "AVC (class-agnostic)": work / "avc" / "last.safetensors",
+            "Multi-task (stage-1 CAM)": work / "stage1" / "last.safetensors",
+            "Two-stage (stage 2, Eq. 8)": a.stage2 or work / "stage2" / "last.safetensors",
+        }
+    for spec in a.extra:
+        label, _, path = spec.rpartition("=")
+        models[label] = path
     results: dict[str, Any] = {}
-    for mname, model in models.items():
+    for mname, path in models.items():
+        model = load_model(path)
         assert isinstance(model, TwoStage)
         model.eval()
-        r: dict[str, Any] = {}
+        t0 = time.time()
+        r: dict[str, Any] = {"checkpoint": str(path)}
         gts = [{k: it[k] for k in GT_KEYS if k in it} for it in test["single"]]
-        agn, _ = predict(model, test["single"])
-        for proto in ("lvs-vggss", "sslalign-adaptive"):
-            r[f"single/{proto}"] = evaluate_predictions(agn, gts, proto)
+        agn, _, prob = predict(model, test["single"])
+        for proto in SINGLE_PROTOCOLS:
+            r[f"single/{proto}"] = evaluate_predictions(agn, gts, proto, workers=1)
+        r["single/recall_audio"] = topk_recall(prob, test["single"], 0, "labels")
         for lv in LEVELS:
             items = test[f"multi-{lv}"]
             gts = [{k: it[k] for k in GT_KEYS if k in it} for it in items]
-            _, cls = predict(model, items)
-            r[f"multi-{lv}/qian"] = evaluate_predictions(cls, gts, create_protocol("qian-classaware", n_sources=lv, extra_thresholds=(0.3,)))
-            r[f"multi-{lv}/dsol"] = evaluate_predictions(cls, gts, "dsol-classaware")
+            _, cls, prob = predict(model, items)
+            qian = create_protocol("qian-classaware", n_sources=lv, extra_thresholds=(0.3,))
+            r[f"multi-{lv}/qian"] = evaluate_predictions(cls, gts, qian, workers=1)
+            r[f"multi-{lv}/dsol"] = evaluate_predictions(cls, gts, "dsol-classaware", workers=1)
+            r[f"multi-{lv}/recall_audio"] = topk_recall(prob, items, 0, "labels")
+            r[f"multi-{lv}/recall_visual_visible"] = topk_recall(prob, items, 1, "visible_labels")
         results[mname] = r
-    (work / "results.json").write_text(json.dumps(results, indent=1, default=float))
-    print("| method | single success (lvs-vggss) | single AUC | single adaptive success | "
-          + " | ".join(f"L{lv} cIoU_class@{0.3 if lv == 3 else 0.5} / AUC | L{lv} DSOL CIoU@0.5 / NSA" for lv in LEVELS) + " |")
-    print("|---" * (4 + 2 * len(LEVELS)) + "|")
+        print(f"{mname}: evaluated in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+    out = Path(a.out) if a.out else work / "results.json"
+    out.write_text(json.dumps(results, indent=1, default=float))
+    print_table(results)
+
+
+def print_table(results: dict[str, Any]) -> None:
+    def f(x: float) -> str:
+        return f"{x:.3f}"
+
+    print("| method | single lvs-vggss success / AUC (mean cIoU) | single adaptive success / AUC (mean cIoU) | single pointing (PiBR) | "
+          + " | ".join(f"L{lv} cIoU_class@{0.3 if lv == 3 else 0.5} / AUC (mean)" for lv in LEVELS) + " | DSOL CIoU@0.3 L1 / L2 / L3 | DSOL NSA L1 / L2 / L3 |")
+    print("|---" * (5 + len(LEVELS) + 1) + "|")
     for mname, r in results.items():
-        row = [mname, f"{r['single/lvs-vggss']['success']:.3f}", f"{r['single/lvs-vggss']['auc']:.3f}",
-               f"{r['single/sslalign-adaptive']['success']:.3f}"]
+        row = [mname]
+        for proto in ("lvs-vggss", "sslalign-adaptive"):
+            q = r[f"single/{proto}"]
+            row.append(f"{f(q['success'])} / {f(q['auc'])} ({f(q['mean_ciou'])})")
+        row.append(f(r["single/avsol"]["pibr"]))
         for lv in LEVELS:
-            q, d = r[f"multi-{lv}/qian"], r[f"multi-{lv}/dsol"]
-            thr = "success@0.3" if lv == 3 else "success@0.5"
-            row += [f"{q[thr]:.3f} / {q['auc']:.3f}", f"{d['success@0.5']:.3f} / {d['nsa']:.3f}"]
+            q = r[f"multi-{lv}/qian"]
+            row.append(f"{f(q['success@0.3' if lv == 3 else 'success@0.5'])} / {f(q['auc'])} ({f(q['mean_ciou'])})")
+        row.append(" / ".join(f(r[f"multi-{lv}/dsol"]["success@0.3"]) for lv in LEVELS))
+        row.append(" / ".join(f(r[f"multi-{lv}/dsol"]["nsa"]) for lv in LEVELS))
         print("| " + " | ".join(row) + " |")
+    print("\n| method | audio top-k recall single / L1 / L2 / L3 | visual top-4 recall of the visible digits L1 / L2 / L3 |\n|---|---|---|")
+    for mname, r in results.items():
+        au = [r["single/recall_audio"]] + [r[f"multi-{lv}/recall_audio"] for lv in LEVELS]
+        vi = [r[f"multi-{lv}/recall_visual_visible"] for lv in LEVELS]
+        print(f"| {mname} | {' / '.join(f(x) for x in au)} | {' / '.join(f(x) for x in vi)} |")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("step", choices=["prepare", "train", "eval"])
+    p.add_argument("step", choices=["prepare", "train", "eval", "table"])
     p.add_argument("--work", default="/tmp/twostage-digitscenes", help="working directory (data, runs, results)")
     p.add_argument("--raw", default=os.environ.get("AVLOC_DATA", "../shared/data"))
-    p.add_argument("--pool", type=int, default=120, help="scenes per training level (sounds re-drawn per draw)")
-    p.add_argument("--train-per-level", type=int, default=640)
-    p.add_argument("--test-count", type=int, default=200)
+    p.add_argument("--pool", type=int, default=2000, help="distinct scenes per training level (sounds re-drawn per draw)")
+    p.add_argument("--train-per-level", type=int, default=4000, help="training draws per level over its --pool scenes")
+    p.add_argument("--test-count", type=int, default=300, help="test clips per multi level")
+    p.add_argument("--single-count", type=int, default=500, help="test clips of single")
     p.add_argument("--only", choices=["train", "test"], default=None, help="prepare only this part")
-    p.add_argument("--workers", type=int, default=1)
     p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=1000, help="training steps per run")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (overrides --steps)")
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--visual-labels", choices=["visible", "sounding"], default="visible",
+                   help="image classifier targets: digits in view (paper: image tags) or the spoken digits")
     p.add_argument("--stage2", default=None, help="stage-2 checkpoint to evaluate (default: the run's)")
+    p.add_argument("--extra", action="append", default=[], help="LABEL=CHECKPOINT: another twostage model to evaluate")
+    p.add_argument("--only-extra", action="store_true", help="evaluate only the --extra models")
+    p.add_argument("--out", default=None, help="results JSON (default WORK/results.json); 'table' reads it")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: on a loaded machine 2 threads ran 10x slower)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.step == "table":
+        print_table(json.loads(Path(a.out or Path(a.work) / "results.json").read_text()))
+        return
     {"prepare": prepare, "train": run_train, "eval": run_eval}[a.step](a)
 
 

@@ -71,6 +71,7 @@ def tiny_batch(b: int = BATCH, seed: int = 0) -> dict[str, Any]:
         "audio": 0.1 * torch.randn(b, round(SECONDS * SR), generator=g),
         "labels": [[i % 2] for i in range(b)],
         "box_labels": [torch.tensor([i % 2]) for i in range(b)],  # classes of the visible sounding objects
+        "visible_labels": [sorted({i % 2, 2}) for i in range(b)],  # classes in view, sounding or silent
     }
 
 

@@ -349,6 +349,10 @@ def test_registered_dataset_contract(raw: RawSources) -> None:
     assert x["silent_boxes"].shape == (2, 4) and ((x["boxes"] >= 0) & (x["boxes"] <= 1)).all()
     assert sorted(x["box_labels"].tolist()) == sorted(x["labels"])
     assert x["onscreen"] is True and x["audible"] is True and x["scene_index"] == 2
+    # visible_labels: the 4 digits in view (2 sounding + 2 silent), sorted
+    s2 = ds.sampler.sample(2)
+    assert x["visible_labels"] == sorted(s2.box_labels + s2.silent_labels) and len(x["visible_labels"]) == 4
+    assert set(x["labels"]) < set(x["visible_labels"])
     with pytest.raises(IndexError):
         ds[3]
     # without an ImageConfig: native frame, boxes normalised by the frame size
@@ -367,6 +371,9 @@ def test_video_dataset_items(raw: RawSources) -> None:
     assert x["scene_index"] == 1 and x["time"] == pytest.approx(3 / 4)
     assert x["audio"].shape == (48000,) and x["image"].shape == (3, SIZE, SIZE)
     assert isinstance(x["out_of_view"], bool)
+    ann = ds.sampler.clip(1).annotation(3)  # frame 3 of clip 1 = item 7
+    assert x["visible_labels"] == sorted(ann["box_labels"] + ann["silent_labels"])
+    assert len(x["visible_labels"]) == len(x["boxes"]) + len(x["silent_boxes"])
 
 
 def test_config_errors() -> None:

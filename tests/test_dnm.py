@@ -277,3 +277,141 @@ def test_manifest_video_entries_give_segments(tmp_path: Path, demo_clip_path: Pa
     one = ManifestDataset(man, ImageConfig(size=S, resize=S), ac)[0]
     assert x["image"].shape == (3, 3, S, S)
     torch.testing.assert_close(x["image"][1], one["image"])  # the middle frame is the entry's frame
+
+
+def test_negatives_from_another_time_are_used() -> None:
+    """neg_other_time=1: every AVC = no pair is the video with batch['neg_audio']; 0: another sample's audio."""
+    m = tiny("dnm", fusion="cdf", tasks="dnm", neg_other_time=1.0)
+    assert isinstance(m, DNM)
+    m.eval()  # fixed BatchNorm statistics, so the maps can be recomputed by hand
+    b = batch(3)
+    b["neg_audio"] = 0.1 * torch.randn(3, 8000)
+    with torch.no_grad():
+        out = m(b)
+        st = m.streams(m.encode_images(b["image"]), b["audio"])
+        s_neg = m.avsm(st, audio=m.audio_streams(b["neg_audio"]))
+    torch.testing.assert_close(out["avc_neg"], s_neg.flatten(1).amax(1))
+    with pytest.raises(DataError, match="neg_audio"):
+        m({k: v for k, v in b.items() if k != "neg_audio"})
+    with pytest.raises(ConfigError, match="neg_other_time"):
+        tiny("dnm", neg_other_time=1.5)
+    m0 = tiny("dnm", tasks="avc")
+    m0.load_state_dict(m.state_dict(), strict=False)
+    m0.eval()
+    with torch.no_grad():  # the default ignores neg_audio: negatives are other samples' audio
+        neg0 = m0(b)["avc_neg"]
+        st0 = m0.streams(m0.encode_images(b["image"]), b["audio"])
+        by_perm = torch.stack([m0.avsm(st0, torch.tensor([j] * 3))[i].amax() for i in range(3) for j in range(3)]).view(3, 3)
+    for i in range(3):  # each negative equals video i with some other sample's audio j != i
+        assert any(torch.isclose(neg0[i], by_perm[i, j], atol=1e-5) for j in range(3) if j != i)
+
+
+def test_other_time_negatives_dataset(shared_data: Path) -> None:
+    """Same clip, an annotated time >= the window away, the clip's own track at that time; re-drawn per access."""
+    from avloc.data.datasets import dataset_from_spec
+    from avloc.frontends.audio import AudioFrontendConfig
+    from avloc.frontends.image import ImageConfig
+    from avloc.io.audio import window_at
+    from avloc.methods.dnm import OtherTimeNegatives
+
+    ac = AudioFrontendConfig(window_seconds=1.0)
+    inner = dataset_from_spec("digitscenes:video:train", raw=shared_data, image_cfg=ImageConfig(size=S, resize=S), audio_cfg=ac,
+                              count=2, seconds=3.0, n_utterances=(1, 2))
+    ds = OtherTimeNegatives(inner)
+    assert len(ds) == len(inner) and ds.scene_index(4) == inner.scene_index(4)
+    per_clip = len(ds.times)
+    seen = set()
+    for i in (1, per_clip + 2):
+        for _ in range(6):
+            x = ds[i]
+            assert abs(x["neg_time"] - x["time"]) >= 1.0 - 1e-6
+            clip = inner.video_clip(i // per_clip)
+            torch.testing.assert_close(x["neg_audio"], torch.from_numpy(window_at(clip.audio, clip.sample_rate, x["neg_time"], 1.0)))
+            torch.testing.assert_close(x["audio"], torch.from_numpy(window_at(clip.audio, clip.sample_rate, x["time"], 1.0)))
+            seen.add((i, x["neg_time"]))
+    assert len(seen) > 2  # drawn anew, not fixed per item
+    with pytest.raises(ConfigError, match="no other time"):
+        OtherTimeNegatives(inner, min_sep=3.0)
+    with pytest.raises(ConfigError, match="video dataset"):
+        OtherTimeNegatives(dataset_from_spec("digitscenes:single:train", raw=shared_data, count=2))
+
+
+def test_redrawn_sound_tracks(shared_data: Path) -> None:
+    """Draw 0 is the dataset; draw k keeps the pictures (cache key) and brings clip(c, audio_draw=k)'s sound and labels."""
+    from avloc.data.datasets import dataset_from_spec
+    from avloc.frontends.audio import AudioFrontendConfig
+    from avloc.frontends.image import ImageConfig
+    from avloc.io.audio import window_at
+    from avloc.methods.dnm import OtherTimeNegatives, RedrawnSoundTracks
+
+    inner = dataset_from_spec("digitscenes:video:train", raw=shared_data, image_cfg=ImageConfig(size=S, resize=S),
+                              audio_cfg=AudioFrontendConfig(window_seconds=1.0), count=2, seconds=3.0, n_utterances=(2, 3))
+    ds = RedrawnSoundTracks(inner, draws=3)
+    n, nf = len(inner), len(inner.config.annotated_frames())
+    assert len(ds) == 3 * n and ds.scene_index(2 * n + 5) == 5
+    torch.testing.assert_close(ds[4]["audio"], inner[4]["audio"])
+    assert ds[4]["id"] == inner[4]["id"]
+    orig = inner.sampler.clip(1)
+    assert inner.sampler.clip(1, audio_draw=0).audio.tobytes() == orig.audio.tobytes()  # draw 0 = the clip as always
+    new = inner.sampler.clip(1, audio_draw=2)
+    assert new.audio.tobytes() != orig.audio.tobytes()
+    assert (new.frame(5) == orig.frame(5)).all() and new.utterances != orig.utterances
+    for f in range(nf):
+        x, base = ds[2 * n + nf + f], inner[nf + f]
+        torch.testing.assert_close(x["image"], base["image"])  # same pictures
+        ann = new.annotation(inner.config.annotated_frames()[f])
+        torch.testing.assert_close(x["audio"], torch.from_numpy(window_at(new.audio, new.sample_rate, ann["time"], 1.0)))
+        assert x["box_labels"].tolist() == ann["box_labels"] and x["labels"] == ann["labels"]
+        assert len(x["boxes"]) == len(ann["boxes"]) and x["id"].endswith("-a2")
+        assert len(x["boxes"]) + len(x["silent_boxes"]) == len(base["boxes"]) + len(base["silent_boxes"])
+    # composed with the other-time negatives: the negative comes from the redrawn track
+    neg = OtherTimeNegatives(ds)[2 * n + nf]
+    torch.testing.assert_close(neg["neg_audio"], torch.from_numpy(window_at(new.audio, new.sample_rate, neg["neg_time"], 1.0)))
+
+
+def test_redrawn_sound_tracks_pixels_once(shared_data: Path) -> None:
+    """pixels_once: the first read of an item of draw 0 has the pictures, later reads the same fields without them."""
+    from avloc.data.datasets import dataset_from_spec
+    from avloc.frontends.audio import AudioFrontendConfig
+    from avloc.frontends.image import ImageConfig
+    from avloc.methods.dnm import RedrawnSoundTracks
+
+    inner = dataset_from_spec("digitscenes:video:train", raw=shared_data, image_cfg=ImageConfig(size=S, resize=S),
+                              audio_cfg=AudioFrontendConfig(window_seconds=1.0), count=1, seconds=3.0)
+    full = RedrawnSoundTracks(inner, draws=2)
+    once = RedrawnSoundTracks(inner, draws=2, pixels_once=True)
+    n = len(inner)
+    for i in (2, 2, n + 2, 1):
+        a, b = full[i], once[i]
+        if i == 1 or (i == 2 and "image" in b):  # first reads of draw-0 items
+            assert "image" in b
+            continue
+        assert set(b) == set(a) - {"image"}
+        for key in b:
+            if isinstance(a[key], torch.Tensor):
+                torch.testing.assert_close(b[key], a[key])
+            else:
+                assert b[key] == a[key], key
+    assert "image" not in once[2] and "image" not in once[n + 1]
+
+
+def test_frozen_pretrained_audio_backbone(shared_data: Path) -> None:
+    """pretrain_audio_backbone gives weights loadable into the DNM audio backbone; freeze_audio keeps them fixed."""
+    from avloc.methods.dnm import pretrain_audio_backbone
+
+    m = tiny("dnm", tasks="dnm", freeze_audio=True)
+    assert isinstance(m, DNM)
+    weights, acc = pretrain_audio_backbone(shared_data, m.cfg, steps=2, batch_size=4, seed=0)
+    assert 0.0 <= acc <= 1.0
+    before = {k: v.clone() for k, v in m.audio_sub.encoder.state_dict().items()}
+    assert any(not torch.equal(weights[k], before[k]) for k in before)  # trained, not the initial weights
+    m.audio_sub.encoder.load_state_dict(weights)
+    m.train()
+    assert not m.audio_sub.encoder.training and m.audio_sub.sub.training  # BatchNorm statistics of the backbone stay
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1)
+    b = batch(3)
+    m.build_criterion()(m(b), b)["loss"].backward()
+    opt.step()
+    for k, v in m.audio_sub.encoder.state_dict().items():
+        torch.testing.assert_close(v, weights[k])
+    assert all(not p.requires_grad for p in m.audio_sub.encoder.parameters())

@@ -74,6 +74,24 @@ def test_select_moments_and_moment_frames() -> None:
         MomentFrames(_Clips(), {0: [7]})
 
 
+def test_moment_frames_preload_composes_once() -> None:
+    class Counting(_Clips):
+        calls = 0
+
+        def frame_sample(self, c: int, step: int, audio_cfg: Any = None) -> dict[str, Any]:
+            Counting.calls += 1
+            return super().frame_sample(c, step, audio_cfg)
+
+    lazy = MomentFrames(_Clips(), {0: [0], 1: [1, 3]})
+    mf = MomentFrames(Counting(), {0: [0], 1: [1, 3]}, preload=True)
+    assert Counting.calls == 3  # every item composed once, at construction
+    for i in range(3):
+        a, b = mf[i], lazy[i]
+        assert a["id"] == b["id"] and a["scene_index"] == b["scene_index"] and torch.equal(a["image"], b["image"])
+    mf[1]["boxes"] = torch.ones(1, 4)  # a caller replacing a field does not change the stored item
+    assert mf[1]["boxes"].shape == (0, 4) and Counting.calls == 3
+
+
 # ----------------------------------------------------------------------------- connected component and box
 
 

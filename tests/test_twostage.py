@@ -46,7 +46,11 @@ def tiny(**overrides: Any) -> TwoStage:
 def batch(b: int = 4, seed: int = 0) -> dict[str, Any]:
     g = torch.Generator().manual_seed(seed)
     labels = [[1, 2], [3], [0, 9], [5], [2, 7], [4]][:b]
-    return {"image": torch.rand(b, 3, 64, 64, generator=g), "audio": torch.randn(b, 4000, generator=g), "labels": labels}
+    visible = [[1, 2, 6], [3, 8], [0, 4, 9], [5, 6], [2, 3, 7], [4, 8]][:b]  # heard digits + silent ones in view
+    return {
+        "image": torch.rand(b, 3, 64, 64, generator=g), "audio": torch.randn(b, 4000, generator=g),
+        "labels": labels, "visible_labels": visible,
+    }
 
 
 # ----------------------------------------------------------------------------- Grad-CAM
@@ -240,6 +244,31 @@ def test_forward_backward_and_batch_independence(overrides: dict[str, Any]) -> N
         torch.testing.assert_close(swapped[0], heat[0], rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("visual_labels", ["visible", "sounding"])
+def test_classification_targets_eq1(visual_labels: str) -> None:
+    """Eq. 1: audio BCE on the heard classes; image BCE on the classes in view (paper) or on the heard ones."""
+    torch.manual_seed(3)
+    model = tiny(stage=1, localization="cam", visual_labels=visual_labels)
+    bt = batch(4)
+    out = model(bt)
+    losses = model.build_criterion()(out, bt)
+    ya = torch.zeros(4, 10)
+    yv = torch.zeros(4, 10)
+    for i in range(4):
+        ya[i, bt["labels"][i]] = 1
+        yv[i, bt["visible_labels" if visual_labels == "visible" else "labels"][i]] = 1
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    torch.testing.assert_close(losses["loss_cls"], bce(out["logits_a"], ya) + bce(out["logits_v"], yv))
+    torch.testing.assert_close(losses["loss"], losses["loss_cls"] + losses["loss_avc"])
+    # the image targets matter only for the visual classifier: with sounding labels a batch needs no visible_labels
+    no_vis = {k: v for k, v in bt.items() if k != "visible_labels"}
+    if visual_labels == "visible":
+        with pytest.raises(DataError, match="visible_labels"):
+            model.build_criterion()(out, no_vis)
+    else:
+        torch.testing.assert_close(model.build_criterion()(out, no_vis)["loss"], losses["loss"])
+
+
 def test_cached_features_path_equals_image_path() -> None:
     model = tiny(stage=1, localization="cam").eval()
     bt = batch(3)
@@ -277,6 +306,9 @@ def test_config_validation_and_presets() -> None:
         tiny(stage=1, localization="align")
     with pytest.raises(ConfigError, match="use_classification"):
         tiny(stage=2, use_classification=False)
+    with pytest.raises(ConfigError, match="visual_labels"):
+        tiny(visual_labels="tags")
+    assert TwoStageConfig().visual_labels == "visible"  # the paper's setting: image tags = what is visible
     with pytest.raises(ConfigError, match="unknown twostage preset"):
         preset_config("nope")
     paper = TwoStageConfig()

@@ -102,9 +102,14 @@ class MomentFrames(Dataset):
     ``clips.frame_sample(c, step, audio_cfg)``: the frame, the audio window of
     ``audio_cfg.window_seconds`` centred on it, the annotation of that frame.
     ``image_key`` / ``feature_cache_keys`` identify the frame for the engine's cache.
+    ``preload=True`` composes every item once, in clip order, and keeps it in memory:
+    a training run that draws each (fixed) frame many times then never re-renders its
+    clip (composing a clip costs far more than a training step on cached features).
     """
 
-    def __init__(self, clips: ClipSource, moments: Mapping[int, Sequence[int]], audio_cfg: AudioFrontendConfig | None = None) -> None:
+    def __init__(
+        self, clips: ClipSource, moments: Mapping[int, Sequence[int]], audio_cfg: AudioFrontendConfig | None = None, preload: bool = False
+    ) -> None:
         self.clips = clips
         self.audio_cfg = audio_cfg
         self.items: list[tuple[int, int]] = []
@@ -117,6 +122,7 @@ class MomentFrames(Dataset):
                 self.items.append((c, int(s)))
         if not self.items:
             raise DataError("no moments given: the dataset would be empty")
+        self._preloaded: list[dict[str, Any]] | None = [self._compose(i) for i in range(len(self.items))] if preload else None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -128,8 +134,13 @@ class MomentFrames(Dataset):
     def feature_cache_keys(self) -> list[str]:
         return [self.image_key(i) for i in range(len(self.items))]
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def _compose(self, i: int) -> dict[str, Any]:
         c, s = self.items[i]
         out = self.clips.frame_sample(c, s, self.audio_cfg)
         out["scene_index"] = self.image_key(i)  # the engine's cache key (see feature_cache_keys)
         return out
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if self._preloaded is None:
+            return self._compose(i)
+        return dict(self._preloaded[i])  # a shallow copy: callers may replace fields (e.g. boxes)

@@ -88,6 +88,13 @@ class LocalizationMethod(nn.Module):
         enc = getattr(self, "visual_encoder", None)
         return enc if isinstance(enc, nn.Module) else None
 
+    def audio_module(self) -> nn.Module | None:
+        """The audio encoder (attribute ``audio_encoder`` or ``audio_path.encoder``), or ``None``."""
+        enc = getattr(self, "audio_encoder", None)
+        if enc is None and isinstance(getattr(self, "audio_path", None), nn.Module):
+            enc = getattr(self.audio_path, "encoder", None)
+        return enc if isinstance(enc, nn.Module) else None
+
     def visual_frozen(self) -> bool:
         """True when the method has a visual encoder and ``cfg.freeze_visual`` is set."""
         return self.visual_module() is not None and self.cfg.freeze_visual

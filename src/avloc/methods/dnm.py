@@ -23,7 +23,8 @@ The paper's Section 4, in the order of this module:
 * Sec. 5.1 (:class:`DNMLoss`): binary cross-entropy for AVC and for the
   classification, summed; the classification error is back-propagated only for
   AVC = yes pairs; negatives 1:1, the video with the audio of another clip or
-  time (here: of another sample of the shuffled batch, re-drawn every step).
+  time: of another sample of the shuffled batch, or (a fraction ``neg_other_time``)
+  of the same clip at another time (:class:`OtherTimeNegatives`), re-drawn every step.
 * Sec. 5.2: the localisation result is ``M_loc`` (AVC-only and DNM models) or
   ``w_att`` (classification-only models).
 
@@ -47,17 +48,20 @@ gets the segment of T frames around it from the run of frames it is given.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
 from avloc.encoders import AudioEncoder, create_encoder
 from avloc.errors import ConfigError, DataError
 from avloc.frontends.audio import AudioFrontend, AudioFrontendConfig
-from avloc.frontends.image import ImageConfig, segment_times
+from avloc.frontends.image import ImageConfig, segment_times, transform_boxes
+from avloc.io.audio import window_at
 from avloc.methods import register_method
 from avloc.methods.base import LocalizationMethod, MethodConfig
 from avloc.methods.blocks import build_visual_encoder
@@ -114,6 +118,9 @@ class AudioSubNet(nn.Module):
             raise ConfigError(f"audio_encoder {cfg.audio_encoder!r} is not an audio encoder (got {type(enc).__name__})")
         self.frontend = AudioFrontend(cfg.audio)
         self.encoder = enc
+        if cfg.freeze_audio:  # Sec. 5.1: the (pretrained) audio backbone is fixed during training
+            for p in enc.parameters():
+                p.requires_grad_(False)
         h = cfg.sub_hidden
         self.sub = nn.Sequential(
             nn.Conv1d(enc.out_channels, h, 3, padding=1, bias=False),
@@ -208,6 +215,14 @@ class SegmentMethod(LocalizationMethod):
     def frames(self) -> int:
         return self.cfg.image.frames
 
+    def train(self, mode: bool = True) -> SegmentMethod:
+        """As the base class; a frozen audio backbone (``freeze_audio``) also stays in eval mode."""
+        super().train(mode)
+        sub = getattr(self, "audio_sub", None)
+        if self.cfg.freeze_audio and isinstance(sub, AudioSubNet):
+            sub.encoder.eval()
+        return self
+
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) segments -> (B, T, C, h, w); single frames (B, 3, H, W) -> (B, C, h, w)."""
         if images.dim() == 5:
@@ -278,23 +293,58 @@ class DNM(SegmentMethod):
         """Per-modality features: v (B, T, D, h, w), v_cls (B, D', h, w), a (B, T, D) and, for CDF, v'_T, a'_T."""
         v, v_cls = self.visual_sub(self.segment_features(feats))
         assert v is not None
-        a = self.audio_sub(wav)
-        out = {"v": v, "a": a}
+        out = {"v": v, **self.audio_streams(wav)}  # a (B, T, D), a'_T (B, D) for CDF
         if v_cls is not None:
             out["v_cls"] = v_cls
         if self.dynamic is not None:
             out["v_last"] = self.dynamic.visual(v)  # (B, D, h, w)
-            out["a_last"] = self.dynamic.audio(a)  # (B, D)
         return out
 
-    def avsm(self, st: dict[str, torch.Tensor], perm: torch.Tensor | None = None) -> torch.Tensor:
-        """The AVSM s (B, h, w) of video i with audio i (or audio perm[i]): M_Static, or M_CDF (Eq. 6)."""
-        a = st["a"] if perm is None else st["a"][perm]
+    def audio_streams(self, wav: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Audio side only: a (B, T, D) and, for CDF, a'_T (B, D) (Eq. 5)."""
+        a = self.audio_sub(wav)
+        out = {"a": a}
+        if self.dynamic is not None:
+            out["a_last"] = self.dynamic.audio(a)
+        return out
+
+    def avsm(
+        self, st: dict[str, torch.Tensor], perm: torch.Tensor | None = None, audio: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """The AVSM s (B, h, w) of video i with audio i, audio perm[i], or ``audio`` (:meth:`audio_streams`).
+
+        M_Static, or M_CDF (Eq. 6).
+        """
+        src = audio if audio is not None else st
+        a = src["a"] if perm is None else src["a"][perm]
         s = static_map(st["v"], a) * self.scale
         if self.dynamic is not None:
-            a_last = st["a_last"] if perm is None else st["a_last"][perm]
+            a_last = src["a_last"] if perm is None else src["a_last"][perm]
             s = s * (dynamic_map(st["v_last"], a_last) * self.scale)
         return s
+
+    def negative_avsm(self, st: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        """AVSM of the AVC = no pairs (Sec. 5.1: "the audio of a different clip or time"), (B, h, w).
+
+        Each video gets, with probability ``neg_other_time``, ``batch["neg_audio"]`` (the
+        same clip at another time, from :class:`OtherTimeNegatives`), else the audio of
+        another sample of the batch (a random derangement); both re-drawn every step.
+        """
+        b = st["v"].shape[0]
+        if b < 2:
+            raise ConfigError("dnm AVC needs a batch of at least 2 (negatives pair a video with another sample's audio)")
+        s_other_clip = self.avsm(st, derangement(b, st["v"].device))
+        p = self.cfg.neg_other_time
+        if p <= 0:
+            return s_other_clip
+        if "neg_audio" not in batch:
+            raise DataError(
+                f"dnm neg_other_time={p} needs batch['neg_audio'] (same clip, another time): "
+                "wrap the training set in avloc.methods.dnm.OtherTimeNegatives"
+            )
+        s_other_time = self.avsm(st, audio=self.audio_streams(batch["neg_audio"]))
+        pick = torch.rand(b, device=s_other_clip.device) < p  # (B,) True -> same clip, another time
+        return torch.where(pick[:, None, None], s_other_time, s_other_clip)
 
     def classify(self, s: torch.Tensor, v_cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Global normalization (Eq. 8): w_att = softmax_i(s_i) (B, h, w); logits of fc(v_att) (B, K)."""
@@ -309,10 +359,7 @@ class DNM(SegmentMethod):
         s = self.avsm(st)  # (B, h, w), AVC = yes pairs
         out: dict[str, torch.Tensor] = {"s": s}
         if self.cfg.tasks in ("avc", "dnm"):
-            b = s.shape[0]
-            if b < 2:
-                raise ConfigError("dnm AVC needs a batch of at least 2 (negatives pair a video with another sample's audio)")
-            s_neg = self.avsm(st, derangement(b, s.device))  # (B, h, w), AVC = no pairs
+            s_neg = self.negative_avsm(st, batch)  # (B, h, w), AVC = no pairs
             out["avc_pos"] = s.flatten(1).amax(1)  # logit of z_avc = GMP(sigmoid(s)) (Eq. 7)
             out["avc_neg"] = s_neg.flatten(1).amax(1)
         if self.cfg.tasks in ("cls", "dnm"):
@@ -341,6 +388,221 @@ class DNM(SegmentMethod):
         if self.cfg.tasks == "cls":
             return torch.sigmoid(self.classify(s, st["v_cls"])[1]).amax(1)
         return torch.sigmoid(s.flatten(1).amax(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# training data: redrawn sound tracks, negatives from the same clip at another time (Sec. 5.1)
+
+
+def _video_boxes(ds: Any, boxes: list[list[int]]) -> torch.Tensor:
+    """Pixel boxes of a DigitScenes video frame -> the dataset's item boxes (K, 4) (its image config, else normalised)."""
+    side = ds.config.scene.size
+    b = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    if ds.image_cfg is not None:
+        return transform_boxes(b, (side, side), ds.image_cfg)
+    return b / side
+
+
+class RedrawnSoundTracks(Dataset):
+    """A DigitScenes ``video`` set seen with ``draws`` sound tracks per clip (the still variants' ``pool`` for video).
+
+    Item ``k * len(dataset) + r`` shows item r's frames with sound track k of its clip:
+    k = 0 is the clip as drawn, k > 0 a new draw of who speaks, when, which utterance and
+    which ambient sound (``DigitScenesSampler.clip(c, audio_draw=k)``), with the
+    annotation (sounding boxes, labels, AVE flags) of that track. The pictures, hence the
+    frozen features, are shared by the ``draws`` versions (``scene_index`` = r), so the
+    engine encodes ``len(dataset)`` segments and trains on ``draws`` times as many
+    distinct audio-visual pairs; the per-clip ambient sound no longer identifies a clip.
+    Clip ``k * n_clips + c`` of :meth:`video_clip` is clip c with track k.
+
+    ``pixels_once=True`` (training with the engine's frozen-feature cache only): the
+    engine reads item r < ``len(dataset)`` once, to encode its pictures (key r); every
+    later read returns the item without ``image``, since the engine replaces it by the
+    cached features anyway. This skips composing 4 frames per item per step (the
+    bulk of a training step's CPU time here); without the cache such items would fail.
+    """
+
+    def __init__(self, dataset: Any, draws: int, pixels_once: bool = False) -> None:
+        if not callable(getattr(dataset, "video_clip", None)) or not hasattr(getattr(dataset, "config", None), "fps"):
+            raise ConfigError(f"RedrawnSoundTracks needs a DigitScenes video dataset, got {type(dataset).__name__}")
+        if draws < 1:
+            raise ConfigError(f"draws must be >= 1, got {draws}")
+        self.dataset, self.draws = dataset, int(draws)
+        self.config, self.audio_cfg, self.image_cfg = dataset.config, dataset.audio_cfg, dataset.image_cfg
+        self.frames = dataset.config.annotated_frames()
+        self.n_clips = len(dataset) // len(self.frames)
+        self._clips: OrderedDict[int, Any] = OrderedDict()
+        self.pixels_once = pixels_once
+        self._served: set[int] = set()  # items already given with their pictures (pixels_once)
+
+    def __len__(self) -> int:
+        return self.draws * len(self.dataset)
+
+    def scene_index(self, i: int) -> int:
+        return i % len(self.dataset)  # the pictures of item i: those of the wrapped item
+
+    def video_clip(self, g: int) -> Any:
+        k, c = divmod(g, self.n_clips)
+        if k == 0:
+            return self.dataset.video_clip(c)
+        clip = self._clips.get(g)
+        if clip is None:
+            clip = self._clips[g] = self.dataset.sampler.clip(c, audio_draw=k)
+            if len(self._clips) > 1024:
+                self._clips.popitem(last=False)
+        self._clips.move_to_end(g)
+        return clip
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} items")
+        k, r = divmod(i, len(self.dataset))
+        c, f = divmod(r, len(self.frames))
+        if not self.pixels_once or (k == 0 and r not in self._served):
+            self._served.add(r)
+            item = dict(self.dataset[r])  # with the rendered segment
+            if k == 0:
+                return item
+        else:  # no pixels: the engine reads features from its cache by the index
+            base = self.dataset.video_clip(c)
+            ann0 = base.annotation(self.frames[f])
+            item = {
+                "id": f"digitscenes-video-{self.dataset.split}-{self.dataset.seed}-{c:07d}-f{self.frames[f]:04d}",
+                "visible_labels": sorted(ann0["box_labels"] + ann0["silent_labels"]),
+                "scene_index": c, "time": ann0["time"],
+            }
+        clip = self.video_clip(k * self.n_clips + c)
+        ann = clip.annotation(self.frames[f])
+        item.update(
+            id=f"{item['id']}-a{k}" if k else item["id"],
+            audio=torch.from_numpy(window_at(clip.audio, clip.sample_rate, ann["time"], self.audio_cfg.window_seconds)),
+            boxes=_video_boxes(self.dataset, ann["boxes"]),
+            silent_boxes=_video_boxes(self.dataset, ann["silent_boxes"]),
+            box_labels=torch.tensor(ann["box_labels"], dtype=torch.long),
+            labels=ann["labels"],
+            onscreen=ann["onscreen"],
+            audible=ann["audible"],
+            out_of_view=ann["out_of_view"],
+        )
+        return item
+
+
+
+class OtherTimeNegatives(Dataset):
+    """A DigitScenes ``video`` training set whose items also carry ``neg_audio`` (N,): same clip, another time.
+
+    Item i (clip c, annotated frame at time t) gets the ``audio_cfg.window_seconds``
+    window of clip c's sound track centred on another annotated time t' with
+    |t' - t| >= ``min_sep`` s (default: the window, so the two windows do not
+    overlap), drawn uniformly with the torch RNG on every access -- re-drawn every
+    epoch as in the paper ("the video is combined with the audio of a different clip
+    or time ... shuffled for each training epoch"). No labels are used: it stays
+    self-supervised. :class:`DNM` uses it when ``neg_other_time`` > 0. The frozen
+    feature cache keys are the wrapped set's (``scene_index``).
+    """
+
+    def __init__(self, dataset: Any, min_sep: float | None = None) -> None:
+        if not callable(getattr(dataset, "video_clip", None)) or not hasattr(getattr(dataset, "config", None), "fps"):
+            raise ConfigError(f"OtherTimeNegatives needs a DigitScenes video dataset, got {type(dataset).__name__}")
+        self.dataset = dataset
+        self.window = float(dataset.audio_cfg.window_seconds)
+        self.min_sep = self.window if min_sep is None else float(min_sep)
+        fps = dataset.config.fps
+        self.times = [j / fps for j in dataset.config.annotated_frames()]  # annotated times of a clip, s
+        self.others = [[u for u in self.times if abs(u - t) >= self.min_sep - 1e-9] for t in self.times]
+        if not all(self.others):
+            raise ConfigError(
+                f"clips of {dataset.config.seconds} s have annotated times with no other time >= {self.min_sep} s away; "
+                "lower min_sep or use longer clips"
+            )
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def scene_index(self, i: int) -> int:
+        return int(self.dataset.scene_index(i))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = dict(self.dataset[i])
+        c, f = divmod(i, len(self.times))
+        clip = self.dataset.video_clip(c)
+        cands = self.others[f]
+        t_neg = cands[int(torch.randint(len(cands), (1,)))]
+        item["neg_audio"] = torch.from_numpy(window_at(clip.audio, clip.sample_rate, t_neg, self.window))
+        item["neg_time"] = t_neg
+        return item
+
+
+# ---------------------------------------------------------------------------------------------
+# a pretrained audio backbone (the paper's VGGish stand-in)
+
+
+def pretrain_audio_backbone(
+    raw: Any, cfg: DNMConfig, steps: int = 300, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+    log: Any = None,
+) -> tuple[dict[str, torch.Tensor], float]:
+    """Train ``cfg.audio_encoder`` on FSDD digit classification; return its state dict and the last accuracy.
+
+    The paper freezes an audio backbone pretrained on labelled audio (VGGish, AudioSet;
+    Sec. 5.1). No such weights exist here, so the stand-in is the same small CNN trained,
+    before DNM, to name the spoken digit of a ``window_seconds`` log-mel window: FSDD
+    utterances of the DigitScenes *train* speakers only, placed at a random offset, at a
+    random speech level, under ESC-10 ambient sound of the train folds (probability 0.5,
+    SNR 0-15 dB) as in the ``video`` mixes; a time-averaged linear head, Adam, cross-entropy.
+    ``raw``: a :class:`avloc.data.sources.RawSources` or its directory.
+    """
+    import numpy as np
+
+    from avloc.data.digitscenes.config import SplitConfig
+    from avloc.data.digitscenes.mixing import ambient_segment, at_level, mix
+    from avloc.data.sources import RawSources
+
+    src = raw if isinstance(raw, RawSources) else RawSources(raw)
+    split = SplitConfig()
+    sr, n = cfg.audio.sample_rate, cfg.audio.num_samples
+    utts = [u for u in src.fsdd if u.speaker in split.speakers["train"]]
+    ambients = [c for c in src.esc10 if c.fold in split.esc_folds["train"]]
+    if not utts:
+        raise DataError("no FSDD utterances of the train speakers: cannot pretrain the audio backbone")
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    enc = create_encoder(cfg.audio_encoder, **cfg.audio_encoder_kwargs)
+    if not isinstance(enc, AudioEncoder):
+        raise ConfigError(f"audio_encoder {cfg.audio_encoder!r} is not an audio encoder")
+    frontend = AudioFrontend(cfg.audio)
+    head = nn.Linear(enc.out_channels, 10)
+    opt = torch.optim.Adam([*enc.parameters(), *head.parameters()], lr=lr)
+
+    def example() -> tuple[np.ndarray, int]:
+        u = utts[int(rng.integers(len(utts)))]
+        wav = at_level(src.audio(u.path, sr), float(rng.uniform(-26.0, -18.0)))
+        if wav.size > n:  # a long utterance: a random n-sample crop
+            o = int(rng.integers(wav.size - n + 1))
+            wav, start = wav[o : o + n], 0
+        else:
+            start = int(rng.integers(n - wav.size + 1))
+        amb = None
+        if ambients and rng.random() < 0.5:
+            c = ambients[int(rng.integers(len(ambients)))]
+            amb = ambient_segment(src.audio(c.path, sr), n, rng)
+        return mix(n, [(wav, start)], amb, float(rng.uniform(0.0, 15.0)), None, 0.99), u.digit
+
+    enc.train()
+    acc = 0.0
+    for step in range(1, steps + 1):
+        xs, ys = zip(*(example() for _ in range(batch_size)))
+        x = torch.from_numpy(np.stack(xs))
+        y = torch.tensor(ys)
+        logits = head(enc.forward_time(frontend(x)).mean(dim=-1))  # (B, 10)
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        acc = float((logits.argmax(1) == y).float().mean())
+        if log is not None and (step % 25 == 0 or step == steps):
+            log(f"audio pretraining step {step}/{steps}: loss {float(loss.detach()):.3f} accuracy {acc:.3f}")
+    enc.eval()
+    return {k: v.detach().clone() for k, v in enc.state_dict().items()}, acc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,6 +717,14 @@ class DNMConfig(MethodConfig):
     #: sample key of the event labels: "box_labels" = classes of visible sounding objects (an AVE event is
     #: audible *and* visible; none = background), "labels" = every sounding class, visible or not
     cls_labels: Literal["box_labels", "labels"] = "box_labels"
+    #: Sec. 5.1 negatives "of a different clip or time": the fraction of AVC = no pairs whose audio is the
+    #: same clip at another time (``batch["neg_audio"]``, see :class:`OtherTimeNegatives`); the rest take
+    #: another batch sample's audio. 0 = other clips only. Same-clip negatives share the clip's background
+    #: and ambient sound, so "same clip" no longer answers AVC.
+    neg_other_time: float = 0.0
+    #: Sec. 5.1: "the parameters of the backbone networks are fixed" -- also the audio backbone. Set it
+    #: with weights from :func:`pretrain_audio_backbone` (the paper: VGGish); from scratch it must train.
+    freeze_audio: bool = False
 
     def validate(self) -> None:
         if self.image.frames < 1:
@@ -467,6 +737,8 @@ class DNMConfig(MethodConfig):
             raise ConfigError(f"dnm fusion must be static|cdf and tasks cls|avc|dnm, got {self.fusion!r}, {self.tasks!r}")
         if self.cls_labels not in ("box_labels", "labels"):
             raise ConfigError(f"dnm cls_labels must be box_labels or labels, got {self.cls_labels!r}")
+        if not 0.0 <= self.neg_other_time <= 1.0:
+            raise ConfigError(f"dnm neg_other_time must be in [0, 1], got {self.neg_other_time}")
 
 
 # ---------------------------------------------------------------------------------------------

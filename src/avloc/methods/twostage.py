@@ -4,11 +4,14 @@
 Stage 1 (Sec. 2.1), multi-task learning:
 
 * multi-label classification of the audio and of the image with binary
-  cross-entropy (Eq. 1): ``L_cls = H_bce(y_a, p_a) + H_bce(y_v, p_v)``; the
-  labels are the batch's ``labels`` (the clip's tags, used for both modalities as
-  the paper's video tags). Pseudo-labels from a pretrained tagger are not
-  implemented: every dataset we train on has labels, and a batch without them
-  raises;
+  cross-entropy (Eq. 1): ``L_cls = H_bce(y_a, p_a) + H_bce(y_v, p_v)``. The
+  audio targets ``y_a`` are the batch's ``labels`` (the classes heard). The
+  image targets ``y_v`` follow ``visual_labels``: ``"visible"`` (default, the
+  paper's setting: video tags or a visual tagger's pseudo-labels describe what
+  the image shows) uses the batch's ``visible_labels`` (DigitScenes: every
+  digit in view, sounding or silent); ``"sounding"`` uses ``labels`` for both
+  modalities (a dataset that has only clip tags). Pseudo-labels from a
+  pretrained tagger are not implemented: a batch without the labels raises;
 * audio-visual correspondence as a two-way classification (Eq. 2): audio map
   ``F_a`` and visual map ``O_v`` go through convolutions, are pooled and
   concatenated into one ``avc_dim`` (1024) vector, then FC ``1024 -> 128 -> 2``;
@@ -439,10 +442,18 @@ class TwoStageLoss(nn.Module):
         if cfg.use_classification:
             if "labels" not in batch:
                 raise DataError("twostage needs class labels: batch has no 'labels' (set use_classification=False for AVC only)")
-            y = labels_to_multihot(batch["labels"], cfg.num_classes, la.device)  # (B, C)
-            if y.shape[0] != b:
-                raise DataError(f"labels for {y.shape[0]} samples in a batch of {b}")
-            l_cls = F.binary_cross_entropy_with_logits(la, y) + F.binary_cross_entropy_with_logits(lv, y)  # Eq. 1
+            y = labels_to_multihot(batch["labels"], cfg.num_classes, la.device)  # (B, C) audio: classes heard
+            yv = y
+            if cfg.visual_labels == "visible":
+                if "visible_labels" not in batch:
+                    raise DataError(
+                        "twostage visual_labels='visible' needs the image's classes: batch has no 'visible_labels' "
+                        "(set visual_labels='sounding' to train the visual classifier on 'labels')"
+                    )
+                yv = labels_to_multihot(batch["visible_labels"], cfg.num_classes, la.device)  # (B, C) image tags
+            if y.shape[0] != b or yv.shape[0] != b:
+                raise DataError(f"labels for {y.shape[0]} / {yv.shape[0]} samples in a batch of {b}")
+            l_cls = F.binary_cross_entropy_with_logits(la, y) + F.binary_cross_entropy_with_logits(lv, yv)  # Eq. 1
             terms["loss_cls"] = l_cls.detach()
             loss = loss + l_cls
         if cfg.stage == 2:
@@ -478,6 +489,9 @@ class TwoStageConfig(MethodConfig):
     * ``localization``: ``align`` (Eq. 8, stage 2), ``cam`` (visual Grad-CAM, the "multi-task"
       baseline), ``avc`` (Grad-CAM of the correspondence logit, the "AVC" baseline).
     * ``use_classification``: False = the AVC-only baseline (no ``L_cls``).
+    * ``visual_labels``: targets of the image classifier (Eq. 1): ``visible`` (the paper's
+      setting, image tags = what is visible: the batch's ``visible_labels``) or ``sounding``
+      (the batch's ``labels``, the audio targets, for both modalities).
     * ``num_classes``: C (DigitScenes: the digits 0-9).
     * widths: ``feat_dim`` (F_r and E_r channels, ResNet-18's 512), ``embed_dim`` (E_r; 512),
       projections ``embed_dim -> proj_hidden -> proj_dim`` (512-128-128), AVC ``avc_dim`` (1024)
@@ -502,6 +516,7 @@ class TwoStageConfig(MethodConfig):
     init_from: str | None = None
     localization: Literal["align", "cam", "avc"] = "align"
     use_classification: bool = True
+    visual_labels: Literal["visible", "sounding"] = "visible"
     num_classes: int = 10
     feat_dim: int = 512
     embed_dim: int = 512
@@ -534,6 +549,8 @@ class TwoStageConfig(MethodConfig):
             raise ConfigError(f"visual_kernel must be a positive odd number, got {self.visual_kernel}")
         if self.margin <= 0:
             raise ConfigError(f"margin must be > 0, got {self.margin}")
+        if self.visual_labels not in ("visible", "sounding"):
+            raise ConfigError(f"visual_labels must be 'visible' or 'sounding', got {self.visual_labels!r}")
         if not 0.0 <= self.valid_threshold <= 1.0:
             raise ConfigError(f"valid_threshold must be in [0, 1], got {self.valid_threshold}")
 

@@ -2,7 +2,9 @@
 
 Every ``__getitem__`` composes its sample from the raw sources (no files),
 deterministically per (seed, index). Sample dict: the shared contract of
-:mod:`avloc.data.datasets` plus ``scene_index`` (and ``time`` for video).
+:mod:`avloc.data.datasets` plus ``scene_index``, ``visible_labels`` (sorted
+classes of the digits in view, sounding or silent: image tags) and ``time``
+for video.
 
 ``pool=N`` reuses N fixed images: draw ``i`` shows scene ``i % N`` (its image
 depends only on the seed and that index) while the sounding digit among the
@@ -22,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from avloc.data.digitscenes.config import VariantConfig, VideoConfig, variant_config
-from avloc.data.digitscenes.sampler import Clip, DigitScenesSampler
+from avloc.data.digitscenes.sampler import Clip, DigitScenesSampler, Sample
 from avloc.data.sources import RawSources
 from avloc.errors import ConfigError
 from avloc.frontends.audio import AudioFrontendConfig
@@ -37,6 +39,13 @@ CLIP_CACHE_SIZE = 1024
 
 def _boxes(b: list[list[int]]) -> torch.Tensor:
     return torch.tensor(b, dtype=torch.float32).reshape(-1, 4)
+
+
+def _visible_labels(s: Sample) -> list[int]:
+    """Sorted classes of the digits in view on a still sample (sounding or silent): the image's tags."""
+    if s.scene is None:
+        raise ConfigError(f"DigitScenes sample {s.index} carries no scene: cannot list its visible digits")
+    return sorted(d.label for d, b in zip(s.scene.digits, s.scene.boxes(), strict=True) if b is not None)
 
 
 class DigitScenes(Dataset):
@@ -122,6 +131,7 @@ class DigitScenes(Dataset):
             audio=torch.from_numpy(np.ascontiguousarray(audio)),
             box_labels=torch.tensor(s.box_labels, dtype=torch.long),
             labels=list(s.labels),
+            visible_labels=_visible_labels(s),
             onscreen=s.onscreen,
             audible=s.audible,
             scene_index=s.scene_index,
@@ -130,14 +140,21 @@ class DigitScenes(Dataset):
             out["heard"] = bool(s.meta["heard"])
         return out
 
-    def _video_item(self, i: int) -> dict[str, Any]:
-        c, f = divmod(i, len(self._frames))
+    def video_clip(self, c: int) -> Clip:
+        """Video clip ``c`` (video variant; items ``c * len(annotated_frames()) + k`` are its annotated frames)."""
+        if not isinstance(self.config, VideoConfig):
+            raise ConfigError(f"video_clip() is for the video variant, not {self.variant!r}")
         clip = self._clips.get(c)
         if clip is None:
             clip = self._clips[c] = self.sampler.clip(c)
             if len(self._clips) > CLIP_CACHE_SIZE:
                 self._clips.popitem(last=False)
         self._clips.move_to_end(c)
+        return clip
+
+    def _video_item(self, i: int) -> dict[str, Any]:
+        c, f = divmod(i, len(self._frames))
+        clip = self.video_clip(c)
         j = self._frames[f]
         ann = clip.annotation(j)
         out: dict[str, Any] = {"id": f"digitscenes-video-{self.split}-{self.seed}-{c:07d}-f{j:04d}"}
@@ -151,6 +168,7 @@ class DigitScenes(Dataset):
             audio=torch.from_numpy(audio),
             box_labels=torch.tensor(ann["box_labels"], dtype=torch.long),
             labels=ann["labels"],
+            visible_labels=sorted(ann["box_labels"] + ann["silent_labels"]),
             onscreen=ann["onscreen"],
             audible=ann["audible"],
             out_of_view=ann["out_of_view"],

@@ -156,8 +156,8 @@ class DigitScenesSampler:
             self.visible_classes = [c for c in range(10) if c not in set(cfg.unheard)]
 
     # -- randomness
-    def _rng(self, stream: int, i: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, _VARIANT_IDS[self.variant], _SPLIT_IDS[self.split], stream, int(i)])
+    def _rng(self, stream: int, i: int, *more: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, _VARIANT_IDS[self.variant], _SPLIT_IDS[self.split], stream, int(i), *map(int, more)])
 
     # -- image
     def scene(self, scene_index: int) -> Scene:
@@ -278,8 +278,13 @@ class DigitScenesSampler:
         )
 
     # -- video
-    def clip(self, index: int) -> Clip:
-        """Draw video clip ``index``: moving digits, utterances at random times, optional ambient."""
+    def clip(self, index: int, audio_draw: int = 0) -> Clip:
+        """Draw video clip ``index``: moving digits, utterances at random times, optional ambient.
+
+        ``audio_draw`` k > 0 keeps the clip's pictures (scene and motion) and draws a new
+        sound track (who speaks, when, which utterance, ambient) from its own random
+        stream; k = 0 is the clip as always drawn.
+        """
         cfg = self.cfg
         if not isinstance(cfg, VideoConfig):
             raise ConfigError(f"clip() is for the video variant, not {self.variant!r}")
@@ -293,6 +298,8 @@ class DigitScenesSampler:
         angle = rng.uniform(0, 2 * np.pi, nd)
         speed = rng.uniform(*cfg.speed, nd) * side
         velocity = np.stack([np.cos(angle), np.sin(angle)], axis=1) * speed[:, None]  # (n, 2) px/s
+        if audio_draw:
+            rng = self._rng(3, index, audio_draw)
         # utterances: who speaks, how long, then random silent gaps between them
         n_utt = int(rng.integers(cfg.n_utterances[0], cfg.n_utterances[1] + 1))
         who = rng.integers(nd, size=n_utt)
@@ -320,4 +327,6 @@ class DigitScenesSampler:
                         snr_db=round(float(rng.uniform(*cfg.snr_db)), 3))
         audio = mix(n, speech, amb, meta["snr_db"], None, a.peak)
         meta.update(scene.sources)
+        if audio_draw:
+            meta["audio_draw"] = int(audio_draw)
         return Clip(index, scene, velocity, cfg.fps, cfg.n_frames, audio, sr, utterances, speakers, meta)
