@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from avloc.errors import ConfigError, DataError
+from avloc.errors import CheckpointError, ConfigError, DataError
 from avloc.methods import create_method
 from avloc.methods.proposal_mil import (
     ProposalMILLoss,
@@ -64,7 +64,7 @@ def test_spp_pool_matches_naive_loop() -> None:
     boxes = torch.stack([random_boxes(9, gen), random_boxes(9, gen)])  # (2, 9, 4)
     boxes[0, 0] = torch.tensor([0.0, 0.0, 1.0, 1.0])
     boxes[1, 0] = torch.tensor([0.41, 0.42, 0.43, 0.44])  # smaller than a cell
-    out = spp_pool(feat, boxes, chunk=4)  # (2, 9, 21 * 3)
+    out = spp_pool(feat, boxes)  # (2, 9, 21 * 3)
     assert out.shape == (2, 9, 21 * 3)
     h, w = feat.shape[-2:]
     for b in range(2):
@@ -93,6 +93,36 @@ def test_spp_pool_gradient_reaches_argmax_only() -> None:
     assert feat.grad is not None and feat.grad[0, 0, 1, 2] == 1.0 and feat.grad.sum() == 1.0
     bins = spp_bins(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), 4, 4, (2,))
     assert bins.tolist() == [[[0, 0, 1, 1], [2, 0, 3, 1], [0, 2, 1, 3], [2, 2, 3, 3]]]
+
+
+def test_spp_pool_gradient_matches_naive_max() -> None:
+    gen = torch.Generator().manual_seed(3)
+    feat = torch.randn(2, 4, 6, 5, generator=gen, requires_grad=True)
+    boxes = torch.stack([random_boxes(5, gen), random_boxes(5, gen)])  # (2, 5, 4)
+    up = torch.randn(2, 5, 21 * 4, generator=gen)
+    (spp_pool(feat, boxes) * up).sum().backward()
+    fast = feat.grad.clone()
+    feat.grad = None
+    h, w = feat.shape[-2:]
+    bins = spp_bins(boxes, h, w)  # (2, 5, 21, 4) inclusive cell ranges
+    ref = torch.stack(
+        [
+            torch.stack(
+                [
+                    torch.cat(
+                        [
+                            feat[b, :, y0 : y1 + 1, x0 : x1 + 1].amax(dim=(1, 2))
+                            for x0, y0, x1, y1 in bins[b, r].tolist()
+                        ]
+                    )
+                    for r in range(5)
+                ]
+            )
+            for b in range(2)
+        ]
+    )  # (2, 5, 21 * C), bin-major like spp_pool
+    (ref * up).sum().backward()
+    torch.testing.assert_close(fast, feat.grad)
 
 
 def nms_numpy(boxes: np.ndarray, scores: np.ndarray, thr: float) -> list[int]:
@@ -293,6 +323,49 @@ def test_forward_backward_no_nan(over: dict[str, Any]) -> None:
         assert losses["edu"] >= 0 and model.build_criterion().edu_weight == 0.0  # type: ignore[union-attr]
 
 
+def test_distance_scale_sharpens_the_ratio_by_hand() -> None:
+    f_v, pos, neg = torch.tensor([[0.0, 0.0]]), torch.tensor([[0.3, 0.4]]), torch.tensor([[0.6, 0.8]])  # D = 0.5, 1
+    rp = math.exp(10 * 0.5) / (math.exp(10 * 0.5) + math.exp(10 * 1.0))
+    torch.testing.assert_close(distance_ratio_loss(f_v, pos, neg, scale=10.0), torch.tensor([2 * rp**2]))
+    with pytest.raises(ConfigError, match="distance_scale"):
+        tiny(distance_scale=0.0)
+
+
+def test_embedding_relu_keeps_similarities_and_bags_alive() -> None:
+    torch.manual_seed(0)
+    batch = tiny_batch(4)
+    with torch.no_grad():
+        out = tiny(embedding_relu=True).eval().infer(batch["image"], batch["audio"])
+    assert (out["f_s"] >= 0).all() and (out["f_att"] >= 0).all()
+    # cos of non-negative vectors is >= 0, so Eq. 3's ReLU never zeroes a bag whose embeddings are non-zero
+    assert (out["alpha"].sum(1) > 0.99).all()
+
+
+def test_audio_init_from_copies_weights_and_freezes(tmp_path: Path) -> None:
+    from avloc.methods.zoo import save_model
+
+    src = tiny()
+    with torch.no_grad():
+        for p in src.audio_path.encoder.parameters():
+            p.add_(1.0)
+    save_model(src, tmp_path / "src.safetensors")
+    model = tiny(audio_init_from=str(tmp_path / "src.safetensors"), freeze_audio=True)
+    for a, b in zip(model.audio_path.encoder.state_dict().values(), src.audio_path.encoder.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    assert model.cfg.audio_init_from is None  # loaded once; checkpoints of this model do not need the source
+    model.train()
+    assert not model.audio_path.encoder.training  # frozen BatchNorm statistics
+    assert not any(p.requires_grad for p in model.audio_path.encoder.parameters())
+    out = model(tiny_batch(3))
+    model.build_criterion()(out, tiny_batch(3))["loss"].backward()
+    assert model.audio_path.proj.weight.grad is not None
+    with pytest.raises(CheckpointError, match="audio_encoder_kwargs differs"):
+        tiny(
+            audio_init_from=str(tmp_path / "src.safetensors"),
+            audio_encoder_kwargs={"channels": [8, 8], "time_stride": 2},
+        )
+
+
 def test_fewer_proposals_than_k_through_the_model() -> None:
     model = tiny(top_k=200).eval()
     batch = tiny_batch(2)
@@ -316,12 +389,13 @@ def test_localize_boxes_onscreen_batch_independent(tmp_path: Path) -> None:
         assert maps.shape == (3, 64, 64)
         single = model.boxes(batch["image"], batch["audio"], max_sources=1)
         multi = model.boxes(batch["image"], batch["audio"], max_sources=2)
-    for (b1, s1), (b2, s2) in zip(single, multi):
-        assert b1.shape == (1, 4) and 1 <= len(b2) <= 2
-        torch.testing.assert_close(b1[0], b2[0])
-        assert s1.item() == s2.max().item()
-        if len(b2) == 2:
-            assert box_iou(b2[:1], b2[1:]).item() == 0.0
+    for one_box, two in zip(single, multi):  # (n, 5): model-input pixels and d_n^k
+        assert one_box.shape == (1, 5) and 1 <= len(two) <= 2
+        assert (one_box[:, :4] >= 0).all() and (one_box[:, :4] <= 64).all()
+        torch.testing.assert_close(one_box[0], two[0])
+        assert one_box[0, 4].item() == two[:, 4].max().item()
+        if len(two) == 2:
+            assert box_iou(two[:1, :4], two[1:, :4]).item() == 0.0
     # on-screen: d_on works uncalibrated, m_on needs calibration (stored in the checkpoint)
     with pytest.raises(ConfigError, match="calibrat"):
         model.onscreen(batch["image"], batch["audio"])
@@ -349,3 +423,17 @@ def test_forward_requires_image_for_proposals() -> None:
     with pytest.raises(DataError, match="image"):
         model({"vfeat": torch.zeros(2, 16, 8, 8), "audio": torch.zeros(2, 4000)})
     assert model.visual_cacheable() is False
+
+
+def test_localize_pipeline_takes_the_proposal_boxes() -> None:
+    """``avloc localize`` reads ``boxes()`` as (n, 5) model-input pixel boxes with scores (the source contract)."""
+    from avloc.inference.sources import ModelSource
+
+    model = tiny(localize_max_sources=2).eval()
+    batch = tiny_batch(3)
+    model.calibrate_onscreen([batch])
+    out = ModelSource(model).maps(batch["image"], batch["audio"], torch.zeros(3))
+    assert out.maps.shape == (3, 64, 64) and len(out.boxes) == 3
+    for b in out.boxes:
+        assert b is not None and b.shape[1] == 5 and 1 <= len(b) <= 2
+        assert (b[:, 0] < b[:, 2]).all() and (b[:, 1] < b[:, 3]).all() and (b[:, :4] <= 64).all()

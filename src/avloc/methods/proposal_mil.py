@@ -115,7 +115,7 @@ from avloc.encoders.cache import FeatureCache, content_key
 from avloc.errors import ConfigError, DataError
 from avloc.methods import register_method
 from avloc.methods.base import LocalizationMethod
-from avloc.methods.blocks import AudioPath, TwoStreamConfig, build_visual_encoder, mlp_head
+from avloc.methods.blocks import AudioPath, TwoStreamConfig, build_visual_encoder, init_audio_encoder_from, mlp_head
 from avloc.methods.proposals import (
     SPP_LEVELS,
     ProposalCache,
@@ -240,6 +240,12 @@ class ProposalMIL(LocalizationMethod):
             self.visual_adapter = nn.Identity()
             dv = c
         self.audio_path = AudioPath(cfg)  # front-end + encoder (s_n) + FC projection (f_n^s)
+        if cfg.audio_init_from:  # a pretrained audio stream (the paper: VGGish); loaded once, then forgotten
+            init_audio_encoder_from(self, cfg.audio_init_from)
+            cfg.audio_init_from = None
+        if cfg.freeze_audio:
+            for p in self.audio_path.encoder.parameters():
+                p.requires_grad_(False)
         ds = self.audio_path.encoder.out_channels
         self.lstms = ModalityLSTMs(dv, ds) if cfg.temporal_lstm else None
         self.u_v = nn.Conv2d(dv, cfg.att_dim, 1)  # U_v
@@ -252,6 +258,13 @@ class ProposalMIL(LocalizationMethod):
         self.register_buffer("m_on_threshold", torch.tensor(float("nan")))
         self._proposals: ProposalCache | None = None
         self._feature_memo: FeatureCache | None = None
+
+    def train(self, mode: bool = True) -> ProposalMIL:
+        """As the base class; a frozen audio encoder also stays in eval mode (BatchNorm statistics fixed)."""
+        super().train(mode)
+        if self.cfg.freeze_audio:  # type: ignore[attr-defined]
+            self.audio_path.encoder.eval()
+        return self
 
     # -- caches -------------------------------------------------------------------------
 
@@ -334,6 +347,8 @@ class ProposalMIL(LocalizationMethod):
         # proposal stream + localization network (Sec. 3.4)
         f_box = self.box_head(spp_pool(v, boxes, cfg.spp_levels))  # (B, K, d)
         f_s = self.audio_path.proj(s)  # (B, d)
+        if cfg.embedding_relu:  # FC + ReLU projections: non-negative embeddings (see ProposalMILConfig)
+            f_box, f_s, f_att = F.relu(f_box), F.relu(f_s), F.relu(f_att)
         if cfg.normalize_embeddings:
             f_box, f_s, f_att = F.normalize(f_box, dim=-1), F.normalize(f_s, dim=-1), F.normalize(f_att, dim=-1)
         d = proposal_similarity(f_s, f_box, e)  # (B, K)
@@ -385,7 +400,7 @@ class ProposalMIL(LocalizationMethod):
 
     def build_criterion(self) -> nn.Module:
         cfg: ProposalMILConfig = self.cfg  # type: ignore[assignment]
-        return ProposalMILLoss(cfg.edu_weight if cfg.proposal_selection else 0.0)
+        return ProposalMILLoss(cfg.edu_weight if cfg.proposal_selection else 0.0, cfg.distance_scale)
 
     # -- inference ------------------------------------------------------------------------
 
@@ -412,13 +427,19 @@ class ProposalMIL(LocalizationMethod):
             return out["location_map"]
         return render_boxes(pick_boxes(out, cfg.localize_max_sources, cfg.multi_iou_threshold), images.shape[-2:])
 
-    def boxes(
-        self, images: torch.Tensor, audio: torch.Tensor, max_sources: int = 1
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per sample (boxes (n, 4) normalised, scores ``d_n^k`` (n,)), n <= ``max_sources`` (Sec. 4.3)."""
+    def boxes(self, images: torch.Tensor, audio: torch.Tensor, max_sources: int | None = None) -> list[torch.Tensor]:
+        """Per sample (n, 5): ``x1, y1, x2, y2`` in model-input pixels and the score ``d_n^k`` (Sec. 4.3).
+
+        ``n <= max_sources`` (default ``localize_max_sources``): the top proposal, or the
+        top non-overlapping ones. This is the box contract of ``avloc localize``.
+        """
+        cfg: ProposalMILConfig = self.cfg  # type: ignore[assignment]
         with torch.no_grad():
             out = self.infer(images, audio)
-        return pick_boxes(out, max_sources, self.cfg.multi_iou_threshold)  # type: ignore[attr-defined]
+        h, w = images.shape[-2:]
+        scale = images.new_tensor([w, h, w, h])
+        picked = pick_boxes(out, max_sources or cfg.localize_max_sources, cfg.multi_iou_threshold)
+        return [torch.cat([bx * scale, sc[:, None]], dim=1) for bx, sc in picked]
 
     def onscreen_scores(self, images: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         """Sec. 4.2 scores: ``distance`` = |f_n^v - f_n^s| (m_on) and ``d_on`` = max_k d_n^k, each (B,)."""
@@ -514,10 +535,16 @@ def render_boxes(picked: list[tuple[torch.Tensor, torch.Tensor]], size: tuple[in
 # ----------------------------------------------------------------------------- loss
 
 
-def distance_ratio_loss(f_v: torch.Tensor, f_pos: torch.Tensor, f_neg: torch.Tensor) -> torch.Tensor:
-    """Senocak et al. Eq. 3 per frame: (B, d) query, positive, negative -> (B,) ``r+^2 + (r- - 1)^2``."""
+def distance_ratio_loss(
+    f_v: torch.Tensor, f_pos: torch.Tensor, f_neg: torch.Tensor, scale: float = 1.0
+) -> torch.Tensor:
+    """Senocak et al. Eq. 3 per frame: (B, d) query, positive, negative -> (B,) ``r+^2 + (r- - 1)^2``.
+
+    ``scale`` multiplies both distances inside the ratio (``r+ = exp(s D+) / (exp(s D+) + exp(s D-))``);
+    1 is the published loss (see ``ProposalMILConfig.distance_scale``).
+    """
     dist = torch.stack([(f_v - f_pos).norm(dim=-1), (f_v - f_neg).norm(dim=-1)], dim=-1)  # (B, 2)
-    r = dist.softmax(dim=-1)  # exp(D) / (exp(D+) + exp(D-)), overflow-safe
+    r = (scale * dist).softmax(dim=-1)  # exp(sD) / (exp(sD+) + exp(sD-)), overflow-safe
     return r[:, 0].square() + (r[:, 1] - 1).square()
 
 
@@ -529,9 +556,10 @@ def euclidean_loss(f_v: torch.Tensor, f_att: torch.Tensor) -> torch.Tensor:
 class ProposalMILLoss(nn.Module):
     """``L = mean_n (L_n^tri + lambda L_n^edu)`` (Sec. 3.5); negatives: the same frame of video ``(b + 1) mod B``."""
 
-    def __init__(self, edu_weight: float = 0.5) -> None:
+    def __init__(self, edu_weight: float = 0.5, distance_scale: float = 1.0) -> None:
         super().__init__()
         self.edu_weight = edu_weight
+        self.distance_scale = distance_scale
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
         f_v, f_s, f_att = outputs["f_v"], outputs["f_s"], outputs["f_att"]  # (B', d)
@@ -539,7 +567,7 @@ class ProposalMILLoss(nn.Module):
         if f_v.shape[0] < 2 * t:
             raise ConfigError("the distance-ratio loss needs >= 2 videos per batch (negatives come from another video)")
         f_neg = f_s.roll(-t, dims=0)  # frame n of the next video
-        tri = distance_ratio_loss(f_v, f_s, f_neg)  # (B',)
+        tri = distance_ratio_loss(f_v, f_s, f_neg, self.distance_scale)  # (B',)
         edu = euclidean_loss(f_v, f_att)  # (B',)
         loss = (tri + self.edu_weight * edu).mean()
         return {
@@ -558,7 +586,18 @@ class ProposalMILConfig(TwoStreamConfig):
     """Settings of the proposal-based method (sources in brackets).
 
     ``top_k``: bag size K (Sec. 3.3; Table 3: 20 best). ``edu_weight``: lambda
-    (Sec. 4.1: 0.5). ``d_on_threshold``: 0.2 (Sec. 4.2). ``spp_levels``: 1, 2, 4
+    (Sec. 4.1: 0.5). ``distance_scale``: multiplies the distances inside the
+    distance ratio (a softmax inverse temperature; 1 = the published loss, ours).
+    ``embedding_relu``: the FC projections of the three streams end in a ReLU
+    (the paper says only "FC layers"; its loss comes from [31], whose embeddings
+    are post-ReLU). Non-negative embeddings keep ``cos >= 0``, so Eq. 3's ReLU
+    cannot zero a whole bag (``alpha = 0``, ``f_v = 0``, no gradient): with plain
+    linear projections that happened within 20-50 steps on DigitScenes.
+    ``audio_init_from``: a checkpoint or zoo name whose audio encoder (same
+    front-end and encoder settings) initialises the audio stream: the paper's
+    audio network is pretrained (VGGish), ours otherwise starts from scratch;
+    ``freeze_audio`` keeps it fixed.
+    ``d_on_threshold``: 0.2 (Sec. 4.2). ``spp_levels``: 1, 2, 4
     (SPP-net, He et al. 2015, the paper's [17]). ``proposals``: Selective Search
     (Sec. 3.1, [39]; :class:`~avloc.methods.proposals.ProposalConfig`).
     ``proposal_selection``: False = Table 3 "- ProSelectNet" (all proposals, L^tri
@@ -577,6 +616,10 @@ class ProposalMILConfig(TwoStreamConfig):
     visual_adapter_dim: int = 128
     top_k: int = 20
     edu_weight: float = 0.5
+    distance_scale: float = 1.0
+    embedding_relu: bool = True
+    audio_init_from: str | None = None
+    freeze_audio: bool = False
     spp_levels: tuple[int, ...] = SPP_LEVELS
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     proposal_selection: bool = True
@@ -596,6 +639,8 @@ class ProposalMILConfig(TwoStreamConfig):
             raise ConfigError(
                 f"top_k, embed_dim and att_dim must be >= 1, got {self.top_k}, {self.embed_dim}, {self.att_dim}"
             )
+        if self.distance_scale <= 0:
+            raise ConfigError(f"distance_scale must be > 0, got {self.distance_scale}")
         if self.edu_weight < 0:
             raise ConfigError(f"edu_weight (lambda) must be >= 0, got {self.edu_weight}")
         if not self.spp_levels or min(self.spp_levels) < 1:

@@ -193,48 +193,85 @@ def spp_bins(boxes: torch.Tensor, height: int, width: int, levels: Sequence[int]
     return torch.cat(out, dim=-2).long()
 
 
-def spp_pool(
-    feat: torch.Tensor, boxes: torch.Tensor, levels: Sequence[int] = SPP_LEVELS, chunk: int = 256
-) -> torch.Tensor:
+def spp_pool(feat: torch.Tensor, boxes: torch.Tensor, levels: Sequence[int] = SPP_LEVELS) -> torch.Tensor:
     """Spatial pyramid (RoI max) pooling of boxes: (B, C, h, w), (B, R, 4) -> (B, R, C * n_bins).
 
     The output of one box is the concatenation over bins (level by level,
     row-major) of the ``C``-vector max over the bin's cells (:func:`spp_bins`),
-    laid out as ``[bin0 c0..cC-1, bin1 c0.., ...]``. Vectorised with separable
-    range maxima: a table of the max over every column range ``[x0, x1]`` for
-    every row (``w`` cumulative maxima), gathered per bin, then a masked max
-    over the bin's rows. Gradients flow to the arg-max cells as in RoI pooling.
-    Boxes are processed ``chunk`` at a time to bound memory (``B C h chunk n_bins``).
+    laid out as ``[bin0 c0..cC-1, bin1 c0.., ...]``. The arg-max cell of every
+    (bin, channel) is found without autograd by a 2-D sparse table (range-max
+    query: the max, and its cell, over every ``2^k x 2^l`` block; a bin is
+    covered by four such blocks); the output is ``feat`` gathered at those
+    cells, so the gradient flows to the arg-max cells exactly as in RoI max
+    pooling. Cost ``O(B C h w log h log w + B C R n_bins)``.
     """
     b, c, h, w = feat.shape
     if boxes.dim() != 3 or boxes.shape[0] != b or boxes.shape[2] != 4:
         raise ConfigError(f"spp_pool expects boxes (B={b}, R, 4), got {tuple(boxes.shape)}")
-    if chunk < 1:
-        raise ConfigError(f"spp_pool chunk must be >= 1, got {chunk}")
-    # colmax[b, c, y, x0, x1] = max(feat[b, c, y, x0..x1]) (x1 >= x0; the rest is never read)
-    colmax = feat.new_full((b, c, h, w, w), float("-inf"))
-    for x0 in range(w):
-        colmax[..., x0, x0:] = torch.cummax(feat[..., x0:], dim=-1).values  # (B, C, h, w - x0)
-    colmax = colmax.flatten(3)  # (B, C, h, w*w)
-    parts = [_spp_gather(colmax, boxes[:, i : i + chunk], h, w, levels) for i in range(0, boxes.shape[1], chunk)]
-    if not parts:
-        return feat.new_zeros(b, 0, c * sum(n * n for n in levels))
-    return torch.cat(parts, dim=1)
-
-
-def _spp_gather(colmax: torch.Tensor, boxes: torch.Tensor, h: int, w: int, levels: Sequence[int]) -> torch.Tensor:
-    """:func:`spp_pool` for one chunk of boxes, given the column-range max table (B, C, h, w*w)."""
-    b, c = colmax.shape[:2]
+    nb = sum(n * n for n in levels)
     r = boxes.shape[1]
-    bins = spp_bins(boxes, h, w, levels)  # (B, R, nb, 4)
-    nb = bins.shape[2]
-    xr = (bins[..., 0] * w + bins[..., 2]).reshape(b, 1, 1, r * nb)  # (B, 1, 1, R*nb) column-range index
-    rows = colmax.gather(3, xr.expand(b, c, h, r * nb))  # (B, C, h, R*nb)
-    y = torch.arange(h, device=colmax.device).view(1, h, 1)
-    inside = (y >= bins[..., 1].reshape(b, 1, r * nb)) & (y <= bins[..., 3].reshape(b, 1, r * nb))  # (B, h, R*nb)
-    rows = rows.masked_fill(~inside[:, None], float("-inf"))
-    pooled = rows.amax(dim=2)  # (B, C, R*nb)
+    if r == 0:
+        return feat.new_zeros(b, 0, c * nb)
+    with torch.no_grad():
+        cells = _range_argmax(feat.detach(), spp_bins(boxes, h, w, levels).view(b, r * nb, 4))  # (B, C, R*nb)
+    pooled = feat.flatten(2).gather(2, cells)  # (B, C, R*nb), differentiable
     return pooled.view(b, c, r, nb).permute(0, 2, 3, 1).reshape(b, r, nb * c)
+
+
+def _range_argmax(feat: torch.Tensor, ranges: torch.Tensor) -> torch.Tensor:
+    """Flat arg-max cell ``y * w + x`` of ``feat`` (B, C, h, w) over inclusive cell ranges (B, Q, 4) -> (B, C, Q)."""
+    b, c, h, w = feat.shape
+    ly, lx = h.bit_length(), w.bit_length()  # block sizes 2^0 .. 2^floor(log2(n))
+    # tables[..., k * lx + l, y, x]: max (and its cell) over the 2^k x 2^l block whose top-left cell is (y, x);
+    # cells whose block would cross the edge keep partial maxima and are never queried
+    tv = feat.new_empty(ly * lx, b, c, h, w)  # table-major: every table is contiguous
+    ti = torch.empty(ly * lx, b, c, h, w, dtype=torch.int32, device=feat.device)
+    for k in range(ly):
+        t = k * lx
+        if k == 0:
+            tv[0] = feat
+            ti[0] = torch.arange(h * w, device=feat.device).view(h, w)
+        else:  # combine vertically with the block 2^(k-1) rows below
+            p = (k - 1) * lx
+            _combine(tv[t], ti[t], tv[p], ti[p], 1 << (k - 1), dim=2)
+        for m in range(1, lx):  # combine horizontally with the block 2^(m-1) columns to the right
+            _combine(tv[t + m], ti[t + m], tv[t + m - 1], ti[t + m - 1], 1 << (m - 1), dim=3)
+    tv, ti = tv.view(ly * lx, b, c, h * w), ti.view(ly * lx, b, c, h * w)
+    x0, y0, x1, y1 = ranges.unbind(-1)  # (B, Q)
+    ky = (y1 - y0 + 1).float().log2().floor().long()  # block size 2^ky <= range height
+    kx = (x1 - x0 + 1).float().log2().floor().long()
+    table = (ky * lx + kx)[:, None, :]  # (B, 1, Q)
+    bi = torch.arange(b, device=feat.device).view(b, 1, 1)
+    ci = torch.arange(c, device=feat.device).view(1, c, 1)
+    best_v: torch.Tensor | None = None
+    best_i: torch.Tensor | None = None
+    for yy in (y0, y1 - (1 << ky) + 1):  # four blocks cover the range
+        for xx in (x0, x1 - (1 << kx) + 1):
+            q = (yy * w + xx)[:, None, :]  # (B, 1, Q)
+            v, i = tv[table, bi, ci, q], ti[table, bi, ci, q]  # (B, C, Q)
+            if best_v is None or best_i is None:
+                best_v, best_i = v, i
+            else:
+                better = v > best_v
+                best_v, best_i = torch.where(better, v, best_v), torch.where(better, i, best_i)
+    assert best_i is not None
+    return best_i.long()
+
+
+def _combine(out_v: torch.Tensor, out_i: torch.Tensor, v: torch.Tensor, i: torch.Tensor, s: int, dim: int) -> None:
+    """``out = max(block, block shifted by s along dim)`` with its cell; the last ``s`` positions copy ``v``."""
+    n = v.shape[dim]
+    if s >= n:
+        out_v.copy_(v)
+        out_i.copy_(i)
+        return
+    a_v, b_v = v.narrow(dim, 0, n - s), v.narrow(dim, s, n - s)
+    a_i, b_i = i.narrow(dim, 0, n - s), i.narrow(dim, s, n - s)
+    better = b_v > a_v
+    torch.where(better, b_v, a_v, out=out_v.narrow(dim, 0, n - s))
+    torch.where(better, b_i, a_i, out=out_i.narrow(dim, 0, n - s))
+    out_v.narrow(dim, n - s, s).copy_(v.narrow(dim, n - s, s))
+    out_i.narrow(dim, n - s, s).copy_(i.narrow(dim, n - s, s))
 
 
 # ----------------------------------------------------------------------------- selective search
