@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from avloc.errors import DataError
 from avloc.frontends.audio import AudioFrontendConfig
 from avloc.frontends.image import ImageConfig
 
@@ -105,10 +106,19 @@ class LocalizationMethod(nn.Module):
         return enc is not None and self.cfg.freeze_visual and bool(getattr(enc, "pretrained", False))
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] -> (B, C, h, w) visual encoder features (no grad when frozen)."""
+        """(B, 3, H, W) in [0, 1] -> (B, C, h, w) visual encoder features (no grad when frozen).
+
+        Frame sequences (B, T, 3, H, W) are encoded frame by frame -> (B, T, C, h, w).
+        """
         enc = self.visual_module()
         if enc is None:
             raise NotImplementedError(f"{type(self).__name__} has no visual_encoder")
+        if images.dim() == 5:
+            b, t = images.shape[:2]
+            f = self.encode_images(images.flatten(0, 1))  # (B*T, C, h, w)
+            return f.view(b, t, *f.shape[1:])
+        if images.dim() != 4:
+            raise DataError(f"expected images (B, 3, H, W) or (B, T, 3, H, W), got {tuple(images.shape)}")
         if self.visual_frozen():
             with torch.no_grad():
                 return enc(images)  # type: ignore[no-any-return]

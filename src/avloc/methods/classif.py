@@ -239,14 +239,6 @@ class Classif(LocalizationMethod):
             raise DataError(f"{num_samples} audio samples span no video frame at {self.cfg.fps} fps")
         return t
 
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Frames ``(B, T, 3, H, W)`` -> ``(B, T, C, h, w)``; stills ``(B, 3, H, W)`` -> ``(B, C, h, w)``."""
-        if images.dim() == 5:
-            b, t = images.shape[:2]
-            f = super().encode_images(images.flatten(0, 1))  # (B*T, C, h, w)
-            return f.view(b, t, *f.shape[1:])
-        return super().encode_images(images)
-
     def frame_features(self, feats: torch.Tensor, steps: int) -> torch.Tensor:
         """Encoder features of a clip ``(B, T, C, h, w)`` or a still ``(B, C, h, w)`` (repeated) -> ``(B, T, C, h, w)``."""
         if feats.dim() == 4:

@@ -223,16 +223,6 @@ class SegmentMethod(LocalizationMethod):
             sub.encoder.eval()
         return self
 
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, H, W) segments -> (B, T, C, h, w); single frames (B, 3, H, W) -> (B, C, h, w)."""
-        if images.dim() == 5:
-            b, t = images.shape[:2]
-            f = super().encode_images(images.flatten(0, 1))  # (B*T, C, h, w)
-            return f.view(b, t, *f.shape[1:])
-        if images.dim() != 4:
-            raise DataError(f"expected images (B, T, 3, H, W) or (B, 3, H, W), got {tuple(images.shape)}")
-        return super().encode_images(images)
-
     def segment_features(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, T, C, h, w) as is; a single frame's (B, C, h, w) becomes a still segment (B, T, C, h, w)."""
         if feats.dim() == 4:
