@@ -8,10 +8,12 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from avloc.io.atomic import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 
 
 def throughput(
@@ -56,3 +58,17 @@ def git_commit() -> str:
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
     return out or "unknown"
+
+
+def labelled_models(items: list[str], kind: type[T]) -> dict[str, T]:
+    """``LABEL=CHECKPOINT`` arguments -> {label: model}, each checked to be a ``kind`` (the label may not contain ``=``)."""
+    from avloc.methods.zoo import load_model
+
+    out: dict[str, T] = {}
+    for item in items:
+        name, _, path = item.partition("=")
+        m = load_model(path)
+        if not isinstance(m, kind):
+            raise SystemExit(f"{path}: not a {kind.__name__} checkpoint")
+        out[name] = m
+    return out

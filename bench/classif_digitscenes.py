@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from _common import labelled_models
 from avloc.data.clips import DigitScenesClips
 from avloc.data.datasets import dataset_from_spec
 from avloc.data.moments import select_moments
@@ -170,13 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    classif: dict[str, Classif] = {}
-    for item in args.ckpt:
-        name, _, path = item.partition("=")
-        m = load_model(path)
-        if not isinstance(m, Classif):
-            raise SystemExit(f"{path}: not a classif checkpoint")
-        classif[name] = m
+    classif = labelled_models(args.ckpt, Classif)
     others: dict[str, LocalizationMethod] = {}
     for item in args.lvs:
         name, _, path = item.partition("=")

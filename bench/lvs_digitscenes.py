@@ -23,13 +23,13 @@ import time
 import numpy as np
 import torch
 
+from _common import labelled_models
 from avloc.config import config_to_dict
 from avloc.data.collate import collate_samples
 from avloc.data.datasets import dataset_from_spec
 from avloc.encoders.cache import FeatureCache, content_key
 from avloc.engine.evaluate import evaluate_predictions
 from avloc.methods.lvs import LVS, self_maps
-from avloc.methods.zoo import load_model
 
 #: result keys shown per protocol family: (key, column name); avsol on stills = PiBR (pointing) and HmBoxAUC
 COLUMNS = {
@@ -50,13 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--feature-cache-dir", help="keep the frozen encoder's test features on disk (avloc.encoders.cache)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    models: dict[str, LVS] = {}
-    for item in args.ckpt:
-        name, _, path = item.partition("=")
-        m = load_model(path)
-        if not isinstance(m, LVS):
-            raise SystemExit(f"{path}: not an LVS checkpoint")
-        models[name] = m
+    models = labelled_models(args.ckpt, LVS)
     first = next(iter(models.values()))
     for n, m in models.items():
         same = (m.cfg.visual_encoder, m.cfg.visual_encoder_kwargs, config_to_dict(m.cfg.image), config_to_dict(m.cfg.audio))
