@@ -111,6 +111,8 @@ def cmd_results(args: argparse.Namespace) -> dict[str, Any]:
         single, "dsol-music", localize_output="boxes", proposal_selection=False
     )
     res["single/location_map/dsol-music"] = ev(single, "dsol-music")
+    _with(model, **{k: base[k] for k in _INFER_FIELDS})
+    res["single/top_box_lands_on"] = box_landing(model, single)
     for p in ("lvs-vggss", "sslalign-adaptive"):
         res[f"single/location_map/{p}"] = ev(single, p)
         res[f"single/boxes/K={base['top_k']}/{p}"] = ev(single, p, localize_output="boxes")
@@ -135,6 +137,31 @@ def cmd_results(args: argparse.Namespace) -> dict[str, Any]:
     res["offscreen/m_on_tuned_on_test"] = tuned.compute()
     res["seconds"] = round(time.perf_counter() - t0, 1)
     return res
+
+
+def box_landing(model: Any, batches: list[dict[str, Any]]) -> dict[str, float]:
+    """Where the top proposal (highest ``d_n^k``) lands, by its centre: on a sounding box, a silent box or the
+    background; and how often the K-proposal bag holds a box centred on a sounding box (an upper bound on the choice)."""
+
+    def inside(c: torch.Tensor, boxes: torch.Tensor) -> bool:  # (2,), (n, 4) normalised
+        return bool(((boxes[:, 0] <= c[0]) & (c[0] <= boxes[:, 2]) & (boxes[:, 1] <= c[1]) & (c[1] <= boxes[:, 3])).any())
+
+    counts = {"sounding": 0, "silent": 0, "background": 0, "bag_has_sounding": 0}
+    n = 0
+    model.eval()
+    with torch.no_grad():
+        for b in batches:
+            out = model.infer(b["image"], b["audio"])
+            centres = (out["boxes"][..., :2] + out["boxes"][..., 2:]) / 2  # (B, K, 2)
+            for j in range(len(b["id"])):
+                top = centres[j, int(out["sim"][j].argmax())]
+                snd, sil = b["boxes"][j], b["silent_boxes"][j]
+                where = "sounding" if inside(top, snd) else "silent" if inside(top, sil) else "background"
+                counts[where] += 1
+                bag = centres[j][out["mask"][j] > 0]
+                counts["bag_has_sounding"] += any(inside(c, snd) for c in bag)
+                n += 1
+    return {k: v / max(n, 1) for k, v in counts.items()} | {"n": n}
 
 
 def cmd_speed(args: argparse.Namespace) -> dict[str, Any]:
@@ -186,6 +213,21 @@ def cmd_speed(args: argparse.Namespace) -> dict[str, Any]:
                 model.boxes(images[:bs], audio[:bs], max_sources=2)  # type: ignore[operator]
                 n += bs
             out[f"infer_b{bs}_frames_per_s"] = round(n / (time.perf_counter() - t), 2)
+    # SPP pooling alone (forward + backward), the proposal stream's main cost: 32 frames x K boxes
+    from avloc.methods.proposals import spp_pool
+
+    c = model.cfg.visual_adapter_dim or 64  # type: ignore[attr-defined]
+    feat = torch.randn(32, c, 14, 14, requires_grad=True)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(32, model.cfg.top_k, 2, generator=g) * 0.6  # type: ignore[attr-defined]
+    boxes = torch.cat([x0, x0 + 0.1 + torch.rand(x0.shape, generator=g) * 0.3], -1).clamp(0, 1)
+    spp_pool(feat, boxes).sum().backward()
+    t = time.perf_counter()
+    reps = 0
+    while time.perf_counter() - t < args.min_seconds:
+        spp_pool(feat, boxes).sum().backward()
+        reps += 1
+    out["spp_fwd_bwd_ms_32_frames"] = round(1000 * (time.perf_counter() - t) / reps, 1)
     out["load_average"] = os.getloadavg()
     return out
 
