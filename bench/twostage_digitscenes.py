@@ -10,7 +10,8 @@ Three steps, each reading the previous step's files in ``--work``:
    sounding digits and their utterances re-drawn per draw). Test: ``single`` and
    ``multi`` with 1, 2, 3 sounding digits (levels 1-3).
 2. ``train``: stage 1 (= the "multi-task" baseline), stage 2 initialised from
-   stage 1, and the AVC-only baseline, each with :func:`avloc.engine.train.train`
+   stage 1, the AVC-only baseline, and (an addition, not the paper's method)
+   ``stage2-projpool``, stage 2 with ``class_pooling="projections"``, each with :func:`avloc.engine.train.train`
    on the in-memory set (batches carry the cached features as ``vfeat``, the
    spoken digits as ``labels`` and the digits in view as ``visible_labels``;
    ``--visual-labels`` picks the image classifier's targets). Training speed
@@ -19,6 +20,8 @@ Three steps, each reading the previous step's files in ``--work``:
    scored with :func:`avloc.engine.evaluate.evaluate_predictions` (the harness's
    one scoring path): ``lvs-vggss``, ``sslalign-adaptive`` and ``avsol``
    (PiBR = pointing: map peak inside the sounding box) on ``single``;
+   the stage-2 model under each ``--readouts`` (Eq. 8 with each ``map_norm``,
+   and its own visual Grad-CAMs); runs without a checkpoint are skipped;
    ``qian-classaware`` (Eq. 9) and ``dsol-classaware`` at levels 1-3; plus the
    classifiers' top-k recall. Prints a markdown table, writes ``results.json``.
 
@@ -109,11 +112,15 @@ def prepare(a: argparse.Namespace) -> None:
     print(f"prepared {a.only or 'train and test'} in {time.time() - t0:.0f} s", file=sys.stderr)
 
 
-RUNS = {  # run name -> (preset, init from run)
-    "stage1": ("digitscenes-stage1", None),
-    "stage2": ("digitscenes-stage2", "stage1"),
-    "avc": ("digitscenes-avc", None),
+RUNS: dict[str, tuple[str, str | None, dict[str, Any]]] = {  # run name -> (preset, init from run, config overrides)
+    "stage1": ("digitscenes-stage1", None, {}),
+    "stage2": ("digitscenes-stage2", "stage1", {}),
+    "avc": ("digitscenes-avc", None, {}),
+    # an addition, not the paper's method: class features pooled from per-position projections (see twostage.py)
+    "stage2-projpool": ("digitscenes-stage2", "stage1", {"class_pooling": "projections"}),
 }
+#: Eq. 8 read-outs of the stage-2 run evaluated by ``eval`` (``map_norm`` values; ``cam`` = its visual Grad-CAMs)
+READOUTS = ("cosine", "minmax", "margin", "cam")
 
 
 def run_train(a: argparse.Namespace) -> None:
@@ -122,8 +129,8 @@ def run_train(a: argparse.Namespace) -> None:
     speed_file = work / "train_speed.json"
     speeds = json.loads(speed_file.read_text()) if speed_file.is_file() else {}
     for name in a.runs:
-        preset, init = RUNS[name]
-        over: dict[str, Any] = dict(PRESETS[preset]) | {"visual_labels": a.visual_labels}
+        preset, init, extra = RUNS[name]
+        over: dict[str, Any] = dict(PRESETS[preset]) | {"visual_labels": a.visual_labels} | extra
         if init is not None:
             over["init_from"] = str(work / init / "last.safetensors")
         model = TwoStage(config_from_dict(TwoStageConfig, over))
@@ -172,31 +179,65 @@ def topk_recall(prob: dict[str, np.ndarray], items: list[dict[str, Any]], row: i
     return float(np.mean(rec))
 
 
+def _contains(boxes: Any, x: float, y: float) -> bool:
+    """Is the point ``(x, y)`` (normalised) inside any of ``boxes`` (normalised ``x1, y1, x2, y2``)?"""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return bool(((b[:, 0] <= x) & (x <= b[:, 2]) & (b[:, 1] <= y) & (y <= b[:, 3])).any())
+
+
+def peak_places(maps: dict[str, np.ndarray], items: list[dict[str, Any]]) -> dict[str, float]:
+    """Where the class-agnostic map peaks (centre of its top cell, at feature resolution): fraction of clips
+    with the peak in a sounding digit's box, else in a silent digit's box, else on the background."""
+    counts = {"sounding": 0, "silent": 0, "background": 0}
+    for it in items:
+        m = maps[it["id"]]
+        py, px = np.unravel_index(int(np.argmax(m)), m.shape)
+        x, y = (px + 0.5) / m.shape[1], (py + 0.5) / m.shape[0]
+        place = "background"
+        if _contains(it["boxes"], x, y):
+            place = "sounding"
+        elif _contains(it.get("silent_boxes", []), x, y):
+            place = "silent"
+        counts[place] += 1
+    return {k: v / len(items) for k, v in counts.items()}
+
+
 def run_eval(a: argparse.Namespace) -> None:
     work = Path(a.work)
     test = torch.load(work / "test.pt", weights_only=False)
-    models: dict[str, Any] = {}
+    # label -> (checkpoint, read-out override: a map_norm value, "cam", or None = the checkpoint's own)
+    models: dict[str, tuple[Any, str | None]] = {}
     if not a.only_extra:
-        models = {
-            "AVC (class-agnostic)": work / "avc" / "last.safetensors",
-            "Multi-task (stage-1 CAM)": work / "stage1" / "last.safetensors",
-            "Two-stage (stage 2, Eq. 8)": a.stage2 or work / "stage2" / "last.safetensors",
-        }
+        models["AVC (class-agnostic)"] = (work / "avc" / "last.safetensors", None)
+        models["Multi-task (stage-1 CAM)"] = (work / "stage1" / "last.safetensors", None)
+        for ro in a.readouts:
+            label = "Two-stage (stage 2, its Grad-CAM)" if ro == "cam" else f"Two-stage (stage 2, Eq. 8, {ro})"
+            models[label] = (a.stage2 or work / "stage2" / "last.safetensors", ro)
+        for ro in a.readouts[:1]:
+            models[f"Addition: stage 2 with projection pooling (Eq. 8, {ro})"] = (work / "stage2-projpool" / "last.safetensors", ro)
     for spec in a.extra:
         label, _, path = spec.rpartition("=")
-        models[label] = path
+        models[label] = (path, None)
     results: dict[str, Any] = {}
-    for mname, path in models.items():
+    for mname, (path, readout) in models.items():
+        if not Path(path).is_file():
+            print(f"{mname}: no checkpoint {path}, skipped", file=sys.stderr, flush=True)
+            continue
         model = load_model(path)
         assert isinstance(model, TwoStage)
+        if readout == "cam":
+            model.cfg.localization = "cam"
+        elif readout is not None:
+            model.cfg.map_norm = readout  # type: ignore[assignment]
         model.eval()
         t0 = time.time()
-        r: dict[str, Any] = {"checkpoint": str(path)}
+        r: dict[str, Any] = {"checkpoint": str(path), "localization": model.cfg.localization, "map_norm": model.cfg.map_norm}
         gts = [{k: it[k] for k in GT_KEYS if k in it} for it in test["single"]]
         agn, _, prob = predict(model, test["single"])
         for proto in SINGLE_PROTOCOLS:
             r[f"single/{proto}"] = evaluate_predictions(agn, gts, proto, workers=1)
         r["single/recall_audio"] = topk_recall(prob, test["single"], 0, "labels")
+        r["single/peak_places"] = peak_places(agn, test["single"])
         for lv in LEVELS:
             items = test[f"multi-{lv}"]
             gts = [{k: it[k] for k in GT_KEYS if k in it} for it in items]
@@ -232,11 +273,14 @@ def print_table(results: dict[str, Any]) -> None:
         row.append(" / ".join(f(r[f"multi-{lv}/dsol"]["success@0.3"]) for lv in LEVELS))
         row.append(" / ".join(f(r[f"multi-{lv}/dsol"]["nsa"]) for lv in LEVELS))
         print("| " + " | ".join(row) + " |")
-    print("\n| method | audio top-k recall single / L1 / L2 / L3 | visual top-4 recall of the visible digits L1 / L2 / L3 |\n|---|---|---|")
+    print("\n| method | audio top-k recall single / L1 / L2 / L3 | visual top-4 recall of the visible digits L1 / L2 / L3 | "
+          "single: map peak on the sounding digit / a silent digit / background |\n|---|---|---|---|")
     for mname, r in results.items():
         au = [r["single/recall_audio"]] + [r[f"multi-{lv}/recall_audio"] for lv in LEVELS]
         vi = [r[f"multi-{lv}/recall_visual_visible"] for lv in LEVELS]
-        print(f"| {mname} | {' / '.join(f(x) for x in au)} | {' / '.join(f(x) for x in vi)} |")
+        pk = r.get("single/peak_places")
+        where = " / ".join(f(pk[k]) for k in ("sounding", "silent", "background")) if pk else "-"
+        print(f"| {mname} | {' / '.join(f(x) for x in au)} | {' / '.join(f(x) for x in vi)} | {where} |")
 
 
 def main() -> None:
@@ -249,7 +293,7 @@ def main() -> None:
     p.add_argument("--test-count", type=int, default=300, help="test clips per multi level")
     p.add_argument("--single-count", type=int, default=500, help="test clips of single")
     p.add_argument("--only", choices=["train", "test"], default=None, help="prepare only this part")
-    p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    p.add_argument("--runs", nargs="+", default=["stage1", "stage2", "avc"], choices=list(RUNS))
     p.add_argument("--steps", type=int, default=1000, help="training steps per run")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (overrides --steps)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -258,6 +302,9 @@ def main() -> None:
     p.add_argument("--visual-labels", choices=["visible", "sounding"], default="visible",
                    help="image classifier targets: digits in view (paper: image tags) or the spoken digits")
     p.add_argument("--stage2", default=None, help="stage-2 checkpoint to evaluate (default: the run's)")
+    p.add_argument("--readouts", nargs="+", default=list(READOUTS), choices=list(READOUTS),
+                   help="read-outs of the stage-2 model to evaluate (map_norm values of Eq. 8, or cam); the first "
+                        "is also used for the stage2-projpool run if it exists")
     p.add_argument("--extra", action="append", default=[], help="LABEL=CHECKPOINT: another twostage model to evaluate")
     p.add_argument("--only-extra", action="store_true", help="evaluate only the --extra models")
     p.add_argument("--out", default=None, help="results JSON (default WORK/results.json); 'table' reads it")

@@ -299,3 +299,42 @@ def test_every_shared_clip(shared_data, tmp_path) -> None:
         check_schema(doc)
         assert doc["frames"] and probe(tmp_path / f"{c.stem}.avloc.mp4").has_audio
 
+
+
+def test_class_aware_model_reports_one_map_per_detected_class(tmp_path) -> None:
+    """twostage (``localize_detected``): JSON lists the detected classes with their map's peak; the
+    heatmaps file holds one map per class (zero unless detected)."""
+    import torch
+
+    from avloc.methods import create_method
+    from avloc.methods.zoo import save_model
+
+    torch.manual_seed(0)
+    model = create_method("twostage", {
+        "visual_encoder": "small_cnn", "visual_encoder_kwargs": {"channels": [8, 16, 16, 16], "out_stride": 16},
+        "image": {"size": 64, "resize": 64}, "audio_encoder": "small_cnn_audio",
+        "audio": {"sample_rate": 8000, "window_seconds": 0.5, "kind": "logmel", "n_fft": 320, "hop_length": 160, "n_mels": 32},
+        "audio_encoder_kwargs": {"channels": [8, 16, 16, 16], "time_stride": 2}, "valid_threshold": 0.5, "map_norm": "minmax",
+        "feat_dim": 16, "embed_dim": 16, "proj_hidden": 8, "proj_dim": 8, "avc_dim": 16, "avc_hidden": 8,
+    })
+    ckpt = save_model(model.eval(), tmp_path / "ts.safetensors")
+    _clip(tmp_path / "c.mp4", seconds=2.0)
+    rc = main(["localize", str(tmp_path / "c.mp4"), "--out", str(tmp_path / "o"), "--model", str(ckpt),
+               "--save-heatmaps", "--no-overlay", "--quiet"])
+    assert rc == 0
+    doc = json.loads((tmp_path / "o" / "c.avloc.json").read_text())
+    check_schema(doc)
+    with np.load(tmp_path / "o" / "c.heatmaps.npz") as z:
+        cmaps, probs, det, maps = z["class_maps"], z["class_probabilities"], z["class_detected"], z["maps"]
+    n, (h, w) = len(doc["frames"]), maps.shape[1:]
+    assert n == 10 and cmaps.shape == (n, 10, h, w) and probs.shape == det.shape == (n, 10)
+    for k, f in enumerate(doc["frames"]):
+        listed = [c["class"] for c in f["classes"]]
+        assert listed == sorted(np.flatnonzero(det[k]).tolist(), key=lambda c: -probs[k, c])  # most probable first
+        assert listed[0] == int(np.argmax(probs[k]))  # the top class is always detected
+        assert all(probs[k, c] >= 0.5 for c in listed[1:])
+        assert [c["probability"] for c in f["classes"]] == pytest.approx([float(probs[k, c]) for c in listed], abs=1e-4)
+        assert not cmaps[k][~det[k]].any() and all(cmaps[k, c].max() > 0 for c in listed)
+        for c in f["classes"]:  # each peak is its own class map's maximum, in source pixels
+            py, px = np.unravel_index(int(np.argmax(cmaps[k, c["class"]].astype(np.float32))), (h, w))
+            assert c["peak"] == pytest.approx({"x": (px + 0.5) * 160 / w, "y": (py + 0.5) * 120 / h}, abs=0.01)

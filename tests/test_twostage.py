@@ -21,6 +21,7 @@ from avloc.methods.twostage import (
     distance_maps,
     grad_cam,
     labels_to_multihot,
+    pairwise_sq_dist,
     preset_config,
     weighted_pool,
 )
@@ -151,6 +152,17 @@ def test_alignment_loss_gradient_pulls_positives_together() -> None:
     assert fa.grad is not None and fa.grad[0, 0, 0] < 0  # a_0 moves towards v_0 at (1, 0)
 
 
+def test_pairwise_sq_dist_matches_difference_form() -> None:
+    torch.manual_seed(9)
+    x, y = torch.randn(7, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    y[2] = x[3]  # an identical pair: exactly 0, never negative
+    d2 = pairwise_sq_dist(x, y)
+    torch.testing.assert_close(d2, (x[:, None] - y[None]).square().sum(-1))
+    assert float(d2.min()) >= 0.0 and float(d2[3, 2]) == pytest.approx(0.0, abs=1e-12)
+    u = torch.nn.functional.normalize(x, dim=1)
+    torch.testing.assert_close(pairwise_sq_dist(u, u), 2 - 2 * u @ u.T)  # unit vectors: 2 - 2 cos (public code)
+
+
 def test_distance_maps_eq8() -> None:
     torch.manual_seed(4)
     ga, gv = torch.randn(2, 3, 4), torch.randn(2, 4, 5, 6)
@@ -163,9 +175,25 @@ def test_distance_maps_eq8() -> None:
                     assert float(k[b, c, u, v]) == pytest.approx(ref, rel=1e-5)
 
 
-def test_align_class_maps_are_normalised_negative_distances() -> None:
+def _eq8_reference(k: torch.Tensor, map_norm: str, margin: float) -> torch.Tensor:
+    """Hand transforms of the Eq. 8 distances ``K`` ``(B, C, h, w)`` (see ``TwoStageConfig.map_norm``)."""
+    if map_norm == "minmax":
+        return minmax_per_sample((-k).flatten(0, 1)).view_as(k)
+    if map_norm == "margin":
+        return torch.relu(1 - k / margin)
+    sim = torch.relu(1 - k**2 / 2)  # cosine of unit vectors = 1 - |a - b|^2 / 2
+    out = torch.zeros_like(sim)
+    for b in range(k.shape[0]):
+        for c in range(k.shape[1]):
+            if float(sim[b, c].max()) > 0:
+                out[b, c] = sim[b, c] / sim[b, c].max()
+    return out
+
+
+@pytest.mark.parametrize("map_norm", ["cosine", "minmax", "margin"])
+def test_align_class_maps_are_transformed_distances(map_norm: str) -> None:
     torch.manual_seed(5)
-    model = tiny().eval()
+    model = tiny(map_norm=map_norm).eval()
     bt = batch(2)
     with torch.no_grad():
         fa, fv = model._encode(bt["image"], bt["audio"])
@@ -180,10 +208,50 @@ def test_align_class_maps_are_normalised_negative_distances() -> None:
         ev = model.visual_embed(fv)
         gv = torch.stack([torch.stack([model.visual_proj(ev[:, :, u, v]) for v in range(ev.shape[3])], -1) for u in range(ev.shape[2])], -2)
         k = ((ga[:, :, :, None, None] - gv[:, None]) ** 2).sum(2).sqrt()
-        ref = minmax_per_sample((-k).flatten(0, 1)).view_as(k)
+        ref = _eq8_reference(k, map_norm, model.cfg.margin)
         maps = model.class_maps(fa, fv)
     torch.testing.assert_close(maps, ref, rtol=1e-6, atol=1e-8)
     assert float(maps.amin()) >= 0.0 and float(maps.amax()) <= 1.0
+    if map_norm == "cosine":  # with unit-norm embeddings the map is the ReLU'd cosine similarity, max-normalised
+        cos = torch.einsum("bcp,bpuv->bcuv", ga, gv / gv.norm(dim=1, keepdim=True))
+        torch.testing.assert_close(torch.relu(cos), torch.relu(1 - k**2 / 2), rtol=1e-6, atol=1e-8)
+        peak = maps.flatten(2).amax(2)  # (B, C): 1, or 0 for a map with no positive cosine
+        assert bool((((peak - 1).abs() < 1e-9) | (peak == 0)).all())
+
+
+def test_projection_pooling_is_the_weighted_mean_of_position_embeddings() -> None:
+    """``class_pooling="projections"`` (an addition): g at every position, Eq. 5 weights, re-normalised."""
+    torch.manual_seed(8)
+    model = tiny(class_pooling="projections").eval().double()
+    emb = torch.rand(2, 16, 3, 4, dtype=torch.float64)
+    w = torch.rand(2, 10, 3, 4, dtype=torch.float64)
+    w[1, 3] = 0.0  # a class with an empty map
+    with torch.no_grad():
+        got = model.class_embedding(emb, w, model.visual_proj)
+        for b in range(2):
+            for c in range(10):
+                acc = torch.zeros(8, dtype=torch.float64)
+                for u in range(3):
+                    for v in range(4):
+                        acc += w[b, c, u, v] * model.visual_proj(emb[b, :, u, v])
+                ref = acc / max(float(w[b, c].sum()), 1e-12)
+                ref = ref / max(float(ref.norm()), 1e-12)
+                torch.testing.assert_close(got[b, c], ref)
+    assert float(got[1, 3].abs().sum()) == 0.0
+    # the paper's order (pool E, then project) differs for the non-linear g
+    paper = tiny().eval().double()
+    paper.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(paper.class_embedding(emb, w, paper.visual_proj), got)
+    # trains and reads out (Eq. 8 against the same per-position g_v)
+    model.float().train()
+    bt = batch(4)
+    out = model(bt)
+    model.build_criterion()(out, bt)["loss"].backward()
+    assert model.visual_proj.net[0].weight.grad is not None
+    with torch.no_grad():
+        maps, _ = model.eval().localize_classes(bt["image"], bt["audio"])
+    assert maps.shape == (4, 10, 4, 4) and torch.isfinite(maps).all()
 
 
 def test_combine_probability_weighted_valid_classes() -> None:
@@ -308,6 +376,11 @@ def test_config_validation_and_presets() -> None:
         tiny(stage=2, use_classification=False)
     with pytest.raises(ConfigError, match="visual_labels"):
         tiny(visual_labels="tags")
+    with pytest.raises(ConfigError, match="map_norm"):
+        tiny(map_norm="softmax")
+    with pytest.raises(ConfigError, match="class_pooling"):
+        tiny(class_pooling="mean")
+    assert TwoStageConfig().map_norm == "cosine" and TwoStageConfig().class_pooling == "features"
     assert TwoStageConfig().visual_labels == "visible"  # the paper's setting: image tags = what is visible
     with pytest.raises(ConfigError, match="unknown twostage preset"):
         preset_config("nope")
@@ -336,3 +409,24 @@ def test_labels_to_multihot_forms_and_errors() -> None:
     out = model(bt)
     with pytest.raises(DataError, match="labels"):
         model.build_criterion()(out, {"audio": bt["audio"]})
+
+
+def test_bench_peak_places() -> None:
+    """bench/twostage_digitscenes.py: where the class-agnostic map peaks (sounding / silent digit / background)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "twostage_digitscenes.py"
+    spec = importlib.util.spec_from_file_location("twostage_digitscenes_bench", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    m = np.zeros((4, 4))
+    m[0, 3] = 1.0  # peak cell centre at (x, y) = (0.875, 0.125)
+    items = [
+        {"id": "a", "boxes": [[0.7, 0.0, 1.0, 0.3]], "silent_boxes": [[0.0, 0.0, 0.3, 0.3]]},
+        {"id": "b", "boxes": [[0.0, 0.0, 0.3, 0.3]], "silent_boxes": [[0.7, 0.0, 1.0, 0.3]]},
+        {"id": "c", "boxes": [[0.0, 0.0, 0.3, 0.3]], "silent_boxes": []},
+        {"id": "d", "boxes": [[0.8, 0.1, 0.9, 0.2]], "silent_boxes": [[0.7, 0.0, 1.0, 0.3]]},  # sounding wins
+    ]
+    got = mod.peak_places({k: m for k in "abcd"}, items)
+    assert got == {"sounding": 0.5, "silent": 0.25, "background": 0.25}

@@ -158,7 +158,22 @@ def _analyse(
                 mb = np.concatenate([src_b, mb[:, 4:5]], axis=1)
             if it.work is not None:
                 works[it.index] = it.work
-            yield FrameResult(it.index, it.time, it.source_time, full, raw, it.rms_db, out.onscreen[k], mb, out.semantic[k])
+            extra: dict[str, Any] = {}
+            cls = out.classes[k] if out.classes else None
+            if cls is not None:  # class-aware methods: each detected class's map, full frame (others stay zero)
+                cm = np.zeros((len(cls["probabilities"]), *full.shape), np.float32)
+                for c in np.flatnonzero(cls["detected"]):
+                    cm[c] = unwarp_map(cls["maps"][c], work_wh, map_wh, image_cfg)
+                extra["classes"] = {"probabilities": cls["probabilities"], "detected": cls["detected"], "maps": cm}
+            yield FrameResult(
+                it.index, it.time, it.source_time, full, raw, it.rms_db, out.onscreen[k], mb, out.semantic[k], extra
+            )
+
+
+def _peak(m: np.ndarray, src_wh: tuple[int, int]) -> dict[str, float]:
+    """Peak of a full-frame map in source pixels (cell centre)."""
+    py, px = np.unravel_index(int(np.argmax(m)), m.shape)
+    return {"x": round((px + 0.5) * src_wh[0] / m.shape[1], 2), "y": round((py + 0.5) * src_wh[1] / m.shape[0], 2)}
 
 
 def _record(r: FrameResult, cfg: LocalizeConfig, work_wh: tuple[int, int], src_wh: tuple[int, int]) -> dict[str, Any]:
@@ -170,8 +185,7 @@ def _record(r: FrameResult, cfg: LocalizeConfig, work_wh: tuple[int, int], src_w
         "audio_rms_db": None if r.rms_db is None else round(max(r.rms_db, DB_FLOOR), 2),
         "silent": bool(silent),
     }
-    py, px = np.unravel_index(int(np.argmax(r.map)), r.map.shape)
-    rec["peak"] = {"x": round((px + 0.5) * src_wh[0] / r.map.shape[1], 2), "y": round((py + 0.5) * src_wh[1] / r.map.shape[0], 2)}
+    rec["peak"] = _peak(r.map, src_wh)
     if cfg.visual_only:
         conf: float | None = None
         rec["onscreen"], rec["onscreen_confidence"] = None, None
@@ -194,6 +208,13 @@ def _record(r: FrameResult, cfg: LocalizeConfig, work_wh: tuple[int, int], src_w
         rec["boxes"] = map_boxes(r.map, src_wh, cfg, 1.0 if conf is None else conf)
     if r.semantic is not None:
         rec["semantic"] = r.semantic
+    cls = r.extra.get("classes")
+    if cls is not None:  # class-aware methods: the detected classes, most probable first, each with its map's peak
+        order = sorted(np.flatnonzero(cls["detected"]).tolist(), key=lambda c: -float(cls["probabilities"][c]))
+        rec["classes"] = [
+            {"class": int(c), "probability": round(float(cls["probabilities"][c]), 4), "peak": _peak(cls["maps"][c], src_wh)}
+            for c in order
+        ]
     return rec
 
 
@@ -281,8 +302,13 @@ def localize_video(
     records: list[dict[str, Any]] = []
     fd, maps_tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".maps.tmp", dir=out_dir)
     maps_tmp = Path(maps_tmp_name)
+    # class-aware methods with --save-heatmaps: one map per class and frame (zero unless detected), on disk too
+    cfd, cls_tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".classmaps.tmp", dir=out_dir)
+    cls_tmp = Path(cls_tmp_name)
+    cls_probs: list[np.ndarray] = []
+    cls_det: list[np.ndarray] = []
     try:
-        with os.fdopen(fd, "wb") as maps_file, tqdm(
+        with os.fdopen(fd, "wb") as maps_file, os.fdopen(cfd, "wb") as cls_file, tqdm(
             total=n_est, unit="frame", desc=f"{path.name}: analyse", disable=not progress, leave=False
         ) as bar:
             stream = smooth(_analyse(items(), source, image_cfg, cfg, work_wh, map_wh, works), cfg)
@@ -290,6 +316,11 @@ def localize_video(
                 rec = _record(r, cfg, work_wh, src_wh)
                 records.append(rec)
                 maps_file.write(r.map.astype(np.float16).tobytes())
+                cls = r.extra.get("classes")
+                if cls is not None and "heatmaps" in outs:
+                    cls_file.write(cls["maps"].astype(np.float16).tobytes())
+                    cls_probs.append(cls["probabilities"])
+                    cls_det.append(cls["detected"])
                 work = works.pop(r.index, None)
                 if work is not None:
                     tw = cfg.sheet_thumb_width
@@ -331,8 +362,15 @@ def localize_video(
                 write_video(tmp, overlay_frames(maps), out_fps, wav_native, sr_native if wav_native is not None else None)
         if "heatmaps" in outs:
             with atomic_path(outs["heatmaps"], suffix=".npz") as tmp:
+                arrays: dict[str, np.ndarray] = {"times": times, "maps": maps}
+                if len(cls_probs) == n:  # class-aware method: class_maps (n, C, H, W), probabilities, detected
+                    n_cls = len(cls_probs[0])
+                    arrays["class_maps"] = np.memmap(cls_tmp, dtype=np.float16, mode="r", shape=(n, n_cls, map_wh[1], map_wh[0]))
+                    arrays["class_probabilities"] = np.stack(cls_probs).astype(np.float32)
+                    arrays["class_detected"] = np.stack(cls_det)
                 with open(tmp, "wb") as f:
-                    np.savez_compressed(f, times=times, maps=maps)
+                    np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
+                del arrays
         from PIL import Image
 
         with atomic_path(outs["sheet"], suffix=".png") as tmp:
@@ -340,6 +378,7 @@ def localize_video(
         del maps
     finally:
         maps_tmp.unlink(missing_ok=True)
+        cls_tmp.unlink(missing_ok=True)
 
     seconds = time.perf_counter() - t_start
     live = [r["onscreen"] for r in records if r["onscreen"] is not None]

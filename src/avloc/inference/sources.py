@@ -26,6 +26,9 @@ class SourceOutput:
     onscreen: list[float | None] = field(default_factory=list)  # per frame, from a method's onscreen()
     boxes: list[np.ndarray | None] = field(default_factory=list)  # per frame (K, 5) model-input pixels + score
     semantic: list[dict[str, Any] | None] = field(default_factory=list)
+    #: per frame, for methods with ``localize_detected`` (class-aware, e.g. twostage): ``probabilities`` (C,),
+    #: ``detected`` (C,) bool and ``maps`` (C, h, w) model-input geometry; empty for other sources
+    classes: list[dict[str, np.ndarray] | None] = field(default_factory=list)
 
 
 def has_own_onscreen(model: LocalizationMethod) -> bool:
@@ -49,6 +52,7 @@ class ModelSource:
         self.context_seconds = float(getattr(model, "clip_context_seconds", 0.0)) if self.is_clip else 0.0
         self.own_onscreen = has_own_onscreen(model)
         self.own_boxes = callable(getattr(model, "boxes", None))
+        self.own_classes = not self.is_clip and callable(getattr(model, "localize_detected", None))
 
     @torch.no_grad()
     def maps(self, images: torch.Tensor, audio: torch.Tensor, times: torch.Tensor, keep: slice | None = None) -> SourceOutput:
@@ -60,6 +64,9 @@ class ModelSource:
                 m = fn(images, audio, times, keep=keep)
             else:
                 m = fn(images, audio, times)[keep]
+        elif self.own_classes:  # one pass gives the class-agnostic map and one map per class
+            detected_fn: Any = self.model.localize_detected
+            m, cmaps, probs, det = detected_fn(images[keep], audio[keep])
         else:
             m = self.model.localize(images[keep], audio[keep])
         images, audio = images[keep], audio[keep]
@@ -73,7 +80,11 @@ class ModelSource:
         if self.own_boxes:
             boxes_fn: Any = self.model.boxes
             bx = [np.asarray(b.detach().cpu(), dtype=np.float64).reshape(-1, 5) for b in boxes_fn(images, audio)]
-        return SourceOutput(m.detach().float().cpu().numpy(), on, bx, [None] * t)
+        cls: list[dict[str, np.ndarray] | None] = [None] * t
+        if self.own_classes:
+            cm, pr, dt = (x.detach().float().cpu().numpy() for x in (cmaps, probs, det))
+            cls = [{"probabilities": pr[i], "detected": dt[i] > 0, "maps": cm[i]} for i in range(t)]
+        return SourceOutput(m.detach().float().cpu().numpy(), on, bx, [None] * t, cls)
 
 
 class CombinedSource(ModelSource):

@@ -41,14 +41,29 @@ Stage 2 (Sec. 2.2), audio-visual feature alignment:
   ``ava_reduction="sum"`` for the literal sum of Eq. 7;
 * the stage-1 losses are kept during stage 2 (public implementation).
 
-Localization (Sec. 2.3, Eq. 8): ``K^c(u,v) = ||g_a(f_a^c) - g_v(E_v)(u,v)||_2``;
-a small distance means the position matches the class-``c`` audio, so each
-class map is ``-K^c`` min-max normalised per map (the paper's "normalized";
-``map_norm="margin"`` gives the absolute ``relu(1 - K / Delta)`` instead). The
-class-agnostic map (Sec. 3.1) is the sum of the maps of the valid classes
-(audio probability >= ``valid_threshold``; the top class is always valid)
-weighted by their normalised probabilities. Maps are returned at feature
-resolution; the evaluation protocols resize them to their own frame.
+Localization (Sec. 2.3, Eq. 8): ``K^c(u,v) = ||g_a(f_a^c) - g_v(E_v)(u,v)||_2``,
+every visual position ``E_v(u,v)`` projected with the same ``g_v`` (and the
+same L2 normalisation) as the pooled class features of Eq. 6. A small
+distance means the position matches the class-``c`` audio; the paper then
+says only "normalized and resized". ``map_norm`` picks the transform:
+``cosine`` (default, the public implementation's read-out): ``relu(1 - K^2 / 2)``
+(on unit-norm embeddings exactly the ReLU'd cosine similarity the public code
+computes) divided by its maximum per class map; ``minmax``: ``-K`` min-max
+normalised per map (stretches every map to [0, 1] whatever its absolute
+distances); ``margin``: ``relu(1 - K / Delta)``. The class-agnostic map
+(Sec. 3.1) is the sum of the maps of the valid classes (audio probability >=
+``valid_threshold``; the top class is always valid) weighted by their
+normalised probabilities. Maps are returned at feature resolution; the
+evaluation protocols resize them (bilinear) to their own frame, which for
+these linear combinations equals resizing each class map first.
+
+Addition, not the paper's method (``class_pooling="projections"``): Eq. 5 pools
+the embedding map and Eq. 6 projects the pooled vector, so ``g_v`` only ever
+sees pooled features in training while Eq. 8 applies it to single positions.
+With ``projections`` every position is projected first and the class feature
+is the map-weighted mean of the position embeddings (re-normalised), on both
+modalities; Eq. 7 then trains exactly the per-position embeddings that Eq. 8
+compares. For a linear ``g`` without normalisation the two orders are equal.
 
 The paper's baselines (Table 2) are configs of this module:
 
@@ -179,14 +194,41 @@ def alignment_loss(
 
 
 def pairwise_sq_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances ``(N, P)``, ``(M, P)`` -> ``(N, M)`` (exact difference form)."""
-    return (x[:, None, :] - y[None, :, :]).square().sum(-1)
+    """Squared Euclidean distances ``(N, P)``, ``(M, P)`` -> ``(N, M)``: ``|x|^2 + |y|^2 - 2 x.y``, floored at 0.
+
+    On unit vectors this is ``2 - 2 cos``, the public implementation's form. The difference form
+    ``(x[:, None] - y[None]).square().sum(-1)`` materialises an ``(N, M, P)`` tensor (N = M = 640
+    clip-class pairs at batch 64) and dominated the stage-2 step time (docs/BENCHMARKS.md).
+    """
+    return (x.square().sum(1)[:, None] + y.square().sum(1)[None, :] - 2.0 * (x @ y.T)).clamp_min(0.0)
 
 
 def distance_maps(audio_emb: torch.Tensor, visual_emb: torch.Tensor) -> torch.Tensor:
     """Eq. 8: ``K^c(u,v) = ||g_a(f_a^c) - g_v(E_v)(u,v)||_2``; ``(B, C, P)``, ``(B, P, h, w)`` -> ``(B, C, h, w)``."""
     diff = audio_emb[:, :, :, None, None] - visual_emb[:, None]  # (B, C, P, h, w)
     return diff.square().sum(2).clamp_min(0.0).sqrt()
+
+
+def distance_to_maps(k: torch.Tensor, mode: str, margin: float) -> torch.Tensor:
+    """Eq. 8 distances ``K`` ``(B, C, h, w)`` -> class maps in [0, 1] (high = matches the class audio).
+
+    ``cosine``: ``relu(1 - K^2 / 2)`` (the cosine similarity of unit vectors, ReLU'd) divided by
+    each map's maximum (an all-zero map stays zero); ``minmax``: ``-K`` min-max normalised per map;
+    ``margin``: ``relu(1 - K / margin)`` (absolute, no per-map rescaling).
+    """
+    if mode == "cosine":
+        sim = F.relu(1.0 - k.square() / 2)
+        return sim / sim.flatten(2).amax(dim=2)[:, :, None, None].clamp_min(NORM_EPS)
+    if mode == "minmax":
+        return minmax_per_sample((-k).flatten(0, 1)).view_as(k)
+    if mode == "margin":
+        return F.relu(1.0 - k / margin)
+    raise ConfigError(f"unknown map_norm {mode!r}; valid: cosine, minmax, margin")
+
+
+def project_positions(emb: torch.Tensor, proj: nn.Module) -> torch.Tensor:
+    """Apply a projection ``(..., E) -> (..., P)`` at every position of a map: ``(B, E, *S)`` -> ``(B, P, *S)``."""
+    return proj(emb.movedim(1, -1)).movedim(-1, 1)  # type: ignore[no-any-return]
 
 
 class ProjectionMLP(nn.Module):
@@ -328,13 +370,26 @@ class TwoStage(LocalizationMethod):
 
     # -- stage 2: class-aware features -----------------------------------------------
 
+    def class_embedding(self, emb: torch.Tensor, weights: torch.Tensor, proj: ProjectionMLP) -> torch.Tensor:
+        """Projected class feature ``(B, C, P)`` from an embedding map ``E`` ``(B, E, *S)`` and class maps ``(B, C, *S)``.
+
+        ``class_pooling="features"`` (Eqs. 5-6): ``g(sum_S E W^c / sum_S W^c)``;
+        ``"projections"``: the ``W^c``-weighted mean of the per-position ``g(E(S))``,
+        re-normalised when ``normalize_embed``.
+        """
+        if self.cfg.class_pooling == "features":
+            return proj(weighted_pool(emb, weights))  # type: ignore[no-any-return]
+        per_pos = project_positions(emb, proj)  # (B, P, *S)
+        pooled = weighted_pool(per_pos, weights)  # (B, C, P)
+        return F.normalize(pooled, dim=-1, eps=NORM_EPS) if self.cfg.normalize_embed else pooled
+
     def class_features(self, fa: torch.Tensor, fv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Eqs. 4-6: projected class-aware features ``g_a(f_a^c)``, ``g_v(f_v^c)``, each ``(B, C, P)``."""
         wa = grad_cam(fa, self.audio_logits)  # (B, C, T)
         wv = grad_cam(fv, self.visual_logits)  # (B, C, h, w)
-        f_a = weighted_pool(self.audio_embed(fa), wa)  # (B, C, E)
-        f_v = weighted_pool(self.visual_embed(fv), wv)  # (B, C, E)
-        return self.audio_proj(f_a), self.visual_proj(f_v)
+        ga = self.class_embedding(self.audio_embed(fa), wa, self.audio_proj)  # (B, C, P)
+        gv = self.class_embedding(self.visual_embed(fv), wv, self.visual_proj)  # (B, C, P)
+        return ga, gv
 
     # -- training outputs -------------------------------------------------------------
 
@@ -372,12 +427,9 @@ class TwoStage(LocalizationMethod):
         b, c = fa.shape[0], cfg.num_classes
         if cfg.localization == "align":
             wa = grad_cam(fa, self.audio_logits)  # (B, C, T)
-            ga = self.audio_proj(weighted_pool(self.audio_embed(fa), wa))  # (B, C, P)
-            gv = self.visual_proj(self.visual_embed(fv).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, P, h, w)
-            k = distance_maps(ga, gv)  # (B, C, h, w)
-            if cfg.map_norm == "margin":
-                return F.relu(1.0 - k / cfg.margin)
-            return minmax_per_sample((-k).flatten(0, 1)).view_as(k)
+            ga = self.class_embedding(self.audio_embed(fa), wa, self.audio_proj)  # (B, C, P), as in training
+            gv = project_positions(self.visual_embed(fv), self.visual_proj)  # (B, P, h, w): g_v of every position
+            return distance_to_maps(distance_maps(ga, gv), cfg.map_norm, cfg.margin)
         if cfg.localization == "cam":
             cam = grad_cam(fv, self.visual_logits)  # (B, C, h, w)
             return minmax_per_sample(cam.flatten(0, 1)).view_as(cam)
@@ -398,15 +450,27 @@ class TwoStage(LocalizationMethod):
         fa, fv = self._encode(images, audio)
         return self.class_maps(fa, fv), self.class_probs(fa)
 
+    def valid_classes(self, probs: torch.Tensor) -> torch.Tensor:
+        """``(B, C)`` probabilities -> ``(B, C)`` bool: probability >= ``valid_threshold``, and always the top class."""
+        top = F.one_hot(probs.argmax(dim=1), probs.shape[1]).bool()  # (B, C)
+        return (probs >= self.cfg.valid_threshold) | top
+
     def combine(self, maps: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         """Class-agnostic map (Sec. 3.1): valid-class probability-weighted sum ``(B, C, h, w)``, ``(B, C)`` -> ``(B, h, w)``.
 
         Valid = probability >= ``valid_threshold``; the most probable class is always valid.
         """
-        top = F.one_hot(probs.argmax(dim=1), probs.shape[1]).bool()  # (B, C)
-        w = probs * ((probs >= self.cfg.valid_threshold) | top).float()  # (B, C)
+        w = probs * self.valid_classes(probs).float()  # (B, C)
         w = w / w.sum(dim=1, keepdim=True).clamp_min(NORM_EPS)
         return torch.einsum("bc,bchw->bhw", w, maps)
+
+    def localize_detected(
+        self, images: torch.Tensor, audio: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For ``avloc localize``: class-agnostic map ``(B, h, w)`` (= ``localize``), class maps
+        ``(B, C, h, w)``, audio class probabilities ``(B, C)`` and the detected (valid) classes ``(B, C)`` bool."""
+        maps, probs = self.localize_classes(images, audio)
+        return self.combine(maps, probs), maps, probs, self.valid_classes(probs)
 
     def localize(self, images: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` in [0, 1], ``(B, N)`` -> class-agnostic heatmap ``(B, h, w)`` at feature resolution."""
@@ -504,7 +568,11 @@ class TwoStageConfig(MethodConfig):
       projections before Eq. 6 (public implementation).
     * ``valid_threshold``: class probability that makes a class valid (footnote 3; 0.3 public code).
     * ``ava_reduction``: ``balanced`` (mean positives + mean negatives, public code) or ``sum`` (Eq. 7).
-    * ``map_norm``: ``minmax`` per class map of ``-K`` or ``margin`` = ``relu(1 - K / Delta)``.
+    * ``map_norm``: Eq. 8 distance -> map: ``cosine`` = ``relu(1 - K^2 / 2)`` / its max per class
+      map (public implementation), ``minmax`` per class map of ``-K``, or ``margin`` =
+      ``relu(1 - K / Delta)``. Inference only (a trained model can be read out either way).
+    * ``class_pooling``: ``features`` (Eqs. 5-6: pool ``E``, then project) or ``projections``
+      (an addition, not the paper: project every position, then pool; see the module doc).
     """
 
     audio: AudioFrontendConfig = field(default_factory=paper_audio)
@@ -531,7 +599,8 @@ class TwoStageConfig(MethodConfig):
     normalize_embed: bool = True
     valid_threshold: float = 0.3
     ava_reduction: Literal["balanced", "sum"] = "balanced"
-    map_norm: Literal["minmax", "margin"] = "minmax"
+    map_norm: Literal["cosine", "minmax", "margin"] = "cosine"
+    class_pooling: Literal["features", "projections"] = "features"
 
     def validate(self) -> None:
         if self.stage not in (1, 2):
@@ -551,6 +620,10 @@ class TwoStageConfig(MethodConfig):
             raise ConfigError(f"margin must be > 0, got {self.margin}")
         if self.visual_labels not in ("visible", "sounding"):
             raise ConfigError(f"visual_labels must be 'visible' or 'sounding', got {self.visual_labels!r}")
+        if self.map_norm not in ("cosine", "minmax", "margin"):
+            raise ConfigError(f"map_norm must be 'cosine', 'minmax' or 'margin', got {self.map_norm!r}")
+        if self.class_pooling not in ("features", "projections"):
+            raise ConfigError(f"class_pooling must be 'features' or 'projections', got {self.class_pooling!r}")
         if not 0.0 <= self.valid_threshold <= 1.0:
             raise ConfigError(f"valid_threshold must be in [0, 1], got {self.valid_threshold}")
 
