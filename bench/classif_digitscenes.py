@@ -15,7 +15,14 @@ classif ...``, see docs/_pending/issue8_results.md); this script only measures:
    ``--data``: IoU against the true sounding box (max over sounding boxes; 0 when the
    frame has none; also the mean over the frames that have one), success@0.5, boxes/s;
 4. training throughput: a ``train`` step (forward, Eq. 3, backward, Adam) on cached
-   frozen features, batch ``--batch``.
+   frozen features, batch ``--batch``;
+5. for every ``--ckpt`` (the Table 2 columns): classification accuracy of each head on the
+   first ``--acc-count`` samples of ``--data`` (argmax against the spoken digit;
+   :meth:`Classif.head_logits`, so a ``single``-head model's vision / audio columns are its
+   one AV FC applied to the zero-masked inputs, a probe), the training accuracy logged in the
+   run's ``metrics.jsonl`` (mean over the last ``--train-acc-steps`` steps, when the file sits
+   next to the checkpoint), and where the peak of the Eq. 4 map falls on the first
+   ``--pointing-count`` samples (on the sounding digit / on a visible silent digit).
 
 Usage::
 
@@ -29,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,12 +44,13 @@ import torch
 
 from _common import labelled_models
 from avloc.data.clips import DigitScenesClips
+from avloc.data.collate import collate_samples
 from avloc.data.datasets import dataset_from_spec
 from avloc.data.moments import select_moments
 from avloc.data.pseudo_boxes import PseudoBoxConfig, box_iou, clip_pseudo_boxes
 from avloc.engine.evaluate import evaluate_model
 from avloc.methods.base import LocalizationMethod
-from avloc.methods.classif import Classif
+from avloc.methods.classif import HEADS, Classif
 from avloc.methods.zoo import load_model
 
 
@@ -110,7 +119,13 @@ def still_boxes(m: Classif, spec: str, raw: str, n: int, pcfg: PseudoBoxConfig) 
         ious.append(_best_iou(cb.box, s["boxes"]))
     rate = n / (time.perf_counter() - t0)
     iou = np.array(ious)
-    # pointing: does the peak of the Eq. 4 map fall on the sounding digit, or on a visible silent one?
+    return {"stills": n, "pseudo_box_mean_iou": round(float(iou.mean()), 3), "pseudo_box_iou_at_0.5": round(float((iou >= 0.5).mean()), 3),
+            "pseudo_boxes_per_s": round(rate, 3), **peak_landing(m, samples)}
+
+
+def peak_landing(m: Classif, samples: list[dict[str, Any]]) -> dict[str, float]:
+    """Does the peak of the Eq. 4 map fall on the sounding digit, or on a visible silent one?"""
+    m.eval()
     hits, silent_hits = [], []
     with torch.no_grad():
         for s in samples:
@@ -124,9 +139,47 @@ def still_boxes(m: Classif, spec: str, raw: str, n: int, pcfg: PseudoBoxConfig) 
 
             hits.append(inside(s["boxes"]))
             silent_hits.append(inside(s["silent_boxes"]))
-    return {"stills": n, "pseudo_box_mean_iou": round(float(iou.mean()), 3), "pseudo_box_iou_at_0.5": round(float((iou >= 0.5).mean()), 3),
-            "pseudo_boxes_per_s": round(rate, 3), "peak_on_sounding_digit": round(float(np.mean(hits)), 3),
-            "peak_on_silent_digit": round(float(np.mean(silent_hits)), 3)}
+    return {"peak_on_sounding_digit": round(float(np.mean(hits)), 3), "peak_on_silent_digit": round(float(np.mean(silent_hits)), 3)}
+
+
+def head_accuracy(m: Classif, samples: list[dict[str, Any]], batch: int = 50) -> dict[str, float]:
+    """Accuracy of the vision / audio / AV heads against each sample's (single) class label."""
+    m.eval()
+    hits = {h: 0 for h in HEADS}
+    with torch.no_grad():
+        for start in range(0, len(samples), batch):
+            part = samples[start : start + batch]
+            b = collate_samples(part)
+            y = torch.tensor([s["labels"][0] for s in part])
+            for h, logits in m.head_logits({"image": b["image"], "audio": b["audio"]}).items():
+                hits[h] += int((logits.argmax(dim=1) == y).sum())
+    return {h: round(hits[h] / len(samples), 3) for h in HEADS}
+
+
+def logged_train_accuracy(ckpt: str, last_steps: int) -> dict[str, float] | None:
+    """Mean logged training accuracy per head over the last ``last_steps`` steps of the run holding ``ckpt``."""
+    log = Path(ckpt).parent / "metrics.jsonl"
+    if not log.is_file():
+        return None
+    rows = [r for r in map(json.loads, log.read_text().splitlines()) if r.get("split") == "train"]
+    if not rows:
+        return None
+    end = rows[-1]["step"]
+    rows = [r for r in rows if r["step"] > end - last_steps]
+    return {h: round(float(np.mean([r[f"acc_{h}"] for r in rows])), 3) for h in HEADS if f"acc_{h}" in rows[-1]}
+
+
+def heads_table(models: dict[str, Classif], paths: dict[str, str], spec: str, raw: str, n_acc: int, n_point: int,
+                last_steps: int) -> dict[str, Any]:
+    """Table 2's accuracy and peak-landing columns for every classification model."""
+    out: dict[str, Any] = {}
+    for name, m in models.items():
+        ds = dataset_from_spec(spec, raw=raw, image_cfg=m.cfg.image, audio_cfg=m.cfg.audio, count=max(n_acc, n_point))
+        samples = [ds[i] for i in range(max(n_acc, n_point))]  # type: ignore[index]
+        out[name] = {"heads": m.cfg.heads, "train_accuracy": logged_train_accuracy(paths[name], last_steps),
+                     "heldout_accuracy": head_accuracy(m, samples[:n_acc]) if n_acc else None,
+                     **(peak_landing(m, samples[:n_point]) if n_point else {})}
+    return out
 
 
 def train_throughput(m: Classif, batch: int, repeats: int) -> float:
@@ -166,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--acc-count", type=int, default=300, help="samples of --data for the per-head accuracy (0 = skip)")
+    p.add_argument("--pointing-count", type=int, default=300, help="samples of --data for the peak-landing columns (0 = skip)")
+    p.add_argument("--train-acc-steps", type=int, default=100, help="logged steps averaged for the training accuracy")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json-out", help="also write the results JSON here")
     args = p.parse_args(argv)
@@ -184,7 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         res["video_moments"] = {"model": main_name, **moments_and_boxes(main_model, args.raw, args.video_clips, pcfg)}
     if args.still_boxes:
         res["still_boxes"] = {"model": main_name, **still_boxes(main_model, args.data, args.raw, args.still_boxes, pcfg)}
-    res["train_samples_per_s"] = {n: round(train_throughput(m, args.batch, args.repeats), 1) for n, m in classif.items()}
+    if args.acc_count or args.pointing_count:
+        paths = {n: (path or n) for n, _, path in (item.partition("=") for item in args.ckpt)}
+        res["heads"] = heads_table(classif, paths, args.data, args.raw, args.acc_count, args.pointing_count, args.train_acc_steps)
+    if args.repeats:
+        res["train_samples_per_s"] = {n: round(train_throughput(m, args.batch, args.repeats), 1) for n, m in classif.items()}
     print(json.dumps(res, indent=2))
     if args.json_out:
         from avloc.io.atomic import write_text_atomic
@@ -195,6 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|" + "---:|" * len(cols))
     for n, r in res["localization"].items():
         print(f"| {n} | " + " | ".join(f"{r[pr][k]:.3f}" for pr, k in cols) + " |")
+    if "heads" in res:
+        print("\n| model | heads | train acc vision / audio / AV | held-out acc vision / audio / AV | peak on sounding | peak on silent |")
+        print("|---|---|---|---|---:|---:|")
+        for n, r in res["heads"].items():
+            tr, ho = r["train_accuracy"] or {}, r["heldout_accuracy"] or {}
+            fmt = lambda d: " / ".join(f"{d[h]:.3f}" if h in d else "-" for h in ("vision", "audio", "av"))  # noqa: E731
+            print(f"| {n} | {r['heads']} | {fmt(tr)} | {fmt(ho)} | {r.get('peak_on_sounding_digit', '-')} | {r.get('peak_on_silent_digit', '-')} |")
     return 0
 
 

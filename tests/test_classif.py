@@ -85,6 +85,25 @@ def test_heads_fc_layout_table2() -> None:
         torch.testing.assert_close(out[k], fc(z[k]))
 
 
+@pytest.mark.parametrize("heads", ["individual", "shared", "single"])
+def test_head_logits_all_three_heads(heads: str) -> None:
+    m = create_method("classif", tiny_classif_config(heads=heads))
+    assert isinstance(m, Classif)
+    m.eval()
+    batch = _batch()
+    with torch.no_grad():
+        all3 = m.head_logits(batch)
+        own = m(batch)
+        _, zv, za = m.encode(m.visual_features(batch), batch["audio"])
+        z = modality_features(zv, za)
+    assert set(all3) == {"vision", "audio", "av"} and all(v.shape == (3, 10) for v in all3.values())
+    for k, v in own.items():  # the trained heads give exactly forward()'s logits
+        torch.testing.assert_close(all3[k.removeprefix("logits_")], v)
+    if heads == "single":  # the untrained modality inputs go through the one AV FC
+        torch.testing.assert_close(all3["audio"], m.heads.fc["av"](z["audio"]))
+        torch.testing.assert_close(all3["vision"], m.heads.fc["av"](z["vision"]))
+
+
 def test_eq1_modality_features_by_hand() -> None:
     zv = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])  # (1, T=2, D=2)
     za = torch.tensor([[[10.0, 0.0], [0.0, 20.0]]])

@@ -40,6 +40,10 @@ def test_top_k_moments_order_and_ties() -> None:
     with pytest.raises(DataError):
         top_k_moments(torch.zeros(2, 2), 1)
     assert middle_moments(2, 5) == {0: [2], 1: [2]}
+    assert middle_moments(1, 6, k=3) == {0: [3, 2, 4]}  # nearest the middle step 3, earlier first on ties
+    assert middle_moments(1, 2, k=2) == {0: [1, 0]}
+    with pytest.raises(ConfigError):
+        middle_moments(1, 4, k=5)
 
 
 class _Clips(torch.utils.data.Dataset):

@@ -50,9 +50,15 @@ def top_k_moments(scores: torch.Tensor, k: int = 1) -> list[int]:
     return order[:k]
 
 
-def middle_moments(n_clips: int, steps: int) -> dict[int, list[int]]:
-    """The baseline: every clip's middle step (``steps // 2``)."""
-    return {c: [steps // 2] for c in range(n_clips)}
+def middle_moments(n_clips: int, steps: int, k: int = 1) -> dict[int, list[int]]:
+    """The baseline: every clip's middle step (``steps // 2``); with ``k > 1`` the ``k`` steps
+    nearest to it (middle, middle - 1, middle + 1, middle - 2, ...), as many frames per clip
+    as a top-k selection."""
+    if not 1 <= k <= steps:
+        raise ConfigError(f"middle moments need 1 <= k <= steps = {steps}, got k={k}")
+    mid = steps // 2
+    order = sorted(range(steps), key=lambda t: (abs(t - mid), t))[:k]
+    return {c: list(order) for c in range(n_clips)}
 
 
 Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # frames (B, T, 3, H, W), audio (B, N) -> (B, T)

@@ -265,6 +265,19 @@ class Classif(LocalizationMethod):
         logits = self.heads(modality_features(zv, za))  # {head: (B, C)}
         return {f"logits_{k}": v for k, v in logits.items()}
 
+    def head_logits(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Logits of all three heads ``{vision, audio, av}: (B, C)``, whatever ``cfg.heads`` is.
+
+        ``individual``: each head's own FC (= :meth:`forward`); ``shared``: the shared FC;
+        ``single``: the vision and audio inputs (zero-masked halves, Eq. 1) go through
+        the one audio-visual FC, which was never trained on them -- a probe of how much
+        each half alone carries, for the Table 2 accuracy columns.
+        """
+        _, zv, za = self.encode(self.visual_features(batch), batch["audio"])
+        z = modality_features(zv, za)
+        fc = self.heads.fc
+        return {n: fc[n if self.heads.mode == "individual" else "av"](z[n]) for n in HEADS}
+
     def build_criterion(self) -> nn.Module:
         return ClassifLoss(self.cfg, self.heads.active)
 
