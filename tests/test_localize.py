@@ -338,3 +338,19 @@ def test_class_aware_model_reports_one_map_per_detected_class(tmp_path) -> None:
         for c in f["classes"]:  # each peak is its own class map's maximum, in source pixels
             py, px = np.unravel_index(int(np.argmax(cmaps[k, c["class"]].astype(np.float32))), (h, w))
             assert c["peak"] == pytest.approx({"x": (px + 0.5) * 160 / w, "y": (py + 0.5) * 120 / h}, abs=0.01)
+    # the contact sheet shows each frame next to its detected classes' maps: one row item = 1 + 3 panels
+    from PIL import Image
+
+    from avloc.inference.pipeline import SHEET_CLASS_PANELS
+
+    sheet = np.asarray(Image.open(tmp_path / "o" / "c.sheet.png"))
+    tw, pad = 320, 4  # default thumbnail width, sheet padding
+    item_w = (1 + SHEET_CLASS_PANELS) * tw + SHEET_CLASS_PANELS * 2
+    assert sheet.shape[1] == item_w + 2 * pad  # one item per sheet row (4 columns // 4 panels)
+    assert (sheet.shape[0] - pad) % n == 0  # n rows
+    th = (sheet.shape[0] - pad) // n - pad
+    first = sheet[pad : pad + th, pad : pad + item_w]
+    n_det = len(doc["frames"][0]["classes"])
+    for i in range(1 + SHEET_CLASS_PANELS):  # the frame and one panel per detected class drawn; the rest left dark
+        panel = first[:, i * (tw + 2) : i * (tw + 2) + tw]
+        assert (panel.max() > 24) == (i <= n_det)

@@ -48,13 +48,15 @@ from avloc.inference.postprocess import (
     smooth,
     unwarp_map,
 )
-from avloc.inference.render import contact_sheet, display_heat, draw_overlay, heat_layer
+from avloc.inference.render import NEUTRAL_COLOUR, contact_sheet, display_heat, draw_overlay, heat_layer, side_by_side
 from avloc.inference.sources import CombinedSource, ModelSource, SourceOutput, VisualOnlySource
 from avloc.io.atomic import atomic_path, check_writable, write_text_atomic
 from avloc.io.audio import resample, rms_db, windows_at
 from avloc.io.media import MediaInfo, fit_size, iter_frames, probe
 from avloc.methods.base import LocalizationMethod
 
+#: class-aware methods: the contact sheet shows each frame next to its most probable detected classes' maps
+SHEET_CLASS_PANELS = 3
 #: file-name suffixes of the outputs, per input ``NAME``
 OUTPUT_SUFFIXES = {"json": ".avloc.json", "video": ".avloc.mp4", "heatmaps": ".heatmaps.npz", "sheet": ".sheet.png"}
 
@@ -328,7 +330,17 @@ def localize_video(
                     import cv2
 
                     small = cv2.resize(work, (tw, th), interpolation=cv2.INTER_AREA)
-                    thumbs.append(draw_overlay(small, display_heat(r.map, _heat_strength(rec)), rec, src_wh, cfg.overlay_alpha))
+                    thumb = draw_overlay(small, display_heat(r.map, _heat_strength(rec)), rec, src_wh, cfg.overlay_alpha)
+                    cls = r.extra.get("classes")
+                    if cls is not None:  # class-aware methods: the frame, then each detected class's own map
+                        panels = [
+                            draw_overlay(small, display_heat(cls["maps"][c["class"]], 1.0), {"time": rec["time"]}, src_wh,
+                                         cfg.overlay_alpha, banner=(f"class {c['class']}  p={c['probability']:.2f}",
+                                                                    NEUTRAL_COLOUR))
+                            for c in rec["classes"][:SHEET_CLASS_PANELS]
+                        ]
+                        thumb = side_by_side([thumb, *panels], 1 + SHEET_CLASS_PANELS)
+                    thumbs.append(thumb)
                 bar.update(1)
         if not records:
             raise MediaError(f"{path}: no frames to analyse at {cfg.fps} fps")
@@ -374,7 +386,8 @@ def localize_video(
         from PIL import Image
 
         with atomic_path(outs["sheet"], suffix=".png") as tmp:
-            Image.fromarray(contact_sheet(thumbs, cfg.sheet_columns)).save(tmp, format="PNG")
+            per_row = 1 + SHEET_CLASS_PANELS if thumbs and thumbs[0].shape[1] > cfg.sheet_thumb_width else 1
+            Image.fromarray(contact_sheet(thumbs, max(1, cfg.sheet_columns // per_row))).save(tmp, format="PNG")
         del maps
     finally:
         maps_tmp.unlink(missing_ok=True)

@@ -51,11 +51,13 @@ def draw_overlay(
     src_wh: tuple[int, int],
     alpha: float,
     layer: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    banner: tuple[str, tuple[int, int, int]] | None = None,
 ) -> np.ndarray:
     """RGB uint8 frame (H, W, 3) + display heat (h, w) in [0, 1] + JSON frame record -> new frame.
 
     ``src_wh`` is the source resolution the record's boxes are in (the frame may be downscaled). ``layer``:
-    :func:`heat_layer` of ``heat`` at this frame's size, when the caller already has it.
+    :func:`heat_layer` of ``heat`` at this frame's size, when the caller already has it. ``banner``: (text,
+    colour) instead of the record's on/off-screen banner (e.g. one class's map).
     """
     h, w = img.shape[:2]
     if layer is None:
@@ -76,12 +78,24 @@ def draw_overlay(
             cv2.rectangle(out, p1, p2, BOX_COLOUR, thick)
             cv2.putText(out, f"{b['score']:.2f}", (p1[0] + 2, max(p1[1] - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, font,
                         BOX_COLOUR, max(1, thick // 2), cv2.LINE_AA)
-    text, banner = banner_text(record)
+    text, colour = banner if banner is not None else banner_text(record)
     bh = max(8, round(24 * scale))
-    cv2.rectangle(out, (0, 0), (w, bh), banner, -1)
+    cv2.rectangle(out, (0, 0), (w, bh), colour, -1)
     cv2.putText(out, f"{record['time']:.1f}s  {text}", (4, bh - max(2, bh // 4)), cv2.FONT_HERSHEY_SIMPLEX, font,
                 (255, 255, 255), max(1, thick // 2), cv2.LINE_AA)
     return out
+
+
+def side_by_side(panels: list[np.ndarray], slots: int) -> np.ndarray:
+    """Same-size RGB panels -> one image of ``slots`` panels in a row; missing panels are left dark."""
+    if not panels or len(panels) > slots:
+        raise ValueError(f"side_by_side: need 1 to {slots} panels, got {len(panels)}")
+    h, w = panels[0].shape[:2]
+    pad = 2
+    row = np.full((h, slots * w + (slots - 1) * pad, 3), 24, np.uint8)
+    for i, p in enumerate(panels):
+        row[:, i * (w + pad) : i * (w + pad) + w] = p
+    return row
 
 
 def contact_sheet(thumbs: list[np.ndarray], columns: int) -> np.ndarray:
