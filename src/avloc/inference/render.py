@@ -78,9 +78,9 @@ def draw_overlay(
             cv2.rectangle(out, p1, p2, BOX_COLOUR, thick)
             cv2.putText(out, f"{b['score']:.2f}", (p1[0] + 2, max(p1[1] - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, font,
                         BOX_COLOUR, max(1, thick // 2), cv2.LINE_AA)
-    text, colour = banner if banner is not None else banner_text(record)
+    text, banner_colour = banner if banner is not None else banner_text(record)
     bh = max(8, round(24 * scale))
-    cv2.rectangle(out, (0, 0), (w, bh), colour, -1)
+    cv2.rectangle(out, (0, 0), (w, bh), banner_colour, -1)
     cv2.putText(out, f"{record['time']:.1f}s  {text}", (4, bh - max(2, bh // 4)), cv2.FONT_HERSHEY_SIMPLEX, font,
                 (255, 255, 255), max(1, thick // 2), cv2.LINE_AA)
     return out
