@@ -4,7 +4,10 @@ Models (registered methods, Nishikawa et al. Sec. 5.2): CAM (``dnm-cam``, visual
 only), the Tian-style audio-guided attention (``dnm-tian``), Static-Cls,
 Static-AVC, Static-DNM and CDF-DNM (``dnm`` with ``fusion`` x ``tasks``).
 
-Each is trained with the shared engine (:func:`avloc.engine.train.train`, frozen
+Each is trained by the function ``avloc train`` calls,
+:func:`avloc.engine.train.train_from_specs`, from a config file the bench writes
+(``OUT/configs/ROW.json``; ``avloc train --method M --config OUT/configs/ROW.json
+--out RUN`` repeats the run), with the shared engine (frozen
 EfficientNet-Lite0 features of the T-frame segments cached on disk in
 ``--feature-cache-dir`` and shared by the six runs), then scored under the
 ``avsol`` protocol with :func:`avloc.engine.evaluate.evaluate_predictions` on
@@ -20,14 +23,19 @@ Latency: ``localize`` on one segment (T frames + 1 s of audio, batch 1, backbone
 included), median of ``--latency-reps`` runs after a warm-up.
 
 Training data (issue 7): ``--train-overrides`` sets DigitScenes ``video`` fields for
-the training clips only (the test clips keep the default config);
-``--sound-draws K`` shows each training clip with K sound tracks
-(:class:`avloc.methods.dnm.RedrawnSoundTracks`: the pictures, hence the cached
-features, are shared); ``--neg-other-time p`` takes a fraction p of the AVC
-negatives from the same clip at another time
-(:class:`avloc.methods.dnm.OtherTimeNegatives`); ``--audio-pretrain-steps N``
-pretrains the audio backbone on FSDD digits and freezes it in every audio model
-(:func:`avloc.methods.dnm.pretrain_audio_backbone`, the paper's frozen VGGish).
+the training clips only (``data.train_kwargs``; the test clips keep the default config).
+The other levers are method config fields (:class:`avloc.methods.dnm.DNMConfig`), applied
+by ``prepare_training`` when the engine starts: ``--sound-draws K`` -> ``sound_draws``
+(:class:`avloc.methods.dnm.RedrawnSoundTracks`: each training clip with K sound tracks, the
+pictures, hence the cached features, shared; ``pixels_once`` is always on);
+``--neg-other-time p`` -> ``neg_other_time`` (AVC models; a fraction p of the AVC negatives
+from the same clip at another time, :class:`avloc.methods.dnm.OtherTimeNegatives`);
+``--audio-pretrain-steps N`` pretrains the audio backbone once on FSDD digits
+(:func:`avloc.methods.dnm.pretrain_audio_backbone`, seed 0, ``OUT/audio_backbone.safetensors``;
+``--audio-init FILE`` reuses a file instead) and every audio model gets
+``audio_init_from=FILE`` and ``freeze_audio=true`` (the paper's frozen VGGish; from the CLI,
+``audio_pretrain_steps=N`` pretrains the same weights inside the run); ``--seed`` ->
+``train.seed`` and ``init_seed`` (the weights' seed).
 
 Usage::
 
@@ -54,16 +62,10 @@ from avloc.data.collate import collate_samples
 from avloc.data.datasets import dataset_from_spec
 from avloc.encoders.cache import FeatureCache, content_key
 from avloc.engine.evaluate import evaluate_predictions
-from avloc.engine.train import DataConfig, OptimConfig, TrainConfig, train
+from avloc.engine.train import train_from_specs
 from avloc.methods import create_method
-from avloc.methods.dnm import (
-    AudioSubNet,
-    OtherTimeNegatives,
-    RedrawnSoundTracks,
-    SegmentMethod,
-    pretrain_audio_backbone,
-)
-from avloc.methods.zoo import save_model
+from avloc.methods.dnm import DNMConfig, SegmentMethod, pretrain_audio_backbone
+from avloc.methods.zoo import load_model, save_model
 
 #: Table 2 rows: name -> (method, config overrides)
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -125,6 +127,35 @@ def score(preds: dict[str, np.ndarray], gts: list[dict[str, Any]]) -> dict[str, 
     return res
 
 
+def model_maps(
+    model: SegmentMethod, name: str, feats: list[torch.Tensor], audio: list[torch.Tensor], gts: list[dict[str, Any]],
+    first: dict[str, torch.Tensor],
+) -> dict[str, np.ndarray]:
+    """The model's maps of the test frames from the cached features, checked against ``localize`` on the first batch."""
+    model.eval()
+    preds: dict[str, np.ndarray] = {}
+    with torch.no_grad():
+        direct = model.localize(first["image"], first["audio"])
+        via = model.localize_features(feats[0], audio[0])
+        if not torch.allclose(direct, via, atol=1e-4):
+            raise SystemExit(f"{name}: localize_features differs from localize by {float((direct - via).abs().max()):.2e}")
+        i = 0
+        for f, a in zip(feats, audio):
+            for m in model.localize_features(f, a).numpy():
+                preds[gts[i]["id"]] = m
+                i += 1
+    return preds
+
+
+def chance(gts: list[dict[str, Any]], shape: tuple[int, ...], draws: int) -> dict[str, Any]:
+    """Mean scores of uniform random maps of ``shape`` over ``draws`` draws (generator seeds 0 .. draws-1)."""
+    rows = []
+    for d in range(draws):
+        g = torch.Generator().manual_seed(d)
+        rows.append(score({x["id"]: torch.rand(shape, generator=g).numpy() for x in gts}, gts))
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if isinstance(rows[0][k], (int, float))}
+
+
 def latency(model: SegmentMethod, first: dict[str, torch.Tensor], reps: int) -> float:
     """Median seconds of ``localize`` on one segment (batch 1, backbone included)."""
     x, a = first["image"][:1], first["audio"][:1]
@@ -149,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS), help="rows to train (none: only score)")
+    p.add_argument(
+        "--score", nargs="*", default=[], metavar="ROW=MODEL",
+        help="also score saved models (checkpoint path or zoo name) on the same test frames, e.g. zoo=dnm-digitscenes",
+    )
+    p.add_argument("--chance-draws", type=int, default=0, help="score this many uniform random maps (the chance row)")
     p.add_argument("--feature-cache-dir", default=None, help="default: OUT/feature_cache")
     p.add_argument("--latency-reps", type=int, default=20)
     p.add_argument("--zoo", default=None, help="also save the --zoo-model model here (avloc.methods.zoo.save_model)")
@@ -168,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         "in every audio model (the paper's frozen VGGish); 0 = train it from scratch with the model",
     )
     p.add_argument(
+        "--audio-init", default=None,
+        help="an audio backbone state dict (e.g. another run's OUT/audio_backbone.safetensors): frozen in every audio "
+        "model instead of pretraining one",
+    )
+    p.add_argument(
         "--neg-other-time", type=float, default=0.0,
         help="fraction of AVC negatives from the same clip at another time (DNMConfig.neg_other_time)",
     )
@@ -180,22 +221,21 @@ def main(argv: list[str] | None = None) -> int:
     results_path = out / "results.json"
     results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() and not args.force else {}
     train_over: dict[str, Any] = json.loads(args.train_overrides)
-    audio_weights: dict[str, torch.Tensor] | None = None
-    if args.audio_pretrain_steps > 0:
-        from safetensors.torch import load_file, save_file
+    audio_init: str | None = str(Path(args.audio_init).resolve()) if args.audio_init else None
+    if audio_init is None and args.audio_pretrain_steps > 0:
+        from safetensors.torch import save_file
 
         wpath = out / "audio_backbone.safetensors"
-        if wpath.is_file() and not args.force:
-            audio_weights = load_file(str(wpath))
-        else:
+        if not wpath.is_file() or args.force:
             t0 = time.perf_counter()
-            audio_weights, acc = pretrain_audio_backbone(
-                args.raw, create_method("dnm").cfg, steps=args.audio_pretrain_steps, seed=args.seed,
+            weights, acc = pretrain_audio_backbone(
+                args.raw, DNMConfig(), steps=args.audio_pretrain_steps, seed=0,
                 log=lambda m: print(m, file=sys.stderr, flush=True),
             )
-            save_file(audio_weights, str(wpath))
-            results["audio_pretraining"] = {"steps": args.audio_pretrain_steps, "last_batch_accuracy": acc,
+            save_file(weights, str(wpath))
+            results["audio_pretraining"] = {"steps": args.audio_pretrain_steps, "seed": 0, "last_batch_accuracy": acc,
                                             "seconds": round(time.perf_counter() - t0, 1)}
+        audio_init = str(wpath.resolve())
 
     ref = create_method("dnm")
     assert isinstance(ref, SegmentMethod)
@@ -210,73 +250,75 @@ def main(argv: list[str] | None = None) -> int:
             continue
         method, overrides = MODELS[name]
         avc = method == "dnm" and overrides.get("tasks") in ("avc", "dnm")
+        # the levers are config fields: the run is what `avloc train --config OUT/configs/ROW.json` does
+        overrides = {**overrides, "init_seed": args.seed, "sound_draws": args.sound_draws, "pixels_once": True}
         if avc and args.neg_other_time > 0:
-            overrides = {**overrides, "neg_other_time": args.neg_other_time}
-        if audio_weights is not None and method != "dnm-cam":
-            overrides = {**overrides, "freeze_audio": True}
-        torch.manual_seed(args.seed)
-        model = create_method(method, overrides)
-        assert isinstance(model, SegmentMethod)
-        sub = getattr(model, "audio_sub", None)
-        if audio_weights is not None and isinstance(sub, AudioSubNet):
-            sub.encoder.load_state_dict(audio_weights)
-        train_ds: Any = dataset_from_spec(
-            "digitscenes:video:train", raw=args.raw, image_cfg=model.cfg.image, audio_cfg=model.cfg.audio, count=args.train_clips,
-            **train_over,
-        )
-        # the engine encodes each segment's pictures once (cache); later reads skip composing them
-        train_ds = RedrawnSoundTracks(train_ds, args.sound_draws, pixels_once=True)
-        if avc and args.neg_other_time > 0:
-            train_ds = OtherTimeNegatives(train_ds)
-        tcfg = TrainConfig(
-            steps=args.steps, batch_size=args.batch_size, seed=args.seed, val_every=0, ckpt_every=0, log_every=20,
-            optim=OptimConfig(lr=args.lr, schedule="cosine", min_lr_ratio=0.1), feature_cache=True,
-            feature_cache_dir=cache_dir, progress=False,
-        )
-        dcfg = DataConfig(train="digitscenes:video:train", raw=args.raw, train_kwargs={"count": args.train_clips, **train_over})
+            overrides["neg_other_time"] = args.neg_other_time
+        if audio_init is not None and method != "dnm-cam":
+            overrides.update(freeze_audio=True, audio_init_from=audio_init)
         run = out / name.split(" ")[0].lower()
+        run_cfg = {
+            "method": overrides,
+            "train": {
+                "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed, "val_every": 0, "ckpt_every": 0,
+                "log_every": 20, "optim": {"lr": args.lr, "schedule": "cosine", "min_lr_ratio": 0.1},
+                "feature_cache": True, "feature_cache_dir": str(Path(cache_dir).resolve()), "progress": False,
+            },
+            "data": {"train": "digitscenes:video:train", "raw": str(Path(args.raw).resolve()),
+                     "train_kwargs": {"count": args.train_clips, **train_over}},
+        }
+        cfg_path = out / "configs" / f"{run.name}.json"
+        cfg_path.parent.mkdir(parents=True, exist_ok=True)
+        cfg_path.write_text(json.dumps(run_cfg, indent=2) + "\n")
         t1 = time.perf_counter()
-        tr = train(model, train_ds, run, tcfg, None, force=True, data=dcfg)
+        tr = train_from_specs(method, run, config_file=cfg_path, force=True)
         train_s = time.perf_counter() - t1
         if not tr.feature_cache:
             raise SystemExit(f"{name}: the engine did not use the feature cache")
-        model.eval()
-        with torch.no_grad():
-            direct = model.localize(first["image"], first["audio"])
-            via = model.localize_features(feats[0], audio[0])
-            if not torch.allclose(direct, via, atol=1e-4):
-                raise SystemExit(f"{name}: localize_features differs from localize by {float((direct - via).abs().max()):.2e}")
-            preds: dict[str, np.ndarray] = {}
-            i = 0
-            for f, a in zip(feats, audio):
-                maps = model.localize_features(f, a).numpy()
-                for m in maps:
-                    preds[gts[i]["id"]] = m
-                    i += 1
-        res = score(preds, gts)
+        model = load_model(run / "last.safetensors")  # scored as saved (what `avloc eval --model` loads)
+        assert isinstance(model, SegmentMethod)
+        res = score(model_maps(model, name, feats, audio, gts, first), gts)
         lat = latency(model, first, args.latency_reps)
         last = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()][-1]
         results[name] = {
             "method": method, "overrides": overrides, **res, "train_seconds": round(train_s, 1), "train_steps": tr.step,
             "final_train": {k: v for k, v in last.items() if k not in ("step", "split")},
             "latency_ms_per_segment": round(lat * 1e3, 2), "frames_per_s": round(model.frames / lat, 1),
-            "run": str(run), "train_clips": args.train_clips, "train_overrides": train_over, "batch_size": args.batch_size,
+            "run": str(run), "config": str(cfg_path), "seed": args.seed, "train_clips": args.train_clips,
+            "train_overrides": train_over, "batch_size": args.batch_size,
             "sound_draws": args.sound_draws, "neg_other_time": args.neg_other_time if avc else None,
-            "audio_pretrain_steps": args.audio_pretrain_steps if audio_weights is not None and method != "dnm-cam" else 0,
+            "audio_init_from": audio_init if method != "dnm-cam" else None,
         }
         results_path.write_text(json.dumps(results, indent=2) + "\n")
         print(f"{name}: {json.dumps(results[name])}", file=sys.stderr)
         if name == args.zoo_model and args.zoo:
             save_model(model, args.zoo, meta={"bench": "bench/dnm_digitscenes.py", "train_clips": args.train_clips, "steps": tr.step,
                                               "train_overrides": train_over, "neg_other_time": args.neg_other_time,
-                                              "sound_draws": args.sound_draws,
-                                              "audio_pretrain_steps": args.audio_pretrain_steps,
+                                              "sound_draws": args.sound_draws, "seed": args.seed,
+                                              "audio_pretrain_steps": args.audio_pretrain_steps, "batch_size": args.batch_size,
+                                              "test_clips": args.test_clips,
                                               "avsol_test": {k: res[k] for k in ("hmboxauc", "pibr", "pnsr")}})
             print(f"saved {args.zoo}", file=sys.stderr)
 
+    for spec in args.score:
+        row_name, _, src = spec.partition("=")
+        if not src:
+            raise SystemExit(f"--score {spec!r}: give ROW=MODEL")
+        model = load_model(src)
+        if not isinstance(model, SegmentMethod):
+            raise SystemExit(f"--score {spec!r}: not a dnm model")
+        res = score(model_maps(model, row_name, feats, audio, gts, first), gts)
+        results[f"scored: {row_name}"] = {"method": model.name, "overrides": {"tasks": getattr(model.cfg, "tasks", None)},
+                                          "source": src, **res, "latency_ms_per_segment": float("nan")}
+        results_path.write_text(json.dumps(results, indent=2) + "\n")
+    if args.chance_draws > 0:
+        shape = tuple(feats[0].shape[-2:])  # the backbone's map size (h, w), as every model's maps
+        results["chance"] = {"draws": args.chance_draws, "map_shape": list(shape), **chance(gts, shape, args.chance_draws)}
+        results_path.write_text(json.dumps(results, indent=2) + "\n")
+
     print("| model | HmBoxAUC all | single | multi | PiBR all | single | multi | PNSR all | visible | audible | noise | ms / segment |")
     print("|---|" + "---:|" * 11)
-    for name in MODELS:
+    for name in [*MODELS, *(k for k in results if k.startswith("scored: "))]:
         if name not in results or "method" not in results[name]:
             continue
         r = results[name]
@@ -285,6 +327,11 @@ def main(argv: list[str] | None = None) -> int:
         pns = [r["pnsr"], r["pnsr_visible"], r["pnsr_audible"], r["pnsr_noise"]]
         print(f"| {name} | " + " | ".join(f"{c:.3f}" for c in cells) + " | "
               + " | ".join((f"{c:.3f}" if pn else f"({c:.3f})") for c in pns) + f" | {r['latency_ms_per_segment']:.1f} |")
+    if "chance" in results:
+        r = results["chance"]
+        cells = [r["hmboxauc"], r["hmboxauc_single"], r["hmboxauc_multi"], r["pibr"], r["pibr_single"], r["pibr_multi"]]
+        print(f"| *random {'x'.join(map(str, r['map_shape']))} maps (chance, mean of {r['draws']} draws)* | "
+              + " | ".join(f"{c:.3f}" for c in cells) + " | | | | | |")
     row = next((r for r in results.values() if "n_ave" in r), None)
     if row is not None:
         print(f"\nAVE frames: {row['n_ave']}; non-AVE visible / audible / noise: "

@@ -415,3 +415,102 @@ def test_frozen_pretrained_audio_backbone(shared_data: Path) -> None:
     for k, v in m.audio_sub.encoder.state_dict().items():
         torch.testing.assert_close(v, weights[k])
     assert all(not p.requires_grad for p in m.audio_sub.encoder.parameters())
+
+
+def test_init_seed_fixes_the_weights() -> None:
+    a, b = tiny("dnm", init_seed=3), tiny("dnm", init_seed=3)
+    c = tiny("dnm")  # the process RNG, advanced by building a and b
+    for k, v in a.state_dict().items():
+        torch.testing.assert_close(v, b.state_dict()[k])
+    assert any(not torch.equal(v, c.state_dict()[k]) for k, v in a.state_dict().items() if v.is_floating_point())
+
+
+def test_prepare_training_wraps_as_configured(shared_data: Path) -> None:
+    """The training-only levers are config fields: prepare_training wraps the set (pixels_once only with the cache)."""
+    from avloc.data.datasets import dataset_from_spec
+    from avloc.frontends.audio import AudioFrontendConfig
+    from avloc.frontends.image import ImageConfig
+    from avloc.methods.dnm import OtherTimeNegatives, RedrawnSoundTracks
+
+    inner = dataset_from_spec("digitscenes:video:train", raw=shared_data, image_cfg=ImageConfig(size=S, resize=S, frames=T),
+                              audio_cfg=AudioFrontendConfig(window_seconds=1.0), count=1, seconds=3.0)
+    assert tiny("dnm").prepare_training(inner, feature_cache=True) is inner  # defaults: unchanged
+    m = tiny("dnm", tasks="avc", sound_draws=3, pixels_once=True, neg_other_time=0.5)
+    ds = m.prepare_training(inner, feature_cache=True)
+    assert isinstance(ds, OtherTimeNegatives) and isinstance(ds.dataset, RedrawnSoundTracks)
+    assert ds.dataset.draws == 3 and ds.dataset.pixels_once and len(ds) == 3 * len(inner)
+    assert m.prepare_training(ds, feature_cache=True) is ds  # wrapped already (by a library caller): kept
+    no_cache = m.prepare_training(inner, feature_cache=False)
+    assert isinstance(no_cache, OtherTimeNegatives) and not no_cache.dataset.pixels_once
+    cls = tiny("dnm", tasks="cls", neg_other_time=0.5).prepare_training(inner, feature_cache=True)  # no AVC: no negatives
+    assert cls is inner
+    with pytest.raises(ConfigError, match="no audio backbone"):
+        tiny("dnm-cam", audio_pretrain_steps=2).prepare_training(inner, feature_cache=True)
+    with pytest.raises(ConfigError, match="sound_draws"):
+        tiny("dnm", sound_draws=0)
+
+
+def test_audio_init_file_checkpoint_and_pretraining_agree(shared_data: Path, tmp_path: Path) -> None:
+    """audio_pretrain_steps (in the run) = the same pretraining saved to a file = a checkpoint holding it; RNG untouched."""
+    from safetensors.torch import save_file
+
+    from avloc.data.datasets import dataset_from_spec
+    from avloc.methods.dnm import pretrain_audio_backbone
+    from avloc.methods.zoo import save_model
+
+    a = tiny("dnm", audio_pretrain_steps=2, audio_pretrain_seed=1, freeze_audio=True)
+    inner = dataset_from_spec("digitscenes:video:train", raw=shared_data, image_cfg=a.cfg.image, audio_cfg=a.cfg.audio,
+                              count=1, seconds=3.0)
+    rng = torch.get_rng_state()
+    a.prepare_training(inner, feature_cache=False)
+    assert torch.equal(torch.get_rng_state(), rng)  # pretraining leaves the caller's torch RNG as it was
+    weights, _ = pretrain_audio_backbone(shared_data, a.cfg, steps=2, seed=1)
+    ea = a.audio_module()
+    assert ea is not None
+    for k, v in weights.items():
+        torch.testing.assert_close(ea.state_dict()[k], v)
+    save_file(weights, str(tmp_path / "audio.safetensors"))
+    save_model(a, tmp_path / "a.safetensors")
+    for src in (tmp_path / "audio.safetensors", tmp_path / "a.safetensors"):
+        b = tiny("dnm", audio_init_from=str(src))
+        b.prepare_training(inner, feature_cache=False)
+        eb = b.audio_module()
+        assert eb is not None
+        for k, v in weights.items():
+            torch.testing.assert_close(eb.state_dict()[k], v)
+
+
+def test_cli_train_applies_the_levers(shared_data: Path, tmp_path: Path) -> None:
+    """`avloc train --method dnm --config F key=value`: the levers reach training and are saved in the checkpoint."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from avloc.cli.main import main
+    from avloc.methods.zoo import load_model
+
+    enc = tiny("dnm", init_seed=9).audio_module()  # weights unlike those drawn from init_seed 5 below
+    assert enc is not None
+    audio = {k: v.clone() for k, v in enc.state_dict().items()}
+    save_file(audio, str(tmp_path / "audio.safetensors"))
+    method = {**TINY, "visual_encoder": "efficientnet_lite0", "visual_encoder_kwargs": {"out_stride": 16}, "freeze_visual": True,
+              "fusion": "cdf", "tasks": "dnm"}
+    cfg = {"method": method, "train": {"batch_size": 2, "val_every": 0, "ckpt_every": 0, "progress": False},
+           "data": {"train_kwargs": {"count": 1, "seconds": 3.0, "n_visible": [1, 1]}}}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    run = tmp_path / "run"
+    rc = main(["train", "--method", "dnm", "--train", "digitscenes:video:train", "--raw", str(shared_data), "--out", str(run),
+               "--config", str(tmp_path / "c.json"), "method.sound_draws=2", "method.pixels_once=true",
+               "method.neg_other_time=1.0", f"method.audio_init_from={tmp_path / 'audio.safetensors'}",
+               "method.freeze_audio=true", "method.init_seed=5", "train.epochs=1"])
+    assert rc == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["feature_cache"]["used"] and saved["total_steps"] == 2 * 6 // 2  # 6 frames x 2 sound tracks, batch 2
+    m = load_model(run / "last.safetensors")
+    assert (m.cfg.sound_draws, m.cfg.pixels_once, m.cfg.neg_other_time, m.cfg.init_seed) == (2, True, 1.0, 5)
+    em = m.audio_module()
+    assert em is not None
+    for k, v in audio.items():  # loaded from the file, then frozen
+        torch.testing.assert_close(em.state_dict()[k], v)
+    assert any(not torch.equal(v, tiny("dnm", init_seed=5).audio_module().state_dict()[k])  # type: ignore[union-attr]
+               for k, v in audio.items() if v.is_floating_point())

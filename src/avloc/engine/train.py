@@ -16,6 +16,10 @@ A registered :class:`avloc.methods.base.LocalizationMethod` with
   ``avloc eval``.
 * ``cfg``: its config dataclass (saved in every checkpoint and ``config.json``).
 * ``training_free = True`` methods are refused (nothing to train).
+* ``prepare_training(train_set, feature_cache=...)`` (optional; the base class
+  returns the set unchanged) is called once, after seeding and before the set
+  is read: a method's training-only config (data wrappers, pretrained weights)
+  applies there, so ``avloc train`` and library callers of :func:`train` agree.
 
 Feature cache (transparent)
 ---------------------------
@@ -461,11 +465,18 @@ def plot_curves(metrics: list[dict[str, Any]], out: Path, title: str = "") -> No
     tr = [m for m in metrics if m.get("split") == "train"]
     va = [m for m in metrics if m.get("split") == "val"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    if tr:
-        axes[0].plot([m["step"] for m in tr], [m["loss"] for m in tr], label="loss")
+    # the total loss and the terms a criterion logs next to it (tri, edu, ...); rates and the lr are not losses
+    skip = ("step", "loss", "lr", "samples_per_s")
+    logged = {k for m in tr for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    terms = ["loss", *sorted(logged - set(skip))]
+    for k in terms:
+        pts = [(m["step"], m[k]) for m in tr if isinstance(m.get(k), (int, float))]
+        axes[0].plot([p[0] for p in pts], [p[1] for p in pts], label=k, lw=2.0 if k == "loss" else 1.0)
     axes[0].set_xlabel("step")
-    axes[0].set_ylabel("training loss")
+    axes[0].set_ylabel("training loss and logged terms")
     axes[0].grid(alpha=0.3)
+    if len(terms) > 1 and tr:
+        axes[0].legend(fontsize=7)
     # scores only: counts (n, n_undefined, ...), timings and flags are logged but not plotted
     keys = sorted({
         k for m in va for k, v in m.items()
@@ -480,6 +491,9 @@ def plot_curves(metrics: list[dict[str, Any]], out: Path, title: str = "") -> No
     axes[1].grid(alpha=0.3)
     if keys:
         axes[1].legend(fontsize=7)
+    else:
+        axes[1].text(0.5, 0.5, "no validation in this run\n(no --val data or val_every = 0)", ha="center",
+                     va="center", transform=axes[1].transAxes, color="0.4")
     fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(out, suffix=".png") as tmp:
@@ -548,6 +562,8 @@ def train(
     dist_info, device = _init_distributed(cfg.device)
     show = cfg.progress and dist_info.main
     seed_everything(cfg.seed + dist_info.rank)
+    # what the method's config asks of training only (e.g. wrapping the data set); default: unchanged
+    train_set = model.prepare_training(train_set, feature_cache=cfg.feature_cache and model.visual_cacheable())
 
     # ---- run dir and config
     steps_per_epoch = len(train_set) // (cfg.batch_size * dist_info.world)  # type: ignore[arg-type]

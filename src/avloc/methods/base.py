@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from avloc.errors import DataError
 from avloc.frontends.audio import AudioFrontendConfig
@@ -77,6 +78,15 @@ class LocalizationMethod(nn.Module):
     def localize(self, images: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1], (B, N) waveform -> (B, h, w) heatmap."""
         raise NotImplementedError
+
+    def prepare_training(self, train_set: Dataset, *, feature_cache: bool) -> Dataset:
+        """Called by the training engine before it reads ``train_set``: return the set to train on.
+
+        The place for what a method's config asks of training only (wrapping the data set,
+        initialising weights from pretrained ones); ``feature_cache`` says whether the engine
+        will replace the images by cached frozen features. Default: ``train_set`` unchanged.
+        """
+        return train_set
 
     def checkpoint_exclude_prefixes(self) -> list[str]:
         """State-dict prefixes not saved in checkpoints (frozen pretrained encoders)."""

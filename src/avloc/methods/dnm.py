@@ -34,9 +34,17 @@ Static-Cls = (static, cls), Static-AVC = (static, avc), Static-DNM =
 audio-guided attention of Tian et al.) are in :mod:`avloc.methods.dnm_baselines`.
 
 CPU deviations (documented in :class:`DNMConfig`): EfficientNet-Lite0
-(ImageNet, frozen, stride 16) instead of VGG19 / I3D; the audio backbone is
-trained from scratch (no VGGish weights here); similarities are scaled by
+(ImageNet, frozen, stride 16) instead of VGG19 / I3D; no VGGish weights here,
+so the audio backbone is trained from scratch or first pretrained on FSDD digits
+(:func:`pretrain_audio_backbone`) and frozen; similarities are scaled by
 ``dot_scale``; no image augmentation (frozen features are cached).
+
+Training-only levers (issue 7) are config fields too, applied by
+:meth:`SegmentMethod.prepare_training` when the engine starts, so ``avloc train
+--method dnm key=value`` trains what ``bench/dnm_digitscenes.py`` trains:
+``sound_draws`` / ``pixels_once`` (:class:`RedrawnSoundTracks`),
+``neg_other_time`` (:class:`OtherTimeNegatives`), ``audio_init_from`` /
+``audio_pretrain_steps`` with ``freeze_audio``, ``init_seed``.
 
 ``localize(images, audio)``: ``images`` (B, T, 3, H, W) segments or single
 frames (B, 3, H, W), which are taken as a still segment (the frame repeated T
@@ -50,6 +58,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -205,6 +214,8 @@ class SegmentMethod(LocalizationMethod):
     def __init__(self, cfg: DNMConfig, avsm_branch: bool = True, cls_branch: bool = True) -> None:
         super().__init__(cfg)
         cfg.validate()
+        if cfg.init_seed is not None:  # the weights below (and a subclass's) are drawn from this seed
+            torch.manual_seed(cfg.init_seed)
         self.visual_encoder = build_visual_encoder(cfg)
         self.visual_sub = VisualSubNet(
             self.visual_encoder.feature_info.channels, cfg.sub_hidden, cfg.embed_dim if avsm_branch else 0,
@@ -222,6 +233,47 @@ class SegmentMethod(LocalizationMethod):
         if self.cfg.freeze_audio and isinstance(sub, AudioSubNet):
             sub.encoder.eval()
         return self
+
+    def audio_module(self) -> nn.Module | None:
+        """The audio backbone (``audio_sub.encoder``), or ``None`` for a model without audio."""
+        sub = getattr(self, "audio_sub", None)
+        return sub.encoder if isinstance(sub, AudioSubNet) else None
+
+    def uses_other_time_negatives(self) -> bool:
+        """True when training needs ``batch["neg_audio"]`` (:class:`OtherTimeNegatives`)."""
+        return False
+
+    def prepare_training(self, train_set: Dataset, *, feature_cache: bool) -> Dataset:
+        """The config's training-only levers, applied when the engine starts (``avloc train`` and the bench alike).
+
+        In this order: the audio backbone's initial weights (``audio_init_from``, else
+        ``audio_pretrain_steps`` of :func:`pretrain_audio_backbone` on the training set's raw
+        sources); ``sound_draws`` > 1 or ``pixels_once`` (with the feature cache only) wrap the
+        set in :class:`RedrawnSoundTracks`; AVC models with ``neg_other_time`` > 0 wrap it in
+        :class:`OtherTimeNegatives`. With the defaults the set is returned unchanged.
+        """
+        cfg = self.cfg
+        enc = self.audio_module()
+        if (cfg.audio_init_from or cfg.audio_pretrain_steps > 0) and enc is None:
+            raise ConfigError(f"{type(self).__name__} has no audio backbone: audio_init_from / audio_pretrain_steps do not apply")
+        if enc is not None and cfg.audio_init_from:
+            load_audio_backbone(self, cfg.audio_init_from)
+        elif enc is not None and cfg.audio_pretrain_steps > 0:
+            import sys
+
+            weights, _ = pretrain_audio_backbone(
+                _raw_sources(train_set), cfg, steps=cfg.audio_pretrain_steps, seed=cfg.audio_pretrain_seed,
+                log=lambda m: print(m, file=sys.stderr, flush=True),
+            )
+            enc.load_state_dict(weights)
+        ds: Any = train_set
+        wrapped = _wrapper_types(ds)  # a set the caller wrapped already is kept as it is
+        pixels_once = cfg.pixels_once and feature_cache  # without the cache the engine needs every item's pictures
+        if (cfg.sound_draws > 1 or pixels_once) and RedrawnSoundTracks not in wrapped:
+            ds = RedrawnSoundTracks(ds, cfg.sound_draws, pixels_once=pixels_once)
+        if self.uses_other_time_negatives() and OtherTimeNegatives not in wrapped:
+            ds = OtherTimeNegatives(ds)
+        return ds  # type: ignore[no-any-return]
 
     def segment_features(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, T, C, h, w) as is; a single frame's (B, C, h, w) becomes a still segment (B, T, C, h, w)."""
@@ -289,6 +341,9 @@ class DNM(SegmentMethod):
         if self.dynamic is not None:
             out["v_last"] = self.dynamic.visual(v)  # (B, D, h, w)
         return out
+
+    def uses_other_time_negatives(self) -> bool:
+        return self.cfg.tasks in ("avc", "dnm") and self.cfg.neg_other_time > 0
 
     def audio_streams(self, wav: torch.Tensor) -> dict[str, torch.Tensor]:
         """Audio side only: a (B, T, D) and, for CDF, a'_T (B, D) (Eq. 5)."""
@@ -544,18 +599,30 @@ def pretrain_audio_backbone(
     import numpy as np
 
     from avloc.data.digitscenes.config import SplitConfig
-    from avloc.data.digitscenes.mixing import ambient_segment, at_level, mix
     from avloc.data.sources import RawSources
 
     src = raw if isinstance(raw, RawSources) else RawSources(raw)
     split = SplitConfig()
-    sr, n = cfg.audio.sample_rate, cfg.audio.num_samples
     utts = [u for u in src.fsdd if u.speaker in split.speakers["train"]]
     ambients = [c for c in src.esc10 if c.fold in split.esc_folds["train"]]
     if not utts:
         raise DataError("no FSDD utterances of the train speakers: cannot pretrain the audio backbone")
     rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # seeded by ``seed`` alone; the caller's torch RNG is left as it was
+        torch.manual_seed(seed)
+        return _pretrain_loop(src, cfg, utts, ambients, rng, steps, batch_size, lr, log)
+
+
+def _pretrain_loop(
+    src: Any, cfg: DNMConfig, utts: list[Any], ambients: list[Any], rng: Any, steps: int, batch_size: int, lr: float,
+    log: Any,
+) -> tuple[dict[str, torch.Tensor], float]:
+    """The body of :func:`pretrain_audio_backbone` (torch RNG already seeded)."""
+    import numpy as np
+
+    from avloc.data.digitscenes.mixing import ambient_segment, at_level, mix
+
+    sr, n = cfg.audio.sample_rate, cfg.audio.num_samples
     enc = create_encoder(cfg.audio_encoder, **cfg.audio_encoder_kwargs)
     if not isinstance(enc, AudioEncoder):
         raise ConfigError(f"audio_encoder {cfg.audio_encoder!r} is not an audio encoder")
@@ -593,6 +660,54 @@ def pretrain_audio_backbone(
             log(f"audio pretraining step {step}/{steps}: loss {float(loss.detach()):.3f} accuracy {acc:.3f}")
     enc.eval()
     return {k: v.detach().clone() for k, v in enc.state_dict().items()}, acc
+
+
+def load_audio_backbone(model: SegmentMethod, source: str) -> None:
+    """Set ``model``'s audio backbone from ``source`` (``DNMConfig.audio_init_from``).
+
+    ``source``: a safetensors file holding exactly the backbone's state dict (what
+    :func:`pretrain_audio_backbone` returns; the bench saves it as ``audio_backbone.safetensors``),
+    or a checkpoint / zoo model with the same audio front-end and encoder
+    (:func:`avloc.methods.blocks.init_audio_encoder_from`).
+    """
+    from avloc.methods.blocks import init_audio_encoder_from
+
+    enc = model.audio_module()
+    if enc is None:
+        raise ConfigError(f"{type(model).__name__} has no audio backbone to initialise")
+    path = Path(source)
+    if path.is_file():
+        from safetensors.torch import load_file
+
+        sd = load_file(str(path))
+        if set(sd) == set(enc.state_dict()):
+            enc.load_state_dict(sd)
+            return
+    init_audio_encoder_from(model, source)
+
+
+def _wrapper_types(dataset: Any) -> set[type]:
+    """Types along a chain of wrappers (``dataset`` attributes), the outermost first."""
+    out: set[type] = set()
+    d = dataset
+    while d is not None:
+        out.add(type(d))
+        d = getattr(d, "dataset", None)
+    return out
+
+
+def _raw_sources(dataset: Any) -> Any:
+    """The raw sources (FSDD, ESC-10) of a DigitScenes set, through wrappers with a ``dataset`` attribute."""
+    d = dataset
+    while d is not None:
+        raw = getattr(getattr(d, "sampler", None), "raw", None)
+        if raw is not None:
+            return raw
+        d = getattr(d, "dataset", None)
+    raise ConfigError(
+        f"audio_pretrain_steps needs a DigitScenes training set (its FSDD / ESC-10 sources), not {type(dataset).__name__}; "
+        "pretrain with avloc.methods.dnm.pretrain_audio_backbone and pass the file as audio_init_from"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -668,9 +783,10 @@ class DNMConfig(MethodConfig):
 
     CPU deviations: the visual backbone is the frozen ImageNet EfficientNet-Lite0 at
     stride 16 (112 channels, 10 x 10 at 160 px), features cached by the engine; T = 4
-    frames per segment; the audio backbone (``small_cnn_audio``, ~100k parameters) is
-    trained from scratch on VGGish-style log-mels because no AudioSet-pretrained
-    audio weights are available here; D = D' = 64 and 64-wide sub-networks (the
+    frames per segment; the audio backbone (``small_cnn_audio``, ~100k parameters) on
+    VGGish-style log-mels has no AudioSet-pretrained weights here: it trains from scratch
+    by default, or ``audio_pretrain_steps`` / ``audio_init_from`` + ``freeze_audio`` give it
+    FSDD-digit-pretrained, frozen weights; D = D' = 64 and 64-wide sub-networks (the
     ConvGRU dominates the cost: 0.46 s per training step of 32 segments on one core). Similarities are scaled by
     ``dot_scale`` (1/sqrt(D) by default, as scaled dot-product attention) so the
     sigmoid and softmax start unsaturated -- the paper's raw dot product is
@@ -715,6 +831,21 @@ class DNMConfig(MethodConfig):
     #: Sec. 5.1: "the parameters of the backbone networks are fixed" -- also the audio backbone. Set it
     #: with weights from :func:`pretrain_audio_backbone` (the paper: VGGish); from scratch it must train.
     freeze_audio: bool = False
+    # -- training only: applied by ``prepare_training`` when the engine starts (``avloc train`` as the bench);
+    # -- inference ignores them. They are saved with the config, so a checkpoint records how it was trained.
+    #: sound tracks per training clip (:class:`RedrawnSoundTracks`, DigitScenes ``video``); 1 = the clips as drawn
+    sound_draws: int = 1
+    #: with the engine's frozen-feature cache: read each training segment's pictures once (RedrawnSoundTracks)
+    pixels_once: bool = False
+    #: initial audio backbone: a safetensors file of its state dict (:func:`pretrain_audio_backbone`'s output,
+    #: the bench's ``audio_backbone.safetensors``) or a checkpoint / zoo model with the same audio encoder
+    audio_init_from: str | None = None
+    #: if > 0 and no ``audio_init_from``: first pretrain the audio backbone this many steps
+    #: (:func:`pretrain_audio_backbone` on the DigitScenes training set's raw sources, seed ``audio_pretrain_seed``)
+    audio_pretrain_steps: int = 0
+    audio_pretrain_seed: int = 0
+    #: torch seed set just before the weights are built (None: the process's RNG as it stands)
+    init_seed: int | None = None
 
     def validate(self) -> None:
         if self.image.frames < 1:
@@ -729,6 +860,10 @@ class DNMConfig(MethodConfig):
             raise ConfigError(f"dnm cls_labels must be box_labels or labels, got {self.cls_labels!r}")
         if not 0.0 <= self.neg_other_time <= 1.0:
             raise ConfigError(f"dnm neg_other_time must be in [0, 1], got {self.neg_other_time}")
+        if self.sound_draws < 1 or self.audio_pretrain_steps < 0:
+            raise ConfigError(
+                f"dnm sound_draws must be >= 1 and audio_pretrain_steps >= 0, got {self.sound_draws}, {self.audio_pretrain_steps}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
