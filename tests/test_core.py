@@ -125,3 +125,22 @@ def test_atomic_write_and_no_overwrite(tmp_path) -> None:
         raise RuntimeError("crash mid-write")
     assert p.read_text() == "one"
     assert [x.name for x in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_atomic_write_gets_ordinary_file_permissions(tmp_path) -> None:
+    """The result is readable like any new file (0o666 minus the umask), not mkstemp's private 0o600."""
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        import importlib
+
+        import avloc.io.atomic as atomic
+
+        importlib.reload(atomic)  # the module reads the umask once, at import
+        atomic.write_text_atomic(tmp_path / "a.txt", "x")
+        assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+    finally:
+        os.umask(mask)
+        importlib.reload(atomic)

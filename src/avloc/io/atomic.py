@@ -11,6 +11,15 @@ from pathlib import Path
 from avloc.errors import OutputExistsError
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: done once, at import, and put back at once
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def check_writable(path: str | Path, force: bool) -> Path:
     """Raise :class:`OutputExistsError` if ``path`` exists and ``force`` is false."""
     p = Path(path)
@@ -24,7 +33,9 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` on success.
 
     On error the temporary file is removed and ``path`` is left untouched, so
-    readers never see a half-written result.
+    readers never see a half-written result. The result gets the permissions of
+    a newly created file (``0o666`` minus the umask), not ``mkstemp``'s private
+    ``0o600``.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -33,6 +44,8 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            tmp_path.chmod(0o666 & ~_UMASK)
         os.replace(tmp_path, final)
     finally:
         if tmp_path.exists():
