@@ -19,6 +19,20 @@ Two sub-commands, both on DigitScenes composed from the raw sources (``--raw`` o
       python bench/bench_proposal.py calibrate --model CKPT --out CKPT2
       python bench/bench_proposal.py results --model CKPT2 --count 300 --json out.json
 
+* ``table3``: the paper's Table 3 with *retrained* models: each ``LABEL=CKPT``
+  (trained with its own K, or without proposal selection) is scored on the same
+  ``single`` test scenes at the settings it was trained with: the top box
+  (``dsol-music``: IoU >= 0.5), the location map ``m_n`` (``dsol-music``,
+  ``sslalign-adaptive``, ``avsol`` pointing) and where the top box lands. One
+  forward pass per output, scored by each protocol's accumulator (what
+  ``evaluate_model`` does after its forward pass); the table goes to stderr::
+
+      python bench/bench_proposal.py table3 --model K10=RUN10/last.safetensors \
+          --model K20=proposal-digitscenes --model all=RUNALL/last.safetensors --count 500
+
+  ``LABEL=CKPT@field=value,...`` changes inference-time fields of a model first
+  (e.g. ``K20-centred=proposal-digitscenes@selection_score=centred``).
+
 Prints JSON; the markdown tables in docs/RESULTS.md and docs/BENCHMARKS.md are
 copied from it.
 """
@@ -53,7 +67,7 @@ def _dataset(spec: str, raw: str, model: Any, **kw: Any) -> Any:
     return dataset_from_spec(spec, raw=raw, image_cfg=model.cfg.image, audio_cfg=model.cfg.audio, **kw)
 
 
-_INFER_FIELDS = ("localize_output", "localize_max_sources", "top_k", "proposal_selection")
+_INFER_FIELDS = ("localize_output", "localize_max_sources", "top_k", "proposal_selection", "selection_score")
 
 
 def _with(model: Any, **changes: Any) -> Any:
@@ -139,12 +153,96 @@ def cmd_results(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
+def cmd_table3(args: argparse.Namespace) -> dict[str, Any]:
+    from _common import labelled_models
+    from avloc.methods.proposal_mil import ProposalMIL
+
+    raw = _raw(args)
+    # LABEL=CKPT[@field=value,...]: inference-time fields (_INFER_FIELDS) changed on the loaded weights
+    specs = [m.partition("@") for m in args.model]
+    models = labelled_models([spec for spec, _, _ in specs], ProposalMIL)
+    for (_, _, over), model in zip(specs, models.values(), strict=True):
+        changes = dict(kv.split("=", 1) for kv in over.split(",") if kv)
+        if set(changes) - set(_INFER_FIELDS):
+            raise SystemExit(f"only inference-time fields {_INFER_FIELDS} can be changed, got {sorted(changes)}")
+        base = dataclasses.asdict(model.cfg)
+        _with(
+            model, **{k: type(base[k])(v) if not isinstance(base[k], bool) else v == "true" for k, v in changes.items()}
+        )
+    res: dict[str, Any] = {"count": args.count, "seed": args.seed, "models": {}}
+    first = next(iter(models.values()))
+    fronts = (first.cfg.image, first.cfg.audio)
+    for label, model in models.items():
+        if (model.cfg.image, model.cfg.audio) != fronts:
+            raise SystemExit(f"{label}: front-end settings differ from the first model's; compare like with like")
+    data = _batches(_dataset("digitscenes:single:test", raw, first, count=args.count, seed=args.seed), args.batch_size)
+    t0 = time.perf_counter()
+    for label, model in models.items():
+        base = dataclasses.asdict(model.cfg)
+        # one forward pass per output, scored by several protocols
+        m_n = _maps(_with(model, localize_output="location_map"), data)
+        top_box = _maps(_with(model, localize_output="boxes"), data)
+        row: dict[str, Any] = {
+            "top_k": base["top_k"],
+            "proposal_selection": base["proposal_selection"],
+            "selection_score": base["selection_score"],
+            "boxes/dsol-music": _score(top_box, data, "dsol-music"),
+            "location_map/dsol-music": _score(m_n, data, "dsol-music"),
+            "location_map/sslalign-adaptive": _score(m_n, data, "sslalign-adaptive"),
+            "location_map/avsol": _score(m_n, data, "avsol"),
+        }
+        _with(model, **{k: base[k] for k in _INFER_FIELDS})
+        row["top_box_lands_on"] = box_landing(model, data)
+        res["models"][label] = row
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    print(table3_markdown(res), file=sys.stderr)
+    return res
+
+
+def _maps(model: Any, data: list[dict[str, Any]]) -> list[np.ndarray]:
+    """``localize`` maps of every batch (the harness's class-agnostic path, without scoring)."""
+    model.eval()
+    with torch.no_grad():
+        return [model.localize(b["image"], b["audio"]).float().numpy() for b in data]
+
+
+def _score(maps: list[np.ndarray], data: list[dict[str, Any]], protocol: str) -> dict[str, Any]:
+    """Score precomputed maps with one protocol's accumulator (as ``evaluate_model`` does after its forward pass)."""
+    from avloc.metrics.protocols import create_protocol
+
+    acc = create_protocol(protocol).accumulator()
+    for m, b in zip(maps, data, strict=True):
+        acc.update(m, b)
+    r = acc.compute()
+    return {k: v for k, v in r.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def table3_markdown(res: dict[str, Any]) -> str:
+    """The ``table3`` JSON as the markdown table of docs/RESULTS.md."""
+    lines = [
+        "| model | top box IoU@0.5 / AUC (dsol-music) | top box on sounding / silent / background | bag holds sounding "
+        "| m_n dsol-music AUC | m_n adaptive success / AUC | m_n pointing (PiBR) / HmBoxAUC |",
+        "|---|---|---|---:|---:|---|---|",
+    ]
+    for label, r in res["models"].items():
+        b, land = r["boxes/dsol-music"], r["top_box_lands_on"]
+        ad, av = r["location_map/sslalign-adaptive"], r["location_map/avsol"]
+        lines.append(
+            f"| {label} | {b['success']:.3f} / {b['auc']:.3f} | {land['sounding']:.3f} / {land['silent']:.3f} / "
+            f"{land['background']:.3f} | {land['bag_has_sounding']:.3f} | {r['location_map/dsol-music']['auc']:.3f} "
+            f"| {ad['success']:.3f} / {ad['auc']:.3f} | {av['pibr']:.3f} / {av['hmboxauc']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def box_landing(model: Any, batches: list[dict[str, Any]]) -> dict[str, float]:
     """Where the top proposal (highest ``d_n^k``) lands, by its centre: on a sounding box, a silent box or the
     background; and how often the K-proposal bag holds a box centred on a sounding box (an upper bound on the choice)."""
 
     def inside(c: torch.Tensor, boxes: torch.Tensor) -> bool:  # (2,), (n, 4) normalised
-        return bool(((boxes[:, 0] <= c[0]) & (c[0] <= boxes[:, 2]) & (boxes[:, 1] <= c[1]) & (c[1] <= boxes[:, 3])).any())
+        return bool(
+            ((boxes[:, 0] <= c[0]) & (c[0] <= boxes[:, 2]) & (boxes[:, 1] <= c[1]) & (c[1] <= boxes[:, 3])).any()
+        )
 
     counts = {"sounding": 0, "silent": 0, "background": 0, "bag_has_sounding": 0}
     n = 0
@@ -235,9 +333,12 @@ def cmd_speed(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("speed", "results", "calibrate"):
+    for name in ("speed", "results", "calibrate", "table3"):
         p = sub.add_parser(name)
-        p.add_argument("--model", required=True, help="checkpoint path or zoo name")
+        if name == "table3":
+            p.add_argument("--model", required=True, action="append", help="LABEL=CHECKPOINT (checkpoint or zoo name)")
+        else:
+            p.add_argument("--model", required=True, help="checkpoint path or zoo name")
         p.add_argument("--raw", default=None)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--json", default=None, help="also write the JSON here")
@@ -254,7 +355,8 @@ def main() -> None:
         if name == "calibrate":
             p.add_argument("--out", required=True)
     args = ap.parse_args()
-    res = {"calibrate": cmd_calibrate, "results": cmd_results, "speed": cmd_speed}[args.cmd](args)
+    cmds = {"calibrate": cmd_calibrate, "results": cmd_results, "speed": cmd_speed, "table3": cmd_table3}
+    res = cmds[args.cmd](args)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     res["meta"] = {
         "date": time.strftime("%Y-%m-%d"),

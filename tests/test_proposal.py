@@ -19,6 +19,7 @@ from avloc.methods.proposal_mil import (
     euclidean_loss,
     global_response_map,
     pad_proposals,
+    proposal_confidence,
     proposal_level_feature,
     proposal_similarity,
     select_top_k,
@@ -168,6 +169,21 @@ def test_box_sums_match_pixel_loop() -> None:
             torch.testing.assert_close(sums[b, r], maps[b, y0:y1, x0:x1].sum())
 
 
+def test_proposal_confidence_sum_prefers_size_centred_prefers_fit() -> None:
+    # a 10x10 GRM: 1 on the 2x2 block at rows/cols 2-3, 0.1 elsewhere (mean 0.136)
+    g = torch.full((1, 10, 10), 0.1)
+    g[0, 2:4, 2:4] = 1.0
+    boxes = torch.tensor([[[0.0, 0.0, 1.0, 1.0], [0.2, 0.2, 0.4, 0.4], [0.6, 0.6, 1.0, 1.0]]])
+    total, tight, off = proposal_confidence(g, boxes, "sum")[0].tolist()
+    assert (total, tight, off) == pytest.approx((4 + 96 * 0.1, 4.0, 16 * 0.1))  # the whole frame wins by size
+    mean = float(g.mean())
+    total, tight, off = proposal_confidence(g, boxes, "centred")[0].tolist()
+    assert (total, tight, off) == pytest.approx((0.0, 4 * (1 - mean), 16 * (0.1 - mean)), abs=1e-5)
+    assert tight > total > off  # the box that fits the response wins; the whole frame sums to zero
+    with pytest.raises(ConfigError, match="selection_score"):
+        proposal_confidence(g, boxes, "mean")  # type: ignore[arg-type]
+
+
 # ----------------------------------------------------------------------------- selective search + cache
 
 
@@ -302,7 +318,9 @@ def tiny_batch(b: int = 3, t: int | None = None) -> dict[str, torch.Tensor]:
     return {"image": torch.rand(shape, generator=gen), "audio": torch.randn(wav, generator=gen) * 0.1}
 
 
-@pytest.mark.parametrize("over", [{}, {"proposal_selection": False}, {"temporal_lstm": True}])
+@pytest.mark.parametrize(
+    "over", [{}, {"proposal_selection": False}, {"temporal_lstm": True}, {"selection_score": "centred"}]
+)
 def test_forward_backward_no_nan(over: dict[str, Any]) -> None:
     model = tiny(**over).train()
     batch = tiny_batch(3, t=2 if over.get("temporal_lstm") else None)

@@ -152,6 +152,20 @@ def global_response_map(m: torch.Tensor) -> torch.Tensor:
     return ((flat - lo) / hi).view_as(m)
 
 
+def proposal_confidence(g: torch.Tensor, boxes: torch.Tensor, score: Literal["sum", "centred"] = "sum") -> torch.Tensor:
+    """Sec. 3.3 proposal confidence from the GRM: (B, H, W), (B, R, 4) normalised boxes -> (B, R).
+
+    ``sum``: the GRM accumulated inside each box (the paper). ``centred``: ``g_n -
+    mean(g_n)`` accumulated, so below-average pixels count against a box and the
+    whole-frame box no longer wins by size alone (see :class:`ProposalMILConfig`).
+    """
+    if score == "centred":
+        g = g - g.mean(dim=(1, 2), keepdim=True)
+    elif score != "sum":
+        raise ConfigError(f"selection_score must be sum or centred, got {score!r}")
+    return box_sums(g, boxes)
+
+
 def select_top_k(
     scores: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -339,7 +353,7 @@ class ProposalMIL(LocalizationMethod):
         k = cfg.top_k
         boxes_all, valid = pad_proposals(props, k)
         boxes_all, valid = boxes_all.to(v.device), valid.to(v.device)
-        conf = box_sums(g, boxes_all)  # (B, R)
+        conf = proposal_confidence(g, boxes_all, cfg.selection_score)  # (B, R)
         if bag == "top_k":
             boxes, e, _ = select_top_k(conf, boxes_all, valid, k)  # (B, K, 4), (B, K)
         else:
@@ -601,7 +615,12 @@ class ProposalMILConfig(TwoStreamConfig):
     (SPP-net, He et al. 2015, the paper's [17]). ``proposals``: Selective Search
     (Sec. 3.1, [39]; :class:`~avloc.methods.proposals.ProposalConfig`).
     ``proposal_selection``: False = Table 3 "- ProSelectNet" (all proposals, L^tri
-    only). ``embed_dim`` (``d``), ``att_dim``, ``head_hidden``: not given in the
+    only). ``selection_score``: the proposal confidence of Sec. 3.3: ``sum``
+    accumulates ``g_n`` inside the box (the paper, literally; a larger box never
+    scores less, so the bag is biased to the largest proposals); ``centred``
+    accumulates ``g_n - mean(g_n)``, so pixels below the frame's mean response
+    count against a box and the bag favours boxes that cover the response
+    tightly (ours; the paper's stated intent, "how well they cover the GRM"). ``embed_dim`` (``d``), ``att_dim``, ``head_hidden``: not given in the
     paper (ours). ``visual_adapter_dim``, ``normalize_embeddings``,
     ``memo_visual_features``: see "Deviations" in the module docstring.
     ``temporal_lstm``: the modality LSTMs for video batches (Sec. 3.2).
@@ -623,6 +642,7 @@ class ProposalMILConfig(TwoStreamConfig):
     spp_levels: tuple[int, ...] = SPP_LEVELS
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     proposal_selection: bool = True
+    selection_score: Literal["sum", "centred"] = "sum"
     normalize_embeddings: bool = True
     temporal_lstm: bool = False
     d_on_threshold: float = 0.2
@@ -647,6 +667,8 @@ class ProposalMILConfig(TwoStreamConfig):
             raise ConfigError(f"spp_levels must be positive grid sizes, got {self.spp_levels}")
         if self.onscreen_criterion not in ("or", "d_on", "m_on"):
             raise ConfigError(f"onscreen_criterion must be or, d_on or m_on, got {self.onscreen_criterion!r}")
+        if self.selection_score not in ("sum", "centred"):
+            raise ConfigError(f"selection_score must be sum or centred, got {self.selection_score!r}")
         if self.localize_output not in ("location_map", "boxes"):
             raise ConfigError(f"localize_output must be location_map or boxes, got {self.localize_output!r}")
         if self.localize_max_sources < 1:
