@@ -368,9 +368,14 @@ def test_audio_init_from_copies_weights_and_freezes(tmp_path: Path) -> None:
             p.add_(1.0)
     save_model(src, tmp_path / "src.safetensors")
     model = tiny(audio_init_from=str(tmp_path / "src.safetensors"), freeze_audio=True)
+    same = [torch.equal(a, b) for a, b in zip(model.audio_path.encoder.state_dict().values(),
+                                               src.audio_path.encoder.state_dict().values(), strict=True)]
+    assert not all(same)  # construction (also: loading a trained checkpoint) does not read the source
+    data = [0, 1]
+    assert model.prepare_training(data, feature_cache=False) is data  # the engine's hook, before training
     for a, b in zip(model.audio_path.encoder.state_dict().values(), src.audio_path.encoder.state_dict().values()):
         torch.testing.assert_close(a, b)
-    assert model.cfg.audio_init_from is None  # loaded once; checkpoints of this model do not need the source
+    assert model.cfg.audio_init_from == str(tmp_path / "src.safetensors")  # the provenance stays in the config
     model.train()
     assert not model.audio_path.encoder.training  # frozen BatchNorm statistics
     assert not any(p.requires_grad for p in model.audio_path.encoder.parameters())
@@ -381,7 +386,7 @@ def test_audio_init_from_copies_weights_and_freezes(tmp_path: Path) -> None:
         tiny(
             audio_init_from=str(tmp_path / "src.safetensors"),
             audio_encoder_kwargs={"channels": [8, 8], "time_stride": 2},
-        )
+        ).prepare_training([], feature_cache=False)
 
 
 def test_fewer_proposals_than_k_through_the_model() -> None:

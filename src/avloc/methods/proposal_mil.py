@@ -110,6 +110,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
 from avloc.encoders.cache import FeatureCache, content_key
 from avloc.errors import ConfigError, DataError
@@ -254,9 +255,6 @@ class ProposalMIL(LocalizationMethod):
             self.visual_adapter = nn.Identity()
             dv = c
         self.audio_path = AudioPath(cfg)  # front-end + encoder (s_n) + FC projection (f_n^s)
-        if cfg.audio_init_from:  # a pretrained audio stream (the paper: VGGish); loaded once, then forgotten
-            init_audio_encoder_from(self, cfg.audio_init_from)
-            cfg.audio_init_from = None
         if cfg.freeze_audio:
             for p in self.audio_path.encoder.parameters():
                 p.requires_grad_(False)
@@ -272,6 +270,16 @@ class ProposalMIL(LocalizationMethod):
         self.register_buffer("m_on_threshold", torch.tensor(float("nan")))
         self._proposals: ProposalCache | None = None
         self._feature_memo: FeatureCache | None = None
+
+    def prepare_training(self, train_set: Dataset, *, feature_cache: bool) -> Dataset:
+        """Before training: the pretrained audio stream of ``audio_init_from`` (the paper: VGGish), if any.
+
+        Done here rather than at construction, so loading a trained checkpoint never reads the source model.
+        """
+        cfg: ProposalMILConfig = self.cfg  # type: ignore[assignment]
+        if cfg.audio_init_from:
+            init_audio_encoder_from(self, cfg.audio_init_from)
+        return train_set
 
     def train(self, mode: bool = True) -> ProposalMIL:
         """As the base class; a frozen audio encoder also stays in eval mode (BatchNorm statistics fixed)."""
