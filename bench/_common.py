@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from avloc.io.atomic import write_text_atomic
+from avloc.methods.base import LocalizationMethod
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -72,3 +73,20 @@ def labelled_models(items: list[str], kind: type[T]) -> dict[str, T]:
             raise SystemExit(f"{path}: not a {kind.__name__} checkpoint")
         out[name] = m
     return out
+
+
+def model_from_spec(spec: str) -> LocalizationMethod:
+    """``CHECKPOINT[@key=value,...]`` (checkpoint path or zoo name) -> a model in eval mode; overrides are config
+    fields (``avloc.config.apply_overrides`` syntax), applied by rebuilding the model with the same weights."""
+    from avloc.config import apply_overrides
+    from avloc.methods.zoo import load_model
+
+    path, _, over = spec.partition("@")
+    model = load_model(path)
+    if over:
+        cfg = apply_overrides(model.cfg, [kv for kv in over.split(",") if kv])
+        rebuilt = type(model)(cfg)
+        rebuilt.load_state_dict(model.state_dict())
+        rebuilt.checkpoint_meta = model.checkpoint_meta
+        model = rebuilt
+    return model.eval()

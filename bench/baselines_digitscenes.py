@@ -30,12 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from avloc.config import apply_overrides
+from _common import model_from_spec
 from avloc.data.collate import collate_samples
 from avloc.data.datasets import dataset_from_spec
 from avloc.engine.evaluate import evaluate_predictions
-from avloc.methods.base import LocalizationMethod
-from avloc.methods.zoo import load_model
 from avloc.metrics.targets import targets_from_batch
 
 DEFAULT_PROTOCOLS = ("lvs-flickr", "lvs-vggss", "sslalign-adaptive")
@@ -44,19 +42,6 @@ COLUMNS = {
     "ciou": (("success", "success"), ("auc", "AUC"), ("mean_ciou", "mean cIoU")),
     "avsol": (("pibr", "PiBR (pointing)"), ("hmboxauc", "HmBoxAUC")),
 }
-
-
-def build(spec: str) -> LocalizationMethod:
-    """``SPEC[@k=v,...]`` -> a model in eval mode (overrides rebuild it with the same weights)."""
-    path, _, over = spec.partition("@")
-    model = load_model(path)
-    if over:
-        cfg = apply_overrides(model.cfg, [kv for kv in over.split(",") if kv])
-        rebuilt = type(model)(cfg)
-        rebuilt.load_state_dict(model.state_dict())
-        rebuilt.checkpoint_meta = model.checkpoint_meta
-        model = rebuilt
-    return model.eval()
 
 
 def main() -> None:
@@ -71,7 +56,7 @@ def main() -> None:
     ap.add_argument("--split-by", default=None, help="boolean sample field: score its true / false samples separately")
     args = ap.parse_args()
     protocols = args.protocol or list(DEFAULT_PROTOCOLS)
-    models = [(lab, build(spec)) for lab, _, spec in (m.partition("=") for m in args.model)]
+    models = [(lab, model_from_spec(spec)) for lab, _, spec in (m.partition("=") for m in args.model)]
     cfg0 = models[0][1].cfg
     for lab, m in models[1:]:
         if m.cfg.image != cfg0.image or m.cfg.audio != cfg0.audio:

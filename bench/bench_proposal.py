@@ -24,14 +24,14 @@ Two sub-commands, both on DigitScenes composed from the raw sources (``--raw`` o
   ``single`` test scenes at the settings it was trained with: the top box
   (``dsol-music``: IoU >= 0.5), the location map ``m_n`` (``dsol-music``,
   ``sslalign-adaptive``, ``avsol`` pointing) and where the top box lands. One
-  forward pass per output, scored by each protocol's accumulator (what
-  ``evaluate_model`` does after its forward pass); the table goes to stderr::
+  forward pass per output, its maps scored by ``evaluate_predictions`` for each
+  protocol; the table goes to stderr::
 
       python bench/bench_proposal.py table3 --model K10=RUN10/last.safetensors \
           --model K20=proposal-digitscenes --model all=RUNALL/last.safetensors --count 500
 
-  ``LABEL=CKPT@field=value,...`` changes inference-time fields of a model first
-  (e.g. ``K20-centred=proposal-digitscenes@selection_score=centred``).
+  ``LABEL=CKPT@field=value,...`` changes config fields of a model first, on the
+  same weights (e.g. ``K20-centred=proposal-digitscenes@selection_score=centred``).
 
 Prints JSON; the markdown tables in docs/RESULTS.md and docs/BENCHMARKS.md are
 copied from it.
@@ -154,67 +154,61 @@ def cmd_results(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_table3(args: argparse.Namespace) -> dict[str, Any]:
-    from _common import labelled_models
+    from _common import model_from_spec
+    from avloc.engine.evaluate import evaluate_predictions
     from avloc.methods.proposal_mil import ProposalMIL
+    from avloc.metrics.targets import targets_from_batch
 
     raw = _raw(args)
-    # LABEL=CKPT[@field=value,...]: inference-time fields (_INFER_FIELDS) changed on the loaded weights
-    specs = [m.partition("@") for m in args.model]
-    models = labelled_models([spec for spec, _, _ in specs], ProposalMIL)
-    for (_, _, over), model in zip(specs, models.values(), strict=True):
-        changes = dict(kv.split("=", 1) for kv in over.split(",") if kv)
-        if set(changes) - set(_INFER_FIELDS):
-            raise SystemExit(f"only inference-time fields {_INFER_FIELDS} can be changed, got {sorted(changes)}")
-        base = dataclasses.asdict(model.cfg)
-        _with(
-            model, **{k: type(base[k])(v) if not isinstance(base[k], bool) else v == "true" for k, v in changes.items()}
-        )
-    res: dict[str, Any] = {"count": args.count, "seed": args.seed, "models": {}}
+    models: dict[str, Any] = {}
+    for item in args.model:  # LABEL=CKPT[@field=value,...]
+        label, _, spec = item.partition("=")
+        models[label] = model_from_spec(spec)
+        if not isinstance(models[label], ProposalMIL):
+            raise SystemExit(f"{spec}: not a proposal checkpoint")
     first = next(iter(models.values()))
     fronts = (first.cfg.image, first.cfg.audio)
     for label, model in models.items():
         if (model.cfg.image, model.cfg.audio) != fronts:
             raise SystemExit(f"{label}: front-end settings differ from the first model's; compare like with like")
     data = _batches(_dataset("digitscenes:single:test", raw, first, count=args.count, seed=args.seed), args.batch_size)
+    targets = [t for b in data for t in targets_from_batch(b)]
+
+    def score(preds: dict[str, np.ndarray], protocol: str) -> dict[str, Any]:
+        r = evaluate_predictions(preds, targets, protocol)
+        return {k: v for k, v in r.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+    res: dict[str, Any] = {"count": args.count, "seed": args.seed, "models": {}}
     t0 = time.perf_counter()
     for label, model in models.items():
         base = dataclasses.asdict(model.cfg)
         # one forward pass per output, scored by several protocols
         m_n = _maps(_with(model, localize_output="location_map"), data)
         top_box = _maps(_with(model, localize_output="boxes"), data)
-        row: dict[str, Any] = {
+        _with(model, localize_output=base["localize_output"])
+        res["models"][label] = {
             "top_k": base["top_k"],
             "proposal_selection": base["proposal_selection"],
             "selection_score": base["selection_score"],
-            "boxes/dsol-music": _score(top_box, data, "dsol-music"),
-            "location_map/dsol-music": _score(m_n, data, "dsol-music"),
-            "location_map/sslalign-adaptive": _score(m_n, data, "sslalign-adaptive"),
-            "location_map/avsol": _score(m_n, data, "avsol"),
+            "boxes/dsol-music": score(top_box, "dsol-music"),
+            "location_map/dsol-music": score(m_n, "dsol-music"),
+            "location_map/sslalign-adaptive": score(m_n, "sslalign-adaptive"),
+            "location_map/avsol": score(m_n, "avsol"),
+            "top_box_lands_on": box_landing(model, data),
         }
-        _with(model, **{k: base[k] for k in _INFER_FIELDS})
-        row["top_box_lands_on"] = box_landing(model, data)
-        res["models"][label] = row
     res["seconds"] = round(time.perf_counter() - t0, 1)
     print(table3_markdown(res), file=sys.stderr)
     return res
 
 
-def _maps(model: Any, data: list[dict[str, Any]]) -> list[np.ndarray]:
-    """``localize`` maps of every batch (the harness's class-agnostic path, without scoring)."""
+def _maps(model: Any, data: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """``localize`` map of every sample, by id (what :func:`evaluate_predictions` scores)."""
     model.eval()
+    preds: dict[str, np.ndarray] = {}
     with torch.no_grad():
-        return [model.localize(b["image"], b["audio"]).float().numpy() for b in data]
-
-
-def _score(maps: list[np.ndarray], data: list[dict[str, Any]], protocol: str) -> dict[str, Any]:
-    """Score precomputed maps with one protocol's accumulator (as ``evaluate_model`` does after its forward pass)."""
-    from avloc.metrics.protocols import create_protocol
-
-    acc = create_protocol(protocol).accumulator()
-    for m, b in zip(maps, data, strict=True):
-        acc.update(m, b)
-    r = acc.compute()
-    return {k: v for k, v in r.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        for b in data:
+            preds.update(zip(map(str, b["id"]), model.localize(b["image"], b["audio"]).float().numpy()))
+    return preds
 
 
 def table3_markdown(res: dict[str, Any]) -> str:
