@@ -173,6 +173,14 @@ def test_distance_maps_eq8() -> None:
                 for v in range(6):
                     ref = np.linalg.norm(ga[b, c].double().numpy() - gv[b, :, u, v].double().numpy())
                     assert float(k[b, c, u, v]) == pytest.approx(ref, rel=1e-5)
+    # unit embeddings (the public code's) with an exact match at one position: distance ~0 there, never NaN
+    ga = torch.nn.functional.normalize(torch.randn(1, 2, 8), dim=2)
+    gv = torch.nn.functional.normalize(torch.randn(1, 8, 3, 3), dim=1)
+    gv[0, :, 1, 2] = ga[0, 1]
+    k = distance_maps(ga, gv)
+    assert torch.isfinite(k).all() and float(k[0, 1, 1, 2]) == pytest.approx(0.0, abs=1e-3)
+    ref = (ga[0, :, :, None, None] - gv[0][None]).norm(dim=1)
+    torch.testing.assert_close(k[0], ref, atol=1e-3, rtol=0)
 
 
 def _eq8_reference(k: torch.Tensor, map_norm: str, margin: float) -> torch.Tensor:

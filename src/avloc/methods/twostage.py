@@ -204,9 +204,13 @@ def pairwise_sq_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def distance_maps(audio_emb: torch.Tensor, visual_emb: torch.Tensor) -> torch.Tensor:
-    """Eq. 8: ``K^c(u,v) = ||g_a(f_a^c) - g_v(E_v)(u,v)||_2``; ``(B, C, P)``, ``(B, P, h, w)`` -> ``(B, C, h, w)``."""
-    diff = audio_emb[:, :, :, None, None] - visual_emb[:, None]  # (B, C, P, h, w)
-    return diff.square().sum(2).clamp_min(0.0).sqrt()
+    """Eq. 8: ``K^c(u,v) = ||g_a(f_a^c) - g_v(E_v)(u,v)||_2``; ``(B, C, P)``, ``(B, P, h, w)`` -> ``(B, C, h, w)``.
+
+    Expanded as ``|a|^2 + |v|^2 - 2 a.v`` so no (B, C, P, h, w) difference tensor is built.
+    """
+    cross = torch.einsum("bcp,bphw->bchw", audio_emb, visual_emb)  # (B, C, h, w)
+    sq = audio_emb.square().sum(2)[:, :, None, None] + visual_emb.square().sum(1)[:, None] - 2 * cross
+    return sq.clamp_min(0.0).sqrt()
 
 
 def distance_to_maps(k: torch.Tensor, mode: str, margin: float) -> torch.Tensor:
