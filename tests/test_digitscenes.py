@@ -229,6 +229,20 @@ def test_video_clip_annotations(raw: RawSources) -> None:
             assert 0 <= b[0] < b[2] <= SIZE and 0 <= b[1] < b[3] <= SIZE
 
 
+def test_video_clip_utterances_redrawn_until_they_fit(raw: RawSources) -> None:
+    # 3 utterances in 3 s with 0.1 s gaps: some first draws are too long; they are re-drawn, never dropped
+    cfg = small("video", seconds=3.0, n_utterances=(3, 3), min_gap_seconds=0.1)
+    s = DigitScenesSampler(raw, "video", "train", cfg, seed=0)
+    for c in range(40):
+        for k in (0, 1):
+            spans = [(u["start"], u["end"]) for u in s.clip(c, audio_draw=k).utterances]
+            assert len(spans) == 3 and all(0 <= a < b <= 3.0 for a, b in spans)
+            assert all(spans[i][1] + 0.1 - 1e-6 <= spans[i + 1][0] for i in range(2))
+    impossible = DigitScenesSampler(raw, "video", "train", small("video", seconds=3.0, n_utterances=(12, 12)), seed=0)
+    with pytest.raises(ConfigError, match="n_utterances"):
+        impossible.clip(0)
+
+
 # ----------------------------------------------------------------------------- splits
 
 

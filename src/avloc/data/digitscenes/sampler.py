@@ -33,6 +33,8 @@ from avloc.errors import ConfigError, DataError
 _VARIANT_IDS = {name: i for i, name in enumerate(VARIANTS)}
 _SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
 OFFSCREEN_MODES = ("onscreen", "absent", "ambient", "silence")
+#: video clips: draws of the utterances tried before a clip is declared impossible (``VideoConfig.n_utterances``)
+FIT_TRIES = 100
 
 
 class SplitPools:
@@ -300,14 +302,22 @@ class DigitScenesSampler:
         velocity = np.stack([np.cos(angle), np.sin(angle)], axis=1) * speed[:, None]  # (n, 2) px/s
         if audio_draw:
             rng = self._rng(3, index, audio_draw)
-        # utterances: who speaks, how long, then random silent gaps between them
-        n_utt = int(rng.integers(cfg.n_utterances[0], cfg.n_utterances[1] + 1))
-        who = rng.integers(nd, size=n_utt)
-        picked = [self._utterance(scene.digits[int(k)].label, rng) for k in who]
-        durs = np.array([w.size / sr for _, w in picked])
-        free = cfg.seconds - durs.sum() - cfg.min_gap_seconds * (n_utt - 1)
-        if free < 0:
-            raise ConfigError(f"{n_utt} utterances do not fit in a {cfg.seconds} s clip; use longer clips")
+        # utterances: who speaks, how long, then random silent gaps between them; a draw that does not fit
+        # in the clip is re-drawn from the same stream (a clip whose first draw fits is unchanged)
+        for _ in range(FIT_TRIES):
+            n_utt = int(rng.integers(cfg.n_utterances[0], cfg.n_utterances[1] + 1))
+            who = rng.integers(nd, size=n_utt)
+            picked = [self._utterance(scene.digits[int(k)].label, rng) for k in who]
+            durs = np.array([w.size / sr for _, w in picked])
+            free = cfg.seconds - durs.sum() - cfg.min_gap_seconds * (n_utt - 1)
+            if free >= 0:
+                break
+        else:
+            raise ConfigError(
+                f"clip {index}: no draw of {cfg.n_utterances[0]}-{cfg.n_utterances[1]} utterances fits in a "
+                f"{cfg.seconds} s clip with {cfg.min_gap_seconds} s gaps in {FIT_TRIES} tries; "
+                "use longer clips (seconds) or fewer utterances (n_utterances)"
+            )
         gaps = np.diff(np.sort(rng.uniform(0, free, n_utt + 1)), prepend=0.0)[: n_utt]  # (n_utt,) >= 0
         starts = np.cumsum(gaps) + np.concatenate([[0.0], np.cumsum(durs[:-1] + cfg.min_gap_seconds)])
         speech, utterances, speakers = [], [], []
