@@ -156,6 +156,49 @@ def chance(gts: list[dict[str, Any]], shape: tuple[int, ...], draws: int) -> dic
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if isinstance(rows[0][k], (int, float))}
 
 
+def avc_check(
+    model: SegmentMethod, feats: list[torch.Tensor], audio: list[torch.Tensor], gts: list[dict[str, Any]],
+    frames_per_clip: int, seed: int = 0,
+) -> dict[str, Any]:
+    """AVC (Eq. 7, z_avc = GMP(M_loc)) on fixed pairs: every segment with its own audio (AVC = yes) and with the
+    audio of the same annotated time of another clip (AVC = no; a seeded derangement of the clips).
+
+    Accuracy at z_avc > 0.5 and the ROC AUC of z_avc (positives vs negatives), over all segments and over the
+    positives that are AVE frames (a sounding digit visible) / not. Run on the training clips and on test clips,
+    it tells whether AVC generalises or was answered by memorised clips.
+    """
+    from avloc.methods.dnm import derangement
+
+    model.eval()
+    f_all, a_all = torch.cat(feats), torch.cat(audio)
+    n = len(f_all)
+    n_clips = n // frames_per_clip
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(2**31, (1,), generator=g)))
+        perm = derangement(n_clips, torch.device("cpu"))
+    neg_idx = (perm[:, None] * frames_per_clip + torch.arange(frames_per_clip)).flatten()  # (n,)
+    z_pos, z_neg = [], []
+    with torch.no_grad():
+        for s in range(0, n, 64):
+            sl = slice(s, min(n, s + 64))
+            z_pos.append(model.localize_features(f_all[sl], a_all[sl]).flatten(1).amax(1))
+            z_neg.append(model.localize_features(f_all[sl], a_all[neg_idx[sl]]).flatten(1).amax(1))
+    zp, zn = torch.cat(z_pos).numpy(), torch.cat(z_neg).numpy()
+    ave = np.array([len(x["boxes"]) > 0 for x in gts[:n]])
+
+    def auc(pos: np.ndarray, neg: np.ndarray) -> float:
+        return float((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
+
+    return {
+        "n": n, "n_ave": int(ave.sum()),
+        "acc": float(((zp > 0.5).sum() + (zn <= 0.5).sum()) / (2 * n)),
+        "auc": auc(zp, zn), "auc_ave_positives": auc(zp[ave], zn) if ave.any() else float("nan"),
+        "auc_nonave_positives": auc(zp[~ave], zn) if (~ave).any() else float("nan"),
+        "mean_z_pos": float(zp.mean()), "mean_z_neg": float(zn.mean()),
+    }
+
+
 def latency(model: SegmentMethod, first: dict[str, torch.Tensor], reps: int) -> float:
     """Median seconds of ``localize`` on one segment (batch 1, backbone included)."""
     x, a = first["image"][:1], first["audio"][:1]
@@ -212,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         "--neg-other-time", type=float, default=0.0,
         help="fraction of AVC negatives from the same clip at another time (DNMConfig.neg_other_time)",
     )
+    p.add_argument(
+        "--avc-check", nargs="*", default=[], metavar="ROW=MODEL",
+        help="AVC accuracy / AUC (avc_check) of saved AVC or DNM models on the test clips and on the first "
+        "--avc-train-clips training clips (with --train-overrides): does AVC generalise or memorise?",
+    )
+    p.add_argument("--avc-train-clips", type=int, default=150)
     p.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -311,6 +360,25 @@ def main(argv: list[str] | None = None) -> int:
         results[f"scored: {row_name}"] = {"method": model.name, "overrides": {"tasks": getattr(model.cfg, "tasks", None)},
                                           "source": src, **res, "latency_ms_per_segment": float("nan")}
         results_path.write_text(json.dumps(results, indent=2) + "\n")
+    if args.avc_check:
+        frames_per_clip = len(test_ds.config.annotated_frames())
+        train_ds = dataset_from_spec(
+            "digitscenes:video:train", raw=args.raw, image_cfg=ref.cfg.image, audio_cfg=ref.cfg.audio,
+            count=args.avc_train_clips, **train_over,
+        )
+        tr_feats, tr_audio, tr_gts, _ = test_features(ref, train_ds, 48, cache_dir)
+        for spec in args.avc_check:
+            row_name, _, src = spec.partition("=")
+            model = load_model(src)
+            if not isinstance(model, SegmentMethod) or getattr(model.cfg, "tasks", None) not in ("avc", "dnm"):
+                raise SystemExit(f"--avc-check {spec!r}: not a dnm model with an AVC output")
+            results[f"avc check: {row_name}"] = {
+                "source": src, "train_clips": args.avc_train_clips, "train_overrides": train_over,
+                "train": avc_check(model, tr_feats, tr_audio, tr_gts, frames_per_clip),
+                "test": avc_check(model, feats, audio, gts, frames_per_clip),
+            }
+            results_path.write_text(json.dumps(results, indent=2) + "\n")
+            print(f"avc check {row_name}: {json.dumps(results[f'avc check: {row_name}'])}", file=sys.stderr)
     if args.chance_draws > 0:
         shape = tuple(feats[0].shape[-2:])  # the backbone's map size (h, w), as every model's maps
         results["chance"] = {"draws": args.chance_draws, "map_shape": list(shape), **chance(gts, shape, args.chance_draws)}
