@@ -219,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--train-clips", type=int, default=400)
     p.add_argument("--test-clips", type=int, default=60)
+    p.add_argument(
+        "--eval-split", default="test", choices=["test", "val"],
+        help="split of the scored clips (val: model selection, as the paper's, without touching the test clips)",
+    )
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -289,9 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     ref = create_method("dnm")
     assert isinstance(ref, SegmentMethod)
     t0 = time.perf_counter()
-    test_ds = dataset_from_spec("digitscenes:video:test", raw=args.raw, image_cfg=ref.cfg.image, audio_cfg=ref.cfg.audio, count=args.test_clips)
+    test_ds = dataset_from_spec(f"digitscenes:video:{args.eval_split}", raw=args.raw, image_cfg=ref.cfg.image, audio_cfg=ref.cfg.audio, count=args.test_clips)
     feats, audio, gts, first = test_features(ref, test_ds, 48, cache_dir)
-    print(f"test: {len(gts)} frames of {args.test_clips} clips encoded in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    if results.setdefault("eval_split", args.eval_split) != args.eval_split:
+        raise SystemExit(f"{results_path} holds scores on the {results['eval_split']} clips; use another --out for {args.eval_split}")
+    print(f"{args.eval_split}: {len(gts)} frames of {args.test_clips} clips encoded in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
     for name in args.models:
         if name in results:
@@ -375,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             results[f"avc check: {row_name}"] = {
                 "source": src, "train_clips": args.avc_train_clips, "train_overrides": train_over,
                 "train": avc_check(model, tr_feats, tr_audio, tr_gts, frames_per_clip),
-                "test": avc_check(model, feats, audio, gts, frames_per_clip),
+                args.eval_split: avc_check(model, feats, audio, gts, frames_per_clip),
             }
             results_path.write_text(json.dumps(results, indent=2) + "\n")
             print(f"avc check {row_name}: {json.dumps(results[f'avc check: {row_name}'])}", file=sys.stderr)
