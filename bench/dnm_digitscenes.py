@@ -172,6 +172,8 @@ def avc_check(
     model.eval()
     f_all, a_all = torch.cat(feats), torch.cat(audio)
     n = len(f_all)
+    if n % frames_per_clip:
+        raise ValueError(f"{n} segments are not whole clips of {frames_per_clip} annotated frames")
     n_clips = n // frames_per_clip
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
@@ -367,7 +369,6 @@ def main(argv: list[str] | None = None) -> int:
                                           "source": src, **res, "latency_ms_per_segment": float("nan")}
         results_path.write_text(json.dumps(results, indent=2) + "\n")
     if args.avc_check:
-        frames_per_clip = len(test_ds.config.annotated_frames())
         train_ds = dataset_from_spec(
             "digitscenes:video:train", raw=args.raw, image_cfg=ref.cfg.image, audio_cfg=ref.cfg.audio,
             count=args.avc_train_clips, **train_over,
@@ -380,8 +381,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"--avc-check {spec!r}: not a dnm model with an AVC output")
             results[f"avc check: {row_name}"] = {
                 "source": src, "train_clips": args.avc_train_clips, "train_overrides": train_over,
-                "train": avc_check(model, tr_feats, tr_audio, tr_gts, frames_per_clip),
-                args.eval_split: avc_check(model, feats, audio, gts, frames_per_clip),
+                "train": avc_check(model, tr_feats, tr_audio, tr_gts, len(train_ds.config.annotated_frames())),
+                args.eval_split: avc_check(model, feats, audio, gts, len(test_ds.config.annotated_frames())),
             }
             results_path.write_text(json.dumps(results, indent=2) + "\n")
             print(f"avc check {row_name}: {json.dumps(results[f'avc check: {row_name}'])}", file=sys.stderr)
