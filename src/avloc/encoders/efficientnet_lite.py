@@ -97,7 +97,12 @@ class SameConv2d(nn.Conv2d):
         super().__init__(in_ch, out_ch, kernel, stride=stride, padding=0, groups=groups, bias=bias)
         self._k, self._s = kernel, stride
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, dilation: int = 0) -> torch.Tensor:
+        """``dilation >= 1``: the same kernel at stride 1 with that dilation (atrous, Chen et al. 2017, DeepLab
+        Sec. 3.1), padded symmetrically so the output keeps the input size; 0 (default): as trained."""
+        if dilation >= 1:
+            pad = dilation * (self._k - 1) // 2
+            return F.conv2d(x, self.weight, self.bias, 1, pad, dilation, self.groups)
         left, right, top, bottom = tf_same_padding((x.shape[-2], x.shape[-1]), self._k, self._s)
         if left == right and top == bottom:  # symmetric: let the convolution pad (no copy)
             return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), 1, self.groups)
@@ -125,9 +130,10 @@ class MBConvBlock(nn.Module):
         self.residual = stride == 1 and in_ch == out_ch
         self.drop_rate = 0.0  # stochastic depth probability, set by the model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, H, W) -> (B, Cout, H/s, W/s)
+    def forward(self, x: torch.Tensor, dilation: int = 0) -> torch.Tensor:  # (B, Cin, H, W) -> (B, Cout, H/s, W/s)
+        """``dilation >= 1``: the depthwise convolution runs at stride 1 with that dilation (``SameConv2d.forward``)."""
         h = F.relu6(self._bn0(self._expand_conv(x)), inplace=True) if self.expand else x
-        h = F.relu6(self._bn1(self._depthwise_conv(h)), inplace=True)
+        h = F.relu6(self._bn1(self._depthwise_conv(h, dilation)), inplace=True)
         h = self._bn2(self._project_conv(h))
         if self.residual:
             if self.training and self.drop_rate > 0:  # drop connect (per-sample stochastic depth)
@@ -238,6 +244,23 @@ class EfficientNetLite0(VisualEncoder):
                 out[16] = x  # (B, 112, H/16, W/16)
         out[32] = F.relu6(self._bn1(self._conv_head(x)))  # (B, 1280, H/32, W/32)
         return out
+
+    def forward_head(self, images: torch.Tensor, stride: int = 32) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] -> the 1280-channel head map the classifier pools, at ``stride`` 32 or 16.
+
+        Stride 16 runs the last stride-2 stage at stride 1 with its depthwise kernels dilated by 2 (atrous
+        convolution, DeepLab's output stride 16), so class activation maps (``_fc`` applied per cell) get twice
+        the resolution from the same ImageNet weights: (B, 1280, H/16, W/16).
+        """
+        if stride not in (16, 32):
+            raise ConfigError(f"forward_head: stride must be 16 or 32, got {stride}")
+        x = self._stem(images)
+        for i, block in enumerate(self._blocks):
+            if stride == 32 or i <= self._stride16_index:
+                x = block(x)
+            else:  # the stride-2 block runs at stride 1 (dilation 1); every later kernel is dilated by 2
+                x = block(x, 1 if i == self._stride16_index + 1 else 2)
+        return F.relu6(self._bn1(self._conv_head(x)))  # (B, 1280, H/stride, W/stride)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, C, h, w)
         if self.out_stride == 32:

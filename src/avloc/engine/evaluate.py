@@ -94,8 +94,13 @@ def evaluate_predictions(
     workers: int = 2,
     batch_size: int = 512,
     chunk_size: int = 16,
+    onscreen: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Score saved heatmaps: ``preds`` maps each ground-truth id to a raw 2-D map (3-D class maps for class-aware).
+
+    ``onscreen``: optional predicted P(source visible) per id; every target with an on/off-screen label
+    then needs one, and the result gains balanced accuracy, accuracy and calibration error
+    (:func:`avloc.metrics.realworld.onscreen_summary`).
 
     Every ground-truth sample needs a prediction (missing ones raise with
     examples); predictions without ground truth are counted in
@@ -122,6 +127,15 @@ def evaluate_predictions(
             acc.update(np.stack([np.asarray(preds[t.id], dtype=np.float32) for t in part]), part)
     out = acc.compute()
     out["n_unused_predictions"] = len(set(preds) - {t.id for t in targets})
+    if onscreen is not None:
+        from avloc.metrics.realworld import onscreen_summary
+
+        labelled = [t for t in targets if t.onscreen is not None]
+        lacking = [t.id for t in labelled if t.id not in onscreen]
+        if lacking:
+            raise DataError(f"{len(lacking)} on/off-screen labelled ids have no on-screen prediction, e.g. {lacking[:3]}")
+        if labelled:
+            out.update(onscreen_summary(np.array([onscreen[t.id] for t in labelled]), np.array([t.onscreen for t in labelled])))
     return out
 
 

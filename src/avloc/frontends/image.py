@@ -2,8 +2,10 @@
 
 Geometry modes (see docs/protocols.md): ``crop`` resizes the short side to
 ``resize`` then centre-crops ``size`` (LVS); ``squash`` resizes straight to
-``size`` x ``size`` (EZ-VSL). Boxes follow the same geometry via
-:func:`transform_boxes`.
+``size`` x ``size`` (EZ-VSL); ``pad`` (letterbox) resizes the long side to
+``size``, keeps the aspect and centres the picture on a ``PAD_VALUE`` grey
+square (the whole frame undistorted: faces and objects keep their shape).
+Boxes follow the same geometry via :func:`transform_boxes`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: ``pad`` mode: the grey the letterbox is filled with (mid-range: zero after EfficientNet-Lite's 127/128 scaling)
+PAD_VALUE = 0.5
 
 
 @dataclass
@@ -25,7 +29,7 @@ class ImageConfig:
 
     size: int = 224
     resize: int = 224  # short side before the centre crop (crop mode); LVS uses 224
-    mode: Literal["crop", "squash"] = "squash"
+    mode: Literal["crop", "squash", "pad"] = "squash"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     #: frames per sample. 1: the frame at the sample's time, ``image`` (3, H, W). T > 1: a segment of
@@ -64,10 +68,20 @@ def crop_geometry(h: int, w: int, cfg: ImageConfig) -> tuple[float, float, float
     """Return (scale_x, scale_y, off_x, off_y): input pixel = orig * scale - off."""
     if cfg.mode == "squash":
         return cfg.size / w, cfg.size / h, 0.0, 0.0
+    if cfg.mode == "pad":
+        nh, nw, top, left = _pad_geometry(h, w, cfg.size)
+        return nw / w, nh / h, -float(left), -float(top)
     s = cfg.resize / min(h, w)
     # same resized size and integer crop offsets as preprocess_image / transform_boxes
     nh, nw = max(cfg.size, round(h * s)), max(cfg.size, round(w * s))
     return nw / w, nh / h, float((nw - cfg.size) // 2), float((nh - cfg.size) // 2)
+
+
+def _pad_geometry(h: int, w: int, size: int) -> tuple[int, int, int, int]:
+    """``pad`` mode: (resized h, resized w, top, left) of the picture inside the ``size`` square."""
+    s = size / max(h, w)
+    nh, nw = max(1, min(size, round(h * s))), max(1, min(size, round(w * s)))
+    return nh, nw, (size - nh) // 2, (size - nw) // 2
 
 
 def preprocess_image(img: torch.Tensor, cfg: ImageConfig) -> torch.Tensor:
@@ -76,6 +90,11 @@ def preprocess_image(img: torch.Tensor, cfg: ImageConfig) -> torch.Tensor:
     h, w = x.shape[-2:]
     if cfg.mode == "squash":
         return resize(x, (cfg.size, cfg.size)).clamp_(0.0, 1.0)  # antialiased kernels overshoot slightly
+    if cfg.mode == "pad":
+        nh, nw, top, left = _pad_geometry(h, w, cfg.size)
+        out = x.new_full((*x.shape[:-2], cfg.size, cfg.size), PAD_VALUE)
+        out[..., top : top + nh, left : left + nw] = resize(x, (nh, nw)).clamp_(0.0, 1.0)
+        return out
     s = cfg.resize / min(h, w)
     nh, nw = max(cfg.size, round(h * s)), max(cfg.size, round(w * s))
     x = resize(x, (nh, nw))
@@ -93,6 +112,10 @@ def transform_boxes(boxes: torch.Tensor, orig_hw: tuple[int, int], cfg: ImageCon
     if cfg.mode == "squash":
         scale = torch.tensor([1 / w, 1 / h, 1 / w, 1 / h], dtype=torch.float32)
         return (boxes.float() * scale).clamp(0, 1)
+    if cfg.mode == "pad":
+        nh, nw, top, left = _pad_geometry(h, w, cfg.size)
+        b = boxes.float() * torch.tensor([nw / w, nh / h, nw / w, nh / h])
+        return ((b + torch.tensor([left, top, left, top], dtype=torch.float32)) / cfg.size).clamp(0, 1)
     s = cfg.resize / min(h, w)
     nh, nw = max(cfg.size, round(h * s)), max(cfg.size, round(w * s))
     top, left = (nh - cfg.size) // 2, (nw - cfg.size) // 2

@@ -95,7 +95,10 @@ def output_paths(path: str | Path, out_dir: str | Path) -> dict[str, Path]:
 
 
 def working_size(width: int, height: int, image: ImageConfig) -> tuple[int, int]:
-    """Decode size (w, h): aspect kept, short side = what the model's preprocessing starts from."""
+    """Decode size (w, h): aspect kept, short side = what the model's preprocessing starts from
+    (``pad``: long side = the model's size, never upscaled)."""
+    if image.mode == "pad":
+        return fit_size(width, height, max_side=image.size)
     short = max(image.size, image.resize) if image.mode == "crop" else image.size
     return fit_size(width, height, short_side=short)
 
@@ -167,6 +170,13 @@ def _analyse(
                 for c in np.flatnonzero(cls["detected"]):
                     cm[c] = unwarp_map(cls["maps"][c], work_wh, map_wh, image_cfg)
                 extra["classes"] = {"probabilities": cls["probabilities"], "detected": cls["detected"], "maps": cm}
+            srcs = out.sources[k] if out.sources else None
+            if srcs is not None:  # heard sources (avsemantic): each grounded source's own map, full frame
+                extra["sources"] = [
+                    {**h, "map": None if h["map"] is None else unwarp_map(h["map"], work_wh, map_wh, image_cfg)}
+                    for h in srcs
+                ]
+                extra["details"] = out.details[k] or {}
             yield FrameResult(
                 it.index, it.time, it.source_time, full, raw, it.rms_db, out.onscreen[k], mb, out.semantic[k], extra
             )
@@ -197,8 +207,14 @@ def _record(r: FrameResult, cfg: LocalizeConfig, work_wh: tuple[int, int], src_w
     else:
         conf = r.model_onscreen if r.model_onscreen is not None else onscreen_statistic(r.map, r.rms_db or DB_FLOOR, cfg)
         rec["onscreen"], rec["onscreen_confidence"] = bool(conf >= cfg.onscreen_threshold), round(float(conf), 4)
+    srcs = r.extra.get("sources")
+    if srcs is not None:  # heard sources: what is heard, how it is grounded, its own peak and box
+        rec["sources"] = _source_records(srcs, src_wh, cfg, silent)
+        rec.update(r.extra.get("details", {}))
     if silent:
         rec["boxes"] = []
+    elif srcs is not None:
+        rec["boxes"] = _source_boxes(rec["sources"], r.map, src_wh, cfg, conf)
     elif r.model_boxes is not None:
         sx, sy = src_wh[0] / work_wh[0], src_wh[1] / work_wh[1]
         rec["boxes"] = [
@@ -218,6 +234,41 @@ def _record(r: FrameResult, cfg: LocalizeConfig, work_wh: tuple[int, int], src_w
             for c in order
         ]
     return rec
+
+
+def _source_records(
+    srcs: list[dict[str, Any]], src_wh: tuple[int, int], cfg: LocalizeConfig, silent: bool
+) -> list[dict[str, Any]]:
+    """JSON of a frame's heard sources: label, score, kind, grounding, and for grounded ones peak and top box."""
+    out = []
+    for h in srcs:
+        rec: dict[str, Any] = {"label": h["label"], "score": round(float(h["score"]), 4), "kind": h["kind"],
+                               "grounding": h["grounding"], **h["detail"]}
+        if h["map"] is not None and not silent:
+            rec["peak"] = _peak(h["map"], src_wh)
+            boxes = map_boxes(h["map"], src_wh, cfg, float(h["score"]))
+            rec["box"] = boxes[0] if boxes else None
+        out.append(rec)
+    return out
+
+
+def _source_boxes(
+    sources: list[dict[str, Any]], m: np.ndarray, src_wh: tuple[int, int], cfg: LocalizeConfig, conf: float | None
+) -> list[dict[str, Any]]:
+    """One labelled box per grounding ("dog 0.91", "Speech -> face 1"), best first; with nothing grounded,
+    the combined map's boxes when the frame is on-screen and none when it is not (no arbitrary box)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for h in sources:
+        b = h.get("box")
+        if b is None or h["grounding"] in seen:
+            continue
+        label = f"{h['label']} -> {h['grounding']}" if h["kind"] == "human" else h["label"]
+        seen[h["grounding"]] = {**b, "label": f"{label} {h['score']:.2f}"}
+    if seen:
+        return sorted(seen.values(), key=lambda b: -b["score"])[: cfg.max_boxes]
+    if conf is not None and conf < cfg.onscreen_threshold:
+        return []
+    return map_boxes(m, src_wh, cfg, 1.0 if conf is None else conf)
 
 
 def _heat_strength(rec: dict[str, Any]) -> float:

@@ -76,7 +76,7 @@ def draw_overlay(
             p1 = (round(b["x1"] * sx), round(b["y1"] * sy))
             p2 = (round(b["x2"] * sx), round(b["y2"] * sy))
             cv2.rectangle(out, p1, p2, BOX_COLOUR, thick)
-            cv2.putText(out, f"{b['score']:.2f}", (p1[0] + 2, max(p1[1] - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, font,
+            cv2.putText(out, b.get("label", f"{b['score']:.2f}"), (p1[0] + 2, max(p1[1] - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, font,
                         BOX_COLOUR, max(1, thick // 2), cv2.LINE_AA)
     text, banner_colour = banner if banner is not None else banner_text(record)
     bh = max(8, round(24 * scale))

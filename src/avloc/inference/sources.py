@@ -29,6 +29,11 @@ class SourceOutput:
     #: per frame, for methods with ``localize_detected`` (class-aware, e.g. twostage): ``probabilities`` (C,),
     #: ``detected`` (C,) bool and ``maps`` (C, h, w) model-input geometry; empty for other sources
     classes: list[dict[str, np.ndarray] | None] = field(default_factory=list)
+    #: per frame, for methods declaring ``analyses_sources`` (``avsemantic``): every heard source as a dict
+    #: (label, score, kind, grounding, detail, ``map`` (h, w) model-input geometry or None), and the
+    #: method's per-frame details (on-screen features, chosen speaker); empty for other sources
+    sources: list[list[dict[str, Any]] | None] = field(default_factory=list)
+    details: list[dict[str, Any] | None] = field(default_factory=list)
 
 
 def has_own_onscreen(model: LocalizationMethod) -> bool:
@@ -48,7 +53,8 @@ class ModelSource:
 
     def __init__(self, model: LocalizationMethod) -> None:
         self.model = model
-        self.is_clip = callable(getattr(model, "localize_clip", None))
+        self.analyses_sources = bool(model.analyses_sources)
+        self.is_clip = self.analyses_sources or callable(getattr(model, "localize_clip", None))
         self.context_seconds = float(getattr(model, "clip_context_seconds", 0.0)) if self.is_clip else 0.0
         self.own_onscreen = has_own_onscreen(model)
         self.own_boxes = callable(getattr(model, "boxes", None))
@@ -58,6 +64,8 @@ class ModelSource:
     def maps(self, images: torch.Tensor, audio: torch.Tensor, times: torch.Tensor, keep: slice | None = None) -> SourceOutput:
         """Maps for ``images[keep]`` (the rest is temporal context; per-frame sources get no context)."""
         keep = keep if keep is not None else slice(None)
+        if self.analyses_sources:
+            return self._analysed(images, audio, times, keep)
         if self.is_clip:
             fn: Any = self.model.localize_clip
             if "keep" in inspect.signature(fn).parameters:
@@ -85,6 +93,23 @@ class ModelSource:
             cm, pr, dt = (x.detach().float().cpu().numpy() for x in (cmaps, probs, det))
             cls = [{"probabilities": pr[i], "detected": dt[i] > 0, "maps": cm[i]} for i in range(t)]
         return SourceOutput(m.detach().float().cpu().numpy(), on, bx, [None] * t, cls)
+
+    def _analysed(self, images: torch.Tensor, audio: torch.Tensor, times: torch.Tensor, keep: slice) -> SourceOutput:
+        """``analyse_clip`` of a method declaring ``analyses_sources``: maps, on-screen and heard sources."""
+        res = self.model.analyse_clip(images, audio, times, keep=keep)
+        t = res.maps.shape[0]
+        srcs: list[list[dict[str, Any]] | None] = [
+            [
+                {"label": h.label, "score": h.score, "kind": h.kind, "grounding": h.grounding, "detail": h.detail,
+                 "map": None if h.map is None else h.map.detach().float().cpu().numpy()}
+                for h in frame
+            ]
+            for frame in res.sources
+        ]
+        return SourceOutput(
+            res.maps.detach().float().cpu().numpy(), [float(v) for v in res.onscreen.reshape(-1).tolist()],
+            [None] * t, [None] * t, [None] * t, srcs, list(res.details),
+        )
 
 
 class CombinedSource(ModelSource):

@@ -28,6 +28,7 @@ _METHOD_MODULES: list[str] = [
     "avloc.methods.classif",
     "avloc.methods.dnm",
     "avloc.methods.dnm_baselines",
+    "avloc.methods.avsemantic.method",
 ]
 
 

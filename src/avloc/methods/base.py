@@ -17,6 +17,11 @@ use only this contract:
   in the batch.
 * optional ``onscreen(images, audio) -> (B,)`` confidence in [0, 1] that the
   sound's source is visible.
+* optional, declared by ``analyses_sources = True``: ``analyse_clip(frames,
+  audio, times, keep) -> ClipAnalysis`` -- per frame the combined map, the
+  on-screen probability and every heard source (:class:`HeardSource`: what is
+  heard, its score, how it was grounded and its own map), for methods that
+  ground several sounds per frame (``avsemantic``).
 
 Visual encoders and the frozen-feature cache: a method that keeps its visual
 encoder in the attribute ``visual_encoder`` and calls
@@ -44,6 +49,28 @@ from avloc.frontends.image import ImageConfig
 
 
 @dataclass
+class HeardSource:
+    """One sound heard in a frame and where the method grounds it (``analyse_clip``)."""
+
+    label: str  # what is heard (e.g. an AudioSet class name)
+    score: float  # the audio tagger's score in [0, 1]
+    kind: str  # "object" | "human" | "none"
+    grounding: str  # how it was grounded ("imagenet:207", "face 1", "no face", "not visible", ...)
+    map: torch.Tensor | None  # (h, w) its own map in model-input geometry; None when not seen
+    detail: dict[str, Any] = field(default_factory=dict)  # JSON-able extras (visible mass, faces, ...)
+
+
+@dataclass
+class ClipAnalysis:
+    """``analyse_clip`` output for the kept frames of a clip."""
+
+    maps: torch.Tensor  # (T, h, w) combined maps
+    onscreen: torch.Tensor  # (T,) P(source visible)
+    sources: list[list[HeardSource]]  # per frame, most probable first
+    details: list[dict[str, Any]]  # per frame JSON-able extras (on-screen features, chosen speaker, ...)
+
+
+@dataclass
 class MethodConfig:
     """Fields every method config has: preprocessing and encoders."""
 
@@ -63,6 +90,8 @@ class LocalizationMethod(nn.Module):
     name: ClassVar[str] = ""
     #: True for methods with nothing to train (usable without a checkpoint).
     training_free: ClassVar[bool] = False
+    #: True for methods implementing ``analyse_clip`` (several heard sources per frame, module doc).
+    analyses_sources: ClassVar[bool] = False
 
     def __init__(self, cfg: MethodConfig) -> None:
         super().__init__()
@@ -153,3 +182,10 @@ class LocalizationMethod(nn.Module):
     def onscreen(self, images: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """(B,) confidence that the sound's source is visible; methods may override."""
         raise NotImplementedError(f"{type(self).__name__} has no on-screen head")
+
+    def analyse_clip(
+        self, frames: torch.Tensor, audio: torch.Tensor, times: torch.Tensor, keep: slice | None = None
+    ) -> ClipAnalysis:
+        """Frames (T, 3, S, S), centred windows (T, N), times (T,) -> :class:`ClipAnalysis` of ``frames[keep]``
+        (only for methods declaring ``analyses_sources``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not analyse heard sources (analyses_sources is False)")

@@ -23,15 +23,16 @@ import numpy as np
 
 from avloc.errors import ConfigError, DataError
 from avloc.metrics import ops
-from avloc.metrics.avsol import FRAME_KINDS, AVSOLMetrics
+from avloc.metrics.avsol import FRAME_KINDS, AVSOLMetrics, peak_in_box
 from avloc.metrics.base import Accumulator
 from avloc.metrics.classaware import ClassAwareCIoU, class_average, no_sound_area
 from avloc.metrics.extended import ExtendedAP, top_fraction_confidence
 from avloc.metrics.localization import CIoU, SuccessOp, ThresholdSweep, ciou_from_counts
+from avloc.metrics.realworld import RealWorldMetrics
 from avloc.metrics.targets import Target, targets_from_batch
 from avloc.registry import PROTOCOLS
 
-Task = Literal["ciou", "extended", "dsol_classaware", "qian_classaware", "avsol"]
+Task = Literal["ciou", "extended", "dsol_classaware", "qian_classaware", "avsol", "realworld"]
 Binarize = Literal["median", "fixed", "max_fraction", "adaptive"]
 
 # Evaluation grid of LVS / EZ-VSL / SLAVC / DSOL: the 224x224 model input.
@@ -143,6 +144,8 @@ class ProtocolAccumulator:
             )
         elif p.task == "avsol":
             self.subs["avsol"] = AVSOLMetrics()
+        elif p.task == "realworld":
+            self.subs["realworld"] = RealWorldMetrics()
         else:
             raise ConfigError(f"protocol {p.name}: unknown task {p.task!r}")
 
@@ -236,6 +239,8 @@ class ProtocolAccumulator:
             kinds = [_frame_kind(t) for t in targets]
             return [("avsol", {"maps": self.prepare_maps(arr), "gt": counts > 0, "kinds": kinds, "ids": ids})]
         m = self.resize(arr)
+        if p.task == "realworld":
+            return self._score_realworld(m, counts, targets)
         if p.task == "extended":
             scores = self.score_maps(self.predict(m, counts), counts)
             conf = top_fraction_confidence(self.normalize(m), p.confidence_fraction)
@@ -250,6 +255,22 @@ class ProtocolAccumulator:
             return [("sweep", {"scores": s, "ids": ids})]
         scores = self.score_maps(self.predict(m, counts), counts)
         return [("ciou", {"scores": scores, "ids": ids, "image_ids": [t.image_id for t in targets]})]
+
+    def _score_realworld(self, m: np.ndarray, counts: np.ndarray, targets: Sequence[Target]) -> Scored:
+        """``realworld`` (:mod:`avloc.metrics.realworld`): median and adaptive cIoU and pointing of scored frames."""
+        sel = np.array([t.scored and len(t.boxes) > 0 for t in targets], dtype=bool)
+        kept = [t for t, s in zip(targets, sel, strict=True) if s]
+        if not kept:
+            z = np.zeros(0)
+            return [("realworld", {"ids": [], "clips": [], "median": z, "adaptive": z, "pointing": z.astype(bool)})]
+        m, counts = m[sel], counts[sel]
+        median = self.score_maps(self.predict(m, counts), counts)
+        adaptive = ProtocolAccumulator(dataclasses.replace(self.protocol, binarize="adaptive"))
+        adapt = self.score_maps(adaptive.predict(m, counts), counts)
+        return [("realworld", {
+            "ids": [t.id for t in kept], "clips": [t.image_id for t in kept], "median": median, "adaptive": adapt,
+            "pointing": peak_in_box(m, counts > 0),
+        })]
 
     def _score_classaware(self, arr: np.ndarray, targets: Sequence[Target]) -> Scored:
         p = self.protocol
@@ -454,6 +475,14 @@ _flickr = dict(gt="consensus", expected_samples=FLICKR_TEST_IDS)
 _vggss = dict(gt="union", expected_samples=VGGSS_TEST_IDS)
 
 _register(Protocol("lvs-flickr", **_lvs, **_flickr))  # type: ignore[arg-type]
+_register(
+    Protocol(
+        "realclips", task="realworld", source="avloc real-footage dev set (VGG-SS protocol of LVS test.py)",
+        resize="cv2", normalize="lvs", strict=True, gt="union", image_mode="full frame",
+        notes="hand-drawn boxes on full frames; median (> median) and adaptive (top-K) cIoU >= 0.5, pointing; "
+        "frames with scored=false skipped; image_id = clip (per-clip breakdown)",
+    )
+)
 _register(Protocol("lvs-vggss", **_lvs, **_vggss))  # type: ignore[arg-type]
 _register(Protocol("ezvsl-flickr", **_ez, **_flickr))  # type: ignore[arg-type]
 _register(Protocol("ezvsl-vggss", **_ez, **_vggss))  # type: ignore[arg-type]

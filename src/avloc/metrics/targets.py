@@ -50,6 +50,8 @@ class Target:
     audible: bool = True
     out_of_view: bool = False
     image_id: str = ""
+    #: False: the frame is not scored for localisation (real-footage annotations: source ambiguous or unclear)
+    scored: bool = True
 
     def __post_init__(self) -> None:
         if not self.image_id:
@@ -101,6 +103,7 @@ def to_target(sample: Mapping[str, Any] | Target) -> Target:
         audible=bool(_as_bool(sample.get("audible"), True)),
         out_of_view=bool(_as_bool(sample.get("out_of_view"), False)),
         image_id=str(sample.get("image_id") or sid),
+        scored=bool(_as_bool(sample.get("scored"), True)),
     )
 
 

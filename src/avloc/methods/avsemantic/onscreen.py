@@ -1,0 +1,103 @@
+"""On/off-screen decision of ``avsemantic``: a few evidence features and a logistic model fitted on real footage.
+
+Per analysed frame the method measures (all in [0, 1]):
+
+* ``object``: ``max_c s_c * v_c`` over heard object classes -- tagger score times the ImageNet probability
+  mass of that class's visible counterparts (heard *and* seen);
+* ``human``: ``max_c s_c`` over heard human sounds times the best face score (0 without a face);
+* ``speaker``: synchrony of the chosen face's mouth region with the audio (0 without faces);
+* ``unseen``: ``max_c s_c`` over heard classes with no visual counterpart (music, noise, wind ...);
+* ``narration``: ``max_c s_c`` over classes flagged ``offscreen_prior`` (narration, speech synthesiser).
+
+``P(on-screen) = sigmoid(b + sum_i w_i * phi_i)`` with ``phi = (logit(object), logit(human), speaker, unseen,
+narration)``, ``logit(x) = log((x + eps) / (1 - x + eps))``: a five-weight logistic regression (Cox 1958), fitted
+by IRLS on the development clips' on/off labels (``bench/realclips.py --fit-onscreen``, cross-validated by
+clip; docs/RESULTS.md), stored as config defaults.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from avloc.errors import ConfigError
+
+#: feature order of the logistic model (``AVSemanticConfig.onscreen_weights``)
+FEATURES = ("object", "human", "speaker", "unseen", "narration")
+#: features passed through ``logit`` first (evidence products spanning orders of magnitude)
+LOGIT_FEATURES = ("object", "human")
+LOGIT_EPS = 1e-3
+
+
+def design_row(f: Mapping[str, float]) -> np.ndarray:
+    """Feature dict -> the model's input row ``phi`` (module doc)."""
+    missing = [k for k in FEATURES if k not in f]
+    if missing:
+        raise ConfigError(f"on-screen features missing {missing}; expected {list(FEATURES)}")
+    row = []
+    for k in FEATURES:
+        x = float(f[k])
+        if k in LOGIT_FEATURES:
+            x = min(max(x, 0.0), 1.0)
+            x = math.log((x + LOGIT_EPS) / (1.0 - x + LOGIT_EPS))
+        row.append(x)
+    return np.asarray(row, dtype=np.float64)
+
+
+def onscreen_probability(f: Mapping[str, float], weights: Sequence[float], bias: float) -> float:
+    """``sigmoid(bias + weights . phi(f))``."""
+    if len(weights) != len(FEATURES):
+        raise ConfigError(f"onscreen_weights needs {len(FEATURES)} values ({', '.join(FEATURES)}), got {len(weights)}")
+    z = bias + float(np.dot(np.asarray(weights, dtype=np.float64), design_row(f)))
+    return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 100) -> tuple[np.ndarray, float]:
+    """L2-regularised logistic regression by IRLS (Newton): ``x`` (N, D), ``y`` (N,) in {0, 1} -> (w, b).
+
+    Classes are weighted to balance (each class contributes half the likelihood), matching the balanced
+    accuracy it is judged by; the bias is not penalised.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.ndim != 2 or len(x) != len(y) or len(y) == 0:
+        raise ConfigError(f"fit_logistic: x {x.shape} and y {y.shape} do not match")
+    pos = y.sum()
+    if pos == 0 or pos == len(y):
+        raise ConfigError("fit_logistic needs both on-screen and off-screen examples")
+    sw = np.where(y > 0, 0.5 / pos, 0.5 / (len(y) - pos)) * len(y)  # (N,) balanced sample weights
+    xa = np.hstack([x, np.ones((len(x), 1))])  # (N, D+1)
+    theta = np.zeros(xa.shape[1])
+    reg = np.full(xa.shape[1], l2)
+    reg[-1] = 0.0
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-np.clip(xa @ theta, -50, 50)))
+        g = xa.T @ (sw * (p - y)) + reg * theta
+        h = (xa * (sw * p * (1 - p))[:, None]).T @ xa + np.diag(reg) + 1e-9 * np.eye(xa.shape[1])
+        step = np.linalg.solve(h, g)
+        theta -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return theta[:-1], float(theta[-1])
+
+
+def balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    """Mean of the on-screen and off-screen recalls (0.5 for a constant answer)."""
+    pred, y = np.asarray(pred, bool), np.asarray(y, bool)
+    if y.all() or not y.any():
+        raise ConfigError("balanced accuracy needs both on-screen and off-screen labels")
+    return float((np.mean(pred[y]) + np.mean(~pred[~y])) / 2)
+
+
+def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
+    """ECE (Naeini et al., AAAI 2015): ``sum_b |B|/N * |mean(y_b) - mean(p_b)|`` over equal-width bins."""
+    p, y = np.asarray(p, np.float64), np.asarray(y, np.float64)
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    err = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            err += m.mean() * abs(y[m].mean() - p[m].mean())
+    return float(err)
