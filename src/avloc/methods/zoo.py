@@ -22,6 +22,9 @@ from avloc.methods.base import LocalizationMethod
 from avloc.registry import METHODS
 
 ZOO_DIR = Path(__file__).resolve().parents[1] / "zoo"
+#: weights in ``zoo/`` that are building blocks, not localisation-method checkpoints
+#: (``yamnet``: :mod:`avloc.methods.avsemantic.yamnet`)
+ZOO_COMPONENTS = frozenset({"yamnet"})
 
 
 def _excluded_prefixes(model: LocalizationMethod) -> tuple[str, ...]:
@@ -38,7 +41,7 @@ def save_model(model: LocalizationMethod, path: str | Path, meta: dict[str, Any]
 
 
 def list_zoo() -> list[str]:
-    return sorted(p.stem for p in ZOO_DIR.glob("*.safetensors"))
+    return sorted(p.stem for p in ZOO_DIR.glob("*.safetensors") if p.stem not in ZOO_COMPONENTS)
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path | None:
@@ -49,7 +52,7 @@ def resolve_model_path(name_or_path: str | Path) -> Path | None:
     if p.is_file():
         return p
     z = ZOO_DIR / f"{name_or_path}.safetensors"
-    if z.is_file():
+    if z.is_file() and str(name_or_path) not in ZOO_COMPONENTS:
         return z
     if str(name_or_path) in METHODS:
         return None
