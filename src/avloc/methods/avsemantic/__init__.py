@@ -1,0 +1,1 @@
+"""avsemantic: training-free audio-event grounding (issue 16)."""
