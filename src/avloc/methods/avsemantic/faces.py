@@ -26,8 +26,8 @@ that people make (speech, singing, laughter, crying...):
                  so a global brightness change is not motion)
        e_k    = (env_{k-1} + env_k) / 2           (the audio over the same interval)
        rho_i  = Pearson(m_i., e.)                 over the valid k (>= min_pairs), both
-                                                  box-averaged over smooth_s = 0.2 s first
-                                                  when the rate is above 5 fps
+                                                  box-averaged over ~smooth_s = 0.4 s first
+                                                  when the rate is above ~4 fps
        gate_i = mean_k m_ik / (mean_k m_ik + motion_half)
        score_i = max(rho_i, 0) * gate_i           in [0, 1)
 
@@ -35,12 +35,15 @@ that people make (speech, singing, laughter, crying...):
    face (``m`` = sensor noise, any correlation by chance) low. :func:`choose_speaker`
    picks the best track only when it beats the runner-up by a margin.
 
-Rates: at 5 analysed frames per second the 4-5 Hz syllable rhythm of speech is
-aliased, and the synchrony rests on phrase-level structure (pauses of >= 0.4 s
-with a still mouth); it needs several seconds (>= 20 differences) with pauses.
-At 25 fps (all decoded frames, :func:`mouth_motion_series`) syllables are
-resolved and 2-3 s suffice. ``bench/speed_faces.py`` measures both on real
-speech (docs/localize.md, "Faces").
+Rates: the cue works at 5 analysed frames per second. There the 4-5 Hz syllable
+rhythm is aliased and the synchrony rests on phrase-level structure (the mouth still
+in pauses of >= 0.4 s, moving while there is sound), so it needs windows of >= 4 s
+(20 differences) containing pauses. Measured on real speech (``bench/speed_faces.py``,
+the face's own audio vs the same face 3 s later, 4-s windows): the right one is
+chosen in 83 % of the TEDx windows and 67 % of the singer's at 5 fps; all decoded
+frames (25-30 fps, :func:`mouth_motion_series`, smoothed over 0.4 s) did not do
+better (67 % / 67 %). It fails on a 26-px webcam inset (near chance, mostly None)
+and when a hand moves over the mouth (make-up vlog). A still face is never chosen.
 """
 
 from __future__ import annotations
@@ -417,11 +420,11 @@ class SpeakerConfig:
     motion_half: float = 0.01
     #: Fewest valid frame differences for a correlation; fewer -> score 0.
     min_pairs: int = 5
-    #: Time scale of the synchrony: above 1 / smooth_s frames per second both series are
-    #: box-averaged over this many seconds first. At 25 fps the raw 40-ms differences are
-    #: mostly jitter: on the TEDx clip the 4-s window correlation rose from 0.12 to 0.33
-    #: (0.2 s) and 0.44 (0.4 s); 0.2 s keeps syllable-scale detail. No effect at 5 fps.
-    smooth_s: float = 0.2
+    #: Time scale of the synchrony at high frame rates: both series are box-averaged over an odd
+    #: number of frames closest to smooth_s seconds (1 = none at 5 fps, 9 at 25 fps, 13 at 30 fps).
+    #: Raw 40-ms differences are mostly landmark jitter: on the TEDx clip the 4-s window
+    #: correlation at 25 fps is 0.12 raw, 0.33 at 0.2 s, 0.44 at 0.4 s (5 fps: 0.58).
+    smooth_s: float = 0.4
     #: choose_speaker: the best score must reach this ...
     min_score: float = 0.1
     #: ... and beat the runner-up by this much, else "cannot tell" (None).
@@ -551,8 +554,8 @@ def score_motion(
 ) -> SpeakerScores:
     """Synchrony of mouth motion (n_tracks, T-1) with the audio envelope (T,) at the frame ``times`` (T,).
 
-    With ``times`` at more than ``1 / smooth_s`` frames per second, both series are
-    box-averaged over ``smooth_s`` first (:class:`SpeakerConfig`); the level is the raw mean.
+    With ``times`` at more than ~``1.5 / smooth_s`` frames per second, both series are
+    box-averaged over ~``smooth_s`` first (:class:`SpeakerConfig`); the level is the raw mean.
     """
     cfg = config or SpeakerConfig()
     env = np.asarray(audio_envelope, np.float64).reshape(-1)
@@ -563,7 +566,8 @@ def score_motion(
     n_smooth = 1
     if times is not None and env.size > 2 and cfg.smooth_s > 0:
         dt = float(np.median(np.diff(np.asarray(times, np.float64))))
-        n_smooth = max(1, round(cfg.smooth_s / dt)) if dt > 0 else 1
+        n_smooth = 2 * round((cfg.smooth_s / dt - 1) / 2) + 1 if dt > 0 else 1  # odd: centred
+        n_smooth = max(1, n_smooth)
     e_s = _nan_boxcar(e, n_smooth)
     n = m.shape[0]
     score, corr, level, npairs = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n, np.int64)
@@ -596,8 +600,9 @@ def speaker_scores(
     ``times`` (T,) seconds; ``tracks`` with T rows each (:func:`track_faces`);
     ``audio_envelope`` (T,): the audio at those times, e.g. log RMS energy over a
     window of one frame interval centred on each time (:func:`log_energy_envelope`),
-    or onset strength. Any rate works; reliability needs >= 20 differences with
-    speech pauses at 5 fps, or ~2-3 s at 25 fps (module docstring).
+    or onset strength. Any rate from 5 fps up works; reliable choices need >= 4 s
+    of speech with pauses (>= 20 differences at 5 fps); a higher rate measured no
+    better on real speech (module docstring).
     """
     g = np.asarray(grey_frames)
     t = np.asarray(times, np.float64).reshape(-1)
