@@ -39,7 +39,7 @@ Rates: the cue works at 5 analysed frames per second. There the 4-5 Hz syllable
 rhythm is aliased and the synchrony rests on phrase-level structure (the mouth still
 in pauses of >= 0.4 s, moving while there is sound), so it needs windows of >= 4 s
 (20 differences) containing pauses. Measured on real speech (``bench/speed_faces.py``,
-the face's own audio vs the same face 3 s later, 4-s windows): the right one is
+the face's own audio vs the same face 3 s apart, 4-s windows): the right one is
 chosen in 83 % of the TEDx windows and 67 % of the singer's at 5 fps; all decoded
 frames (25-30 fps, :func:`mouth_motion_series`, smoothed over 0.4 s) did not do
 better (67 % / 67 %). It fails on a 26-px webcam inset (near chance, mostly None)
@@ -113,7 +113,7 @@ class FaceConfig:
     #: for a mouth region). The smallest true face measured: 0.023 (band clip).
     min_face_fraction: float = 0.02
     #: The detector runs with the frame's long side at this size (aspect kept): 640 finds the
-    #: 26-px webinar face in 100 % of frames (83 % at 320) at ~17 ms per frame on one CPU core.
+    #: 26-px webinar face in 100 % of frames (83 % at 320) at 16-26 ms per frame (2 CPU threads).
     long_side: int = 640
     #: Also enlarge frames smaller than ``long_side``: YuNet misses faces under ~10 px and
     #: low-resolution frames; the 298x224 baby clip goes from 22 % (as is) to 35 % of frames.
