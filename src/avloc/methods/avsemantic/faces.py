@@ -3,7 +3,7 @@
 Building blocks of the training-free audio-event grounding (issue 16) for sounds
 that people make (speech, singing, laughter, crying...):
 
-1. **Detection**: YuNet (Wu, Feng, Yu et al., "YuNet: A Tiny Millisecond-level Face
+1. **Detection**: YuNet (Wu, Peng & Yu, "YuNet: A Tiny Millisecond-level Face
    Detector", Machine Intelligence Research 2023; weights ``yunet_n_dynamic.onnx``
    from ShiqiYu/libfacedetection.train, Apache-2.0, shipped in ``avloc/zoo``) through
    OpenCV's ``cv2.FaceDetectorYN``. :class:`FaceDetector` returns, per image, rows
@@ -75,6 +75,7 @@ ROW_LEN = 15
 # 1.3 face widths wide and reaches ~0.5 face heights above the box; shoulders are
 # ~3 face widths wide and ~1.5 face heights below the box top... chest to ~2.5.
 PERSON_WIDTH = 2.0  # person box width / face width: head, neck and the inner shoulders
+HEAD_WIDTH = 1.3  # head box width / face width (hair and ears)
 PERSON_ABOVE = 0.5  # person box top = face top - 0.5 h (hair, forehead)
 PERSON_BELOW = 2.5  # person box bottom = face top + 2.5 h (chin at 1.0, chest below)
 HEAD_CENTRE_Y = 0.4  # head Gaussian centre = face top + 0.4 h (between eyes and hairline)
@@ -89,6 +90,8 @@ MOUTH_MIN_WIDTH = 0.35
 MOUTH_HALF_WIDTH = 0.8
 MOUTH_ABOVE = 0.5
 MOUTH_BELOW = 0.9
+#: Floor of the audio RMS before the log (about -80 dBFS), as avloc.methods.avsync_prior: silence is flat, not -inf.
+RMS_FLOOR = 1e-4
 #: Mouth crops are resampled to this (w, h) before differencing (the mouth box's aspect 1.6 : 1.4).
 MOUTH_PATCH_WH = (24, 21)
 
@@ -213,14 +216,14 @@ def person_box(face_row: np.ndarray, frame_wh: tuple[int, int]) -> tuple[float, 
 
 
 def head_box(face_row: np.ndarray, frame_wh: tuple[int, int]) -> tuple[float, float, float, float]:
-    """The head with hair: the face box widened to 1.3 w and raised by 0.5 h above its top, clipped."""
+    """The head with hair: the face box widened to ``HEAD_WIDTH`` (1.3) w and raised by 0.5 h above its top, clipped."""
     x, y, w, h = _check_row(face_row)[:4]
     W, H = frame_wh
     cx = x + w / 2
     return (
-        float(np.clip(cx - 0.65 * w, 0, W)),
+        float(np.clip(cx - HEAD_WIDTH * w / 2, 0, W)),
         float(np.clip(y - PERSON_ABOVE * h, 0, H)),
-        float(np.clip(cx + 0.65 * w, 0, W)),
+        float(np.clip(cx + HEAD_WIDTH * w / 2, 0, W)),
         float(np.clip(y + h, 0, H)),
     )
 
@@ -614,6 +617,8 @@ def speaker_scores(
         )
     if t.size > 1 and np.any(np.diff(t) <= 0):
         raise ConfigError("speaker_scores: times must be strictly increasing")
+    if g.dtype != np.uint8 and g.size and float(np.nanmax(g)) > 1.0 + 1e-3:
+        raise ConfigError("speaker_scores: float grey_frames must be in [0, 1] (or pass uint8 0-255)")
     if not tracks:
         return np.zeros(0)
     return score_motion(mouth_motion(g, tracks), audio_envelope, config, t).score
@@ -655,5 +660,5 @@ def log_energy_envelope(audio: np.ndarray, sample_rate: int, times: np.ndarray, 
     for k, tk in enumerate(t):
         c = round(tk * sample_rate)
         seg = a[max(0, c - half) : max(0, min(a.size, c + half))]
-        out[k] = np.log(max(float(np.sqrt(np.mean(seg**2))) if seg.size else 0.0, 1e-4))
+        out[k] = np.log(max(float(np.sqrt(np.mean(seg**2))) if seg.size else 0.0, RMS_FLOOR))
     return out
