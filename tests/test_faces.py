@@ -315,3 +315,54 @@ def test_detection_rate_and_real_speaker(shared_data: Path) -> None:
     s_sync = speaker_scores(grey, times, [main], env)[0]
     s_shift = speaker_scores(grey, times, [main], shifted)[0]
     assert s_sync > s_shift + 0.1, (s_sync, s_shift)
+
+
+@pytest.mark.slow
+def test_real_face_pasted_twice_speaker(shared_data: Path) -> None:
+    """The TEDx speaker's face crop pasted twice side by side: left in sync with the audio, right the
+    same face 3 s apart (it talks, but not to this audio). choose_speaker picks the left one; the
+    right one with a frozen face loses too."""
+    import cv2
+
+    from avloc.io.media import decode_audio, iter_frames
+
+    path = shared_data / "realclips_dev" / "speech_tedx_talk.mp4"
+    if not path.exists():
+        pytest.skip("speech_tedx_talk.mp4 not in the shared data")
+    det = FaceDetector()
+    frames = list(iter_frames(path, fps=5.0))
+    times = np.array([f.time for f in frames])
+    tracks = track_faces(det.detect_frames([f.image for f in frames]))
+    main = max(tracks, key=lambda tr: int(tr.seen.sum()))
+    rows = [r for r in main.rows]
+    for k in range(1, len(rows)):  # bridge missed frames with the last row
+        rows[k] = rows[k] if rows[k] is not None else rows[k - 1]
+    first = next(r for r in rows if r is not None)
+    rows = [r if r is not None else first for r in rows]
+    side = int(3 * np.median([r[2] for r in rows]))
+    XS, YS = [0, 4, 6, 8, 10, 12], [1, 5, 7, 9, 11, 13]  # x and y columns of a detection row
+    crops, local = [], []
+    for f, r in zip(frames, rows):
+        cx, cy = float(r[0] + r[2] / 2), float(r[1] + r[3] / 2)
+        grey = cv2.cvtColor(f.image, cv2.COLOR_RGB2GRAY)
+        crops.append(cv2.getRectSubPix(grey, (side, side), (cx, cy)))  # the face centred in a side x side crop
+        shifted = r.copy()
+        shifted[XS] -= cx - side / 2  # into crop coordinates (w, h unchanged)
+        shifted[YS] -= cy - side / 2
+        local.append(shifted)
+    T, lag = len(frames), 15  # 3 s at 5 fps
+    composite = np.stack([np.concatenate([crops[k], crops[(k + lag) % T]], axis=1) for k in range(T)])  # (T, S, 2S)
+    right_rows = []
+    for k in range(T):
+        r = local[(k + lag) % T].copy()
+        r[XS] += side  # the right copy
+        right_rows.append(r)
+    pasted = [FaceTrack(list(local)), FaceTrack(right_rows)]
+    wav, sr = decode_audio(path, 16000)
+    env = log_energy_envelope(wav, sr, times)
+    s = speaker_scores(composite, times, pasted, env)
+    assert choose_speaker(s) == 0, s
+    frozen = np.stack([np.concatenate([crops[k], crops[0]], axis=1) for k in range(T)])
+    still = [FaceTrack(list(local)), FaceTrack([right_rows[0]] * T)]
+    s2 = speaker_scores(frozen, times, still, env)
+    assert choose_speaker(s2) == 0 and s2[1] < 0.05, s2
