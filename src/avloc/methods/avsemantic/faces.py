@@ -419,7 +419,9 @@ class SpeakerConfig:
 
     #: Mean mouth motion (grey levels in [0, 1]) at which the motion gate is 1/2 (the mean, not the
     #: median: at 5 fps most differences of a talking mouth are 0, it moves between phrases): ~2.5 of 255,
-    #: above H.264 noise on a still face (measured 0.002-0.006) and below a talking mouth (0.01-0.04).
+    #: below a talking mouth (real clips: mean 0.047-0.061 at 5 fps, 0.016-0.026 at 25-30 fps) and
+    #: above the generated clip's 1-grey-level noise (~0.004). A real still face's codec noise was
+    #: not measured (no such clip in the shared data).
     motion_half: float = 0.01
     #: Fewest valid frame differences for a correlation; fewer -> score 0.
     min_pairs: int = 5
