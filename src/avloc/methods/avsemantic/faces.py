@@ -3,7 +3,7 @@
 Building blocks of the training-free audio-event grounding (issue 16) for sounds
 that people make (speech, singing, laughter, crying...):
 
-1. **Detection**: YuNet (Wu, Feng, Yu et al., "YuNet: A Tiny Millisecond-level Face
+1. **Detection**: YuNet (Wu, Peng & Yu, "YuNet: A Tiny Millisecond-level Face
    Detector", Machine Intelligence Research 2023; weights ``yunet_n_dynamic.onnx``
    from ShiqiYu/libfacedetection.train, Apache-2.0, shipped in ``avloc/zoo``) through
    OpenCV's ``cv2.FaceDetectorYN``. :class:`FaceDetector` returns, per image, rows
@@ -39,7 +39,7 @@ Rates: the cue works at 5 analysed frames per second. There the 4-5 Hz syllable
 rhythm is aliased and the synchrony rests on phrase-level structure (the mouth still
 in pauses of >= 0.4 s, moving while there is sound), so it needs windows of >= 4 s
 (20 differences) containing pauses. Measured on real speech (``bench/speed_faces.py``,
-the face's own audio vs the same face 3 s later, 4-s windows): the right one is
+the face's own audio vs the same face 3 s apart, 4-s windows): the right one is
 chosen in 83 % of the TEDx windows and 67 % of the singer's at 5 fps; all decoded
 frames (25-30 fps, :func:`mouth_motion_series`, smoothed over 0.4 s) did not do
 better (67 % / 67 %). It fails on a 26-px webcam inset (near chance, mostly None)
@@ -75,6 +75,7 @@ ROW_LEN = 15
 # 1.3 face widths wide and reaches ~0.5 face heights above the box; shoulders are
 # ~3 face widths wide and ~1.5 face heights below the box top... chest to ~2.5.
 PERSON_WIDTH = 2.0  # person box width / face width: head, neck and the inner shoulders
+HEAD_WIDTH = 1.3  # head box width / face width (hair and ears)
 PERSON_ABOVE = 0.5  # person box top = face top - 0.5 h (hair, forehead)
 PERSON_BELOW = 2.5  # person box bottom = face top + 2.5 h (chin at 1.0, chest below)
 HEAD_CENTRE_Y = 0.4  # head Gaussian centre = face top + 0.4 h (between eyes and hairline)
@@ -89,6 +90,8 @@ MOUTH_MIN_WIDTH = 0.35
 MOUTH_HALF_WIDTH = 0.8
 MOUTH_ABOVE = 0.5
 MOUTH_BELOW = 0.9
+#: Floor of the audio RMS before the log (about -80 dBFS), as avloc.methods.avsync_prior: silence is flat, not -inf.
+RMS_FLOOR = 1e-4
 #: Mouth crops are resampled to this (w, h) before differencing (the mouth box's aspect 1.6 : 1.4).
 MOUTH_PATCH_WH = (24, 21)
 
@@ -113,7 +116,7 @@ class FaceConfig:
     #: for a mouth region). The smallest true face measured: 0.023 (band clip).
     min_face_fraction: float = 0.02
     #: The detector runs with the frame's long side at this size (aspect kept): 640 finds the
-    #: 26-px webinar face in 100 % of frames (83 % at 320) at ~17 ms per frame on one CPU core.
+    #: 26-px webinar face in 100 % of frames (83 % at 320) at 16-26 ms per frame (2 CPU threads).
     long_side: int = 640
     #: Also enlarge frames smaller than ``long_side``: YuNet misses faces under ~10 px and
     #: low-resolution frames; the 298x224 baby clip goes from 22 % (as is) to 35 % of frames.
@@ -213,14 +216,14 @@ def person_box(face_row: np.ndarray, frame_wh: tuple[int, int]) -> tuple[float, 
 
 
 def head_box(face_row: np.ndarray, frame_wh: tuple[int, int]) -> tuple[float, float, float, float]:
-    """The head with hair: the face box widened to 1.3 w and raised by 0.5 h above its top, clipped."""
+    """The head with hair: the face box widened to ``HEAD_WIDTH`` (1.3) w and raised by 0.5 h above its top, clipped."""
     x, y, w, h = _check_row(face_row)[:4]
     W, H = frame_wh
     cx = x + w / 2
     return (
-        float(np.clip(cx - 0.65 * w, 0, W)),
+        float(np.clip(cx - HEAD_WIDTH * w / 2, 0, W)),
         float(np.clip(y - PERSON_ABOVE * h, 0, H)),
-        float(np.clip(cx + 0.65 * w, 0, W)),
+        float(np.clip(cx + HEAD_WIDTH * w / 2, 0, W)),
         float(np.clip(y + h, 0, H)),
     )
 
@@ -416,7 +419,9 @@ class SpeakerConfig:
 
     #: Mean mouth motion (grey levels in [0, 1]) at which the motion gate is 1/2 (the mean, not the
     #: median: at 5 fps most differences of a talking mouth are 0, it moves between phrases): ~2.5 of 255,
-    #: above H.264 noise on a still face (measured 0.002-0.006) and below a talking mouth (0.01-0.04).
+    #: below a talking mouth (real clips: mean 0.047-0.061 at 5 fps, 0.016-0.026 at 25-30 fps) and
+    #: above the generated clip's 1-grey-level noise (~0.004). A real still face's codec noise was
+    #: not measured (no such clip in the shared data).
     motion_half: float = 0.01
     #: Fewest valid frame differences for a correlation; fewer -> score 0.
     min_pairs: int = 5
@@ -614,6 +619,8 @@ def speaker_scores(
         )
     if t.size > 1 and np.any(np.diff(t) <= 0):
         raise ConfigError("speaker_scores: times must be strictly increasing")
+    if g.dtype != np.uint8 and g.size and float(np.nanmax(g)) > 1.0 + 1e-3:
+        raise ConfigError("speaker_scores: float grey_frames must be in [0, 1] (or pass uint8 0-255)")
     if not tracks:
         return np.zeros(0)
     return score_motion(mouth_motion(g, tracks), audio_envelope, config, t).score
@@ -655,5 +662,5 @@ def log_energy_envelope(audio: np.ndarray, sample_rate: int, times: np.ndarray, 
     for k, tk in enumerate(t):
         c = round(tk * sample_rate)
         seg = a[max(0, c - half) : max(0, min(a.size, c + half))]
-        out[k] = np.log(max(float(np.sqrt(np.mean(seg**2))) if seg.size else 0.0, 1e-4))
+        out[k] = np.log(max(float(np.sqrt(np.mean(seg**2))) if seg.size else 0.0, RMS_FLOOR))
     return out
