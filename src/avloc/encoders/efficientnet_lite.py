@@ -248,19 +248,30 @@ class EfficientNetLite0(VisualEncoder):
     def forward_head(self, images: torch.Tensor, stride: int = 32) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1] -> the 1280-channel head map the classifier pools, at ``stride`` 32 or 16.
 
-        Stride 16 runs the last stride-2 stage at stride 1 with its depthwise kernels dilated by 2 (atrous
+        Stride 16 runs the last stride-2 stage at stride 1 and dilates every later kernel by 2 (atrous
         convolution, DeepLab's output stride 16), so class activation maps (``_fc`` applied per cell) get twice
         the resolution from the same ImageNet weights: (B, 1280, H/16, W/16).
         """
-        if stride not in (16, 32):
-            raise ConfigError(f"forward_head: stride must be 16 or 32, got {stride}")
+        return self.forward_heads(images, (stride,))[stride]
+
+    def forward_heads(self, images: torch.Tensor, strides: tuple[int, ...] = (16, 32)) -> dict[int, torch.Tensor]:
+        """:meth:`forward_head` at several strides sharing the trunk up to stride 16: {stride: (B, 1280, h, w)}."""
+        bad = [s for s in strides if s not in (16, 32)]
+        if bad or not strides:
+            raise ConfigError(f"forward_heads: strides must be a non-empty subset of (16, 32), got {list(strides)}")
         x = self._stem(images)
-        for i, block in enumerate(self._blocks):
-            if stride == 32 or i <= self._stride16_index:
-                x = block(x)
-            else:  # the stride-2 block runs at stride 1 (dilation 1); every later kernel is dilated by 2
-                x = block(x, 1 if i == self._stride16_index + 1 else 2)
-        return F.relu6(self._bn1(self._conv_head(x)))  # (B, 1280, H/stride, W/stride)
+        for block in self._blocks[: self._stride16_index + 1]:
+            x = block(x)  # (B, 112, H/16, W/16)
+        out: dict[int, torch.Tensor] = {}
+        for stride in sorted(set(strides)):
+            h = x
+            for i in range(self._stride16_index + 1, len(self._blocks)):
+                if stride == 32:
+                    h = self._blocks[i](h)
+                else:  # the stride-2 block runs at stride 1 (dilation 1); every later kernel is dilated by 2
+                    h = self._blocks[i](h, 1 if i == self._stride16_index + 1 else 2)
+            out[stride] = F.relu6(self._bn1(self._conv_head(h)))  # (B, 1280, H/stride, W/stride)
+        return out
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, C, h, w)
         if self.out_stride == 32:

@@ -52,7 +52,7 @@ class ImageNetEvidence(torch.nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> FrameEvidence:
         """Images (B, 3, S, S) in [0, 1] -> :class:`FrameEvidence`."""
-        heads = {s: self.net.forward_head(images, s) for s in set(self.strides) | {32}}  # (B, 1280, h, w)
+        heads = self.net.forward_heads(images, tuple(set(self.strides) | {32}))  # {stride: (B, 1280, h, w)}
         f32 = heads[32]
         logits = self.net._fc(f32.mean(dim=(2, 3)))  # (B, 1000): the classifier exactly as trained
         obj = f32.abs().mean(dim=1)  # (B, h, w)
@@ -73,13 +73,12 @@ class ImageNetEvidence(torch.nn.Module):
         idx = torch.as_tensor(list(indices), dtype=torch.long, device=ev.probs.device)
         p = ev.probs[b, idx]  # (K,)
         w = p / p.sum().clamp_min(1e-12)  # (K,)
-        fc_w = self.net._fc.weight[idx]  # (K, 1280)
-        fc_b = self.net._fc.bias[idx]  # (K,)
+        # CAM is linear in the classifier: sum_k w_k (W_k . F + b_k) = (sum_k w_k W_k) . F + sum_k w_k b_k
+        fc_w = w @ self.net._fc.weight[idx]  # (1280,)
+        fc_b = w @ self.net._fc.bias[idx]  # ()
         out = torch.zeros(out_hw, dtype=ev.probs.dtype, device=ev.probs.device)
         for s in self.strides:
-            feat = ev.heads[s][b]  # (1280, h, w)
-            cams = torch.einsum("kc,chw->khw", fc_w, feat) + fc_b.view(-1, 1, 1)  # (K, h, w)
-            m = (cams * w.view(-1, 1, 1)).sum(dim=0)  # (h, w)
+            m = torch.einsum("c,chw->hw", fc_w, ev.heads[s][b]) + fc_b  # (h, w)
             m = F.relu(m - m.mean())  # centred: evidence shared by the whole frame (and the bias) cancels
             m = m / m.max().clamp_min(CAM_EPS)
             out += F.interpolate(m[None, None], size=out_hw, mode="bilinear", align_corners=False)[0, 0]

@@ -233,10 +233,11 @@ def person_map(
     weights: np.ndarray | Sequence[float] | None,
     map_wh: tuple[int, int],
     frame_wh: tuple[int, int],
+    body_weight: float = BODY_WEIGHT,
 ) -> np.ndarray:
     """A soft person heatmap (h, w) float32 on a ``map_wh`` grid over a ``frame_wh`` frame.
 
-    Per face ``i``: ``g_i = max(G_head, BODY_WEIGHT * G_body)`` with ``G`` axis-aligned
+    Per face ``i``: ``g_i = max(G_head, body_weight * G_body)`` with ``G`` axis-aligned
     Gaussians of peak 1: the head at (face centre x, top + 0.4 h) with sigma (0.5 w, 0.6 h),
     the chest at (centre x, top + 1.9 h) with sigma (0.8 w, 0.6 h). The map is
     ``max_i weights_i * g_i`` (peak = the largest weight; all zeros without faces).
@@ -269,7 +270,7 @@ def person_map(
         cx = x + w / 2
         head = gauss(cx, y + HEAD_CENTRE_Y * h, HEAD_SIGMA[0] * w, HEAD_SIGMA[1] * h)
         body = gauss(cx, y + BODY_CENTRE_Y * h, BODY_SIGMA[0] * w, BODY_SIGMA[1] * h)
-        out = np.maximum(out, wt * np.maximum(head, BODY_WEIGHT * body))
+        out = np.maximum(out, wt * np.maximum(head, body_weight * body))
     return out.astype(np.float32)
 
 

@@ -51,11 +51,22 @@ log = logging.getLogger(__name__)
 #: YAMNet's fixed input: 0.975 s at 16 kHz (Plakal & Ellis 2020)
 YAMNET_WINDOW_SECONDS = 0.975
 YAMNET_RATE = 16000
+YAMNET_SAMPLES = 15600
 #: map-centring floor: a source map whose peak does not exceed its mean by this is empty
 MAP_EPS = 1e-6
 
 
 # --------------------------------------------------------------------------- building blocks
+def fit_window(audio: torch.Tensor, n: int) -> torch.Tensor:
+    """Centred windows (T, N) -> (T, n): the central ``n`` samples, zero-padded equally when shorter."""
+    have = audio.shape[-1]
+    if have >= n:
+        lo = (have - n) // 2
+        return audio[..., lo : lo + n]
+    left = (n - have) // 2
+    return F.pad(audio, (left, n - have - left))
+
+
 def centre_map(m: torch.Tensor) -> torch.Tensor:
     """``relu(m - mean(m)) / max``: the part of a map that stands out, peak 1, exact zeros elsewhere; (h, w)."""
     c = F.relu(m - m.mean())
@@ -83,8 +94,9 @@ class AVSemanticConfig(MethodConfig):
     #: heard classes: the top ``top_k`` AudioSet classes scoring at least ``min_score``
     top_k: int = 10
     min_score: float = 0.05
-    #: an object class is visible when its ImageNet probability mass reaches this
-    min_visible: float = 0.02
+    #: an object class is visible when the most probable of its ImageNet counterparts reaches this
+    #: (a flat grey picture gives at most ~0.03 to any class)
+    min_visible: float = 0.05
     #: CAM strides (16: atrous head, finer; 32: the classifier's own grid)
     cam_strides: tuple[int, ...] = (16, 32)
     #: sound map: "v2" (every AudioSet class, sound_map.json) or "legacy" (the old 42 object groups)
@@ -146,7 +158,8 @@ class AVSemantic(LocalizationMethod):
         from avloc.methods.avsemantic.mapping import SoundMap, load_sound_map
         from avloc.methods.avsemantic.yamnet import load_yamnet, yamnet_class_names
 
-        self._tagger = load_yamnet(device)
+        # float arithmetic (not the bit-level emulation of TFLite's int8 kernels the port is tested with)
+        self._tagger = load_yamnet(device, match_tflite=False)
         names = yamnet_class_names()
         smap = load_sound_map(class_names=names)
         if self.cfg.mapping == "legacy":  # ablation: the 42 object groups of the old --audio-tagger mode
@@ -159,7 +172,7 @@ class AVSemantic(LocalizationMethod):
             if child not in names or parent not in names:
                 raise ConfigError(f"avsemantic borrow: {child!r} -> {parent!r}: not an AudioSet class of YAMNet")
             sets[names.index(child)] = list(smap.imagenet[names.index(parent)])
-        kinds = [str(k) for k in smap.kind_names()]
+        kinds = [str(k) for k in smap.kind_names]
         for child in self.cfg.borrow:
             if sets[names.index(child)]:
                 kinds[names.index(child)] = "object"
@@ -203,7 +216,7 @@ class AVSemantic(LocalizationMethod):
         cfg = self.cfg
         idx = list(range(frames.shape[0]))[keep]
         kf, ka = frames[keep], audio[keep]
-        scores = self._tagger(ka.float()).cpu().numpy()  # (T', 521)
+        scores = self._tagger(fit_window(ka.float(), YAMNET_SAMPLES)).cpu().numpy()  # (T', 521)
         ev = self._evidence(kf)
         probs = ev.probs.cpu().numpy()  # (T', 1000)
         s_img = frames.shape[-1]
@@ -224,7 +237,7 @@ class AVSemantic(LocalizationMethod):
                 if bool(smap.offscreen_prior[c]):
                     feats["narration"] = max(feats["narration"], sc)
                 if kind == "object" and sets[c]:
-                    v = float(probs[k, sets[c]].sum())
+                    v = float(probs[k, sets[c]].max())  # the best-matching class: independent of the set's size
                     feats["object"] = max(feats["object"], sc * v)
                     if v >= cfg.min_visible:
                         m = centre_map(self._evidence.cam(ev, k, sets[c], out_hw))
@@ -327,7 +340,7 @@ class AVSemantic(LocalizationMethod):
         for j in idx:
             if best is None:
                 continue
-            box = tracks[best].boxes[j] if j < len(tracks[best].boxes) else None
+            box = tracks[best].rows[j] if j < tracks[best].n_frames else None
             if box is None or not len(rows[j]):
                 continue
             # the speaker's face in frame j: the detection nearest the track's box
