@@ -186,16 +186,17 @@ def conv3x3_fma(x: Tensor, conv: nn.Conv2d, stride: int, taps: Sequence[tuple[in
     This reproduces the TFLite CPU interpreter's float32 results bit for bit (checked layer by
     layer in ``tests/test_yamnet.py``), which keeps the following int8 roundings identical.
     """
-    xp = same_pad(x, KERNEL, stride)  # (B, Cin, H + p, W + p)
+    xp = same_pad(x, KERNEL, stride).double()  # (B, Cin, H + p, W + p); float32 products are exact in float64
     ho, wo = -(-x.shape[-2] // stride), -(-x.shape[-1] // stride)
-    w = conv.weight[:, 0]  # (C, 3, 3)
+    w = conv.weight[:, 0].double()  # (C, 3, 3)
     bias = conv.bias
     if bias is None:
         raise ValueError("conv3x3_fma needs a conv with a bias (BN folded)")
-    acc = bias.view(1, -1, 1, 1).expand(x.shape[0], -1, ho, wo)  # (B, C, ho, wo)
+    acc = bias.view(1, -1, 1, 1).expand(x.shape[0], -1, ho, wo).to(x.dtype)  # (B, C, ho, wo)
     for i, j in taps:
         tap = xp[:, :, i : i + stride * ho : stride, j : j + stride * wo : stride]  # (B, Cin, ho, wo)
-        acc = _fma(tap, w[:, i, j].view(1, -1, 1, 1), acc)
+        # acc + tap * w in float64, rounded once to float32: a fused multiply-add
+        acc = torch.addcmul(acc.double(), tap, w[:, i, j].view(1, -1, 1, 1)).to(x.dtype)
     return acc
 
 
