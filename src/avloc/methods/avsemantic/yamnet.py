@@ -156,12 +156,14 @@ def hybrid_matmul(x: Tensor, w: Int8Weight, bias: Tensor | None, match_tflite: b
     if not match_tflite:
         y = x @ w.dequantized().T
         return y if bias is None else y + bias
-    q, s = quantize_int8(x)  # (..., in), (..., 1)
-    wi = w.int8.to(x.dtype)  # (out, in)
-    acc = q[..., :EXACT_CHUNK] @ wi[:, :EXACT_CHUNK].T  # (..., out)
-    for k in range(EXACT_CHUNK, wi.shape[1], EXACT_CHUNK):
-        acc = acc + q[..., k : k + EXACT_CHUNK] @ wi[:, k : k + EXACT_CHUNK].T
-    return _fma(acc * s, w.scale, bias if bias is not None else torch.zeros_like(w.scale))
+    lead = x.shape[:-1]
+    q, s = quantize_int8(x.reshape(-1, x.shape[-1]))  # (R, in), (R, 1): 2-D keeps it one mm
+    wi = w.int8.to(x.dtype).T  # (in, out)
+    acc = q[:, :EXACT_CHUNK] @ wi[:EXACT_CHUNK]  # (R, out)
+    for k in range(EXACT_CHUNK, wi.shape[0], EXACT_CHUNK):
+        acc = acc + q[:, k : k + EXACT_CHUNK] @ wi[k : k + EXACT_CHUNK]
+    out = _fma(acc * s, w.scale, bias if bias is not None else torch.zeros_like(w.scale))
+    return out.reshape(*lead, out.shape[-1])  # (..., out)
 
 
 def same_pad(x: Tensor, kernel: int, stride: int) -> Tensor:
