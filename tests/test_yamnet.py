@@ -248,6 +248,19 @@ def test_batched_equals_one_by_one(model: Y.YAMNet) -> None:
     assert torch.allclose(batched, single, atol=1e-5, rtol=0)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu(model: Y.YAMNet) -> None:
+    """Same module on CUDA: float ops may differ by an ulp there, so int8 flips bound it like TFLite (module doc)."""
+    rng = np.random.default_rng(4)
+    x = torch.from_numpy((rng.standard_normal((8, Y.WINDOW_SAMPLES)) * NOISE_STD).astype(np.float32))
+    gpu = Y.load_yamnet("cuda")
+    with torch.no_grad():
+        cpu_s, cuda_s = model(x), gpu(x.cuda()).cpu()
+        assert gpu.log_mel(x.cuda()).is_cuda
+    assert float((cpu_s - cuda_s).abs().max()) < 0.05
+    assert Y.scores_at(gpu, x[0].numpy(), [0.5]).shape == (1, Y.NUM_CLASSES)
+
+
 def test_scores_at_uses_window_at(model: Y.YAMNet) -> None:
     from avloc.io.audio import window_at
 
