@@ -22,7 +22,7 @@ from avloc.methods.avsemantic import yamnet as Y
 from conftest import REPO, data_dir
 
 #: clips and window centres (s) of the end-to-end comparison
-CLIPS = ("baby_crying.mp4", "dog_pomeranian_bark.mp4", "speech_tedx_talk.mp4", "drums_drummer_kit.mp4")
+CLIPS = ("baby_crying.mp4", "dog_pomeranian_bark.mp4", "speech_tedx_talk.mp4")
 CENTRES = (0.0, 1.7, 3.4, 5.1)
 NOISE_STD = 0.1
 
@@ -153,7 +153,7 @@ def test_scores_match_tflite_end_to_end(model: Y.YAMNet, tflite: tuple[Any, dict
     with torch.no_grad():
         ours = model(torch.from_numpy(windows)).numpy()
     diff = np.abs(ours - ref).max(axis=1)  # (N,)
-    # measured on these windows: max 0.015, median 0.002, 25 % of windows exact to 1e-4
+    # bench/compare_yamnet.py on 169 windows: max 0.032, median 0.0016, 30 % of windows < 1e-4, top-1 always agrees
     assert diff.max() < 0.05, diff
     assert np.median(diff) < 0.01, diff
     assert (ours.argmax(1) == ref.argmax(1)).mean() >= 0.9
@@ -246,6 +246,19 @@ def test_batched_equals_one_by_one(model: Y.YAMNet) -> None:
         assert model.log_mel(x).shape == (4, Y.PATCH_FRAMES, Y.MEL_BANDS)
     assert batched.shape == (4, Y.NUM_CLASSES)
     assert torch.allclose(batched, single, atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu(model: Y.YAMNet) -> None:
+    """Same module on CUDA: float ops may differ by an ulp there, so int8 flips bound it like TFLite (module doc)."""
+    rng = np.random.default_rng(4)
+    x = torch.from_numpy((rng.standard_normal((8, Y.WINDOW_SAMPLES)) * NOISE_STD).astype(np.float32))
+    gpu = Y.load_yamnet("cuda")
+    with torch.no_grad():
+        cpu_s, cuda_s = model(x), gpu(x.cuda()).cpu()
+        assert gpu.log_mel(x.cuda()).is_cuda
+    assert float((cpu_s - cuda_s).abs().max()) < 0.05
+    assert Y.scores_at(gpu, x[0].numpy(), [0.5]).shape == (1, Y.NUM_CLASSES)
 
 
 def test_scores_at_uses_window_at(model: Y.YAMNet) -> None:

@@ -35,18 +35,20 @@ This module reproduces the TFLite file the project uses (``yamnet.tflite``, see
   (3x3 convs accumulate tap by tap from the bias with fused multiply-adds, found
   by matching the TFLite's intermediate tensors bit for bit). With ``False``
   the dequantised weights see float inputs and the convs are plain
-  ``conv2d`` (5x faster on CPU; a different function, see below).
+  ``conv2d`` (2-5x faster on CPU; a different function, see below).
 
 How close this is (``tests/test_yamnet.py``; ``docs/localize.md`` has the
 numbers): given the TFLite's own input tensors, the stem and every depthwise
 conv match bit for bit, the log-mel and the int8 stages to ~1e-6 except for
 inputs lying on an int8 rounding boundary (5 pixels in ~80,000). End to end such
 a boundary case flips one int8 value and the difference grows through the 14
-quantised layers: the 521 scores match exactly (< 1e-6) on about a quarter of
-real-audio windows and differ by up to ~0.015 on the others. This is the
-resolution the quantised model itself has: the same TFLite file run with
-TFLite's reference kernels instead of XNNPACK differs from XNNPACK by up to
-0.67 on the same windows; ``match_tflite=False`` differs by up to 0.35.
+quantised layers: on 169 windows (``bench/compare_yamnet.py``: 13 real clips,
+silence, noise) the 521 scores match to < 1e-4 on 30 % of windows, the median
+window differs by 0.0016 and the worst by 0.032, and the top-1 class always
+agrees. This is the resolution the quantised model itself has: the same TFLite
+file run with TFLite's reference kernels instead of XNNPACK differs from XNNPACK
+by up to 1.0 (median 0.048) on the same windows; ``match_tflite=False`` by up
+to 0.56 (median 0.014).
 
 Inference only: rounding has no useful gradient.
 """
@@ -156,12 +158,14 @@ def hybrid_matmul(x: Tensor, w: Int8Weight, bias: Tensor | None, match_tflite: b
     if not match_tflite:
         y = x @ w.dequantized().T
         return y if bias is None else y + bias
-    q, s = quantize_int8(x)  # (..., in), (..., 1)
-    wi = w.int8.to(x.dtype)  # (out, in)
-    acc = q[..., :EXACT_CHUNK] @ wi[:, :EXACT_CHUNK].T  # (..., out)
-    for k in range(EXACT_CHUNK, wi.shape[1], EXACT_CHUNK):
-        acc = acc + q[..., k : k + EXACT_CHUNK] @ wi[:, k : k + EXACT_CHUNK].T
-    return _fma(acc * s, w.scale, bias if bias is not None else torch.zeros_like(w.scale))
+    lead = x.shape[:-1]
+    q, s = quantize_int8(x.reshape(-1, x.shape[-1]))  # (R, in), (R, 1): 2-D keeps it one mm
+    wi = w.int8.to(x.dtype).T  # (in, out)
+    acc = q[:, :EXACT_CHUNK] @ wi[:EXACT_CHUNK]  # (R, out)
+    for k in range(EXACT_CHUNK, wi.shape[0], EXACT_CHUNK):
+        acc = acc + q[:, k : k + EXACT_CHUNK] @ wi[k : k + EXACT_CHUNK]
+    out = _fma(acc * s, w.scale, bias if bias is not None else torch.zeros_like(w.scale))
+    return out.reshape(*lead, out.shape[-1])  # (..., out)
 
 
 def same_pad(x: Tensor, kernel: int, stride: int) -> Tensor:
@@ -186,16 +190,17 @@ def conv3x3_fma(x: Tensor, conv: nn.Conv2d, stride: int, taps: Sequence[tuple[in
     This reproduces the TFLite CPU interpreter's float32 results bit for bit (checked layer by
     layer in ``tests/test_yamnet.py``), which keeps the following int8 roundings identical.
     """
-    xp = same_pad(x, KERNEL, stride)  # (B, Cin, H + p, W + p)
+    xp = same_pad(x, KERNEL, stride).double()  # (B, Cin, H + p, W + p); float32 products are exact in float64
     ho, wo = -(-x.shape[-2] // stride), -(-x.shape[-1] // stride)
-    w = conv.weight[:, 0]  # (C, 3, 3)
+    w = conv.weight[:, 0].double()  # (C, 3, 3)
     bias = conv.bias
     if bias is None:
         raise ValueError("conv3x3_fma needs a conv with a bias (BN folded)")
-    acc = bias.view(1, -1, 1, 1).expand(x.shape[0], -1, ho, wo)  # (B, C, ho, wo)
+    acc = bias.view(1, -1, 1, 1).expand(x.shape[0], -1, ho, wo).to(x.dtype)  # (B, C, ho, wo)
     for i, j in taps:
         tap = xp[:, :, i : i + stride * ho : stride, j : j + stride * wo : stride]  # (B, Cin, ho, wo)
-        acc = _fma(tap, w[:, i, j].view(1, -1, 1, 1), acc)
+        # acc + tap * w in float64, rounded once to float32: a fused multiply-add
+        acc = torch.addcmul(acc.double(), tap, w[:, i, j].view(1, -1, 1, 1)).to(x.dtype)
     return acc
 
 
