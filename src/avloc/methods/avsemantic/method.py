@@ -222,11 +222,14 @@ class AVSemantic(LocalizationMethod):
         s_img = frames.shape[-1]
         out_hw = (s_img // 8, s_img // 8)  # stride-8 output grid (finer than either CAM)
         fallback = self._fallback(frames, audio, times, keep, ev.objectness, out_hw)  # (T', h, w)
-        faces, speaker = self._faces_and_speaker(frames, audio, times, idx) if cfg.use_faces else ({}, {})
+        heard_all = [[int(c) for c in np.argsort(-s)[: cfg.top_k] if s[c] >= cfg.min_score] for s in scores]
+        hears_people = any(kinds[c] == "human" for h in heard_all for c in h)
+        # faces only where a human sound is heard (YuNet also fires on animal faces, and costs time)
+        faces, speaker = self._faces_and_speaker(frames, audio, times, idx) if cfg.use_faces and hears_people else ({}, {})
         maps, onscreen, sources, details = [], [], [], []
         for k, j in enumerate(idx):
             s = scores[k]
-            heard = [int(c) for c in np.argsort(-s)[: cfg.top_k] if s[c] >= cfg.min_score]
+            heard = heard_all[k]
             frame_sources: list[HeardSource] = []
             weighted: list[tuple[float, torch.Tensor]] = []
             feats = {"object": 0.0, "human": 0.0, "speaker": 0.0, "unseen": 0.0, "narration": 0.0}
