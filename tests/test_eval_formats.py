@@ -145,3 +145,23 @@ def test_unrecognised_ground_truth_is_one_line(
 def test_set_rejects_unknown_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = run(capsys, "--gt", "x", "--pred", "y", "--protocol", "ezvsl-vggss", "--set", "nope=1")
     assert rc == 2 and "unknown protocol settings" in err
+
+
+def test_dataset_samples_carry_image_id_to_the_scorer() -> None:
+    """``avloc eval --model`` path: the sample dict holds ``image_id`` and the collated batch hands it to IIoU."""
+    from avloc.data.collate import collate_samples
+    from avloc.data.datasets import build_sample
+    from avloc.frontends.audio import AudioFrontendConfig
+    from avloc.frontends.image import ImageConfig
+    from avloc.metrics import create_protocol
+    from avloc.metrics.targets import targets_from_batch
+
+    image = np.zeros((32, 32, 3), np.uint8)
+    wav = np.zeros(16000, np.float32)
+    entries = [{"id": f"s{i}", "boxes": [[4, 4, 20, 20]], "size": [32, 32], **({"image_id": "shared"} if i < 2 else {})}
+               for i in range(3)]
+    samples = [build_sample(e, image, wav, 16000, ImageConfig(), AudioFrontendConfig(), 0.5) for e in entries]
+    assert [s["image_id"] for s in samples] == ["shared", "shared", "s2"]
+    targets = targets_from_batch(collate_samples(samples))
+    acc = create_protocol("sslalign-vggss").accumulator()
+    assert acc.group_keys(targets) == ["shared", "shared", "s2"]
