@@ -3,12 +3,13 @@
 * cIoU (Senocak et al., CVPR 2018, Sec. 5; the LVS/EZ-VSL ``Evaluator.cal_CIOU``):
   ``sum(B * G) / (sum(G) + sum(B * [G == 0]))`` with B the binary prediction
   and G the (consensus) ground truth. With a binary G this is the IoU.
-* success rate: fraction of samples with cIoU ``>=`` 0.5 (``>`` for
-  SSL-Alignment); AUC: trapezoid area under success rate vs threshold at
-  ``0.05 * i``, i = 0..20 (``sklearn.metrics.auc``), i.e. in [0, 1].
-* adaptive cIoU (SSL-Alignment, Senocak et al., ICCV 2023): binarise with the
-  top-K pixels, K = number of ground-truth pixels; IIoU: per image shared by
-  several audios, the minimum success, averaged over images.
+* success rate: fraction of samples with cIoU ``>=`` 0.5 (every published
+  code, SSL-Alignment included); AUC: trapezoid area under success rate vs
+  threshold at ``0.05 * i``, i = 0..20 (``sklearn.metrics.auc``), in [0, 1].
+* adaptive cIoU (SSL-Alignment, Senocak et al., ICCV 2023, test.py 714-718):
+  ``map > np.sort(flat)[n - K]``, K = number of non-zero ground-truth pixels
+  (``n // 2`` when there are none); IIoU / IAUC (utils.py 80-138): per group
+  of samples sharing an image, the minimum success, averaged over groups.
 """
 
 from __future__ import annotations

@@ -322,7 +322,7 @@ def binarize_max_fraction(maps: np.ndarray, fraction: float, strict: bool) -> np
 
 
 def binarize_topk(maps: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Adaptive binarisation: the top-``k[i]`` pixels of map i (ties above the K-th value included)."""
+    """Top-``k[i]`` pixels of map i, ties at the K-th value included (avloc helper; SSL-Alignment: :func:`binarize_adaptive`)."""
     n = maps.shape[1] * maps.shape[2]
     k = np.asarray(k, dtype=np.int64)
     if k.shape != (len(maps),):
