@@ -118,6 +118,11 @@ def lvs_test_py(maps: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> dict[s
 
 
 # ---------------------------------------------------------------- SSL-Alignment
+def vgg_filename(name: str) -> str:
+    """SSL-Alignment names a VGG-SS file ``{11-char id}_{start s}`` as ``{id}_{start * 1000}_{(start + 10) * 1000}``."""
+    return "_".join([name[:11], str(int(name[12:]) * 1000), str((int(name[12:]) + 10) * 1000)])
+
+
 def group_key(name: str) -> str:
     return "_".join(name.split("/")[-1].replace(".jpg", "").split("_")[:-1])
 

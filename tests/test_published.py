@@ -198,7 +198,7 @@ def vggss_case(seed: int, n: int) -> tuple[dict[str, np.ndarray], list[dict[str,
     maps = edge_maps(rng, n)
     preds, gts = {}, []
     for i, m in enumerate(maps):
-        sid = f"vid{i // 2}_{i}"  # pairs share the name prefix: SSL-Alignment groups
+        sid = f"yt{i // 2:09d}_{i:06d}"  # VGG-SS style: pairs share the YouTube id, not the SSL-Alignment name
         k = int(rng.integers(0, 3)) if i % 5 else 0  # some empty ground truths
         b = random_boxes(rng, k) if k else np.zeros((0, 4))
         if k and i % 3:
@@ -258,11 +258,25 @@ def test_sslalign_protocols_vs_published(name: str, path: str, adaptive: bool, d
         g = [ref.flickr_gt(b) for b in pix]
         for i, t in enumerate(gts):
             t["image_id"] = f"im{i // 4}"
-    keys = [ref.group_key(str(t["id"])) for t in gts] if grp else [str(t.get("image_id", t["id"])) for t in gts]
+    if grp:  # SSL-Alignment's names: vgg_filename(file) on VGG-SS, the XML stem on Flickr (no '_': one group)
+        keys = [ref.group_key(ref.vgg_filename(str(t["id"])) if ds == "vggss" else str(t["id"])) for t in gts]
+    else:
+        keys = [str(t.get("image_id", t["id"])) for t in gts]
     resize = "cv2" if (path == "lvs-" and ds == "vggss") else "bilinear"
     want = ref.sslalign([preds[str(t["id"])] for t in gts], g, keys, adaptive, "lvs" if path else "validate", resize)
     got = evaluate_predictions(preds, gts, name)
     check(got, want, ("success", "auc", "mean_ciou", "iiou", "iauc"))
+
+
+def test_published_iiou_groups() -> None:
+    """VGG-SS: one group per clip (its SSL-Alignment name ``id_startms_endms`` minus the end); Flickr ids: one group."""
+    from avloc.metrics.targets import Target
+
+    acc = create_protocol("sslalign-adaptive-vggss-namegroups").accumulator()
+    got = acc.group_keys([Target("abc_def-ghi_000030"), Target("abc_def-ghi_000040")])
+    assert got == ["abc_def-ghi_30000", "abc_def-ghi_40000"]
+    flickr = create_protocol("sslalign-adaptive-flickr-namegroups").accumulator()
+    assert flickr.group_keys([Target("10000130166"), Target("10007936344")]) == ["", ""]
 
 
 def test_old_sslalign_names_are_the_vggss_validate_protocols() -> None:

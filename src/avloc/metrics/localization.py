@@ -152,9 +152,21 @@ def iauc(scores: np.ndarray, image_ids: np.ndarray, op: SuccessOp = ">=", auc_st
 def name_prefix_group(name: str) -> str:
     """SSL-Alignment's IIoU key (test.py 743): the file name without ``.jpg`` and without its last ``_`` field.
 
-    A name without ``_`` gives ``''`` (all such samples share one group, as there).
+    A name without ``_`` gives ``''`` (all such samples share one group, as there: e.g. Flickr ids).
     """
     return "_".join(name.split("/")[-1].replace(".jpg", "").split("_")[:-1])
+
+
+def vggss_name(file: str) -> str:
+    """SSL-Alignment's VGG-SS sample name (datasets.py ``vgg_filename``): ``{id11}_{start ms}_{end ms}``.
+
+    ``file`` is a VGG-SS ``file`` (``{11-char YouTube id}_{start s, 6 digits}``); anything else is returned as is.
+    """
+    tail = file[12:]
+    if len(file) > 12 and file[11] == "_" and tail.isdigit():
+        start = int(tail)
+        return f"{file[:11]}_{start * 1000}_{(start + 10) * 1000}"
+    return file
 
 
 def adaptive_ciou(maps: np.ndarray, gt: np.ndarray) -> np.ndarray:

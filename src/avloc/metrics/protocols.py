@@ -27,7 +27,14 @@ from avloc.metrics.avsol import FRAME_KINDS, AVSOLMetrics
 from avloc.metrics.base import Accumulator
 from avloc.metrics.classaware import ClassAwareCIoU, class_average, no_sound_area
 from avloc.metrics.extended import ExtendedAP, top_fraction_confidence
-from avloc.metrics.localization import CIoU, SuccessOp, ThresholdSweep, ciou_from_counts, name_prefix_group
+from avloc.metrics.localization import (
+    CIoU,
+    SuccessOp,
+    ThresholdSweep,
+    ciou_from_counts,
+    name_prefix_group,
+    vggss_name,
+)
 from avloc.metrics.targets import Target, targets_from_batch
 from avloc.registry import PROTOCOLS
 
@@ -86,7 +93,8 @@ class Protocol:
     auc_steps: int = 21
     score: Literal["ciou", "iou"] = "ciou"
     iiou: bool = False
-    iiou_group: Literal["image_id", "name_prefix"] = "image_id"  # name_prefix: SSL-Alignment test.py 743
+    # name_prefix: SSL-Alignment test.py 743 on the id; vggss_name_prefix: on its VGG-SS name (vgg_filename)
+    iiou_group: Literal["image_id", "name_prefix", "vggss_name_prefix"] = "image_id"
     ap_rule: Literal["slavc", "all"] = "slavc"  # extended AP / F1: SLAVC utils.py, or every threshold (avloc)
     confidence_fraction: float = SLAVC_CONFIDENCE_FRACTION
     nsa_threshold: float = DSOL_NSA_THRESHOLD
@@ -241,6 +249,8 @@ class ProtocolAccumulator:
         """IIoU groups: each sample's ``image_id``, or SSL-Alignment's name rule on its id (``iiou_group``)."""
         if self.protocol.iiou_group == "name_prefix":
             return [name_prefix_group(t.id) for t in targets]
+        if self.protocol.iiou_group == "vggss_name_prefix":
+            return [name_prefix_group(vggss_name(t.id)) for t in targets]
         return [t.image_id for t in targets]
 
     def score_maps(self, pred: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -528,8 +538,9 @@ for _path, _cfg in _ssl_paths.items():
             _register(
                 Protocol(
                     f"{_name}-namegroups",
-                    iiou_group="name_prefix",
-                    notes="IIoU groups as test.py 743: the id without its last '_' field",
+                    iiou_group="vggss_name_prefix" if _ds == "vggss" else "name_prefix",
+                    notes="IIoU groups as test.py 743: the sample name without its last '_' field (VGG-SS names "
+                    "are vgg_filename(file) = id_startms_endms)",
                     **_kw,
                 )
             )
