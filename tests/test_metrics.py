@@ -137,10 +137,11 @@ def test_adaptive_ciou_and_iiou() -> None:
     gt = np.zeros((2, S, S))
     gt[:, 20:60, 30:90] = 1
     maps = np.zeros((2, S, S), dtype=np.float32)
-    maps[0, 20:60, 30:90] = 1.0  # the peak covers the box exactly
+    maps[0, 20:60, 30:90] = 1.0 + np.arange(2400, dtype=np.float32).reshape(40, 60)  # distinct on the box
     maps[1, 100:140, 100:160] = 1.0  # elsewhere
-    scores = adaptive_ciou(maps + np.linspace(0, 1e-3, S * S, dtype=np.float32).reshape(S, S) * 0, gt)
-    assert scores[0] == 1.0 and scores[1] == 0.0
+    scores = adaptive_ciou(maps, gt)
+    # SSL-Alignment keeps the pixels strictly above the K-th largest: K - 1 of them
+    assert scores[0] == 2399 / 2400 and scores[1] == 0.0
     assert iiou(np.array([0.9, 0.1, 0.8]), np.array(["a", "a", "b"])) == 0.5
 
 

@@ -41,7 +41,7 @@ def _np_scores(m: np.ndarray, boxes: list[list[float]]) -> tuple[float, float, b
     gt = _np_gt(boxes)
     median = p > np.sort(p.ravel())[S * S // 2]
     k = int(gt.sum())
-    adaptive = p >= np.sort(p.ravel())[S * S - k]
+    adaptive = p > np.sort(p.ravel())[S * S - k]  # SSL-Alignment: strictly above the K-th largest
     peak = np.unravel_index(np.argmax(p), p.shape)
     return _np_ciou(median, gt), _np_ciou(adaptive, gt), bool(gt[peak] > 0)
 

@@ -30,7 +30,8 @@ from typing import Any
 def add_parser(sub: Any, name: str) -> None:
     p = sub.add_parser(name, help="evaluate saved predictions or a model with a named protocol")
     src = p.add_argument_group("what to evaluate (saved predictions, or a model)")
-    src.add_argument("--gt", help="ground truth: VGG-SS json, Flickr XML folder, AVSOL/MUSIC json, or jsonl manifest")
+    src.add_argument("--gt", action="append", help="ground truth (repeatable, e.g. VGG-SS json + SLAVC non-sounding csv): "
+                     "VGG-SS json, Flickr XML folder, DSOL / Qian / AVSOL / MUSIC json, SLAVC csv, or jsonl manifest")
     src.add_argument("--pred", help="predictions .npz: clip id -> 2-D heatmap (any size)")
     src.add_argument("--model", help="registered model name or checkpoint path (avloc.methods.zoo.load_model)")
     src.add_argument("--manifest", help="jsonl manifest to evaluate the model on")
@@ -39,6 +40,8 @@ def add_parser(sub: Any, name: str) -> None:
     src.add_argument("--count", type=int, help="for --data: the first N generated samples (default: the dataset's own count)")
     how = p.add_argument_group("protocol")
     how.add_argument("--protocol", required=True, help="named protocol (see `avloc info`), e.g. ezvsl-vggss")
+    how.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one protocol setting (JSON value), e.g. --set box_negative='\"clip\"'")
     how.add_argument("--device", default="cpu")
     how.add_argument("--batch-size", type=int, default=32)
     how.add_argument("--workers", type=int, default=2, help="threads scoring saved predictions")
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from avloc.io.atomic import check_writable
     from avloc.metrics.protocols import create_protocol
 
-    protocol = create_protocol(args.protocol)  # unknown names fail before any work
+    protocol = create_protocol(args.protocol, **_overrides(args.set))  # unknown names fail before any work
     _keep_freed_memory()
     for path in (args.out_md, args.plot):
         if path:
@@ -108,6 +111,23 @@ def _keep_freed_memory() -> None:
     mallopt(_M_MMAP_THRESHOLD, _MMAP_BYTES)
 
 
+def _overrides(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> protocol overrides (VALUE parsed as JSON, else kept as a string; lists -> tuples)."""
+    from avloc.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[key.strip()] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
 def _jsonable(x: Any) -> Any:
     """NaN / inf -> null, so the output is strict JSON."""
     if isinstance(x, float):
@@ -119,7 +139,7 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def _eval_predictions(gt: str, pred: str, protocol: Any, workers: int) -> dict[str, Any]:
+def _eval_predictions(gt: list[str], pred: str, protocol: Any, workers: int) -> dict[str, Any]:
     from avloc.engine.evaluate import evaluate_predictions
     from avloc.errors import DataError
     from avloc.metrics.groundtruth import load_gt
@@ -131,7 +151,12 @@ def _eval_predictions(gt: str, pred: str, protocol: Any, workers: int) -> dict[s
     bad = [k for k, v in preds.items() if v.ndim not in (2, 3)]
     if bad:
         raise DataError(f"{p}: maps must be 2-D (or 3-D class maps), e.g. {bad[0]!r} has shape {preds[bad[0]].shape}")
-    return evaluate_predictions(preds, load_gt(gt), protocol, workers=workers)
+    targets = [t for path in gt for t in load_gt(path)]
+    seen: set[str] = set()
+    dup = [str(t["id"]) for t in targets if str(t["id"]) in seen or seen.add(str(t["id"]))]  # type: ignore[func-returns-value]
+    if dup:
+        raise DataError(f"{len(dup)} sample ids appear twice in the --gt files, e.g. {dup[:3]}")
+    return evaluate_predictions(preds, targets, protocol, workers=workers)
 
 
 def load_npz(path: Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ evaluation harness rely on):
 ``labels``       list[int] sounding classes
 ``onscreen``     bool, the sound's source is visible
 ``audible``      bool, there is a sound event at all
+``image_id``     str, the entry's ``image_id`` (else its ``id``): IIoU groups
 ================ ==============================================================
 
 Audio window: ``audio_cfg.window_seconds`` centred at the entry's ``time``
@@ -93,6 +94,7 @@ def build_sample(
         "labels": list(entry.get("labels") or []),
         "onscreen": bool(entry.get("onscreen", n > 0)),
         "audible": bool(entry.get("audible", True)),
+        "image_id": str(entry.get("image_id") or entry["id"]),
     }
 
 

@@ -4,7 +4,8 @@
   its class map is thresholded at 0.5 x its max, IoU with that class's boxes,
   averaged over the sounding classes of the frame; reported as CIoU@0.3,
   CIoU@0.5 and AUC. NSA (No-Sound-Area): fraction of pixels <= 0.2 in the
-  maps of the silent classes.
+  map of each silent class, averaged over the frame's silent classes, then
+  over frames (music-exp/eval.py 58/89/98).
 * Two-stage framework (Qian et al., ECCV 2020, Eq. 9):
   ``cIoU_class = sum_c theta_c cIoU_c / sum_c theta_c`` with theta_c = 1 when
   class c sounds; its public evaluation keeps frames with exactly two sounding
@@ -97,7 +98,11 @@ class ClassAwareCIoU(Accumulator):
         out[f"success@{self.success_threshold:g}"] = out["success"]
         out["n_skipped"] = int((~kept).sum())
         if self.with_nsa:
-            count = self.state("nsa_count").sum()
-            out["nsa"] = float(self.state("nsa_sum").sum() / count) if count > 0 else float("nan")
-            out["n_silent_maps"] = int(count)
+            # DSOL eval.py 58/89/98: the mean over a frame's silent classes, then over frames (a kept frame
+            # without a silent class has np.mean([]) = NaN, and so does the result, as there)
+            count = self.state("nsa_count")[kept]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                per_frame = self.state("nsa_sum")[kept] / count
+            out["nsa"] = float(np.mean(per_frame))
+            out["n_silent_maps"] = int(count.sum())
         return out

@@ -2,14 +2,26 @@
 
 Non-audible pairs take their audio from another clip. Scores are normalised
 with fixed bounds ``[-1/tau, 1/tau]`` (tau = 0.03); the confidence of a
-prediction is the mean of its top 25% normalised scores. Ranking all pairs by
-confidence, a prediction is a true positive when the frame is audible and its
-cIoU passes 0.5; every other prediction (a non-audible frame, or a wrong
-localisation) is a false positive; the number of positives is the number of
-audible frames. AP = sum over distinct confidence thresholds of
-``precision * (recall - previous recall)``; max-F1 = max over thresholds of
-``2PR / (P + R)``. Ties in confidence are one threshold, so the result does
-not depend on sample order.
+prediction is the float32 mean of its top 25% normalised scores
+(``np.sort(s.flatten())[-n//4:].mean()``, SLAVC test.py 184).
+
+Two AP / F1 rules:
+
+* :func:`slavc_ap_f1` — SLAVC ``utils.EvaluatorFull`` (utils.py 125-168,
+  217-219), what its numbers are: at a confidence threshold t, an audible
+  frame (``bb > 0``) with confidence >= t is a true positive when its cIoU
+  >= 0.5 and a false positive otherwise (confident but mislocalised); an
+  audible frame below t is a false negative; a non-audible frame above t is a
+  false positive. precision = TP / (TP + FP) (1 when nothing is predicted),
+  recall = TP / (TP + FN) (1 when 0/0). AP: thresholds = every
+  ``max(1, N // 200)``-th sorted confidence, descending, the largest
+  excluded; precision made monotone (max over the later thresholds);
+  ``sum_i P_i (R_{i+1} - R_i)`` (no segment from recall 0). max-F1: over the
+  thresholds ``sorted(conf)[::max(1, N // 10)]``.
+* :func:`extended_ap` — every distinct confidence a threshold, positives =
+  the audible frames (a mislocalised frame is a false positive *and* leaves a
+  positive unfound), ``sum P * dR`` from recall 0; max-F1 over every
+  threshold. avloc's earlier rule, kept as the ``*-allthr`` protocols.
 """
 
 from __future__ import annotations
@@ -25,12 +37,70 @@ from avloc.metrics.localization import SuccessOp, passes
 
 
 def top_fraction_confidence(maps: np.ndarray, fraction: float) -> np.ndarray:
-    """Mean of the top ``fraction`` of each map's values -> ``(B,)`` (at least one value)."""
+    """Mean of the top ``ceil(n * fraction)`` values of each map -> ``(B,)`` float32.
+
+    SLAVC's ``np.sort(s.flatten())[-n//4:].mean()``: the same values in the same
+    (ascending) order, summed by NumPy's float32 pairwise sum along the row, so
+    the float32 result is the same bit for bit (tested).
+    """
     flat = maps.reshape(len(maps), -1)
     n = flat.shape[1]
-    k = max(1, int(n * fraction))
-    top = np.partition(flat, n - k, axis=1)[:, n - k :]
-    return top.astype(np.float64).mean(1)
+    k = min(n, max(1, int(np.ceil(n * fraction))))
+    top = np.sort(np.partition(flat, n - k, axis=1)[:, n - k :], axis=1)
+    return np.ascontiguousarray(top).mean(1)  # type: ignore[no-any-return]
+
+
+def _pr_at(conf: np.ndarray, correct: np.ndarray, visible: np.ndarray, thr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SLAVC ``calc_precision_recall`` at each threshold of ``thr`` (confidence >= t is a prediction)."""
+    c_all = np.sort(conf)
+    c_tp = np.sort(conf[correct])
+    c_vis = np.sort(conf[visible])
+    n_pred = len(c_all) - np.searchsorted(c_all, thr, side="left")
+    tp = len(c_tp) - np.searchsorted(c_tp, thr, side="left")
+    fn = np.searchsorted(c_vis, thr, side="left")
+    fp = n_pred - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp == 0, 1.0, tp / np.maximum(tp + fp, 1))
+        recall = np.where(tp + fn == 0, 1.0, tp / np.maximum(tp + fn, 1))
+    return precision.astype(np.float64), recall.astype(np.float64)
+
+
+def slavc_ap_f1(
+    confidence: np.ndarray,
+    scores: np.ndarray,
+    visible: np.ndarray,
+    success_threshold: float = 0.5,
+    op: SuccessOp = ">=",
+) -> dict[str, float]:
+    """AP and max-F1 as SLAVC's ``EvaluatorFull.calc_ap`` / ``finalize_stats`` compute them (module docstring)."""
+    visible = np.asarray(visible, dtype=bool)
+    n = len(visible)
+    if n == 0:
+        raise DataError("no samples were evaluated")
+    if not visible.any():
+        raise DataError("the extended protocol needs audible frames; every sample is marked non-audible")
+    conf = np.asarray(confidence)
+    correct = visible & passes(np.asarray(scores, dtype=np.float64), success_threshold, op)
+    skip = max(1, n // 200)
+    thr_ap = np.sort(conf)[:-1][::-skip]
+    p, r = _pr_at(conf, correct, visible, thr_ap)
+    if len(p) > 1:
+        p_max = np.maximum.accumulate(p[::-1])[::-1]
+        ap = float(sum((p_max[:-1] * np.diff(r)).tolist()))  # Python's left-to-right sum, as there
+    else:
+        ap = 0.0
+    thr_f1 = np.sort(conf)[:: max(1, n // 10)]
+    pf, rf = _pr_at(conf, correct, visible, thr_f1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(pf + rf > 0, 2 * rf * pf / (rf + pf), 0.0)
+    p_all, _ = _pr_at(conf, correct, visible, np.array([-1000.0]))
+    return {
+        "ap": ap,
+        "max_f1": float(f1.max()),
+        "precision": float(p_all[0]),
+        "n_audible": int(visible.sum()),
+        "n_silent": int((~visible).sum()),
+    }
 
 
 def precision_recall(
@@ -77,20 +147,27 @@ class ExtendedAP(Accumulator):
 
     fields = ("id", "confidence", "score", "audible")
 
-    def __init__(self, success_threshold: float = 0.5, op: SuccessOp = ">=") -> None:
+    def __init__(self, success_threshold: float = 0.5, op: SuccessOp = ">=", rule: str = "slavc") -> None:
         super().__init__()
+        if rule not in ("slavc", "all"):
+            raise ValueError(f"unknown AP rule {rule!r}; use 'slavc' or 'all'")
         self.success_threshold = success_threshold
         self.op: SuccessOp = op
+        self.rule = rule
 
     def update(self, confidence: np.ndarray, scores: np.ndarray, audible: np.ndarray, ids: Sequence[str]) -> None:
         self._append(
             id=np.asarray([str(i) for i in ids], dtype=str),
-            confidence=np.asarray(confidence, dtype=np.float64),
+            confidence=np.asarray(confidence, dtype=np.float64),  # float32 values, exactly
             score=np.asarray(scores, dtype=np.float64),
             audible=np.asarray(audible, dtype=bool),
         )
 
     def compute(self) -> dict[str, Any]:
+        if self.rule == "slavc":
+            return slavc_ap_f1(
+                self.state("confidence"), self.state("score"), self.state("audible"), self.success_threshold, self.op
+            )
         return extended_ap(
             self.state("confidence"), self.state("score"), self.state("audible"), self.success_threshold, self.op
         )

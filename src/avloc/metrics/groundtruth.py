@@ -22,6 +22,17 @@ normalised-box records (:class:`avloc.metrics.targets.Target` inputs) that
 * MUSIC-style box json: a list of ``{"file"|"id", "bbox"|"boxes", "labels"|
   "box_labels", optional "size": [W, H] when boxes are in pixels,
   optional "sounding": [bool per box]}``.
+* DSOL (Hu et al. 2020) ``music-exp/solotest.json`` / ``duettest.json``: an
+  object ``{frame path: {"bbox": [{"box", "normbox": [x, y, w, h] in [0, 1],
+  "category_id"}], "wdith", "height"}}``; boxes keep their ``[x, y, w, h]``
+  form (``box_wh``) so the far edges are ``int(224 x + 224 w)`` as there.
+* Qian et al. 2020 ``utils/normav.json``: COCO-style ``{"annotations":
+  [{"image_id", "category_id", "bbox": [x, y, w, h] in [0, 1]}], ...}``; one
+  record per ``image_id`` (kept as ``box_wh`` too).
+* SLAVC non-sounding pairs (``metadata/*_test_plus_silent.csv``): header
+  ``video,audio,label``; each ``non-sounding`` row is the frame of ``video``
+  with the audio of ``audio``: a non-audible sample with id
+  ``nonsounding/{video}/{audio}`` and ``image_id`` = ``video``.
 * AVSOL-style per-frame video annotation: ``{"videos": [{"id", "fps",
   optional "size", "frames": [{"index"|"time", "objects": [{"box", "tag":
   "sounding"|"silent"|"out-of-view"}]}]}]}``; one record per frame.
@@ -171,6 +182,73 @@ def load_music_json(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def _xywh_record(sid: str, items: list[tuple[list[Any], Any]], where: str) -> dict[str, Any]:
+    """``[(normalised [x, y, w, h], class)]`` -> a target record with xyxy boxes plus ``box_wh``."""
+    boxes, wh, labels = [], [], []
+    for b, c in items:
+        if not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)):
+            raise DataError(f"{where}: {sid}: a box must be [x, y, w, h] numbers, got {b!r}")
+        if not isinstance(c, int) or isinstance(c, bool):
+            raise DataError(f"{where}: {sid}: category_id must be an integer, got {c!r}")
+        x, y, w, h = (float(v) for v in b)
+        boxes.append([x, y, x + w, y + h])
+        wh.append([w, h])
+        labels.append(c)
+    return {"id": sid, "boxes": boxes, "box_wh": wh, "box_labels": labels, "labels": sorted(set(labels))}
+
+
+def load_dsol_json(path: str | Path, data: Any = None) -> list[dict[str, Any]]:
+    """DSOL ``solotest.json`` / ``duettest.json`` -> targets (``normbox`` xywh, ``category_id`` = class map index)."""
+    data = _read_json(path) if data is None else data
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: DSOL json must map each frame path to {{'bbox': [...]}}")
+    out = []
+    for sid, e in data.items():
+        bb = e.get("bbox") if isinstance(e, dict) else None
+        if not isinstance(bb, list) or not all(isinstance(o, dict) and "normbox" in o and "category_id" in o for o in bb):
+            raise DataError(f"{path}: {sid}: 'bbox' must be a list of {{box, normbox, category_id}} objects")
+        out.append(_xywh_record(str(sid), [(o["normbox"], o["category_id"]) for o in bb], str(path)))
+    return out
+
+
+def load_qian_json(path: str | Path, data: Any = None) -> list[dict[str, Any]]:
+    """Qian et al. ``normav.json`` (COCO-style annotations) -> one target per ``image_id``."""
+    data = _read_json(path) if data is None else data
+    anns = data.get("annotations") if isinstance(data, dict) else None
+    if not isinstance(anns, list):
+        raise DataError(f"{path}: Qian json needs an 'annotations' list")
+    per: dict[str, list[tuple[list[Any], Any]]] = {}
+    for i, a in enumerate(anns):
+        if not isinstance(a, dict) or not {"image_id", "category_id", "bbox"} <= set(a):
+            raise DataError(f"{path}: annotation {i} needs image_id, category_id and bbox")
+        per.setdefault(str(a["image_id"]), []).append((a["bbox"], a["category_id"]))
+    return [_xywh_record(k, v, str(path)) for k, v in per.items()]
+
+
+SLAVC_NONSOUNDING = "non-sounding"
+
+
+def load_slavc_nonsounding_csv(path: str | Path) -> list[dict[str, Any]]:
+    """SLAVC ``*_test_plus_silent.csv`` -> non-audible targets (rows labelled ``non-sounding``; header skipped)."""
+    import csv
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"annotation file not found: {p}")
+    with p.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or [c.strip() for c in rows[0][:3]] != ["video", "audio", "label"]:
+        raise DataError(f"{p}: not a SLAVC non-sounding list (expected the header 'video,audio,label')")
+    out = []
+    for n, r in enumerate(rows[1:], start=2):
+        if len(r) < 3:
+            raise DataError(f"{p}: line {n}: expected video,audio,label, got {r}")
+        if r[2] != SLAVC_NONSOUNDING:  # SLAVC datasets.py keeps only these rows
+            continue
+        out.append({"id": f"nonsounding/{r[0]}/{r[1]}", "image_id": r[0], "boxes": [], "audible": False})
+    return out
+
+
 def load_avsol_json(path: str | Path) -> list[dict[str, Any]]:
     """AVSOL-style per-frame annotation -> one target per frame (``id`` = ``video@index``)."""
     data = _read_json(path)
@@ -218,19 +296,55 @@ def load_avsol_json(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+GT_FORMATS = (
+    "a Flickr-SoundNet XML folder, a VGG-SS json (list of {file, bbox}), a DSOL solotest/duettest json, "
+    "a Qian normav json ({annotations}), a SLAVC non-sounding csv (video,audio,label), an AVSOL json ({videos}), "
+    "a MUSIC-style box json (records with id and boxes) or an avloc jsonl manifest"
+)
+
+
 def load_gt(path: str | Path) -> list[dict[str, Any]]:
-    """Ground truth for ``avloc eval --gt``: a VGG-SS json, a Flickr XML folder, an AVSOL json or an avloc manifest."""
+    """Ground truth for ``avloc eval --gt``: the format is recognised from the file; anything else is a DataError."""
     p = Path(path)
     if p.is_dir():
         return flickr_targets(load_flickr_dir(p))
+    if not p.exists():
+        raise DataError(f"ground truth not found: {p}")
     if p.suffix == ".jsonl":
         return manifest_targets(p)
+    if p.suffix == ".csv":
+        return load_slavc_nonsounding_csv(p)
     data = _read_json(p)
-    if isinstance(data, dict) and "videos" in data:
-        return load_avsol_json(p)
-    if isinstance(data, list) and data and isinstance(data[0], dict) and "file" in data[0] and "class" in data[0]:
-        return load_vggss_json(p)
-    return load_music_json(p)
+    try:
+        return _dispatch_json(p, data)
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError) as e:  # a shape no parser expected
+        raise DataError(f"{p}: malformed ground truth ({type(e).__name__}: {e}); expected {GT_FORMATS}") from None
+
+
+def _is_music_record(e: Any) -> bool:
+    return isinstance(e, dict) and ("id" in e or "file" in e) and isinstance(e.get("boxes", e.get("bbox")), list)
+
+
+def _dispatch_json(p: Path, data: Any) -> list[dict[str, Any]]:
+    if isinstance(data, dict):
+        if "videos" in data:
+            return load_avsol_json(p)
+        if "annotations" in data:
+            return load_qian_json(p, data)
+        values = list(data.values())
+        if values and all(isinstance(v, dict) and isinstance(v.get("bbox"), list) for v in values):
+            if all(isinstance(o, dict) for v in values for o in v["bbox"]):
+                return load_dsol_json(p, data)
+        if values and all(_is_music_record({"id": k, **v}) for k, v in data.items() if isinstance(v, dict)) and all(
+            isinstance(v, dict) for v in values
+        ):
+            return load_music_json(p)
+    if isinstance(data, list) and data:
+        if all(isinstance(e, dict) and "file" in e and "bbox" in e and "class" in e for e in data):
+            return load_vggss_json(p)
+        if all(_is_music_record(e) for e in data):
+            return load_music_json(p)
+    raise DataError(f"{p}: unrecognised ground-truth json; expected {GT_FORMATS}")
 
 
 def manifest_targets(path: str | Path) -> list[dict[str, Any]]:
@@ -240,7 +354,8 @@ def manifest_targets(path: str | Path) -> list[dict[str, Any]]:
     out = []
     for e in read_manifest(path):
         size = e.get("size")
-        rec: dict[str, Any] = {k: e[k] for k in ("id", "box_annotator", "box_labels", "labels", "onscreen", "audible", "out_of_view") if k in e}
+        keys = ("id", "image_id", "box_annotator", "box_labels", "labels", "onscreen", "audible", "out_of_view")
+        rec: dict[str, Any] = {k: e[k] for k in keys if k in e}
         for key in ("boxes", "silent_boxes"):
             if key in e:
                 if size is None:

@@ -3,12 +3,13 @@
 * cIoU (Senocak et al., CVPR 2018, Sec. 5; the LVS/EZ-VSL ``Evaluator.cal_CIOU``):
   ``sum(B * G) / (sum(G) + sum(B * [G == 0]))`` with B the binary prediction
   and G the (consensus) ground truth. With a binary G this is the IoU.
-* success rate: fraction of samples with cIoU ``>=`` 0.5 (``>`` for
-  SSL-Alignment); AUC: trapezoid area under success rate vs threshold at
-  ``0.05 * i``, i = 0..20 (``sklearn.metrics.auc``), i.e. in [0, 1].
-* adaptive cIoU (SSL-Alignment, Senocak et al., ICCV 2023): binarise with the
-  top-K pixels, K = number of ground-truth pixels; IIoU: per image shared by
-  several audios, the minimum success, averaged over images.
+* success rate: fraction of samples with cIoU ``>=`` 0.5 (every published
+  code, SSL-Alignment included); AUC: trapezoid area under success rate vs
+  threshold at ``0.05 * i``, i = 0..20 (``sklearn.metrics.auc``), in [0, 1].
+* adaptive cIoU (SSL-Alignment, Senocak et al., ICCV 2023, test.py 714-718):
+  ``map > np.sort(flat)[n - K]``, K = number of non-zero ground-truth pixels
+  (``n // 2`` when there are none); IIoU / IAUC (utils.py 80-138): per group
+  of samples sharing an image, the minimum success, averaged over groups.
 """
 
 from __future__ import annotations
@@ -102,7 +103,13 @@ def trapezoid(y: Sequence[float] | np.ndarray, x: Sequence[float] | np.ndarray) 
 def success_summary(
     scores: np.ndarray, success_threshold: float = 0.5, op: SuccessOp = ">=", auc_steps: int = 21
 ) -> dict[str, Any]:
-    """Success rate, AUC, mean score and the success-vs-threshold curve of per-sample scores."""
+    """Success rate, AUC, mean score and the success-vs-threshold curve of per-sample scores.
+
+    ``mean_ciou`` is ``np.mean`` of every score, as the public codes print it
+    (NaN when a score is undefined, i.e. 0/0); ``mean_ciou_defined`` averages
+    the defined ones and ``n_undefined`` counts the others. An undefined score
+    never passes a threshold (``nan >= t`` is False), as in the public codes.
+    """
     scores = np.asarray(scores, dtype=np.float64)
     n = len(scores)
     if n == 0:
@@ -113,7 +120,8 @@ def success_summary(
     return {
         "success": float(np.mean(passes(scores, success_threshold, op))),
         "auc": trapezoid(curve, thresholds),
-        "mean_ciou": float(np.mean(scores[finite])) if finite.any() else float("nan"),
+        "mean_ciou": float(np.mean(scores)),
+        "mean_ciou_defined": float(np.mean(scores[finite])) if finite.any() else float("nan"),
         "n": n,
         "n_undefined": int((~finite).sum()),
         "curve": {"thresholds": thresholds, "success": curve},
@@ -121,18 +129,52 @@ def success_summary(
 
 
 def iiou(scores: np.ndarray, image_ids: np.ndarray, success_threshold: float = 0.5, op: SuccessOp = ">=") -> float:
-    """IIoU: per image (shared by several audios), the minimum success; mean over images."""
-    hits = passes(np.asarray(scores, dtype=np.float64), success_threshold, op).astype(np.int64)
+    """IIoU: per image (shared by several audios), the minimum success; mean over images.
+
+    As SSL-Alignment's ``finalize_cIoU`` (utils.py 124-138): a group holding an
+    undefined (NaN) score has NaN as its minimum, and the mean is then NaN.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    hits = np.where(np.isnan(s), np.nan, passes(s, success_threshold, op).astype(np.float64))
     _, inv = np.unique(np.asarray(image_ids), return_inverse=True)
-    per_image = np.ones(inv.max() + 1 if len(inv) else 0, dtype=np.int64)
-    np.minimum.at(per_image, inv, hits)
+    per_image = np.ones(inv.max() + 1 if len(inv) else 0, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        np.minimum.at(per_image, inv.reshape(-1), hits)  # np.minimum propagates NaN, like np.min
     return float(per_image.mean()) if len(per_image) else float("nan")
 
 
+def iauc(scores: np.ndarray, image_ids: np.ndarray, op: SuccessOp = ">=", auc_steps: int = 21) -> float:
+    """Area under IIoU vs threshold at ``0.05 * i`` (SSL-Alignment ``finalize_IAUC``, utils.py 80-93)."""
+    thresholds = auc_thresholds(auc_steps)
+    return trapezoid([iiou(scores, image_ids, t, op) for t in thresholds], thresholds)
+
+
+def name_prefix_group(name: str) -> str:
+    """SSL-Alignment's IIoU key (test.py 743): the file name without ``.jpg`` and without its last ``_`` field.
+
+    A name without ``_`` gives ``''`` (all such samples share one group, as there: e.g. Flickr ids).
+    """
+    return "_".join(name.split("/")[-1].replace(".jpg", "").split("_")[:-1])
+
+
+def vggss_name(file: str) -> str:
+    """SSL-Alignment's VGG-SS sample name (datasets.py ``vgg_filename``): ``{id11}_{start ms}_{end ms}``.
+
+    ``file`` is a VGG-SS ``file`` (``{11-char YouTube id}_{start s, 6 digits}``); anything else is returned as is.
+    """
+    tail = file[12:]
+    if len(file) > 12 and file[11] == "_" and tail.isdigit():
+        start = int(tail)
+        return f"{file[:11]}_{start * 1000}_{(start + 10) * 1000}"
+    return file
+
+
 def adaptive_ciou(maps: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """cIoU after keeping the top-K pixels of each map, K = number of non-zero ground-truth pixels."""
-    k = (gt.reshape(len(gt), -1) > 0).sum(1)
-    return ciou(ops.binarize_topk(maps, k), gt)
+    """SSL-Alignment's adaptive cIoU (test.py 714-718): ``map > sort(flat)[n - K]``, K = non-zero GT pixels.
+
+    K = n // 2 when the ground truth is empty; without ties K - 1 pixels are kept.
+    """
+    return ciou(ops.binarize_adaptive(maps, (gt.reshape(len(gt), -1) != 0).sum(1), strict=True), gt)
 
 
 class CIoU(Accumulator):
@@ -142,7 +184,7 @@ class CIoU(Accumulator):
     (cIoU, IoU, class-aware cIoU); use :func:`ciou` to get them from maps.
     """
 
-    fields = ("id", "image_id", "score")
+    fields = ("id", "image_id", "score", "kept")
 
     def __init__(
         self, success_threshold: float = 0.5, op: SuccessOp = ">=", auc_steps: int = 21, with_iiou: bool = False
@@ -153,19 +195,35 @@ class CIoU(Accumulator):
         self.auc_steps = auc_steps
         self.with_iiou = with_iiou
 
-    def update(self, scores: np.ndarray, ids: Sequence[str], image_ids: Sequence[str] | None = None) -> None:
+    def update(
+        self,
+        scores: np.ndarray,
+        ids: Sequence[str],
+        image_ids: Sequence[str] | None = None,
+        kept: np.ndarray | None = None,
+    ) -> None:
+        """``kept=False`` marks samples the protocol skips (e.g. frames without boxes): counted in ``n_skipped``."""
         scores = np.asarray(scores, dtype=np.float64)
         ids_arr = np.asarray([str(i) for i in ids], dtype=str)
         img = ids_arr if image_ids is None else np.asarray([str(i) for i in image_ids], dtype=str)
-        if not (len(scores) == len(ids_arr) == len(img)):
+        keep = np.ones(len(ids_arr), dtype=bool) if kept is None else np.asarray(kept, dtype=bool)
+        if not (len(scores) == len(ids_arr) == len(img) == len(keep)):
             raise ValueError(f"{len(scores)} scores for {len(ids_arr)} ids")
-        self._append(id=ids_arr, image_id=img, score=scores)
+        self._append(id=ids_arr, image_id=img, score=scores, kept=keep)
 
     def compute(self) -> dict[str, Any]:
-        scores = self.state("score")
+        kept = self.state("kept").astype(bool)
+        if len(kept) and not kept.any():
+            raise DataError(f"no sample qualified for scoring ({len(kept)} skipped)")
+        scores = self.state("score")[kept]
         out = success_summary(scores, self.success_threshold, self.op, self.auc_steps)
+        if (~kept).any():
+            out["n_skipped"] = int((~kept).sum())
         if self.with_iiou:
-            out["iiou"] = iiou(scores, self.state("image_id"), self.success_threshold, self.op)
+            groups = self.state("image_id")[kept]
+            out["iiou"] = iiou(scores, groups, self.success_threshold, self.op)
+            out["iauc"] = iauc(scores, groups, self.op, self.auc_steps)
+            out["n_images"] = len(np.unique(groups))
         return out
 
 

@@ -29,9 +29,10 @@ import numpy as np
 
 from avloc.errors import DataError
 
-ResizeMode = Literal["cv2", "align_corners"]
+ResizeMode = Literal["cv2", "align_corners", "bicubic_align_corners"]
 ResizeBackend = Literal["auto", "numpy", "torch"]
-NormalizeMode = Literal["minmax", "lvs", "fixed", "relu", "none"]
+NormalizeMode = Literal["minmax", "lvs", "fixed", "fixed_minmax", "relu", "none"]
+BoxNegative = Literal["clip", "wrap"]
 
 
 def as_map_batch(maps: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
@@ -75,18 +76,21 @@ def resize_maps(
         return _resize_cv2(maps, out_h, out_w)
     if mode == "align_corners":
         if backend == "torch" or (backend == "auto" and "torch" in sys.modules):
-            return _resize_align_corners_torch(maps, out_h, out_w)
+            return _resize_torch(maps, out_h, out_w, "bilinear")
         return _resize_align_corners(maps, out_h, out_w)
-    raise ValueError(f"unknown resize mode {mode!r}; use 'cv2' or 'align_corners'")
+    if mode == "bicubic_align_corners":
+        return _resize_torch(maps, out_h, out_w, "bicubic")  # SLAVC test.py 161: torch only (no NumPy copy)
+    raise ValueError(f"unknown resize mode {mode!r}; use 'cv2', 'align_corners' or 'bicubic_align_corners'")
 
 
-def _resize_align_corners_torch(maps: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+def _resize_torch(maps: np.ndarray, out_h: int, out_w: int, mode: str) -> np.ndarray:
+    """``F.interpolate(mode, align_corners=True)`` on CPU in float32 (imports torch)."""
     import torch
     import torch.nn.functional as F
 
     with torch.no_grad():
         x = torch.from_numpy(np.ascontiguousarray(maps))[:, None]  # (B, 1, h, w)
-        out = F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=True)[:, 0]  # (B, H, W)
+        out = F.interpolate(x, size=(out_h, out_w), mode=mode, align_corners=True)[:, 0]  # (B, H, W)
     return out.numpy()
 
 
@@ -153,8 +157,12 @@ def _horizontal_pass(maps: np.ndarray, out_w: int) -> np.ndarray:
 
 def normalize_maps(maps: np.ndarray, mode: NormalizeMode, bounds: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
     """Per-map normalisation; constant maps are left unchanged (as ``normalize_img`` does)."""
-    vmin, vmax = map_range(maps) if mode in ("minmax", "lvs") else (None, None)
+    vmin, vmax = map_range(maps) if mode in RANGE_MODES else (None, None)
     return apply_normalization(maps, mode, bounds, vmin, vmax)
+
+
+#: normalisations that need each map's raw minimum and maximum
+RANGE_MODES = ("minmax", "lvs", "fixed_minmax")
 
 
 def map_range(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -173,7 +181,9 @@ def apply_normalization(
     """The normalisation of :func:`normalize_maps` applied to values ``x`` ``(B, ...)`` of map i, given its range.
 
     ``vmin``/``vmax`` ``(B,)`` are the raw maps' minimum and maximum (needed for
-    ``minmax`` and ``lvs``). The same float32 operations run whether ``x`` is a
+    ``minmax``, ``lvs`` and ``fixed_minmax``). ``fixed_minmax`` is SLAVC's
+    relative prediction: the fixed-bound scores, then ``normalize_img`` of them
+    (their range is the fixed-bound image of the raw range: the map is monotone). The same float32 operations run whether ``x`` is a
     whole map or a single value per map, so ``apply_normalization(v, ...)``
     equals the normalised map at a pixel of value ``v`` bit for bit. Every mode
     is non-decreasing in ``x``, which :func:`threshold_preimage` relies on.
@@ -187,11 +197,16 @@ def apply_normalization(
         if hi <= lo:
             raise ValueError(f"normalisation bounds must satisfy lo < hi, got {bounds}")
         return (x - np.float32(lo)) / np.float32(hi - lo)
-    if mode not in ("minmax", "lvs"):
+    if mode not in RANGE_MODES:
         raise ValueError(f"unknown normalisation {mode!r}")
     if vmin is None or vmax is None:
         raise ValueError(f"normalisation {mode!r} needs the maps' minimum and maximum")
     shape = (len(x),) + (1,) * (x.ndim - 1)
+    if mode == "fixed_minmax":
+        fx = apply_normalization(x, "fixed", bounds)
+        smin = apply_normalization(vmin, "fixed", bounds)
+        smax = apply_normalization(vmax, "fixed", bounds)
+        return _minmax(fx, smin.reshape(shape), smax.reshape(shape))
     if mode == "minmax":
         return _minmax(x, vmin.reshape(shape), vmax.reshape(shape))
     # LVS: 1 - minmax(-h); the range of -h is [-vmax, -vmin]
@@ -307,7 +322,7 @@ def binarize_max_fraction(maps: np.ndarray, fraction: float, strict: bool) -> np
 
 
 def binarize_topk(maps: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Adaptive binarisation: the top-``k[i]`` pixels of map i (ties above the K-th value included)."""
+    """Top-``k[i]`` pixels of map i, ties at the K-th value included (avloc helper; SSL-Alignment: :func:`binarize_adaptive`)."""
     n = maps.shape[1] * maps.shape[2]
     k = np.asarray(k, dtype=np.int64)
     if k.shape != (len(maps),):
@@ -318,28 +333,77 @@ def binarize_topk(maps: np.ndarray, k: np.ndarray) -> np.ndarray:
     return out
 
 
-def box_pixels(boxes: np.ndarray, size: int) -> np.ndarray:
-    """Normalised boxes ``(K, 4)`` -> integer pixel bounds on a ``size`` grid: ``int(size * clip(x, 0, 1))``.
+def adaptive_k(gt_pixels: np.ndarray, n: int) -> np.ndarray:
+    """SSL-Alignment's K per map: the number of non-zero ground-truth pixels, ``n // 2`` when there is none."""
+    k = np.asarray(gt_pixels, dtype=np.int64)
+    return np.where(k == 0, n // 2, k)
 
-    Same slices as EZ-VSL's ``(np.clip(bbox, 0, 1) * 224).astype(int)`` and LVS's
+
+def binarize_adaptive(maps: np.ndarray, gt_pixels: np.ndarray, strict: bool) -> np.ndarray:
+    """SSL-Alignment adaptive binarisation: ``map > np.sort(flat)[n - K]`` (``>=`` if not strict), K = :func:`adaptive_k`."""
+    n = maps.shape[1] * maps.shape[2]
+    k = adaptive_k(gt_pixels, n)
+    if k.shape != (len(maps),):
+        raise ValueError(f"need one K per map, got {k.shape} for {len(maps)} maps")
+    return compare(maps, kth_smallest(maps, n - np.clip(k, 1, n)), strict)
+
+
+def box_pixels(boxes: np.ndarray, size: int, negative: BoxNegative = "clip", wh: np.ndarray | None = None) -> np.ndarray:
+    """Normalised boxes ``(K, 4)`` -> the pixel slice bounds ``[x1, y1, x2, y2]`` the public code paints on a ``size`` grid.
+
+    ``negative="clip"``: ``int(size * clip(x, 0, 1))``, EZ-VSL's
+    ``(np.clip(bbox, 0, 1) * 224).astype(int)`` and LVS's VGG-SS
     ``int(224 * max(x, 0))`` (an upper bound beyond the frame slices the same).
+    ``negative="wrap"``: ``int(size * x)`` truncated toward zero and *not*
+    clipped, then resolved as a NumPy slice resolves it: a negative bound counts
+    from the far edge (``temp[-7:100]`` starts at 217, so that box paints
+    nothing). This is what the Flickr XML code of LVS / EZ-VSL / SLAVC /
+    SSL-Alignment and DSOL's / Qian's xywh code do.
+    ``wh`` ``(K, 2)``: the boxes came as ``[x, y, w, h]``; the far edges are then
+    ``int(size * x + size * w)`` in float64, as DSOL and Qian compute them (this
+    can land one pixel below ``int(size * (x + w))``).
     """
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    return (np.clip(b, 0.0, 1.0) * size).astype(np.int64)
+    if negative == "clip":
+        b = np.clip(b, 0.0, 1.0)
+    elif negative != "wrap":
+        raise ValueError(f"unknown negative-box handling {negative!r}; use 'clip' or 'wrap'")
+    scaled = b * size
+    if wh is not None:
+        w = np.asarray(wh, dtype=np.float64).reshape(-1, 2)
+        if len(w) != len(b):
+            raise DataError(f"{len(w)} box sizes for {len(b)} boxes")
+        x0, y0 = b[:, 0] * size, b[:, 1] * size
+        far = np.stack([x0 + w[:, 0] * size, y0 + w[:, 1] * size], 1)
+        if negative == "clip":
+            far = np.clip(far, 0.0, float(size))
+        scaled = np.concatenate([scaled[:, :2], far], 1)
+    # beyond +-2 * size every bound slices like the frame edge; keeps int64 safe for boxes like 2.9e16
+    px = np.trunc(np.clip(scaled, -2.0 * size, 2.0 * size)).astype(np.int64)
+    if negative == "wrap":
+        px = np.where(px < 0, np.maximum(px + size, 0), np.minimum(px, size))
+    return px
 
 
-def box_count_maps(boxes: Sequence[np.ndarray], size: int, groups: Sequence[np.ndarray] | None = None) -> np.ndarray:
+def box_count_maps(
+    boxes: Sequence[np.ndarray],
+    size: int,
+    groups: Sequence[np.ndarray] | None = None,
+    negative: BoxNegative = "clip",
+    wh: Sequence[np.ndarray | None] | None = None,
+) -> np.ndarray:
     """Per-pixel number of boxes covering each pixel: ``(B, size, size)`` (uint8, int32 from 255 boxes on).
 
     With ``groups`` (one group id per box, e.g. the annotator), boxes of the
     same group are first united, so the count is the number of groups.
+    ``negative`` / ``wh``: see :func:`box_pixels` (``wh[i]`` for sample i, or None).
     """
     n = len(boxes)
     rows: list[np.ndarray] = []
     sample_idx: list[np.ndarray] = []
     group_idx: list[np.ndarray] = []
     for i, b in enumerate(boxes):
-        px = box_pixels(b, size)
+        px = box_pixels(b, size, negative, None if wh is None else wh[i])
         rows.append(px)
         sample_idx.append(np.full(len(px), i, dtype=np.int64))
         if groups is not None:

@@ -27,7 +27,14 @@ from avloc.metrics.avsol import FRAME_KINDS, AVSOLMetrics, peak_in_box
 from avloc.metrics.base import Accumulator
 from avloc.metrics.classaware import ClassAwareCIoU, class_average, no_sound_area
 from avloc.metrics.extended import ExtendedAP, top_fraction_confidence
-from avloc.metrics.localization import CIoU, SuccessOp, ThresholdSweep, ciou_from_counts
+from avloc.metrics.localization import (
+    CIoU,
+    SuccessOp,
+    ThresholdSweep,
+    ciou_from_counts,
+    name_prefix_group,
+    vggss_name,
+)
 from avloc.metrics.realworld import RealWorldMetrics
 from avloc.metrics.targets import Target, targets_from_batch
 from avloc.registry import PROTOCOLS
@@ -44,12 +51,15 @@ SLAVC_TAU = 0.03
 SLAVC_CONFIDENCE_FRACTION = 0.25
 # MUSIC single source (DSOL, proposal paper) and the two-stage paper: prediction > 0.1 x max.
 MUSIC_MAX_FRACTION = 0.1
-# DSOL class-aware: class map > 0.5 x max; NSA counts pixels <= 0.2; CIoU reported at 0.3 and 0.5.
+# DSOL class-aware: class map > 0.5 x max (eval.py 22); duet: > 0.2 x max (eval_duet.py 23); NSA counts
+# pixels <= 0.2; CIoU reported at 0.3 as results[6], i.e. cIoU >= 0.05 * 6 (= 0.30000000000000004), and 0.5.
 DSOL_CLASS_MAX_FRACTION = 0.5
+DSOL_DUET_MAX_FRACTION = 0.2
 DSOL_NSA_THRESHOLD = 0.2
-DSOL_EXTRA_THRESHOLDS = (0.3,)
-# Two-stage paper (Qian et al. 2020): frames with exactly two sounding classes.
+DSOL_EXTRA_THRESHOLDS = (0.05 * 6,)
+# Two-stage paper (Qian et al. 2020, utils/evaluate.py 100-109): frames with exactly two sounding classes, 256 grid.
 QIAN_N_SOURCES = 2
+QIAN_EVAL_SIZE = 256
 # ACL-SSL: absolute thresholds 0.05, 0.10, ..., 0.95 on sigmoid maps, best kept (tuned on the test set).
 ACLSSL_SWEEP = tuple(round(0.05 * i, 2) for i in range(1, 20))
 # Flickr-SoundNet test list: 249 ids in LVS / EZ-VSL (3908875350 missing), 250 in the original.
@@ -71,16 +81,22 @@ class Protocol:
     binarize: Binarize = "median"
     binarize_threshold: float = 0.5  # fixed threshold, or fraction of the max
     strict: bool = False  # prediction = map > thr (True) or map >= thr (False)
+    keep_at_one: bool = False  # LVS test.py: also keep pixels whose normalised value is >= 1 (pred[pred < 1] = 0)
     sweep: tuple[float, ...] = ()  # absolute thresholds to sweep (labelled tuned variants only)
     gt: Literal["union", "consensus"] = "union"
     consensus_divisor: float = FLICKR_CONSENSUS_DIVISOR
     consensus_by_annotator: bool = False  # public code sums every box; True unites each annotator's boxes first
+    box_negative: ops.BoxNegative = "clip"  # "wrap": negative pixel bounds index from the far edge, as NumPy slices
+    skip_empty_gt: bool = False  # samples without any box are skipped (DSOL tools.py / eval_duet.py), n_skipped
     success_threshold: float = 0.5
     extra_thresholds: tuple[float, ...] = ()
     success_op: SuccessOp = ">="
     auc_steps: int = 21
     score: Literal["ciou", "iou"] = "ciou"
     iiou: bool = False
+    # name_prefix: SSL-Alignment test.py 743 on the id; vggss_name_prefix: on its VGG-SS name (vgg_filename)
+    iiou_group: Literal["image_id", "name_prefix", "vggss_name_prefix"] = "image_id"
+    ap_rule: Literal["slavc", "all"] = "slavc"  # extended AP / F1: SLAVC utils.py, or every threshold (avloc)
     confidence_fraction: float = SLAVC_CONFIDENCE_FRACTION
     nsa_threshold: float = DSOL_NSA_THRESHOLD
     n_sources: int | None = None
@@ -137,7 +153,7 @@ class ProtocolAccumulator:
                 self.subs["ciou"] = CIoU(p.success_threshold, p.success_op, p.auc_steps, with_iiou=p.iiou)
         elif p.task == "extended":
             self.subs["ciou"] = CIoU(p.success_threshold, p.success_op, p.auc_steps)
-            self.subs["extended"] = ExtendedAP(p.success_threshold, p.success_op)
+            self.subs["extended"] = ExtendedAP(p.success_threshold, p.success_op, p.ap_rule)
         elif p.task in ("dsol_classaware", "qian_classaware"):
             self.subs["class"] = ClassAwareCIoU(
                 p.success_threshold, p.extra_thresholds, p.success_op, p.auc_steps, with_nsa=p.task == "dsol_classaware"
@@ -179,14 +195,13 @@ class ProtocolAccumulator:
         n = m.shape[1] * m.shape[2]
         vmin: np.ndarray | None = None
         vmax: np.ndarray | None = None
-        if p.normalize in ("minmax", "lvs") or p.binarize == "max_fraction":
+        if p.normalize in ops.RANGE_MODES or p.binarize == "max_fraction" or p.keep_at_one:
             vmin, vmax = ops.map_range(m)
 
         def f(v: np.ndarray) -> np.ndarray:
             return ops.apply_normalization(v, p.normalize, p.norm_bounds, vmin, vmax)
 
         strict = p.strict
-        empty: np.ndarray | None = None
         if p.binarize == "median":
             t = f(ops.kth_smallest(m, n // 2))
         elif p.binarize == "fixed":
@@ -195,15 +210,15 @@ class ProtocolAccumulator:
             assert vmax is not None
             t = np.float32(p.binarize_threshold) * f(vmax)
         elif p.binarize == "adaptive":
-            k = np.count_nonzero(counts.reshape(len(counts), -1), axis=1)
+            # SSL-Alignment: K = non-zero GT pixels (n // 2 if none), thr = np.sort(flat)[n - K]
+            k = ops.adaptive_k(ops.count_true(counts.reshape(len(counts), -1) > 0), n)
             t = f(ops.kth_smallest(m, n - np.clip(k, 1, n)))
-            strict, empty = False, k <= 0  # top-K keeps ties at the K-th value; K = 0 predicts nothing
         else:
             raise ConfigError(f"protocol {p.name}: unknown binarisation {p.binarize!r}")
-        pred = m >= ops.threshold_preimage(f, t, strict, vmin, vmax)[:, None, None]
-        if empty is not None and empty.any():
-            pred[empty] = False
-        return pred
+        x = ops.threshold_preimage(f, t, strict, vmin, vmax)
+        if p.keep_at_one:  # (f(m) > t) or (f(m) >= 1): both are upper sets of the raw values
+            x = np.minimum(x, ops.threshold_preimage(f, np.ones(len(m), np.float32), False, vmin, vmax))
+        return m >= x[:, None, None]
 
     def gt_counts(self, targets: Sequence[Target]) -> np.ndarray:
         """Per-pixel box counts ``(B, S, S)`` (per annotator when ``consensus_by_annotator``)."""
@@ -214,7 +229,32 @@ class ProtocolAccumulator:
             if missing:
                 raise DataError(f"protocol {p.name}: consensus_by_annotator needs box_annotator (missing on {missing[:3]})")
             groups = [np.asarray(t.box_annotator) for t in targets]
-        return ops.box_count_maps([t.boxes for t in targets], p.eval_size, groups)
+        return ops.box_count_maps([t.boxes for t in targets], p.eval_size, groups, p.box_negative,
+                                  [t.box_wh for t in targets])
+
+    def visible(self, targets: Sequence[Target]) -> np.ndarray:
+        """Audible frames with a box, as SLAVC counts them: ``bb = bb[bb[:, 0] >= 0]``, ``bb > 0`` (test.py 177).
+
+        Under ``box_negative="wrap"`` a box whose left pixel bound ``int(S * x1)`` is negative is not counted.
+        """
+        p = self.protocol
+        out = np.zeros(len(targets), dtype=bool)
+        for i, t in enumerate(targets):
+            if not t.audible or not len(t.boxes):
+                continue
+            if p.box_negative == "wrap":
+                out[i] = bool((np.trunc(np.clip(t.boxes[:, 0] * p.eval_size, -1e9, 1e9)) >= 0).any())
+            else:
+                out[i] = True
+        return out
+
+    def group_keys(self, targets: Sequence[Target]) -> list[str]:
+        """IIoU groups: each sample's ``image_id``, or SSL-Alignment's name rule on its id (``iiou_group``)."""
+        if self.protocol.iiou_group == "name_prefix":
+            return [name_prefix_group(t.id) for t in targets]
+        if self.protocol.iiou_group == "vggss_name_prefix":
+            return [name_prefix_group(vggss_name(t.id)) for t in targets]
+        return [t.image_id for t in targets]
 
     def score_maps(self, pred: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Per-sample cIoU against the protocol's ground truth (union or consensus)."""
@@ -234,6 +274,10 @@ class ProtocolAccumulator:
             arr = arr[:, 0]
         if arr.ndim != 3:
             raise DataError(f"protocol {p.name} needs one 2-D heatmap per sample, got maps of shape {arr.shape}")
+        if p.skip_empty_gt and p.task == "ciou" and not p.sweep:
+            keep = np.array([len(t.boxes) > 0 for t in targets], dtype=bool)
+            if not keep.all():
+                return self._score_kept(arr, targets, keep)
         counts = self.gt_counts(targets)
         if p.task == "avsol":
             kinds = [_frame_kind(t) for t in targets]
@@ -243,8 +287,9 @@ class ProtocolAccumulator:
             return self._score_realworld(m, counts, targets)
         if p.task == "extended":
             scores = self.score_maps(self.predict(m, counts), counts)
-            conf = top_fraction_confidence(self.normalize(m), p.confidence_fraction)
-            audible = np.array([t.audible for t in targets], dtype=bool)
+            # confidence on the fixed-bound scores (SLAVC test.py 180-184), not on the relative prediction map
+            conf = top_fraction_confidence(ops.normalize_maps(m, "fixed", p.norm_bounds), p.confidence_fraction)
+            audible = self.visible(targets)
             aud_ids = [i for i, a in zip(ids, audible, strict=True) if a]
             return [
                 ("ciou", {"scores": scores[audible], "ids": aud_ids}),
@@ -254,7 +299,17 @@ class ProtocolAccumulator:
             s = np.stack([self.score_maps(self.predict(m, counts, t), counts) for t in p.sweep], 1)  # (B, T)
             return [("sweep", {"scores": s, "ids": ids})]
         scores = self.score_maps(self.predict(m, counts), counts)
-        return [("ciou", {"scores": scores, "ids": ids, "image_ids": [t.image_id for t in targets]})]
+        return [("ciou", {"scores": scores, "ids": ids, "image_ids": self.group_keys(targets)})]
+
+    def _score_kept(self, arr: np.ndarray, targets: Sequence[Target], keep: np.ndarray) -> Scored:
+        """Score the kept samples; the others are recorded as skipped (``kept=False``)."""
+        scores = np.full(len(targets), np.nan)
+        if keep.any():
+            kept_t = [t for t, k in zip(targets, keep, strict=True) if k]
+            (_, sub), = self.score(arr[keep], kept_t)
+            scores[keep] = sub["scores"]
+        return [("ciou", {"scores": scores, "ids": [t.id for t in targets], "image_ids": self.group_keys(targets),
+                          "kept": keep})]
 
     def _score_realworld(self, m: np.ndarray, counts: np.ndarray, targets: Sequence[Target]) -> Scored:
         """``realworld`` (:mod:`avloc.metrics.realworld`): median and adaptive cIoU and pointing of scored frames."""
@@ -280,6 +335,7 @@ class ProtocolAccumulator:
         pair_sample: list[int] = []
         pair_class: list[int] = []
         pair_boxes: list[np.ndarray] = []
+        pair_wh: list[np.ndarray | None] = []
         silent_sample: list[int] = []
         silent_class: list[int] = []
         kept = np.ones(len(targets), dtype=bool)
@@ -290,7 +346,7 @@ class ProtocolAccumulator:
                 raise DataError(f"sample {t.id}: sounding classes {bad} outside the {n_cls} class maps")
             if t.box_labels is None and t.boxes.size:
                 raise DataError(f"sample {t.id}: class-aware protocols need box_labels for every box")
-            if p.n_sources is not None and len(classes) != p.n_sources:
+            if (p.n_sources is not None and len(classes) != p.n_sources) or (p.skip_empty_gt and not len(t.boxes)):
                 kept[i] = False
                 continue
             for c in classes:
@@ -298,6 +354,7 @@ class ProtocolAccumulator:
                 pair_class.append(c)
                 lab = t.box_labels if t.box_labels is not None else np.zeros(0, dtype=np.int64)
                 pair_boxes.append(t.boxes[lab == c])
+                pair_wh.append(None if t.box_wh is None else t.box_wh[lab == c])
             silent = t.silent_labels if t.silent_labels is not None else [c for c in range(n_cls) if c not in classes]
             for c in silent:
                 silent_sample.append(i)
@@ -307,7 +364,7 @@ class ProtocolAccumulator:
         if pair_sample:
             ps = np.asarray(pair_sample)
             m = self.resize(arr[ps, np.asarray(pair_class)])
-            counts = ops.box_count_maps(pair_boxes, p.eval_size)
+            counts = ops.box_count_maps(pair_boxes, p.eval_size, negative=p.box_negative, wh=pair_wh)
             pair_scores = ciou_from_counts(self.predict(m, counts), counts)
             scores = class_average(pair_scores, ps, n)
         nsa_sum = np.zeros(n)
@@ -317,10 +374,7 @@ class ProtocolAccumulator:
             ms = self.prepare_maps(arr[ss, np.asarray(silent_class)])
             np.add.at(nsa_sum, ss, no_sound_area(ms, p.nsa_threshold))
             np.add.at(nsa_count, ss, 1.0)
-        no_class = np.array([not t.sounding_classes() for t in targets]) & kept
-        if no_class.any():
-            first = [targets[i].id for i in np.nonzero(no_class)[0][:3]]
-            raise DataError(f"class-aware protocol {p.name}: samples without sounding classes, e.g. {first}")
+        # a kept frame without a sounding class scores NaN (np.mean of no cIoU), which never passes a threshold
         return [
             (
                 "class",
@@ -456,80 +510,93 @@ def list_protocols() -> list[str]:
     return PROTOCOLS.names()
 
 
-_LVS = (
-    "Chen et al., Localizing Visual Sounds the Hard Way, CVPR 2021 (test.py: cv2.resize, 1 - minmax(-h), pred > median)"
-)
-_EZVSL = (
-    "Mo & Morgado, EZ-VSL, ECCV 2022 (test.py: F.interpolate align_corners=True, minmax, pred >= median; also FNAC)"
-)
-_SLAVC = "Mo & Morgado, SLAVC, NeurIPS 2022 (extended Flickr / VGG-SS with non-audible frames)"
-_SSLALIGN = "Senocak et al., Sound Source Localization is All about Cross-Modal Alignment, ICCV 2023"
+# Commits of the public repositories each protocol reproduces (docs/protocols.md gives file and lines).
+LVS_REPO = "hche11/Localizing-Visual-Sounds-the-Hard-Way@8fe8cbbf810e804cf8cc9b244bb5d77ec8aa8315"
+EZVSL_REPO = "stoneMo/EZ-VSL@95ff5bff30191fed11856699a7669419fa59b356"
+SLAVC_REPO = "stoneMo/SLAVC@05b429c6f474ca6f1070d08e1d0142948d1625bf"
+SSLALIGN_REPO = "kaistmm/SSLalignment@e7ae3c5518e5a4d911c49e034d906612cf922aff"
+DSOL_REPO = "DTaoo/Discriminative-Sounding-Objects-Localization@7f402071e2d654e4ff82791bfb3d5218f19f20df"
+QIAN_REPO = "shvdiwnkozbw/Multi-Source-Sound-Localization@de67ce37f34f776112cf9b3d61e105388afc4116"
+
+_LVS = f"Chen et al., Localizing Visual Sounds the Hard Way, CVPR 2021 ({LVS_REPO} test.py)"
+_EZVSL = f"Mo & Morgado, EZ-VSL, ECCV 2022 ({EZVSL_REPO} test.py validate; also FNAC)"
+_SLAVC = f"Mo & Morgado, SLAVC, NeurIPS 2022 ({SLAVC_REPO} test.py validate, utils.py EvaluatorFull)"
+_SSLALIGN = f"Senocak et al., Sound Source Localization is All about Cross-Modal Alignment, ICCV 2023 ({SSLALIGN_REPO}"
 _ACLSSL = "Park et al., ACL-SSL (thresholds swept on sigmoid maps, best kept: tuned on the test set)"
-_DSOL = "Hu et al., Discriminative Sounding Objects Localization, NeurIPS 2020"
-_QIAN = "Qian et al., A Two-Stage Framework for Multiple Sound-Source Localization, ECCV 2020, Eq. 9"
+_DSOL = f"Hu et al., Discriminative Sounding Objects Localization, NeurIPS 2020 ({DSOL_REPO}"
+_QIAN = f"Qian et al., A Two-Stage Framework for Multiple Sound-Source Localization, ECCV 2020, Eq. 9 ({QIAN_REPO}"
 _DNM = "Nishikawa et al., Dual Normalization Multitasking for AVSOL, Sec. 3.3 (HmBoxAUC, PiBR, PNSR)"
 
-_lvs = dict(source=_LVS, resize="cv2", normalize="lvs", strict=True, audio_window="10s-tiled", image_mode="crop")
-_ez = dict(source=_EZVSL, resize="align_corners", normalize="minmax", strict=False)
-_flickr = dict(gt="consensus", expected_samples=FLICKR_TEST_IDS)
-_vggss = dict(gt="union", expected_samples=VGGSS_TEST_IDS)
+_flickr: dict[str, Any] = dict(gt="consensus", expected_samples=FLICKR_TEST_IDS, box_negative="wrap")  # XML: int(224 * v / 256)
+_vggss: dict[str, Any] = dict(gt="union", expected_samples=VGGSS_TEST_IDS)  # json: clipped to [0, 1] (LVS: max(x, 0))
+_DATASETS: tuple[tuple[str, dict[str, Any]], ...] = (("vggss", _vggss), ("flickr", _flickr))
 
-_register(Protocol("lvs-flickr", **_lvs, **_flickr))  # type: ignore[arg-type]
+# LVS test.py 80-88: cv2, 1 - minmax(-h), pred[pred > thr] = 1; pred[pred < 1] = 0; cal_CIOU(pred >= 0.5)
+_lvs: dict[str, Any] = dict(source=_LVS, resize="cv2", normalize="lvs", strict=True, keep_at_one=True, audio_window="10s-tiled",
+            image_mode="crop", notes="prediction = (pred > median) or (pred >= 1): a constant map >= 0 predicts all")
+for _ds, _gt in _DATASETS:
+    _register(Protocol(f"lvs-{_ds}", **_lvs, **_gt))
+
+# avloc's real-footage dev set: the VGG-SS protocol of LVS test.py on full frames (median: pred > median), the
+# adaptive cIoU of SSL-Alignment (pred > sort[n - K]) and pointing; see avloc.metrics.realworld
 _register(
     Protocol(
         "realclips", task="realworld", source="avloc real-footage dev set (VGG-SS protocol of LVS test.py)",
         resize="cv2", normalize="lvs", strict=True, gt="union", image_mode="full frame",
-        notes="hand-drawn boxes on full frames; median (> median) and adaptive (top-K) cIoU >= 0.5, pointing; "
+        notes="hand-drawn boxes on full frames; median and adaptive cIoU >= 0.5, pointing; "
         "frames with scored=false skipped; image_id = clip (per-clip breakdown)",
     )
 )
-_register(Protocol("lvs-vggss", **_lvs, **_vggss))  # type: ignore[arg-type]
-_register(Protocol("ezvsl-flickr", **_ez, **_flickr))  # type: ignore[arg-type]
-_register(Protocol("ezvsl-vggss", **_ez, **_vggss))  # type: ignore[arg-type]
-_register(
-    Protocol(
-        "slavc-extended",
-        task="extended",
-        source=_SLAVC,
-        normalize="fixed",
-        norm_bounds=(-1 / SLAVC_TAU, 1 / SLAVC_TAU),
-        notes="relative top-50% binarisation of the fixed-bound normalised map; VGG-SS style union ground truth",
+
+# EZ-VSL test.py 106-123 (also FNAC): F.interpolate bilinear align_corners, normalize_img, pred >= median
+_ez: dict[str, Any] = dict(source=_EZVSL, resize="align_corners", normalize="minmax", strict=False)
+for _ds, _gt in _DATASETS:
+    _register(Protocol(f"ezvsl-{_ds}", **_ez, **_gt))
+
+# SSL-Alignment: validate() (test.py 668-800; EZ-VSL / SLAVC / FNAC checkpoints) and validate_lvs() (338-536;
+# its own models): binarisation `infer > thr` (utils.py 55/63), success / AUC / IIoU `>=` (69/74/119-133).
+_ssl_paths: dict[str, dict[str, Any]] = {
+    "": dict(source=_SSLALIGN + " test.py validate)", resize="align_corners", normalize="minmax"),
+    "lvs-": dict(source=_SSLALIGN + " test.py validate_lvs)", normalize="lvs"),
+}
+for _path, _cfg in _ssl_paths.items():
+    for _bin in ("median", "adaptive"):
+        for _ds, _gt in _DATASETS:
+            # validate_lvs resizes with cv2 on VGG-SS (test.py 371), bilinear align_corners on Flickr (438)
+            _resize = _cfg.get("resize", "cv2" if _ds == "vggss" else "align_corners")
+            _name = f"sslalign-{_path}{'adaptive-' if _bin == 'adaptive' else ''}{_ds}"
+            _kw: dict[str, Any] = dict(_cfg, resize=_resize, binarize=_bin, strict=True, iiou=True, **_gt)
+            _register(Protocol(_name, notes="IIoU over samples sharing image_id", **_kw))
+            _register(
+                Protocol(
+                    f"{_name}-namegroups",
+                    iiou_group="vggss_name_prefix" if _ds == "vggss" else "name_prefix",
+                    notes="IIoU groups as test.py 743: the sample name without its last '_' field (VGG-SS names "
+                    "are vgg_filename(file) = id_startms_endms)",
+                    **_kw,
+                )
+            )
+# earlier names, kept: same settings as the VGG-SS validate() protocols
+_register(dataclasses.replace(create_protocol("sslalign-vggss"), name="sslalign"))
+_register(dataclasses.replace(create_protocol("sslalign-adaptive-vggss"), name="sslalign-adaptive"))
+
+# SLAVC test.py 161-205, utils.py 125-168 / 217-219: bicubic align_corners, scores in [-1/tau, 1/tau],
+# relative prediction = normalize_img(scores) >= its median, confidence = float32 mean of the top 25%.
+_slavc: dict[str, Any] = dict(task="extended", source=_SLAVC, resize="bicubic_align_corners", normalize="fixed_minmax",
+              norm_bounds=(-1 / SLAVC_TAU, 1 / SLAVC_TAU), strict=False, audio_window="5s-centre")
+for _suffix, _gt in (("", _vggss), ("-flickr", _flickr)):
+    _register(Protocol(f"slavc-extended{_suffix}", notes="AP / F1 as SLAVC EvaluatorFull", **_slavc, **_gt))
+    _register(
+        Protocol(
+            f"slavc-extended{_suffix}-allthr",
+            ap_rule="all",
+            notes="avloc variant: AP over every distinct confidence from recall 0, max-F1 over every threshold",
+            **_slavc,
+            **_gt,
+        )
     )
-)
-_register(
-    Protocol(
-        "slavc-extended-flickr",
-        task="extended",
-        source=_SLAVC,
-        normalize="fixed",
-        norm_bounds=(-1 / SLAVC_TAU, 1 / SLAVC_TAU),
-        gt="consensus",
-        notes="extended Flickr: consensus ground truth",
-    )
-)
-_register(Protocol("sslalign", source=_SSLALIGN, success_op=">", notes="median binarisation, success cIoU > 0.5"))
-_register(
-    Protocol(
-        "sslalign-adaptive",
-        source=_SSLALIGN,
-        binarize="adaptive",
-        success_op=">",
-        iiou=True,
-        notes="top-K pixels, K = ground-truth area; IIoU over samples sharing an image_id",
-    )
-)
-_register(
-    Protocol(
-        "sslalign-adaptive-flickr",
-        source=_SSLALIGN,
-        binarize="adaptive",
-        success_op=">",
-        iiou=True,
-        gt="consensus",
-        expected_samples=FLICKR_TEST_IDS,
-    )
-)
-for _gt_name, _gt in (("flickr", _flickr), ("vggss", _vggss)):
+
+for _gt_name, _gt in _DATASETS:
     _register(
         Protocol(
             f"aclssl-sweep-{_gt_name}",
@@ -540,53 +607,72 @@ for _gt_name, _gt in (("flickr", _flickr), ("vggss", _vggss)):
             tuned_on_test=True,
             audio_window="10s-16k",
             notes="labelled variant: the threshold is tuned on the test set; maps must already be sigmoid outputs",
-            **_gt,  # type: ignore[arg-type]
+            **{**_gt, "box_negative": "clip"},
         )
     )
 _register(
     Protocol(
         "dsol-music",
-        source=_DSOL + " (single-source MUSIC; also the proposal paper)",
+        source=_DSOL + " music-exp/tools.py cal_ciou; single-source MUSIC; also the proposal paper)",
         resize="cv2",
         normalize="none",
         binarize="max_fraction",
         binarize_threshold=MUSIC_MAX_FRACTION,
         strict=True,
         score="iou",
+        box_negative="wrap",
+        skip_empty_gt=True,
         audio_window="1s-16k",
-        notes="prediction = pixels > 0.1 x max; IoU with the union of boxes",
+        notes="prediction = pixels > 0.1 x max; IoU with the union of boxes; frames without boxes skipped",
     )
+)
+_dsol_ca: dict[str, Any] = dict(
+    task="dsol_classaware",
+    resize="cv2",
+    normalize="none",
+    binarize="max_fraction",
+    strict=True,
+    extra_thresholds=DSOL_EXTRA_THRESHOLDS,
+    score="iou",
+    box_negative="wrap",
+    audio_window="1s-16k",
 )
 _register(
     Protocol(
         "dsol-classaware",
-        task="dsol_classaware",
-        source=_DSOL,
-        resize="cv2",
-        normalize="none",
-        binarize="max_fraction",
+        source=_DSOL + " music-exp/eval.py)",
         binarize_threshold=DSOL_CLASS_MAX_FRACTION,
-        strict=True,
-        extra_thresholds=DSOL_EXTRA_THRESHOLDS,
-        score="iou",
-        audio_window="1s-16k",
-        notes="per sounding class: class map > 0.5 x max, IoU with that class's boxes, mean over classes; NSA on silent classes",
+        notes="per sounding class: class map > 0.5 x max, IoU with that class's boxes, mean over classes; "
+        "NSA: mean over a frame's silent classes, then over frames",
+        **_dsol_ca,
+    )
+)
+_register(
+    Protocol(
+        "dsol-duet",
+        source=_DSOL + " music-exp/eval_duet.py)",
+        binarize_threshold=DSOL_DUET_MAX_FRACTION,
+        skip_empty_gt=True,
+        notes="as dsol-classaware with class map > 0.2 x max; frames without boxes skipped",
+        **_dsol_ca,
     )
 )
 _register(
     Protocol(
         "qian-classaware",
         task="qian_classaware",
-        source=_QIAN,
+        source=_QIAN + " utils/evaluate.py class_eval)",
+        eval_size=QIAN_EVAL_SIZE,
         resize="cv2",
         normalize="relu",
         binarize="max_fraction",
         binarize_threshold=MUSIC_MAX_FRACTION,
         strict=True,
         n_sources=QIAN_N_SOURCES,
+        box_negative="wrap",
         audio_window="5s-22k",
         image_mode="squash-256",
-        notes="frames with exactly two sounding classes; ReLU, > 0.1 x max per class map; Eq. 9 average",
+        notes="frames with exactly two sounding classes; 256 grid, ReLU, > 0.1 x max per class map; Eq. 9 average",
     )
 )
 _register(

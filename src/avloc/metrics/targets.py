@@ -42,6 +42,7 @@ class Target:
     id: str
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     box_annotator: np.ndarray | None = None
+    box_wh: np.ndarray | None = None  # (K, 2) normalised w, h when the source gave [x, y, w, h] (DSOL, Qian)
     box_labels: np.ndarray | None = None
     labels: list[int] = field(default_factory=list)
     silent_labels: list[int] | None = None
@@ -75,6 +76,15 @@ def _opt_int_array(x: Any, n: int, key: str, where: str) -> np.ndarray | None:
     return a
 
 
+def _opt_wh(x: Any, n: int, where: str) -> np.ndarray | None:
+    if x is None:
+        return None
+    a = _numpy(x).astype(np.float64).reshape(-1, 2) if _numpy(x).size else np.zeros((0, 2))
+    if len(a) != n:
+        raise DataError(f"{where}: box_wh has {len(a)} entries for {n} boxes")
+    return a
+
+
 def _as_bool(x: Any, default: bool | None) -> bool | None:
     if x is None:
         return default
@@ -95,6 +105,7 @@ def to_target(sample: Mapping[str, Any] | Target) -> Target:
         id=sid,
         boxes=boxes,
         box_annotator=_opt_int_array(sample.get("box_annotator"), len(boxes), "box_annotator", sid),
+        box_wh=_opt_wh(sample.get("box_wh"), len(boxes), sid),
         box_labels=_opt_int_array(sample.get("box_labels"), len(boxes), "box_labels", sid),
         labels=[int(c) for c in _numpy(labels).reshape(-1)] if labels is not None else [],
         silent_labels=[int(c) for c in _numpy(silent_labels).reshape(-1)] if silent_labels is not None else None,
