@@ -17,14 +17,16 @@ except for the decoded audio track and one small JSON record per analysed frame:
    and is encoded on the fly with the original audio by
    :func:`avloc.io.media.write_video`.
 
-Outputs are written atomically; existing ones are refused without ``cfg.force``.
+Outputs are transactional (:class:`avloc.io.outputs.OutputTransaction`): every
+file is written into a temporary folder beside them and the set is moved into
+place only when all succeeded, replacing the whole previous set; an existing
+set is refused without ``cfg.force``; a lock per input stem stops two runs
+writing the same set.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -50,9 +52,9 @@ from avloc.inference.postprocess import (
 )
 from avloc.inference.render import NEUTRAL_COLOUR, contact_sheet, display_heat, draw_overlay, heat_layer, side_by_side
 from avloc.inference.sources import CombinedSource, ModelSource, SourceOutput, VisualOnlySource
-from avloc.io.atomic import atomic_path, check_writable, write_text_atomic
 from avloc.io.audio import resample, rms_db, windows_at
 from avloc.io.media import MediaInfo, fit_size, iter_frames, probe
+from avloc.io.outputs import OutputTransaction
 from avloc.methods.base import LocalizationMethod
 
 #: class-aware methods: the contact sheet shows each frame next to its most probable detected classes' maps
@@ -260,9 +262,8 @@ def localize_video(
     outs = output_paths(path, out_dir)
     wanted = {"json", "sheet"} | ({"video"} if cfg.overlay else set()) | ({"heatmaps"} if cfg.save_heatmaps else set())
     outs = {k: v for k, v in outs.items() if k in wanted}
-    for p in outs.values():
-        check_writable(p, cfg.force)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    tx = OutputTransaction(out_dir, path.stem, OUTPUT_SUFFIXES, outs, force=cfg.force)
+    tx.check()  # before any work: a writable folder, and no previous set unless cfg.force
 
     source = make_source(model, cfg)
     image_cfg: ImageConfig = source.model.cfg.image
@@ -302,15 +303,15 @@ def localize_video(
     works: dict[int, np.ndarray] = {}
     thumbs: list[np.ndarray] = []
     records: list[dict[str, Any]] = []
-    fd, maps_tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".maps.tmp", dir=out_dir)
-    maps_tmp = Path(maps_tmp_name)
-    # class-aware methods with --save-heatmaps: one map per class and frame (zero unless detected), on disk too
-    cfd, cls_tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".classmaps.tmp", dir=out_dir)
-    cls_tmp = Path(cls_tmp_name)
     cls_probs: list[np.ndarray] = []
     cls_det: list[np.ndarray] = []
+    tx.begin()  # lock this stem's outputs, clean what killed runs left, open the temporary folder
     try:
-        with os.fdopen(fd, "wb") as maps_file, os.fdopen(cfd, "wb") as cls_file, tqdm(
+        assert tx.dir is not None
+        maps_tmp = tx.dir / "maps.tmp"
+        # class-aware methods with --save-heatmaps: one map per class and frame (zero unless detected), on disk too
+        cls_tmp = tx.dir / "classmaps.tmp"
+        with open(maps_tmp, "wb") as maps_file, open(cls_tmp, "wb") as cls_file, tqdm(
             total=n_est, unit="frame", desc=f"{path.name}: analyse", disable=not progress, leave=False
         ) as bar:
             stream = smooth(_analyse(items(), source, image_cfg, cfg, work_wh, map_wh, works), cfg)
@@ -370,10 +371,10 @@ def localize_video(
 
             from avloc.io.media import write_video
 
-            with atomic_path(outs["video"], suffix=".mp4") as tmp:
+            with tx.writing("video") as tmp:
                 write_video(tmp, overlay_frames(maps), out_fps, wav_native, sr_native if wav_native is not None else None)
         if "heatmaps" in outs:
-            with atomic_path(outs["heatmaps"], suffix=".npz") as tmp:
+            with tx.writing("heatmaps") as tmp:
                 arrays: dict[str, np.ndarray] = {"times": times, "maps": maps}
                 if len(cls_probs) == n:  # class-aware method: class_maps (n, C, H, W), probabilities, detected
                     n_cls = len(cls_probs[0])
@@ -385,21 +386,23 @@ def localize_video(
                 del arrays
         from PIL import Image
 
-        with atomic_path(outs["sheet"], suffix=".png") as tmp:
+        with tx.writing("sheet") as tmp:
             per_row = 1 + SHEET_CLASS_PANELS if thumbs and thumbs[0].shape[1] > cfg.sheet_thumb_width else 1
             Image.fromarray(contact_sheet(thumbs, max(1, cfg.sheet_columns // per_row))).save(tmp, format="PNG")
         del maps
-    finally:
-        maps_tmp.unlink(missing_ok=True)
-        cls_tmp.unlink(missing_ok=True)
 
-    seconds = time.perf_counter() - t_start
-    live = [r["onscreen"] for r in records if r["onscreen"] is not None]
-    on_frac = float(np.mean(live)) if live else None
-    doc = build_json(info, model_name, source, cfg, window, map_wh, outs, records, duration, seconds, on_frac, tagger)
-    import json
+        seconds = time.perf_counter() - t_start
+        live = [r["onscreen"] for r in records if r["onscreen"] is not None]
+        on_frac = float(np.mean(live)) if live else None
+        doc = build_json(info, model_name, source, cfg, window, map_wh, outs, records, duration, seconds, on_frac, tagger)
+        import json
 
-    write_text_atomic(outs["json"], json.dumps(doc, indent=1, allow_nan=False) + "\n")
+        with tx.writing("json") as tmp:
+            tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+        tx.commit()  # the whole set replaces the previous one, JSON last
+    except BaseException:
+        tx.abort()  # the previous set stays as it was
+        raise
     return LocalizeResult(path, outs, len(records), duration, seconds, on_frac, records)
 
 
