@@ -105,7 +105,9 @@ def _flickr(root: Path, out_dir: Path) -> Iterator[Candidate]:
     adir = root / "Annotations"
     if not adir.is_dir():
         raise DataError(f"{root} has no Annotations/ folder of Flickr-SoundNet XMLs")
-    for xml in sorted(adir.glob("*.xml")):
+    from avloc.io.outputs import is_temporary_name
+
+    for xml in sorted(x for x in adir.glob("*.xml") if not is_temporary_name(x.name)):
         try:
             rec = ann.parse_flickr_xml(xml)
         except DataError as e:
@@ -178,7 +180,15 @@ def _avsol(root: Path, out_dir: Path) -> Iterator[Candidate]:
 
 
 def _folder(root: Path, out_dir: Path) -> Iterator[Candidate]:
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTS and p.is_file())
+    from avloc.io.outputs import is_temporary_name
+
+    # hidden and temporary names (a killed run's `.NAME.avloc-tmp-*/`, editors' `~`, downloads' `.part`) are not samples
+    files = sorted(
+        p for p in root.rglob("*")
+        if p.suffix.lower() in VIDEO_EXTS
+        and not any(is_temporary_name(part) for part in p.relative_to(root).parts)
+        and p.is_file()
+    )
     if not files:
         raise DataError(f"no videos ({', '.join(VIDEO_EXTS)}) under {root}")
     for p in files:
@@ -218,7 +228,11 @@ def prepare(fmt: str, root: str | Path, out: str | Path, force: bool = False) ->
     root_p, out_p = Path(root), Path(out)
     if not root_p.is_dir():
         raise DataError(f"dataset folder not found: {root_p}")
+    if out_p.is_dir():
+        raise DataError(f"--out {out_p} is a folder: give the manifest's file path, e.g. {out_p / 'manifest.jsonl'}")
     report = out_p.with_name(out_p.name + ".report.txt")
+    if report.is_dir():
+        raise DataError(f"{report} (the report of --out {out_p}) is a folder: remove it or choose another --out")
     check_writable(out_p, force)
     check_writable(report, force)
     entries: list[Entry] = []
