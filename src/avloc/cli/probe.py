@@ -15,8 +15,10 @@ def add_parser(sub: Any, name: str) -> None:
 
 
 def _fmt(info: Any) -> str:
+    turned = f" (coded {info.coded_width}x{info.coded_height}, rotation {info.rotation} deg)" if info.rotation else ""
     video = (
-        f"video {info.width}x{info.height} {info.video_codec} {info.fps:.3f} fps ({info.fps_fraction}), {info.frames} frames"
+        f"video {info.width}x{info.height}{turned} {info.video_codec} {info.fps:.3f} fps ({info.fps_fraction}), "
+        f"{info.frames} frames"
         if info.has_video
         else "video: none"
     )

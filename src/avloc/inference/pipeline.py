@@ -59,6 +59,9 @@ from avloc.methods.base import LocalizationMethod
 
 #: class-aware methods: the contact sheet shows each frame next to its most probable detected classes' maps
 SHEET_CLASS_PANELS = 3
+#: the smallest picture side analysed: below it a frame holds too few pixels to say where a sound comes from
+#: (a 1x1 video would otherwise be "on-screen" at every frame); 16x16 and above are analysed
+MIN_VIDEO_SIDE = 8
 #: file-name suffixes of the outputs, per input ``NAME``
 OUTPUT_SUFFIXES = {"json": ".avloc.json", "video": ".avloc.mp4", "heatmaps": ".heatmaps.npz", "sheet": ".sheet.png"}
 
@@ -255,6 +258,9 @@ def localize_video(
     info: MediaInfo = probe(path)
     if not info.has_video or not info.width or not info.height:
         raise MediaError(f"{path}: no video stream (avloc localize needs pictures)")
+    if min(info.width, info.height) < MIN_VIDEO_SIDE:
+        raise MediaError(f"{path}: {info.width}x{info.height} pixels is too small to analyse "
+                         f"(at least {MIN_VIDEO_SIDE}x{MIN_VIDEO_SIDE} needed)")
     if not info.has_audio and not cfg.visual_only:
         raise MediaError(f"{path}: no audio track; pass --visual-only to localize with the object prior alone")
     if cfg.visual_only and (model is not None or tagger is not None):

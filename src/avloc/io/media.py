@@ -8,6 +8,14 @@
 * :func:`decode_audio` — mono float32 from any container with audio.
 * :func:`write_video` — H.264 (yuv420p) + AAC MP4 from numpy frames and audio.
 
+Rotation: phones store portrait video as landscape pictures plus a display
+matrix (side data) saying how to turn them. :func:`probe` reports the coded
+size, the ``rotation`` (degrees counter-clockwise, as ``ffprobe`` shows the
+display matrix: a phone's portrait clip is usually -90) and the display size
+(``width`` x ``height``); :func:`iter_frames` returns pictures in display
+orientation, and its ``size`` is a display size. Everything downstream
+(analysis, JSON coordinates, overlay) therefore works in display orientation.
+
 Sampling rule of :func:`iter_frames`: target times are ``t_k = start + k / fps``
 for ``t_k < duration``; for each target the decoded frame shown at that time is
 returned (the last frame whose presentation time is <= ``t_k``; the first
@@ -47,6 +55,11 @@ class MediaInfo:
     audio_channels: int | None
     audio_codec: str | None
     format: str
+    #: size as stored in the stream, before the display matrix's rotation (``width``/``height``: as displayed)
+    coded_width: int | None = None
+    coded_height: int | None = None
+    #: display-matrix rotation, degrees counter-clockwise (ffprobe's convention): 0, 90, -90 or 180
+    rotation: int = 0
 
     @property
     def has_video(self) -> bool:
@@ -58,6 +71,26 @@ class MediaInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: the most video packets probe decodes to find the first frame (and its display matrix)
+ROTATION_PROBE_PACKETS = 64
+
+
+def frame_rotation(frame: Any, path: str | Path) -> int:
+    """The display-matrix rotation of a decoded frame: 0, 90, -90 or 180 (degrees counter-clockwise)."""
+    r = float(getattr(frame, "rotation", 0) or 0)
+    q = round(r / 90) * 90
+    if abs(r - q) > 1:
+        raise MediaError(f"{path}: display rotation of {r:g} degrees is not a multiple of 90 (not supported)")
+    q = ((q + 180) % 360) - 180  # in [-180, 180)
+    return 180 if q == -180 else q
+
+
+def rotate_picture(img: np.ndarray, rotation: int) -> np.ndarray:
+    """Turn a coded picture (H, W, 3) to display orientation (``rotation`` counter-clockwise)."""
+    k = (rotation // 90) % 4
+    return img if k == 0 else np.ascontiguousarray(np.rot90(img, k))
 
 
 def _open(path: str | Path) -> Any:
@@ -89,6 +122,7 @@ def probe(path: str | Path) -> MediaInfo:
         streams = [s for s in (vs, aus) if s is not None]
         n_video = 0
         ends: dict[int, float] = {}
+        rotation: int | None = None if vs is not None else 0
         try:
             for pkt in c.demux(*streams):
                 if pkt.size == 0 or pkt.pts is None:
@@ -97,6 +131,15 @@ def probe(path: str | Path) -> MediaInfo:
                 ends[pkt.stream.index] = max(ends.get(pkt.stream.index, 0.0), t)
                 if vs is not None and pkt.stream.index == vs.index:
                     n_video += 1
+                    if rotation is None:  # the display matrix comes with the first decoded frame
+                        try:
+                            first = next(iter(pkt.decode()), None)
+                        except av.FFmpegError:
+                            first = None
+                        if first is not None:
+                            rotation = frame_rotation(first, p)
+                        elif n_video >= ROTATION_PROBE_PACKETS:
+                            rotation = 0
         except av.FFmpegError as e:
             raise MediaError(f"{p}: truncated or corrupt media ({e.strerror or e})") from None
         declared = c.duration / 1_000_000 if c.duration else None
@@ -114,19 +157,26 @@ def probe(path: str | Path) -> MediaInfo:
             rate = vs.average_rate or vs.guessed_rate or vs.base_rate
             if rate:
                 fps, fps_frac = float(rate), f"{rate.numerator}/{rate.denominator}"
+        rotation = rotation or 0
+        cw = vs.codec_context.width if vs is not None else None
+        ch = vs.codec_context.height if vs is not None else None
+        turned = rotation in (90, -90)
         return MediaInfo(
             path=str(p),
             duration=round(float(duration), 6),
             fps=fps,
             fps_fraction=fps_frac,
-            width=vs.codec_context.width if vs is not None else None,
-            height=vs.codec_context.height if vs is not None else None,
+            width=ch if turned else cw,
+            height=cw if turned else ch,
             frames=n_video if vs is not None else None,
             video_codec=vs.codec_context.name if vs is not None else None,
             audio_sample_rate=aus.codec_context.sample_rate if aus is not None else None,
             audio_channels=aus.codec_context.channels if aus is not None else None,
             audio_codec=aus.codec_context.name if aus is not None else None,
             format=c.format.name,
+            coded_width=cw,
+            coded_height=ch,
+            rotation=rotation,
         )
 
 
@@ -160,7 +210,8 @@ def iter_frames(
     """Yield frames sampled at ``fps`` (all frames when ``None``) between ``start`` and ``end``.
 
     ``size`` = (width, height) resizes with FFmpeg's swscale (bilinear). Memory
-    is constant: one decoded frame is held at a time.
+    is constant: one decoded frame is held at a time. Pictures, and ``size``,
+    are in display orientation (the display matrix applied; module doc).
     """
     import av
 
@@ -178,10 +229,18 @@ def iter_frames(
         prev_t = 0.0
         n_all = 0
 
+        rotation: int | None = None
+
         def convert(fr: Any) -> np.ndarray:
+            nonlocal rotation
+            if rotation is None:
+                rotation = frame_rotation(fr, p)
             if size is not None:
-                return fr.to_ndarray(width=size[0], height=size[1], format="rgb24", interpolation="BILINEAR")
-            return fr.to_ndarray(format="rgb24")
+                w, h = (size[1], size[0]) if rotation in (90, -90) else size  # the coded picture's size
+                img = fr.to_ndarray(width=w, height=h, format="rgb24", interpolation="BILINEAR")
+            else:
+                img = fr.to_ndarray(format="rgb24")
+            return rotate_picture(img, rotation)
 
         try:
             for fr in c.decode(vs):
