@@ -164,6 +164,8 @@ def tensor_problems(
 ) -> list[str]:
     """Names, shapes, dtypes of ``found`` against the model's ``expected`` state dict, and finite values.
 
+    A tensor the freshly built model itself holds non-finite (a NaN "not calibrated yet" buffer) may stay so.
+
     Tensors under ``optional_prefixes`` (frozen encoders rebuilt from their own source) may be absent.
     """
     out = []
@@ -179,7 +181,8 @@ def tensor_problems(
             out.append(f"tensor {k!r}: shape {tuple(v.shape)}, the config's model needs {tuple(e.shape)}")
         elif v.dtype != e.dtype:
             out.append(f"tensor {k!r}: dtype {v.dtype}, the config's model needs {e.dtype}")
-        elif (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
+        elif (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()) \
+                and bool(torch.isfinite(e).all()):  # a model's own non-finite initial value is a sentinel ("unset")
             bad = int((~torch.isfinite(v)).sum())
             out.append(f"tensor {k!r}: {bad} of {v.numel()} values are NaN or infinite")
     return out

@@ -159,7 +159,6 @@ def model_from_checkpoint(path: str | Path, ck: Checkpoint) -> LocalizationMetho
         ) from None
     skip = tuple(ck.meta.get("excluded_prefixes", []) or [])
     problems = tensor_problems(ck.state_dict, model.state_dict(), skip)
-    problems += [q.replace("tensor ", "extra tensor ", 1) for q in tensor_problems(ck.extra_tensors, ck.extra_tensors)]
     if problems:
         raise CheckpointError(problems_message(path, problems))
     model.load_state_dict(ck.state_dict, strict=False)
