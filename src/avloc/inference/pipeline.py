@@ -26,6 +26,7 @@ writing the same set.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterator
@@ -52,7 +53,7 @@ from avloc.inference.postprocess import (
 )
 from avloc.inference.render import NEUTRAL_COLOUR, contact_sheet, display_heat, draw_overlay, heat_layer, side_by_side
 from avloc.inference.sources import CombinedSource, ModelSource, SourceOutput, VisualOnlySource
-from avloc.io.audio import resample, rms_db, windows_at
+from avloc.io.audio import rms_db
 from avloc.io.media import MediaInfo, fit_size, iter_frames, probe
 from avloc.io.outputs import OutputTransaction
 from avloc.methods.base import LocalizationMethod
@@ -282,25 +283,29 @@ def localize_video(
     n_est = max(1, math.ceil(duration * cfg.fps))
     sheet_idx = {int(i) for i in np.linspace(0, n_est - 1, min(cfg.sheet_frames, n_est)).round()}
 
-    wav_native: np.ndarray | None = None
-    sr_native = 0
-    wav_model: np.ndarray | None = None
-    if info.has_audio:
-        from avloc.io.media import decode_audio
+    # Memory flat in the video's length: the analysis streams the audio at the model's rate
+    # (AudioStream holds a few windows); the overlay decodes the source's audio when it is written.
+    from avloc.io.media import AudioStream, decode_audio
 
-        wav_native, sr_native = decode_audio(path)
-        wav_model = resample(wav_native, sr_native, audio_cfg.sample_rate) if not cfg.visual_only else None
-    if tagger is not None and wav_native is not None:
-        tagger.set_audio(wav_native, sr_native)
+    if tagger is not None and info.has_audio:  # semantic mode: the whole track once, at YAMNet's rate
+        from avloc.inference.semantic import YAMNET_RATE
+
+        tagger.set_audio(*decode_audio(path, sample_rate=YAMNET_RATE))
         source = tagger.wrap(source)
 
     def items() -> Iterator[_Item]:
         n_win = max(1, round(window * audio_cfg.sample_rate))
+        with contextlib.ExitStack() as stack:
+            audio = (stack.enter_context(AudioStream(path, audio_cfg.sample_rate))
+                     if info.has_audio and not cfg.visual_only else None)
+            yield from _items(audio, n_win)
+
+    def _items(audio: AudioStream | None, n_win: int) -> Iterator[_Item]:
         for fr in iter_frames(path, fps=cfg.fps, size=work_wh):
             img = torch.from_numpy(fr.image).permute(2, 0, 1)  # (3, h, w) uint8
             x = preprocess_image(img, image_cfg)  # (3, S, S) in [0, 1]
-            if wav_model is not None:
-                aw = windows_at(wav_model, audio_cfg.sample_rate, [fr.time], window)[0]
+            if audio is not None:
+                aw = audio.window(fr.time, window)
                 db: float | None = rms_db(aw)
             else:
                 aw, db = np.zeros(n_win, np.float32), None
@@ -378,7 +383,9 @@ def localize_video(
             from avloc.io.media import write_video
 
             with tx.writing("video") as tmp:
-                write_video(tmp, overlay_frames(maps), out_fps, wav_native, sr_native if wav_native is not None else None)
+                wav_native, sr_native = decode_audio(path) if info.has_audio else (None, None)
+                write_video(tmp, overlay_frames(maps), out_fps, wav_native, sr_native)
+                del wav_native
         if "heatmaps" in outs:
             with tx.writing("heatmaps") as tmp:
                 arrays: dict[str, np.ndarray] = {"times": times, "maps": maps}

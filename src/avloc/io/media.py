@@ -5,7 +5,9 @@
   truncated files whose header promises more than the file holds.
 * :func:`iter_frames` — frames sampled at an analysis rate with exact
   timestamps, streamed (constant memory however long the video).
-* :func:`decode_audio` — mono float32 from any container with audio.
+* :func:`decode_audio` — mono float32 from any container with audio (one copy in memory).
+* :class:`AudioStream` — the same samples decoded on demand for windows at
+  non-decreasing times (constant memory however long the track).
 * :func:`write_video` — H.264 (yuv420p) + AAC MP4 from numpy frames and audio.
 
 Rotation: phones store portrait video as landscape pictures plus a display
@@ -282,7 +284,6 @@ def decode_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.n
     Resampling (when ``sample_rate`` is given) and down-mixing are done by
     FFmpeg's swresample. Returns ``(samples (N,), rate)``.
     """
-    import av
 
     p = Path(path)
     with _open(p) as c:
@@ -292,35 +293,127 @@ def decode_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.n
         rate = sample_rate or st.codec_context.sample_rate
         if not rate:
             raise MediaError(f"{p}: audio stream has no sample rate")
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-        # Chunks are placed at their presentation time (in samples at `rate`), so
-        # timestamp gaps become silence instead of shifting later audio earlier.
-        placed: list[tuple[int, np.ndarray]] = []
-        cursor = 0
-        start = 0 if st.start_time is None else round(float(st.start_time * st.time_base) * rate)
+        # One buffer, sized from the container's duration and grown (doubling) only if the stream runs
+        # longer: no list of chunks plus a concatenated copy (twice the track at its peak).
+        guess = round(float(c.duration or 0) / 1_000_000 * rate) + rate
+        wav = np.zeros(max(guess, rate), np.float32)
+        total = 0
+        for pos, data in _placed_chunks(c, st, int(rate), p):
+            end = pos + data.size
+            if end > wav.size:
+                grown = np.zeros(max(end, 2 * wav.size), np.float32)
+                grown[:total] = wav[:total]
+                wav = grown
+            wav[pos:end] = data
+            total = max(total, end)
+    if total == 0:
+        raise MediaError(f"{p}: audio stream has no samples")
+    return (wav[:total] if total == wav.size else wav[:total].copy()), int(rate)
 
-        def put(out: Any) -> None:
-            nonlocal cursor
+
+def _placed_chunks(c: Any, st: Any, rate: int, p: Path) -> Iterator[tuple[int, np.ndarray]]:
+    """Mono float32 chunks at ``rate`` with their sample positions from the stream's start.
+
+    Chunks are placed at their presentation time (in samples at ``rate``), so
+    timestamp gaps become silence instead of shifting later audio earlier.
+    """
+    import av
+
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+    cursor = 0
+    start = 0 if st.start_time is None else round(float(st.start_time * st.time_base) * rate)
+    try:
+        for fr in c.decode(st):
+            for out in resampler.resample(fr):
+                data = out.to_ndarray().reshape(-1)
+                pos = cursor if out.pts is None else max(int(out.pts) - start, 0)
+                cursor = pos + data.size
+                yield pos, data
+        for out in resampler.resample(None):
             data = out.to_ndarray().reshape(-1)
             pos = cursor if out.pts is None else max(int(out.pts) - start, 0)
-            placed.append((pos, data))
             cursor = pos + data.size
+            yield pos, data
+    except av.FFmpegError as e:
+        raise MediaError(f"{p}: audio decoding failed ({e.strerror or e}); file truncated or corrupt?") from None
 
-        try:
-            for fr in c.decode(st):
-                for out in resampler.resample(fr):
-                    put(out)
-            for out in resampler.resample(None):
-                put(out)
-        except av.FFmpegError as e:
-            raise MediaError(f"{p}: audio decoding failed ({e.strerror or e}); file truncated or corrupt?") from None
-    total = max((pos + d.size for pos, d in placed), default=0)
-    wav = np.zeros(total, np.float32)
-    for pos, d in placed:
-        wav[pos : pos + d.size] = d
-    if wav.size == 0:
-        raise MediaError(f"{p}: audio stream has no samples")
-    return wav, int(rate)
+
+class AudioStream:
+    """The first audio stream of ``path`` as mono float32 at ``rate``, decoded on demand (constant memory).
+
+    :meth:`window` gives the same samples as :func:`avloc.io.audio.window_at` on
+    :func:`decode_audio`'s whole track (zero padding outside it), for window
+    starts that never go back in time: what a front-to-back pass such as
+    ``localize_video``'s analysis asks for. Only the samples from the last
+    window's start onward are held.
+    """
+
+    def __init__(self, path: str | Path, rate: int) -> None:
+        self.path = Path(path)
+        self.rate = int(rate)
+        self._c = _open(self.path)
+        if not self._c.streams.audio:
+            self._c.close()
+            raise MediaError(f"{self.path}: no audio stream (this operation needs sound)")
+        self._chunks: Iterator[tuple[int, np.ndarray]] | None = _placed_chunks(
+            self._c, self._c.streams.audio[0], self.rate, self.path
+        )
+        self._buf = np.zeros(4 * self.rate, np.float32)
+        self._base = 0  # sample index of _buf[0]
+        self._end = 0  # samples decoded so far (index one past the last)
+
+    def _put(self, pos: int, data: np.ndarray) -> None:
+        lo = max(pos, self._base)
+        end = pos + data.size
+        if end <= lo:
+            return
+        need = end - self._base
+        if need > self._buf.size:
+            grown = np.zeros(max(need, 2 * self._buf.size), np.float32)
+            grown[: self._end - self._base] = self._buf[: self._end - self._base]
+            self._buf = grown
+        self._buf[lo - self._base : end - self._base] = data[lo - pos :]
+        if pos > self._end:  # a timestamp gap: silence (the buffer may hold older samples there)
+            self._buf[self._end - self._base : pos - self._base] = 0
+        self._end = max(self._end, end)
+
+    def _drop_before(self, start: int) -> None:
+        if start - self._base > self._buf.size // 2:  # compact rarely: amortised O(1) per sample
+            keep = max(0, self._end - start)
+            self._buf[:keep] = self._buf[start - self._base : start - self._base + keep]
+            self._buf[keep:] = 0
+            self._base = start
+
+    def window(self, center: float, seconds: float) -> np.ndarray:
+        """The ``seconds`` window centred on ``center`` (as :func:`avloc.io.audio.window_at`, zero padding)."""
+        n = round(seconds * self.rate)
+        if n <= 0:
+            raise MediaError(f"window length must be positive, got {seconds} s")
+        start = round(center * self.rate) - n // 2
+        if max(start, 0) < self._base:
+            raise ValueError(f"AudioStream windows must not go back in time ({start} < {self._base} samples)")
+        while self._end < start + n and self._chunks is not None:
+            nxt = next(self._chunks, None)
+            if nxt is None:
+                self._chunks = None
+                self.close()
+                break
+            self._put(*nxt)
+        out = np.zeros(n, np.float32)
+        lo, hi = max(start, self._base), min(start + n, self._end)
+        if hi > lo:
+            out[lo - start : hi - start] = self._buf[lo - self._base : hi - self._base]
+        self._drop_before(max(start, self._base))
+        return out
+
+    def close(self) -> None:
+        self._c.close()
+
+    def __enter__(self) -> AudioStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def write_video(
