@@ -284,7 +284,7 @@ def localize_video(
     sheet_idx = {int(i) for i in np.linspace(0, n_est - 1, min(cfg.sheet_frames, n_est)).round()}
 
     # Memory flat in the video's length: the analysis streams the audio at the model's rate
-    # (AudioStream holds a few windows); the overlay decodes the source's audio when it is written.
+    # (AudioStream holds a few windows); the overlay streams the source's audio (iter_audio).
     from avloc.io.media import AudioStream, decode_audio
 
     if tagger is not None and info.has_audio:  # semantic mode: the whole track once, at YAMNet's rate
@@ -380,12 +380,11 @@ def localize_video(
                         bar2.update(1)
                         yield draw_overlay(fr.image, heat, rec, src_wh, cfg.overlay_alpha, layer=layer)
 
-            from avloc.io.media import write_video
+            from avloc.io.media import iter_audio, write_video
 
             with tx.writing("video") as tmp:
-                wav_native, sr_native = decode_audio(path) if info.has_audio else (None, None)
-                write_video(tmp, overlay_frames(maps), out_fps, wav_native, sr_native)
-                del wav_native
+                audio = iter_audio(path) if info.has_audio else None  # streamed, encoded alongside the frames
+                write_video(tmp, overlay_frames(maps), out_fps, audio, info.audio_sample_rate)
         if "heatmaps" in outs:
             with tx.writing("heatmaps") as tmp:
                 arrays: dict[str, np.ndarray] = {"times": times, "maps": maps}

@@ -416,32 +416,104 @@ class AudioStream:
         self.close()
 
 
+def iter_audio(path: str | Path) -> Iterator[np.ndarray]:
+    """The first audio stream of ``path`` as consecutive mono float32 chunks at its own rate (streamed).
+
+    Timestamp gaps are filled with silence, as in :func:`decode_audio`; the chunks
+    concatenated are that function's samples (where chunks overlap, the earlier wins).
+    """
+    with _open(path) as c:
+        if not c.streams.audio:
+            raise MediaError(f"{path}: no audio stream (this operation needs sound)")
+        st = c.streams.audio[0]
+        cursor = 0
+        for pos, data in _placed_chunks(c, st, int(st.codec_context.sample_rate), Path(path)):
+            if pos > cursor:
+                yield np.zeros(pos - cursor, np.float32)
+            elif pos < cursor:
+                data = data[cursor - pos :]
+            if data.size:
+                yield data
+            cursor = max(cursor, pos + data.size)
+
+
 def write_video(
     path: str | Path,
     frames: Iterable[np.ndarray],
     fps: float,
-    audio: np.ndarray | None = None,
+    audio: np.ndarray | Iterable[np.ndarray] | None = None,
     sample_rate: int | None = None,
     crf: int = 23,
     preset: str = "veryfast",
 ) -> Path:
     """Encode RGB uint8 frames (H, W, 3) as H.264 MP4, with mono AAC audio if given.
 
-    Frames are consumed lazily (constant memory). Odd frame sizes are padded
-    by one pixel (yuv420p needs even sizes). Writes to ``path`` directly;
-    wrap in :func:`avloc.io.atomic.atomic_path` for atomic output.
+    Frames are consumed lazily, and so is ``audio`` when it is an iterable of
+    mono chunks (:func:`iter_audio`) rather than one array: the audio is encoded
+    alongside the video, up to each frame's end time, so the muxer never queues
+    more than a frame's worth of packets and memory stays constant however long
+    the video. Odd frame sizes are padded by one pixel (yuv420p needs even
+    sizes). Writes to ``path`` directly; the caller makes it atomic.
     """
     import av
 
     if audio is not None and not sample_rate:
         raise MediaError("write_video: audio given without sample_rate")
     rate = Fraction(fps).limit_denominator(1001)
+    chunks: Iterator[np.ndarray] | None = None
+    if audio is not None:
+        chunks = iter([audio]) if isinstance(audio, np.ndarray) else iter(audio)
     with av.open(str(path), "w", format="mp4") as out:
         vs: Any = None
         ast: Any = None
-        if audio is not None:
+        fifo: Any = None
+        if chunks is not None:
             ast = out.add_stream("aac", rate=int(sample_rate))  # type: ignore[arg-type]
             ast.layout = "mono"
+            fifo = av.AudioFifo()
+        n_fr = (ast.codec_context.frame_size or 1024) if ast is not None else 0
+        # AAC encoders prepend `frame_size` priming samples that PyAV's MP4 muxer does not
+        # hide with an edit list; advancing the audio by that much keeps it in sync with
+        # the video (the first frame_size samples are lost: 64 ms at 16 kHz).
+        skip = n_fr
+        fed = 0  # samples written into the fifo
+        encoded = 0  # samples sent to the encoder
+        any_audio = False
+
+        def feed() -> bool:
+            """Move the next audio chunk into the fifo; False when there is none left."""
+            nonlocal skip, fed, chunks, any_audio
+            if chunks is None:
+                return False
+            nxt = next(chunks, None)
+            if nxt is None:
+                chunks = None
+                return False
+            a = np.asarray(nxt, dtype=np.float32).reshape(-1)
+            if skip:
+                cut = min(skip, a.size)
+                a, skip = a[cut:], skip - cut
+            if a.size:
+                af = av.AudioFrame.from_ndarray(np.clip(a, -1, 1).reshape(1, -1), format="flt", layout="mono")
+                af.sample_rate = int(sample_rate)  # type: ignore[arg-type]
+                af.pts = fed
+                fifo.write(af)
+                fed += a.size
+                any_audio = True
+            return True
+
+        def pump(until: int | None) -> None:
+            """Encode audio up to sample ``until`` (all of it when ``None``)."""
+            nonlocal encoded
+            while ast is not None and (until is None or encoded < until):
+                if fifo.samples >= n_fr or (chunks is None and fifo.samples):
+                    chunk = fifo.read(min(n_fr, fifo.samples), partial=True)
+                    encoded += chunk.samples
+                    for pkt in ast.encode(chunk):
+                        out.mux(pkt)
+                elif not feed() and not fifo.samples:
+                    break
+
         for i, img in enumerate(frames):
             if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
                 raise MediaError(f"write_video: frame {i} must be (H, W, 3) uint8, got {img.shape} {img.dtype}")
@@ -460,26 +532,18 @@ def write_video(
             vf.time_base = 1 / rate
             for pkt in vs.encode(vf):
                 out.mux(pkt)
+            if ast is not None:
+                pump(round((i + 1) / float(rate) * int(sample_rate)))  # type: ignore[arg-type]
         if vs is None:
             raise MediaError("write_video: no frames to write")
         for pkt in vs.encode():
             out.mux(pkt)
-        if ast is not None and audio is not None:
-            fifo = av.AudioFifo()
-            n = ast.codec_context.frame_size or 1024
-            # AAC encoders prepend `frame_size` priming samples that PyAV's MP4 muxer does not
-            # hide with an edit list; advancing the audio by that much keeps it in sync with
-            # the video (the first frame_size samples are lost: 64 ms at 16 kHz).
-            a = np.asarray(audio, dtype=np.float32).reshape(1, -1)[:, n:]
-            if a.shape[1] == 0:
-                a = np.zeros((1, n), np.float32)
-            af = av.AudioFrame.from_ndarray(np.clip(a, -1, 1), format="flt", layout="mono")
-            af.sample_rate = int(sample_rate)  # type: ignore[arg-type]
-            af.pts = 0
-            fifo.write(af)
-            while fifo.samples:
-                chunk = fifo.read(min(n, fifo.samples), partial=True)
-                for pkt in ast.encode(chunk):
+        if ast is not None:
+            pump(None)
+            if not any_audio:  # a track shorter than the priming: one frame of silence keeps the stream valid
+                af = av.AudioFrame.from_ndarray(np.zeros((1, n_fr), np.float32), format="flt", layout="mono")
+                af.sample_rate, af.pts = int(sample_rate), 0  # type: ignore[arg-type]
+                for pkt in ast.encode(af):
                     out.mux(pkt)
             for pkt in ast.encode():
                 out.mux(pkt)
