@@ -356,3 +356,23 @@ def test_heatmaps_of_the_set_are_consistent(tmp_path, clip) -> None:
     doc = json.loads((out / "a.avloc.json").read_text())
     with np.load(out / "a.heatmaps.npz") as z:
         assert len(z["times"]) == len(doc["frames"])
+
+
+def test_prepare_folder_isolates_os_errors_per_entry(tmp_path, monkeypatch) -> None:
+    import avloc.data.prepare.steps as steps
+    from avloc.data.prepare import prepare
+
+    root = tmp_path / "v"
+    root.mkdir()
+    for n in "ab":
+        _clip(root / f"{n}.mp4", seconds=1.0)
+    real = steps._video_info
+
+    def flaky(p):
+        if p.stem == "a":
+            raise OSError(errno.EIO, "Input/output error", str(p))
+        return real(p)
+
+    monkeypatch.setattr(steps, "_video_info", flaky)
+    res = prepare("folder", root, tmp_path / "m.jsonl")
+    assert res.n_written == 1 and "Input/output error" in res.problems["a"][0]

@@ -10,7 +10,7 @@ from typing import Any
 
 from avloc.data import annotations as ann
 from avloc.data.manifest import Entry, entry_problems, write_manifest
-from avloc.errors import DataError, MediaError
+from avloc.errors import DataError, MediaError, describe_error
 from avloc.io.atomic import check_writable, write_text_atomic
 
 AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg")
@@ -94,8 +94,8 @@ def _frame_sample(
             entry["video"] = _rel(vid, out_dir)
             entry["time"] = round(info.duration / 2, 3)  # the annotated (middle) frame
         entry["audio"] = _rel(aud if aud is not None else vid, out_dir)  # type: ignore[arg-type]
-    except MediaError as e:
-        return sid, None, [str(e)]
+    except (MediaError, OSError) as e:  # per-entry isolation: an unreadable file is one bad entry
+        return sid, None, [describe_error(e) or str(e)]
     entry["size"] = [w, h]
     entry["boxes"] = _scale(boxes_norm, w, h)
     return sid, entry, []
@@ -149,8 +149,8 @@ def _avsol(root: Path, out_dir: Path) -> Iterator[Candidate]:
             continue
         try:
             info = _video_info(path)
-        except MediaError as e:
-            yield vid, None, [str(e)]
+        except (MediaError, OSError) as e:
+            yield vid, None, [describe_error(e) or str(e)]
             continue
         w, h = int(info.width or 0), int(info.height or 0)
         if not (w and h and info.has_audio):
@@ -195,8 +195,8 @@ def _folder(root: Path, out_dir: Path) -> Iterator[Candidate]:
         sid = p.relative_to(root).with_suffix("").as_posix().replace("/", "__")
         try:
             info = _video_info(p)
-        except MediaError as e:
-            yield sid, None, [str(e)]
+        except (MediaError, OSError) as e:
+            yield sid, None, [describe_error(e) or str(e)]
             continue
         missing = [s for s, ok in (("video", info.has_video), ("audio", info.has_audio)) if not ok]
         if missing or not info.duration:
