@@ -376,3 +376,39 @@ def test_prepare_folder_isolates_os_errors_per_entry(tmp_path, monkeypatch) -> N
     monkeypatch.setattr(steps, "_video_info", flaky)
     res = prepare("folder", root, tmp_path / "m.jsonl")
     assert res.n_written == 1 and "Input/output error" in res.problems["a"][0]
+
+
+def test_out_not_writable_by_this_user(clip) -> None:
+    """Permissions without root's override: the CLI run as an unprivileged user on a folder it cannot write."""
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the CLI as another (unprivileged) user")
+    d = Path(tempfile.mkdtemp(prefix="avloc-perm-", dir="/tmp"))
+    try:
+        d.chmod(0o755)
+        shutil.copy(clip, d / "a.mp4")
+        (d / "a.mp4").chmod(0o644)
+        (d / "locked").mkdir(mode=0o555)
+        try:
+            p = _cli("localize", str(d / "a.mp4"), "--out", str(d / "locked" / "sub"), "--quiet", *FAST,
+                     user=65534, group=65534, cwd=str(d))
+        except PermissionError as e:
+            pytest.skip(f"the unprivileged user cannot run this interpreter ({e}); the read-only mount tests cover it")
+        _, err = p.communicate(timeout=120)
+        if "Permission denied" in err and "python" in err.lower() and "avloc" not in err:
+            pytest.skip(f"the unprivileged user cannot run the interpreter here: {err.strip()[:200]}")
+        assert p.returncode == 2 and len(err.strip().splitlines()) == 1, err
+        assert "not writable by this user" in err and str(d / "locked") in err
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_out_not_writable_message(tmp_path, clip, capsys, monkeypatch) -> None:
+    """The same check in-process, with the permission answer of an unprivileged user injected."""
+    import avloc.io.outputs as outputs
+
+    monkeypatch.setattr(outputs.os, "access", lambda p, mode: False)
+    rc, err = _run(capsys, "localize", str(clip), "--out", str(tmp_path / "o"), "--quiet", *FAST)
+    assert rc == 2 and len(err) == 1 and "not writable by this user" in err[0] and str(tmp_path) in err[0]
