@@ -238,6 +238,23 @@ def test_existing_set_is_rechecked_under_the_lock(tmp_path) -> None:
 
 
 # -- 8: SIGKILL, leftovers, folder expansion --------------------------------------------------------
+def test_sigterm_cleans_up_and_keeps_the_previous_set(tmp_path) -> None:
+    d = tmp_path / "o"
+    clip = _clip(tmp_path / "a.mp4", seconds=6.0)
+    assert main(["localize", str(clip), "--out", str(d), "--quiet", "--no-overlay", *FAST]) == 0
+    before = _snapshot(d)
+    p = _cli("localize", str(clip), "--out", str(d), "--quiet", "--force", "--fps", "10", *FAST)
+    deadline = time.monotonic() + 120
+    while not any(x.name.startswith(".a.avloc-tmp-") for x in d.iterdir()):
+        assert p.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + signal.SIGTERM and "terminated" in err
+    assert _snapshot(d) == before
+    _no_leftovers(d)
+
+
 def test_sigkill_keeps_the_previous_set_and_leftovers_are_cleaned(tmp_path, capsys) -> None:
     d = tmp_path / "in"  # inputs and outputs in one folder, as a user may do
     d.mkdir()

@@ -10,15 +10,18 @@ errors (:class:`avloc.errors.AvlocError`) and OS errors on inputs and outputs
 one line on stderr naming the file and what to do, and exits with status 2
 (a checkpoint with several problems adds one indented line per problem). An
 unexpected exception is a bug: its traceback is printed, followed by a line
-asking to report it, and the exit status is 1.
+asking to report it, and the exit status is 1. Ctrl-C (exit 130) and SIGTERM
+(exit 143) unwind the stack, so a run's temporary outputs are removed.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 import traceback
+from typing import Any
 
 from avloc.errors import REPORT_LINE, describe_error
 
@@ -57,13 +60,37 @@ def main(argv: list[str] | None = None) -> int:
     first = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(first if first in COMMANDS else None)
     args = parser.parse_args(argv)
+    previous = _exit_on_sigterm()
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("avloc: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("avloc: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except Exception as e:  # the error boundary (module doc)
         return report_error(f"avloc {args.command}", e)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised like Ctrl-C so that ``finally`` blocks (output transactions) clean up."""
+
+
+def _exit_on_sigterm() -> Any:
+    """While a command runs, SIGTERM unwinds the stack (temporaries removed) instead of killing at once."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def report_error(prefix: str, e: BaseException, subject: object = None) -> int:
