@@ -118,8 +118,71 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         header = json.loads(meta[_META_KEY])
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{p}: corrupt avloc header ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{p}: the avloc header must be a JSON object, got {type(header).__name__}")
     if header.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{p}: checkpoint format {header.get('format_version')} is not supported (expected {FORMAT_VERSION})")
+    problems = header_problems(header)
+    if problems:
+        raise CheckpointError(problems_message(p, problems))
     state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
     extra = {k[len("extra/") :]: v for k, v in tensors.items() if k.startswith("extra/")}
-    return Checkpoint(method=header["method"], config=header["config"], state_dict=state, meta=header["meta"], extra_tensors=extra)
+    return Checkpoint(method=header["method"], config=header["config"], state_dict=state, meta=header.get("meta") or {},
+                      extra_tensors=extra)
+
+
+#: the most problems listed, one line each, in a :class:`CheckpointError`
+MAX_LISTED_PROBLEMS = 12
+
+
+def problems_message(path: str | Path, problems: list[str]) -> str:
+    """A one-line summary naming the file and what to do, then one indented line per problem."""
+    n = len(problems)
+    lines = [f"{path}: checkpoint refused, {n} problem{'s' if n > 1 else ''}; "
+             "re-save it with `avloc train` (or pass another --model):"]
+    lines += [f"  - {q}" for q in problems[:MAX_LISTED_PROBLEMS]]
+    if n > MAX_LISTED_PROBLEMS:
+        lines.append(f"  - ... and {n - MAX_LISTED_PROBLEMS} more")
+    return "\n".join(lines)
+
+
+def header_problems(header: dict[str, Any]) -> list[str]:
+    """Problems with the header's fields: ``method`` (a non-empty string), ``config`` and ``meta`` (objects)."""
+    out = []
+    m = header.get("method")
+    if not isinstance(m, str) or not m:
+        out.append("header: 'method' is missing or not a method name" if m is None else f"header: 'method' {m!r} is not a method name")
+    if not isinstance(header.get("config"), dict):
+        out.append("header: 'config' is missing or not an object")
+    if "meta" in header and not isinstance(header["meta"], dict):
+        out.append("header: 'meta' is not an object")
+    return out
+
+
+def tensor_problems(
+    found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], optional_prefixes: tuple[str, ...] = ()
+) -> list[str]:
+    """Names, shapes, dtypes of ``found`` against the model's ``expected`` state dict, and finite values.
+
+    A tensor the freshly built model itself holds non-finite (a NaN "not calibrated yet" buffer) may stay so.
+
+    Tensors under ``optional_prefixes`` (frozen encoders rebuilt from their own source) may be absent.
+    """
+    out = []
+    for k in expected:
+        if k not in found and not (optional_prefixes and k.startswith(optional_prefixes)):
+            out.append(f"tensor {k!r}: missing")
+    for k, v in found.items():
+        e = expected.get(k)
+        if e is None:
+            out.append(f"tensor {k!r}: not a tensor of this model (unexpected)")
+            continue
+        if tuple(v.shape) != tuple(e.shape):
+            out.append(f"tensor {k!r}: shape {tuple(v.shape)}, the config's model needs {tuple(e.shape)}")
+        elif v.dtype != e.dtype:
+            out.append(f"tensor {k!r}: dtype {v.dtype}, the config's model needs {e.dtype}")
+        elif (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()) \
+                and bool(torch.isfinite(e).all()):  # a model's own non-finite initial value is a sentinel ("unset")
+            bad = int((~torch.isfinite(v)).sum())
+            out.append(f"tensor {k!r}: {bad} of {v.numel()} values are NaN or infinite")
+    return out

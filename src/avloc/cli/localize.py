@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from avloc.errors import AvlocError, ConfigError
+from avloc.errors import ConfigError
 
 #: file extensions picked up when an INPUT is a folder
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".wmv", ".ts", ".3gp"}
@@ -37,16 +37,34 @@ def add_parser(sub: Any, name: str) -> None:
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """Files as given, folders expanded to their video files (sorted); returns (files, errors)."""
+    """Files as given, folders expanded to their video files (sorted); returns (files, errors).
+
+    Folder expansion skips hidden and temporary files (:func:`avloc.io.outputs.is_temporary_name`:
+    what a killed run, an editor or a download left); an explicit input inside an avloc
+    temporary folder is refused.
+    """
+    from avloc.io.outputs import is_avloc_temporary, is_temporary_name
+
     files: list[Path] = []
     errors: list[str] = []
     for s in inputs:
         p = Path(s)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
+            try:
+                found = sorted(
+                    f for f in p.iterdir()
+                    if f.suffix.lower() in VIDEO_EXTENSIONS and not is_temporary_name(f.name) and f.is_file()
+                )
+            except OSError as e:
+                from avloc.errors import describe_os_error
+
+                errors.append(describe_os_error(e))
+                continue
             if not found:
                 errors.append(f"{p}: folder has no video files ({', '.join(sorted(VIDEO_EXTENSIONS))})")
             files.extend(found)
+        elif is_avloc_temporary(p):
+            errors.append(f"{p}: a temporary file of an interrupted avloc run, not an input (the next run on it removes it)")
         else:
             files.append(p)
     return files, errors
@@ -80,24 +98,29 @@ def run(args: argparse.Namespace) -> int:
             from avloc.inference.semantic import SemanticMapper
 
             tagger = SemanticMapper(args.audio_tagger, device=args.device)
+    from avloc.cli.main import batch_status, report_error
+    from avloc.io.outputs import check_output_folder
+
+    check_output_folder(args.out)  # a bad --out fails once, not once per input
     files, errors = expand_inputs(args.inputs)
     for e in errors:
         print(f"avloc localize: error: {e}", file=sys.stderr)
-    failed = len(errors)
+    statuses = [2] * len(errors)
     seen: dict[str, Path] = {}
     for f in files:
         if f.stem in seen:
             print(f"avloc localize: error: {f}: same output name as {seen[f.stem]}; run it with another --out", file=sys.stderr)
-            failed += 1
+            statuses.append(2)
             continue
         seen[f.stem] = f
         try:
             res = localize_video(f, model, cfg, args.out, model_name=name, tagger=tagger, progress=not args.quiet)
-        except AvlocError as e:
-            print(f"avloc localize: error: {e}", file=sys.stderr)
-            failed += 1
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # per-input isolation for every error kind: the other inputs still run
+            statuses.append(report_error("avloc localize", e, subject=f))
             continue
         on = "n/a" if res.onscreen_fraction is None else f"{res.onscreen_fraction:.0%}"
         print(f"{f}: {res.frames} frames, on-screen {on}, {res.realtime_factor:.2f}x real time -> "
               + ", ".join(str(p) for p in res.outputs.values()))
-    return 2 if failed else 0
+    return batch_status(statuses)

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
-
-from avloc.errors import MediaError
 
 
 def add_parser(sub: Any, name: str) -> None:
@@ -18,8 +15,10 @@ def add_parser(sub: Any, name: str) -> None:
 
 
 def _fmt(info: Any) -> str:
+    turned = f" (coded {info.coded_width}x{info.coded_height}, rotation {info.rotation} deg)" if info.rotation else ""
     video = (
-        f"video {info.width}x{info.height} {info.video_codec} {info.fps:.3f} fps ({info.fps_fraction}), {info.frames} frames"
+        f"video {info.width}x{info.height}{turned} {info.video_codec} {info.fps:.3f} fps ({info.fps_fraction}), "
+        f"{info.frames} frames"
         if info.has_video
         else "video: none"
     )
@@ -30,22 +29,22 @@ def _fmt(info: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from avloc.cli.main import batch_status, report_error
     from avloc.io.media import probe
 
     results: list[dict[str, Any]] = []
-    failed = 0
+    statuses: list[int] = []
     for f in args.files:
         try:
             info = probe(f)
-        except MediaError as e:
-            failed += 1
+        except Exception as e:  # per-file isolation: the other files are still probed
             if len(args.files) == 1:
                 raise
-            print(f"avloc probe: error: {e}", file=sys.stderr)
+            statuses.append(report_error("avloc probe", e, subject=f))
             continue
         results.append(info.to_dict())
         if not args.json:
             print(_fmt(info))
     if args.json:
         print(json.dumps(results[0] if len(args.files) == 1 else results, indent=2))
-    return 2 if failed else 0
+    return batch_status(statuses)

@@ -25,6 +25,7 @@ Core keys of an entry (others are allowed and kept):
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -51,22 +52,27 @@ def read_manifest(path: str | Path, validate: bool = True) -> list[Entry]:
     if not p.is_file():
         raise DataError(f"manifest not found: {p}")
     entries: list[Entry] = []
-    with p.open() as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                e = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{p}:{i}: not valid JSON ({err})") from None
-            if not isinstance(e, dict):
-                raise DataError(f"{p}:{i}: each line must be a JSON object")
-            entries.append(e)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{p}: not a text (UTF-8 jsonl) manifest; is it a binary file given by mistake?") from None
+    for i, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            e = json.loads(line, parse_constant=_refuse_constant)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{p}:{i}: not valid JSON ({err})") from None
+        except ValueError as err:
+            raise DataError(f"{p}:{i}: {err}") from None
+        if not isinstance(e, dict):
+            raise DataError(f"{p}:{i}: each line must be a JSON object")
+        entries.append(e)
     if not entries:
         raise DataError(f"manifest {p} is empty: no samples to use")
     if validate:
-        problems = [f"{p}:{i + 1}: {msg}" for i, e in enumerate(entries) for msg in entry_problems(e)]
-        ids = [e.get("id") for e in entries]
+        problems = [f"{p}:{i + 1} (id {e.get('id')!r}): {msg}" for i, e in enumerate(entries) for msg in entry_problems(e)]
+        ids = [e["id"] for e in entries if isinstance(e.get("id"), str)]
         if len(set(ids)) != len(ids):
             problems.append(f"{p}: duplicate ids")
         if problems:
@@ -75,13 +81,21 @@ def read_manifest(path: str | Path, validate: bool = True) -> list[Entry]:
     return entries
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (a box coordinate must be a finite number)")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _box_problems(boxes: Any, size: Any, key: str) -> list[str]:
     out = []
     if not isinstance(boxes, list):
         return [f"{key} must be a list of [x1, y1, x2, y2]"]
     for b in boxes:
-        if not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)):
-            out.append(f"{key}: {b!r} is not [x1, y1, x2, y2]")
+        if not (isinstance(b, list) and len(b) == 4 and all(_is_number(v) for v in b)):
+            out.append(f"{key}: {b!r} is not [x1, y1, x2, y2] of finite numbers")
             continue
         x1, y1, x2, y2 = b
         if x2 <= x1 or y2 <= y1:
@@ -109,10 +123,24 @@ def entry_problems(e: Entry) -> list[str]:
     for key in ("boxes", "silent_boxes"):
         if key in e:
             out.extend(_box_problems(e[key], size, key))
-    for fr in e.get("frames", []) or []:
+    frames = e.get("frames", []) or []
+    if not isinstance(frames, list):
+        return [*out, "'frames' must be a list of per-frame objects"]
+    for j, fr in enumerate(frames):
+        if not isinstance(fr, dict):
+            out.append(f"frames[{j}] must be an object, got {fr!r}")
+            continue
+        if "time" in fr and not (_is_number(fr["time"]) and fr["time"] >= 0):
+            out.append(f"frames[{j}].time must be a non-negative number, got {fr['time']!r}")
         for key in ("boxes", "silent_boxes"):
             if key in fr:
-                out.extend(_box_problems(fr[key], size, f"frames[{fr.get('time')}].{key}"))
+                out.extend(_box_problems(fr[key], size, f"frames[{j}].{key}"))
+    for key in ("time", "duration"):
+        if key in e and not (_is_number(e[key]) and e[key] >= 0):
+            out.append(f"'{key}' must be a non-negative number, got {e[key]!r}")
+    for key in ("box_labels", "labels"):
+        if key in e and not (isinstance(e[key], list) and all(isinstance(v, int) and not isinstance(v, bool) for v in e[key])):
+            out.append(f"'{key}' must be a list of integers, got {e[key]!r}")
     return out
 
 

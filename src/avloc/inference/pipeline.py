@@ -17,14 +17,17 @@ except for the decoded audio track and one small JSON record per analysed frame:
    and is encoded on the fly with the original audio by
    :func:`avloc.io.media.write_video`.
 
-Outputs are written atomically; existing ones are refused without ``cfg.force``.
+Outputs are transactional (:class:`avloc.io.outputs.OutputTransaction`): every
+file is written into a temporary folder beside them and the set is moved into
+place only when all succeeded, replacing the whole previous set; an existing
+set is refused without ``cfg.force``; a lock per input stem stops two runs
+writing the same set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -50,13 +53,16 @@ from avloc.inference.postprocess import (
 )
 from avloc.inference.render import NEUTRAL_COLOUR, contact_sheet, display_heat, draw_overlay, heat_layer, side_by_side
 from avloc.inference.sources import CombinedSource, ModelSource, SourceOutput, VisualOnlySource
-from avloc.io.atomic import atomic_path, check_writable, write_text_atomic
-from avloc.io.audio import resample, rms_db, windows_at
+from avloc.io.audio import rms_db
 from avloc.io.media import MediaInfo, fit_size, iter_frames, probe
+from avloc.io.outputs import OutputTransaction
 from avloc.methods.base import LocalizationMethod
 
 #: class-aware methods: the contact sheet shows each frame next to its most probable detected classes' maps
 SHEET_CLASS_PANELS = 3
+#: the smallest picture side analysed: below it a frame holds too few pixels to say where a sound comes from
+#: (a 1x1 video would otherwise be "on-screen" at every frame); 16x16 and above are analysed
+MIN_VIDEO_SIDE = 8
 #: file-name suffixes of the outputs, per input ``NAME``
 OUTPUT_SUFFIXES = {"json": ".avloc.json", "video": ".avloc.mp4", "heatmaps": ".heatmaps.npz", "sheet": ".sheet.png"}
 
@@ -304,6 +310,9 @@ def localize_video(
     info: MediaInfo = probe(path)
     if not info.has_video or not info.width or not info.height:
         raise MediaError(f"{path}: no video stream (avloc localize needs pictures)")
+    if min(info.width, info.height) < MIN_VIDEO_SIDE:
+        raise MediaError(f"{path}: {info.width}x{info.height} pixels is too small to analyse "
+                         f"(at least {MIN_VIDEO_SIDE}x{MIN_VIDEO_SIDE} needed)")
     if not info.has_audio and not cfg.visual_only:
         raise MediaError(f"{path}: no audio track; pass --visual-only to localize with the object prior alone")
     if cfg.visual_only and (model is not None or tagger is not None):
@@ -311,9 +320,8 @@ def localize_video(
     outs = output_paths(path, out_dir)
     wanted = {"json", "sheet"} | ({"video"} if cfg.overlay else set()) | ({"heatmaps"} if cfg.save_heatmaps else set())
     outs = {k: v for k, v in outs.items() if k in wanted}
-    for p in outs.values():
-        check_writable(p, cfg.force)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    tx = OutputTransaction(out_dir, path.stem, OUTPUT_SUFFIXES, outs, force=cfg.force)
+    tx.check()  # before any work: a writable folder, and no previous set unless cfg.force
 
     source = make_source(model, cfg)
     image_cfg: ImageConfig = source.model.cfg.image
@@ -326,25 +334,29 @@ def localize_video(
     n_est = max(1, math.ceil(duration * cfg.fps))
     sheet_idx = {int(i) for i in np.linspace(0, n_est - 1, min(cfg.sheet_frames, n_est)).round()}
 
-    wav_native: np.ndarray | None = None
-    sr_native = 0
-    wav_model: np.ndarray | None = None
-    if info.has_audio:
-        from avloc.io.media import decode_audio
+    # Memory flat in the video's length: the analysis streams the audio at the model's rate
+    # (AudioStream holds a few windows); the overlay streams the source's audio (iter_audio).
+    from avloc.io.media import AudioStream, decode_audio
 
-        wav_native, sr_native = decode_audio(path)
-        wav_model = resample(wav_native, sr_native, audio_cfg.sample_rate) if not cfg.visual_only else None
-    if tagger is not None and wav_native is not None:
-        tagger.set_audio(wav_native, sr_native)
+    if tagger is not None and info.has_audio:  # semantic mode: the whole track once, at YAMNet's rate
+        from avloc.inference.semantic import YAMNET_RATE
+
+        tagger.set_audio(*decode_audio(path, sample_rate=YAMNET_RATE))
         source = tagger.wrap(source)
 
     def items() -> Iterator[_Item]:
         n_win = max(1, round(window * audio_cfg.sample_rate))
+        with contextlib.ExitStack() as stack:
+            audio = (stack.enter_context(AudioStream(path, audio_cfg.sample_rate))
+                     if info.has_audio and not cfg.visual_only else None)
+            yield from _items(audio, n_win)
+
+    def _items(audio: AudioStream | None, n_win: int) -> Iterator[_Item]:
         for fr in iter_frames(path, fps=cfg.fps, size=work_wh):
             img = torch.from_numpy(fr.image).permute(2, 0, 1)  # (3, h, w) uint8
             x = preprocess_image(img, image_cfg)  # (3, S, S) in [0, 1]
-            if wav_model is not None:
-                aw = windows_at(wav_model, audio_cfg.sample_rate, [fr.time], window)[0]
+            if audio is not None:
+                aw = audio.window(fr.time, window)
                 db: float | None = rms_db(aw)
             else:
                 aw, db = np.zeros(n_win, np.float32), None
@@ -353,15 +365,15 @@ def localize_video(
     works: dict[int, np.ndarray] = {}
     thumbs: list[np.ndarray] = []
     records: list[dict[str, Any]] = []
-    fd, maps_tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".maps.tmp", dir=out_dir)
-    maps_tmp = Path(maps_tmp_name)
-    # class-aware methods with --save-heatmaps: one map per class and frame (zero unless detected), on disk too
-    cfd, cls_tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".classmaps.tmp", dir=out_dir)
-    cls_tmp = Path(cls_tmp_name)
     cls_probs: list[np.ndarray] = []
     cls_det: list[np.ndarray] = []
+    tx.begin()  # lock this stem's outputs, clean what killed runs left, open the temporary folder
     try:
-        with os.fdopen(fd, "wb") as maps_file, os.fdopen(cfd, "wb") as cls_file, tqdm(
+        assert tx.dir is not None
+        maps_tmp = tx.dir / "maps.tmp"
+        # class-aware methods with --save-heatmaps: one map per class and frame (zero unless detected), on disk too
+        cls_tmp = tx.dir / "classmaps.tmp"
+        with open(maps_tmp, "wb") as maps_file, open(cls_tmp, "wb") as cls_file, tqdm(
             total=n_est, unit="frame", desc=f"{path.name}: analyse", disable=not progress, leave=False
         ) as bar:
             stream = smooth(_analyse(items(), source, image_cfg, cfg, work_wh, map_wh, works), cfg)
@@ -419,12 +431,13 @@ def localize_video(
                         bar2.update(1)
                         yield draw_overlay(fr.image, heat, rec, src_wh, cfg.overlay_alpha, layer=layer)
 
-            from avloc.io.media import write_video
+            from avloc.io.media import iter_audio, write_video
 
-            with atomic_path(outs["video"], suffix=".mp4") as tmp:
-                write_video(tmp, overlay_frames(maps), out_fps, wav_native, sr_native if wav_native is not None else None)
+            with tx.writing("video") as tmp:
+                audio = iter_audio(path) if info.has_audio else None  # streamed, encoded alongside the frames
+                write_video(tmp, overlay_frames(maps), out_fps, audio, info.audio_sample_rate)
         if "heatmaps" in outs:
-            with atomic_path(outs["heatmaps"], suffix=".npz") as tmp:
+            with tx.writing("heatmaps") as tmp:
                 arrays: dict[str, np.ndarray] = {"times": times, "maps": maps}
                 if len(cls_probs) == n:  # class-aware method: class_maps (n, C, H, W), probabilities, detected
                     n_cls = len(cls_probs[0])
@@ -436,21 +449,23 @@ def localize_video(
                 del arrays
         from PIL import Image
 
-        with atomic_path(outs["sheet"], suffix=".png") as tmp:
+        with tx.writing("sheet") as tmp:
             per_row = 1 + SHEET_CLASS_PANELS if thumbs and thumbs[0].shape[1] > cfg.sheet_thumb_width else 1
             Image.fromarray(contact_sheet(thumbs, max(1, cfg.sheet_columns // per_row))).save(tmp, format="PNG")
         del maps
-    finally:
-        maps_tmp.unlink(missing_ok=True)
-        cls_tmp.unlink(missing_ok=True)
 
-    seconds = time.perf_counter() - t_start
-    live = [r["onscreen"] for r in records if r["onscreen"] is not None]
-    on_frac = float(np.mean(live)) if live else None
-    doc = build_json(info, model_name, source, cfg, window, map_wh, outs, records, duration, seconds, on_frac, tagger)
-    import json
+        seconds = time.perf_counter() - t_start
+        live = [r["onscreen"] for r in records if r["onscreen"] is not None]
+        on_frac = float(np.mean(live)) if live else None
+        doc = build_json(info, model_name, source, cfg, window, map_wh, outs, records, duration, seconds, on_frac, tagger)
+        import json
 
-    write_text_atomic(outs["json"], json.dumps(doc, indent=1, allow_nan=False) + "\n")
+        with tx.writing("json") as tmp:
+            tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+        tx.commit()  # the whole set replaces the previous one, JSON last
+    except BaseException:
+        tx.abort()  # the previous set stays as it was
+        raise
     return LocalizeResult(path, outs, len(records), duration, seconds, on_frac, records)
 
 

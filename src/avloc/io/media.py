@@ -5,8 +5,18 @@
   truncated files whose header promises more than the file holds.
 * :func:`iter_frames` — frames sampled at an analysis rate with exact
   timestamps, streamed (constant memory however long the video).
-* :func:`decode_audio` — mono float32 from any container with audio.
+* :func:`decode_audio` — mono float32 from any container with audio (one copy in memory).
+* :class:`AudioStream` — the same samples decoded on demand for windows at
+  non-decreasing times (constant memory however long the track).
 * :func:`write_video` — H.264 (yuv420p) + AAC MP4 from numpy frames and audio.
+
+Rotation: phones store portrait video as landscape pictures plus a display
+matrix (side data) saying how to turn them. :func:`probe` reports the coded
+size, the ``rotation`` (degrees counter-clockwise, as ``ffprobe`` shows the
+display matrix: a phone's portrait clip is usually -90) and the display size
+(``width`` x ``height``); :func:`iter_frames` returns pictures in display
+orientation, and its ``size`` is a display size. Everything downstream
+(analysis, JSON coordinates, overlay) therefore works in display orientation.
 
 Sampling rule of :func:`iter_frames`: target times are ``t_k = start + k / fps``
 for ``t_k < duration``; for each target the decoded frame shown at that time is
@@ -47,6 +57,11 @@ class MediaInfo:
     audio_channels: int | None
     audio_codec: str | None
     format: str
+    #: size as stored in the stream, before the display matrix's rotation (``width``/``height``: as displayed)
+    coded_width: int | None = None
+    coded_height: int | None = None
+    #: display-matrix rotation, degrees counter-clockwise (ffprobe's convention): 0, 90, -90 or 180
+    rotation: int = 0
 
     @property
     def has_video(self) -> bool:
@@ -58,6 +73,26 @@ class MediaInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: the most video packets probe decodes to find the first frame (and its display matrix)
+ROTATION_PROBE_PACKETS = 64
+
+
+def frame_rotation(frame: Any, path: str | Path) -> int:
+    """The display-matrix rotation of a decoded frame: 0, 90, -90 or 180 (degrees counter-clockwise)."""
+    r = float(getattr(frame, "rotation", 0) or 0)
+    q = round(r / 90) * 90
+    if abs(r - q) > 1:
+        raise MediaError(f"{path}: display rotation of {r:g} degrees is not a multiple of 90 (not supported)")
+    q = ((q + 180) % 360) - 180  # in [-180, 180)
+    return 180 if q == -180 else q
+
+
+def rotate_picture(img: np.ndarray, rotation: int) -> np.ndarray:
+    """Turn a coded picture (H, W, 3) to display orientation (``rotation`` counter-clockwise)."""
+    k = (rotation // 90) % 4
+    return img if k == 0 else np.ascontiguousarray(np.rot90(img, k))
 
 
 def _open(path: str | Path) -> Any:
@@ -89,6 +124,7 @@ def probe(path: str | Path) -> MediaInfo:
         streams = [s for s in (vs, aus) if s is not None]
         n_video = 0
         ends: dict[int, float] = {}
+        rotation: int | None = None if vs is not None else 0
         try:
             for pkt in c.demux(*streams):
                 if pkt.size == 0 or pkt.pts is None:
@@ -97,6 +133,15 @@ def probe(path: str | Path) -> MediaInfo:
                 ends[pkt.stream.index] = max(ends.get(pkt.stream.index, 0.0), t)
                 if vs is not None and pkt.stream.index == vs.index:
                     n_video += 1
+                    if rotation is None:  # the display matrix comes with the first decoded frame
+                        try:
+                            first = next(iter(pkt.decode()), None)
+                        except av.FFmpegError:
+                            first = None
+                        if first is not None:
+                            rotation = frame_rotation(first, p)
+                        elif n_video >= ROTATION_PROBE_PACKETS:
+                            rotation = 0
         except av.FFmpegError as e:
             raise MediaError(f"{p}: truncated or corrupt media ({e.strerror or e})") from None
         declared = c.duration / 1_000_000 if c.duration else None
@@ -114,19 +159,26 @@ def probe(path: str | Path) -> MediaInfo:
             rate = vs.average_rate or vs.guessed_rate or vs.base_rate
             if rate:
                 fps, fps_frac = float(rate), f"{rate.numerator}/{rate.denominator}"
+        rotation = rotation or 0
+        cw = vs.codec_context.width if vs is not None else None
+        ch = vs.codec_context.height if vs is not None else None
+        turned = rotation in (90, -90)
         return MediaInfo(
             path=str(p),
             duration=round(float(duration), 6),
             fps=fps,
             fps_fraction=fps_frac,
-            width=vs.codec_context.width if vs is not None else None,
-            height=vs.codec_context.height if vs is not None else None,
+            width=ch if turned else cw,
+            height=cw if turned else ch,
             frames=n_video if vs is not None else None,
             video_codec=vs.codec_context.name if vs is not None else None,
             audio_sample_rate=aus.codec_context.sample_rate if aus is not None else None,
             audio_channels=aus.codec_context.channels if aus is not None else None,
             audio_codec=aus.codec_context.name if aus is not None else None,
             format=c.format.name,
+            coded_width=cw,
+            coded_height=ch,
+            rotation=rotation,
         )
 
 
@@ -160,7 +212,8 @@ def iter_frames(
     """Yield frames sampled at ``fps`` (all frames when ``None``) between ``start`` and ``end``.
 
     ``size`` = (width, height) resizes with FFmpeg's swscale (bilinear). Memory
-    is constant: one decoded frame is held at a time.
+    is constant: one decoded frame is held at a time. Pictures, and ``size``,
+    are in display orientation (the display matrix applied; module doc).
     """
     import av
 
@@ -178,10 +231,18 @@ def iter_frames(
         prev_t = 0.0
         n_all = 0
 
+        rotation: int | None = None
+
         def convert(fr: Any) -> np.ndarray:
+            nonlocal rotation
+            if rotation is None:
+                rotation = frame_rotation(fr, p)
             if size is not None:
-                return fr.to_ndarray(width=size[0], height=size[1], format="rgb24", interpolation="BILINEAR")
-            return fr.to_ndarray(format="rgb24")
+                w, h = (size[1], size[0]) if rotation in (90, -90) else size  # the coded picture's size
+                img = fr.to_ndarray(width=w, height=h, format="rgb24", interpolation="BILINEAR")
+            else:
+                img = fr.to_ndarray(format="rgb24")
+            return rotate_picture(img, rotation)
 
         try:
             for fr in c.decode(vs):
@@ -223,7 +284,6 @@ def decode_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.n
     Resampling (when ``sample_rate`` is given) and down-mixing are done by
     FFmpeg's swresample. Returns ``(samples (N,), rate)``.
     """
-    import av
 
     p = Path(path)
     with _open(p) as c:
@@ -233,63 +293,227 @@ def decode_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.n
         rate = sample_rate or st.codec_context.sample_rate
         if not rate:
             raise MediaError(f"{p}: audio stream has no sample rate")
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-        # Chunks are placed at their presentation time (in samples at `rate`), so
-        # timestamp gaps become silence instead of shifting later audio earlier.
-        placed: list[tuple[int, np.ndarray]] = []
-        cursor = 0
-        start = 0 if st.start_time is None else round(float(st.start_time * st.time_base) * rate)
+        # One buffer, sized from the container's duration and grown (doubling) only if the stream runs
+        # longer: no list of chunks plus a concatenated copy (twice the track at its peak).
+        guess = round(float(c.duration or 0) / 1_000_000 * rate) + rate
+        wav = np.zeros(max(guess, rate), np.float32)
+        total = 0
+        for pos, data in _placed_chunks(c, st, int(rate), p):
+            end = pos + data.size
+            if end > wav.size:
+                grown = np.zeros(max(end, 2 * wav.size), np.float32)
+                grown[:total] = wav[:total]
+                wav = grown
+            wav[pos:end] = data
+            total = max(total, end)
+    if total == 0:
+        raise MediaError(f"{p}: audio stream has no samples")
+    return (wav[:total] if total == wav.size else wav[:total].copy()), int(rate)
 
-        def put(out: Any) -> None:
-            nonlocal cursor
+
+def _placed_chunks(c: Any, st: Any, rate: int, p: Path) -> Iterator[tuple[int, np.ndarray]]:
+    """Mono float32 chunks at ``rate`` with their sample positions from the stream's start.
+
+    Chunks are placed at their presentation time (in samples at ``rate``), so
+    timestamp gaps become silence instead of shifting later audio earlier.
+    """
+    import av
+
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+    cursor = 0
+    start = 0 if st.start_time is None else round(float(st.start_time * st.time_base) * rate)
+    try:
+        for fr in c.decode(st):
+            for out in resampler.resample(fr):
+                data = out.to_ndarray().reshape(-1)
+                pos = cursor if out.pts is None else max(int(out.pts) - start, 0)
+                cursor = pos + data.size
+                yield pos, data
+        for out in resampler.resample(None):
             data = out.to_ndarray().reshape(-1)
             pos = cursor if out.pts is None else max(int(out.pts) - start, 0)
-            placed.append((pos, data))
             cursor = pos + data.size
+            yield pos, data
+    except av.FFmpegError as e:
+        raise MediaError(f"{p}: audio decoding failed ({e.strerror or e}); file truncated or corrupt?") from None
 
-        try:
-            for fr in c.decode(st):
-                for out in resampler.resample(fr):
-                    put(out)
-            for out in resampler.resample(None):
-                put(out)
-        except av.FFmpegError as e:
-            raise MediaError(f"{p}: audio decoding failed ({e.strerror or e}); file truncated or corrupt?") from None
-    total = max((pos + d.size for pos, d in placed), default=0)
-    wav = np.zeros(total, np.float32)
-    for pos, d in placed:
-        wav[pos : pos + d.size] = d
-    if wav.size == 0:
-        raise MediaError(f"{p}: audio stream has no samples")
-    return wav, int(rate)
+
+class AudioStream:
+    """The first audio stream of ``path`` as mono float32 at ``rate``, decoded on demand (constant memory).
+
+    :meth:`window` gives the same samples as :func:`avloc.io.audio.window_at` on
+    :func:`decode_audio`'s whole track (zero padding outside it), for window
+    starts that never go back in time: what a front-to-back pass such as
+    ``localize_video``'s analysis asks for. Only the samples from the last
+    window's start onward are held.
+    """
+
+    def __init__(self, path: str | Path, rate: int) -> None:
+        self.path = Path(path)
+        self.rate = int(rate)
+        self._c = _open(self.path)
+        if not self._c.streams.audio:
+            self._c.close()
+            raise MediaError(f"{self.path}: no audio stream (this operation needs sound)")
+        self._chunks: Iterator[tuple[int, np.ndarray]] | None = _placed_chunks(
+            self._c, self._c.streams.audio[0], self.rate, self.path
+        )
+        self._buf = np.zeros(4 * self.rate, np.float32)
+        self._base = 0  # sample index of _buf[0]
+        self._end = 0  # samples decoded so far (index one past the last)
+
+    def _put(self, pos: int, data: np.ndarray) -> None:
+        lo = max(pos, self._base)
+        end = pos + data.size
+        if end <= lo:
+            return
+        need = end - self._base
+        if need > self._buf.size:
+            grown = np.zeros(max(need, 2 * self._buf.size), np.float32)
+            grown[: self._end - self._base] = self._buf[: self._end - self._base]
+            self._buf = grown
+        self._buf[lo - self._base : end - self._base] = data[lo - pos :]
+        if pos > self._end:  # a timestamp gap: silence (the buffer may hold older samples there)
+            self._buf[self._end - self._base : pos - self._base] = 0
+        self._end = max(self._end, end)
+
+    def _drop_before(self, start: int) -> None:
+        if start - self._base > self._buf.size // 2:  # compact rarely: amortised O(1) per sample
+            keep = max(0, self._end - start)
+            self._buf[:keep] = self._buf[start - self._base : start - self._base + keep]
+            self._buf[keep:] = 0
+            self._base = start
+
+    def window(self, center: float, seconds: float) -> np.ndarray:
+        """The ``seconds`` window centred on ``center`` (as :func:`avloc.io.audio.window_at`, zero padding)."""
+        n = round(seconds * self.rate)
+        if n <= 0:
+            raise MediaError(f"window length must be positive, got {seconds} s")
+        start = round(center * self.rate) - n // 2
+        if max(start, 0) < self._base:
+            raise ValueError(f"AudioStream windows must not go back in time ({start} < {self._base} samples)")
+        while self._end < start + n and self._chunks is not None:
+            nxt = next(self._chunks, None)
+            if nxt is None:
+                self._chunks = None
+                self.close()
+                break
+            self._put(*nxt)
+        out = np.zeros(n, np.float32)
+        lo, hi = max(start, self._base), min(start + n, self._end)
+        if hi > lo:
+            out[lo - start : hi - start] = self._buf[lo - self._base : hi - self._base]
+        self._drop_before(max(start, self._base))
+        return out
+
+    def close(self) -> None:
+        self._c.close()
+
+    def __enter__(self) -> AudioStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def iter_audio(path: str | Path) -> Iterator[np.ndarray]:
+    """The first audio stream of ``path`` as consecutive mono float32 chunks at its own rate (streamed).
+
+    Timestamp gaps are filled with silence, as in :func:`decode_audio`; the chunks
+    concatenated are that function's samples (where chunks overlap, the earlier wins).
+    """
+    with _open(path) as c:
+        if not c.streams.audio:
+            raise MediaError(f"{path}: no audio stream (this operation needs sound)")
+        st = c.streams.audio[0]
+        cursor = 0
+        for pos, data in _placed_chunks(c, st, int(st.codec_context.sample_rate), Path(path)):
+            if pos > cursor:
+                yield np.zeros(pos - cursor, np.float32)
+            elif pos < cursor:
+                data = data[cursor - pos :]
+            if data.size:
+                yield data
+            cursor = max(cursor, pos + data.size)
 
 
 def write_video(
     path: str | Path,
     frames: Iterable[np.ndarray],
     fps: float,
-    audio: np.ndarray | None = None,
+    audio: np.ndarray | Iterable[np.ndarray] | None = None,
     sample_rate: int | None = None,
     crf: int = 23,
     preset: str = "veryfast",
 ) -> Path:
     """Encode RGB uint8 frames (H, W, 3) as H.264 MP4, with mono AAC audio if given.
 
-    Frames are consumed lazily (constant memory). Odd frame sizes are padded
-    by one pixel (yuv420p needs even sizes). Writes to ``path`` directly;
-    wrap in :func:`avloc.io.atomic.atomic_path` for atomic output.
+    Frames are consumed lazily, and so is ``audio`` when it is an iterable of
+    mono chunks (:func:`iter_audio`) rather than one array: the audio is encoded
+    alongside the video, up to each frame's end time, so the muxer never queues
+    more than a frame's worth of packets and memory stays constant however long
+    the video. Odd frame sizes are padded by one pixel (yuv420p needs even
+    sizes). Writes to ``path`` directly; the caller makes it atomic.
     """
     import av
 
     if audio is not None and not sample_rate:
         raise MediaError("write_video: audio given without sample_rate")
     rate = Fraction(fps).limit_denominator(1001)
+    chunks: Iterator[np.ndarray] | None = None
+    if audio is not None:
+        chunks = iter([audio]) if isinstance(audio, np.ndarray) else iter(audio)
     with av.open(str(path), "w", format="mp4") as out:
         vs: Any = None
         ast: Any = None
-        if audio is not None:
+        fifo: Any = None
+        if chunks is not None:
             ast = out.add_stream("aac", rate=int(sample_rate))  # type: ignore[arg-type]
             ast.layout = "mono"
+            fifo = av.AudioFifo()
+        n_fr = (ast.codec_context.frame_size or 1024) if ast is not None else 0
+        # AAC encoders prepend `frame_size` priming samples that PyAV's MP4 muxer does not
+        # hide with an edit list; advancing the audio by that much keeps it in sync with
+        # the video (the first frame_size samples are lost: 64 ms at 16 kHz).
+        skip = n_fr
+        fed = 0  # samples written into the fifo
+        encoded = 0  # samples sent to the encoder
+        any_audio = False
+
+        def feed() -> bool:
+            """Move the next audio chunk into the fifo; False when there is none left."""
+            nonlocal skip, fed, chunks, any_audio
+            if chunks is None:
+                return False
+            nxt = next(chunks, None)
+            if nxt is None:
+                chunks = None
+                return False
+            a = np.asarray(nxt, dtype=np.float32).reshape(-1)
+            if skip:
+                cut = min(skip, a.size)
+                a, skip = a[cut:], skip - cut
+            if a.size:
+                af = av.AudioFrame.from_ndarray(np.clip(a, -1, 1).reshape(1, -1), format="flt", layout="mono")
+                af.sample_rate = int(sample_rate)  # type: ignore[arg-type]
+                af.pts = fed
+                fifo.write(af)
+                fed += a.size
+                any_audio = True
+            return True
+
+        def pump(until: int | None) -> None:
+            """Encode audio up to sample ``until`` (all of it when ``None``)."""
+            nonlocal encoded
+            while ast is not None and (until is None or encoded < until):
+                if fifo.samples >= n_fr or (chunks is None and fifo.samples):
+                    chunk = fifo.read(min(n_fr, fifo.samples), partial=True)
+                    encoded += chunk.samples
+                    for pkt in ast.encode(chunk):
+                        out.mux(pkt)
+                elif not feed() and not fifo.samples:
+                    break
+
         for i, img in enumerate(frames):
             if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
                 raise MediaError(f"write_video: frame {i} must be (H, W, 3) uint8, got {img.shape} {img.dtype}")
@@ -308,26 +532,18 @@ def write_video(
             vf.time_base = 1 / rate
             for pkt in vs.encode(vf):
                 out.mux(pkt)
+            if ast is not None:
+                pump(round((i + 1) / float(rate) * int(sample_rate)))  # type: ignore[arg-type]
         if vs is None:
             raise MediaError("write_video: no frames to write")
         for pkt in vs.encode():
             out.mux(pkt)
-        if ast is not None and audio is not None:
-            fifo = av.AudioFifo()
-            n = ast.codec_context.frame_size or 1024
-            # AAC encoders prepend `frame_size` priming samples that PyAV's MP4 muxer does not
-            # hide with an edit list; advancing the audio by that much keeps it in sync with
-            # the video (the first frame_size samples are lost: 64 ms at 16 kHz).
-            a = np.asarray(audio, dtype=np.float32).reshape(1, -1)[:, n:]
-            if a.shape[1] == 0:
-                a = np.zeros((1, n), np.float32)
-            af = av.AudioFrame.from_ndarray(np.clip(a, -1, 1), format="flt", layout="mono")
-            af.sample_rate = int(sample_rate)  # type: ignore[arg-type]
-            af.pts = 0
-            fifo.write(af)
-            while fifo.samples:
-                chunk = fifo.read(min(n, fifo.samples), partial=True)
-                for pkt in ast.encode(chunk):
+        if ast is not None:
+            pump(None)
+            if not any_audio:  # a track shorter than the priming: one frame of silence keeps the stream valid
+                af = av.AudioFrame.from_ndarray(np.zeros((1, n_fr), np.float32), format="flt", layout="mono")
+                af.sample_rate, af.pts = int(sample_rate), 0  # type: ignore[arg-type]
+                for pkt in ast.encode(af):
                     out.mux(pkt)
             for pkt in ast.encode():
                 out.mux(pkt)

@@ -40,26 +40,20 @@ normalised-box records (:class:`avloc.metrics.targets.Target` inputs) that
 
 from __future__ import annotations
 
-import json
 import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 from avloc.errors import DataError
+from avloc.metrics import gtcheck as check
 
 FLICKR_FRAME = 256  # Flickr-SoundNet boxes are drawn on 256 x 256 frames
 AVSOL_FPS = 10.0  # AVSOL-E frames are annotated at 10 fps
 
 
 def _read_json(path: str | Path) -> Any:
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"annotation file not found: {p}")
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{p}: not valid JSON ({e})") from None
+    return check.read_json(path)  # UTF-8, strict JSON (no NaN): the validating layer, avloc.metrics.gtcheck
 
 
 def parse_flickr_xml(path: str | Path) -> dict[str, Any]:
@@ -120,17 +114,15 @@ def flickr_targets(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def load_vggss_json(path: str | Path) -> list[dict[str, Any]]:
     """VGG-SS json -> ``[{"id", "class", "boxes"}]`` (boxes verbatim, normalised)."""
-    data = _read_json(path)
-    if not isinstance(data, list):
-        raise DataError(f"{path}: VGG-SS json must be a list of {{file, class, bbox}} objects")
+    data = check.entries(_read_json(path), path, "VGG-SS json")
     out = []
     for i, e in enumerate(data):
-        if not isinstance(e, dict) or "file" not in e or "bbox" not in e:
-            raise DataError(f"{path}: entry {i} lacks 'file' or 'bbox'")
-        boxes = e["bbox"]
-        if not isinstance(boxes, list) or not all(isinstance(b, list) and len(b) == 4 for b in boxes):
-            raise DataError(f"{path}: entry {i} ({e['file']}): bbox must be a list of [x1, y1, x2, y2]")
-        out.append({"id": str(e["file"]), "class": e.get("class"), "boxes": [[float(v) for v in b] for b in boxes]})
+        at = check.where(path, i, e, "file")
+        e = check.entry(e, at)
+        if "file" not in e or "bbox" not in e:
+            raise DataError(f"{at}: lacks field 'file' or 'bbox'")
+        sid = check.identifier(e["file"], at, "file")
+        out.append({"id": sid, "class": e.get("class"), "boxes": check.boxes(e["bbox"], at, "bbox")})
     return out
 
 
@@ -149,21 +141,28 @@ def load_music_json(path: str | Path) -> list[dict[str, Any]]:
     """MUSIC-style box json -> targets ``{"id", "boxes" (normalised), "box_labels", "labels"}``."""
     data = _read_json(path)
     if isinstance(data, dict):
-        data = [{"id": k, **v} for k, v in data.items()]
-    if not isinstance(data, list):
-        raise DataError(f"{path}: MUSIC json must be a list of records or an id -> record mapping")
+        data = [{"id": k, **check.entry(v, check.where(path, repr(k)))} for k, v in data.items()]
+    data = check.entries(data, path, "MUSIC json (or an id -> record object)")
     out = []
     for i, e in enumerate(data):
+        at = check.where(path, i, e)
+        e = check.entry(e, at)
         sid = e.get("id", e.get("file"))
         boxes = e.get("boxes", e.get("bbox"))
         if sid is None or boxes is None:
-            raise DataError(f"{path}: entry {i} needs 'id'/'file' and 'boxes'/'bbox'")
+            raise DataError(f"{at}: needs fields 'id'/'file' and 'boxes'/'bbox'")
+        sid = check.identifier(sid, at, "id" if "id" in e else "file")
+        boxes = check.boxes(boxes, at, "boxes" if "boxes" in e else "bbox")
         labels = e.get("box_labels", e.get("labels"))
+        if labels is not None:
+            labels = check.integers(labels, at, "box_labels" if "box_labels" in e else "labels")
         size = e.get("size")
         if size is not None:
-            w, h = size
+            w, h = check.size(size, at)
             boxes = [[b[0] / w, b[1] / h, b[2] / w, b[3] / h] for b in boxes]
         sounding = e.get("sounding")
+        if sounding is not None:
+            sounding = check.flags(sounding, at, "sounding", len(boxes))
         rec: dict[str, Any] = {"id": str(sid), "boxes": boxes}
         if labels is not None:
             if len(labels) != len(boxes):
@@ -256,23 +255,37 @@ def load_avsol_json(path: str | Path) -> list[dict[str, Any]]:
     if not isinstance(videos, list):
         raise DataError(f"{path}: AVSOL json needs a 'videos' list")
     out = []
-    for v in videos:
-        vid = str(v.get("id", ""))
-        if not vid:
-            raise DataError(f"{path}: a video lacks 'id'")
-        fps = float(v.get("fps", AVSOL_FPS))
-        size = v.get("size")
-        for fr in v.get("frames", []):
-            index = int(fr["index"]) if "index" in fr else round(float(fr["time"]) * fps)
+    for vi, v in enumerate(videos):
+        at = check.where(path, vi, v)
+        v = check.entry(v, at)
+        if not v.get("id"):
+            raise DataError(f"{at}: a video lacks field 'id'")
+        vid = check.identifier(v["id"], at, "id")
+        fps = check.number(v.get("fps", AVSOL_FPS), at, "fps", positive=True)
+        size = None if v.get("size") is None else check.size(v["size"], at)
+        frames = v.get("frames", [])
+        if not isinstance(frames, list):
+            raise DataError(f"{at}: field 'frames' must be a list of frames")
+        for fi, fr in enumerate(frames):
+            fat = f"{at}: frames[{fi}]"
+            fr = check.entry(fr, fat)
+            if "index" in fr:
+                index = check.index(fr["index"], fat, "index")
+            elif "time" in fr:
+                index = round(check.number(fr["time"], fat, "time", nonnegative=True) * fps)
+            else:
+                raise DataError(f"{fat}: needs field 'index' (frame number) or 'time' (seconds)")
             sounding, silent, oov = [], [], False
-            for ob in fr.get("objects", []):
+            objects = fr.get("objects", [])
+            if not isinstance(objects, list):
+                raise DataError(f"{fat}: field 'objects' must be a list")
+            for oi, ob in enumerate(objects):
+                ob = check.entry(ob, f"{fat}.objects[{oi}]")
                 tag = ob.get("tag")
                 if tag == "out-of-view":
                     oov = True
                     continue
-                b = ob.get("box")
-                if not (isinstance(b, list) and len(b) == 4):
-                    raise DataError(f"{path}: {vid} frame {index}: object box must be [x1, y1, x2, y2]")
+                b = check.box(ob.get("box"), f"{fat}.objects[{oi}]", "box")
                 if size is not None:
                     b = [b[0] / size[0], b[1] / size[1], b[2] / size[0], b[3] / size[1]]
                 if tag == "sounding":
@@ -280,7 +293,7 @@ def load_avsol_json(path: str | Path) -> list[dict[str, Any]]:
                 elif tag == "silent":
                     silent.append(b)
                 else:
-                    raise DataError(f"{path}: {vid} frame {index}: unknown tag {tag!r} (sounding, silent, out-of-view)")
+                    raise DataError(f"{fat}.objects[{oi}]: unknown tag {tag!r} (sounding, silent, out-of-view)")
             out.append(
                 {
                     "id": f"{vid}@{index:04d}",
@@ -339,6 +352,8 @@ def _dispatch_json(p: Path, data: Any) -> list[dict[str, Any]]:
             isinstance(v, dict) for v in values
         ):
             return load_music_json(p)
+    if isinstance(data, list) and not data:
+        raise DataError(f"{p}: no entries (an empty list): nothing to evaluate")
     if isinstance(data, list) and data:
         if all(isinstance(e, dict) and "file" in e and "bbox" in e and "class" in e for e in data):
             return load_vggss_json(p)

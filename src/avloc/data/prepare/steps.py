@@ -10,7 +10,7 @@ from typing import Any
 
 from avloc.data import annotations as ann
 from avloc.data.manifest import Entry, entry_problems, write_manifest
-from avloc.errors import DataError, MediaError
+from avloc.errors import DataError, MediaError, describe_error
 from avloc.io.atomic import check_writable, write_text_atomic
 
 AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg")
@@ -94,8 +94,8 @@ def _frame_sample(
             entry["video"] = _rel(vid, out_dir)
             entry["time"] = round(info.duration / 2, 3)  # the annotated (middle) frame
         entry["audio"] = _rel(aud if aud is not None else vid, out_dir)  # type: ignore[arg-type]
-    except MediaError as e:
-        return sid, None, [str(e)]
+    except (MediaError, OSError) as e:  # per-entry isolation: an unreadable file is one bad entry
+        return sid, None, [describe_error(e) or str(e)]
     entry["size"] = [w, h]
     entry["boxes"] = _scale(boxes_norm, w, h)
     return sid, entry, []
@@ -105,7 +105,9 @@ def _flickr(root: Path, out_dir: Path) -> Iterator[Candidate]:
     adir = root / "Annotations"
     if not adir.is_dir():
         raise DataError(f"{root} has no Annotations/ folder of Flickr-SoundNet XMLs")
-    for xml in sorted(adir.glob("*.xml")):
+    from avloc.io.outputs import is_temporary_name
+
+    for xml in sorted(x for x in adir.glob("*.xml") if not is_temporary_name(x.name)):
         try:
             rec = ann.parse_flickr_xml(xml)
         except DataError as e:
@@ -147,8 +149,8 @@ def _avsol(root: Path, out_dir: Path) -> Iterator[Candidate]:
             continue
         try:
             info = _video_info(path)
-        except MediaError as e:
-            yield vid, None, [str(e)]
+        except (MediaError, OSError) as e:
+            yield vid, None, [describe_error(e) or str(e)]
             continue
         w, h = int(info.width or 0), int(info.height or 0)
         if not (w and h and info.has_audio):
@@ -178,15 +180,23 @@ def _avsol(root: Path, out_dir: Path) -> Iterator[Candidate]:
 
 
 def _folder(root: Path, out_dir: Path) -> Iterator[Candidate]:
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTS and p.is_file())
+    from avloc.io.outputs import is_temporary_name
+
+    # hidden and temporary names (a killed run's `.NAME.avloc-tmp-*/`, editors' `~`, downloads' `.part`) are not samples
+    files = sorted(
+        p for p in root.rglob("*")
+        if p.suffix.lower() in VIDEO_EXTS
+        and not any(is_temporary_name(part) for part in p.relative_to(root).parts)
+        and p.is_file()
+    )
     if not files:
         raise DataError(f"no videos ({', '.join(VIDEO_EXTS)}) under {root}")
     for p in files:
         sid = p.relative_to(root).with_suffix("").as_posix().replace("/", "__")
         try:
             info = _video_info(p)
-        except MediaError as e:
-            yield sid, None, [str(e)]
+        except (MediaError, OSError) as e:
+            yield sid, None, [describe_error(e) or str(e)]
             continue
         missing = [s for s, ok in (("video", info.has_video), ("audio", info.has_audio)) if not ok]
         if missing or not info.duration:
@@ -218,7 +228,11 @@ def prepare(fmt: str, root: str | Path, out: str | Path, force: bool = False) ->
     root_p, out_p = Path(root), Path(out)
     if not root_p.is_dir():
         raise DataError(f"dataset folder not found: {root_p}")
+    if out_p.is_dir():
+        raise DataError(f"--out {out_p} is a folder: give the manifest's file path, e.g. {out_p / 'manifest.jsonl'}")
     report = out_p.with_name(out_p.name + ".report.txt")
+    if report.is_dir():
+        raise DataError(f"{report} (the report of --out {out_p}) is a folder: remove it or choose another --out")
     check_writable(out_p, force)
     check_writable(report, force)
     entries: list[Entry] = []
