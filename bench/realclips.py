@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fit-onscreen", action="store_true", help="fit avsemantic's on-screen model (leave-one-clip-out)")
     ap.add_argument("--fps", type=float, default=5.0)
     ap.add_argument("--per-clip", action="store_true")
+    ap.add_argument("--clips", nargs="+", default=None, metavar="STEM", help="only these clips (file stems)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     data = args.data or Path(os.environ.get("AVLOC_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "realclips_dev"
@@ -100,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     from avloc.engine.realworld import run_on_clips
 
     clips = load_realclips(data)
+    if args.clips:
+        unknown = sorted(set(args.clips) - {c.name for c in clips})
+        if unknown:
+            ap.error(f"unknown clips {unknown}; the set has {[c.name for c in clips]}")
+        clips = [c for c in clips if c.name in args.clips]
     names = list(CONFIGS) if args.table else (args.config or (["avsemantic"] if args.fit_onscreen else ["avsemantic"]))
     rows = []
     with tempfile.TemporaryDirectory(prefix="avloc-realclips-") as tmp:

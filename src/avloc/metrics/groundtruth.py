@@ -359,6 +359,11 @@ def _dispatch_json(p: Path, data: Any) -> list[dict[str, Any]]:
             return load_vggss_json(p)
         if all(_is_music_record(e) for e in data):
             return load_music_json(p)
+        if not all(isinstance(e, dict) for e in data):
+            return load_music_json(p)  # its validation names the first entry that is not an object
+    if isinstance(data, dict) and not all(isinstance(v, dict) for v in data.values()):
+        raise DataError(f"{p}: a JSON object that is neither AVSOL ({{\"videos\": [...]}}) nor a MUSIC id -> entry "
+                        f"mapping; VGG-SS and MUSIC ground truth is a JSON list of entries (expected {GT_FORMATS})")
     raise DataError(f"{p}: unrecognised ground-truth json; expected {GT_FORMATS}")
 
 

@@ -83,11 +83,12 @@ def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = 10) -> 
 
 
 def onscreen_summary(p: np.ndarray, y: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
-    """Balanced and plain accuracy of ``p >= threshold`` against labels ``y``, and the calibration error of ``p``."""
+    """Balanced and plain accuracy of ``p >= threshold`` against labels ``y``, and the calibration error of ``p``
+    (balanced accuracy is NaN when only one of the two labels occurs)."""
     p, y = np.asarray(p, np.float64), np.asarray(y, bool)
     pred = p >= threshold
     return {
-        "onscreen_balanced_accuracy": balanced_accuracy(pred, y),
+        "onscreen_balanced_accuracy": balanced_accuracy(pred, y) if y.any() and not y.all() else float("nan"),
         "onscreen_accuracy": float(np.mean(pred == y)),
         "onscreen_ece": expected_calibration_error(p, y),
         "n_onscreen_labels": int(len(y)),

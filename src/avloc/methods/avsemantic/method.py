@@ -67,11 +67,19 @@ def fit_window(audio: torch.Tensor, n: int) -> torch.Tensor:
     return F.pad(audio, (left, n - have - left))
 
 
-def centre_map(m: torch.Tensor) -> torch.Tensor:
-    """``relu(m - mean(m)) / max``: the part of a map that stands out, peak 1, exact zeros elsewhere; (h, w)."""
+def centre_map(m: torch.Tensor, support: float = 0.0) -> torch.Tensor:
+    """The part of a map that stands out, peak 1, exact zeros elsewhere; (h, w).
+
+    ``c = relu(m - mean(m))``, then cells below ``support`` x its peak are zeroed (the rest keeps its value):
+    a tight support matters for median binarisation (VGG-SS protocol), which predicts every non-zero cell of a
+    map that is zero on more than half the frame.
+    """
     c = F.relu(m - m.mean())
     peak = c.max()
-    return c / peak if float(peak) > MAP_EPS else torch.zeros_like(m)
+    if not float(peak) > MAP_EPS:
+        return torch.zeros_like(m)
+    c = c / peak
+    return torch.where(c >= support, c, torch.zeros_like(c)) if support > 0 else c
 
 
 @dataclass
@@ -105,8 +113,10 @@ class AVSemanticConfig(MethodConfig):
     borrow: dict[str, str] = field(default_factory=lambda: {"Music": "Musical instrument"})
     #: human sounds -> faces (YuNet); ``False``: human sounds are not grounded (ablation)
     use_faces: bool = True
-    #: weight of the upper body next to the head in a person's map
+    #: weight of the upper body next to the head in a person's map (the sound comes from the head)
     body_weight: float = 0.3
+    #: each source map keeps only cells >= this fraction of its peak (a tight support, :func:`centre_map`)
+    support: float = 0.3
     #: several faces: pick the speaker by mouth-region synchrony with the audio
     choose_speaker: bool = True
     #: fallback when nothing heard is grounded: synchrony x objectness (``False``: objectness alone, ablation)
@@ -243,7 +253,7 @@ class AVSemantic(LocalizationMethod):
                     v = float(probs[k, sets[c]].max())  # the best-matching class: independent of the set's size
                     feats["object"] = max(feats["object"], sc * v)
                     if v >= cfg.min_visible:
-                        m = centre_map(self._evidence.cam(ev, k, sets[c], out_hw))
+                        m = centre_map(self._evidence.cam(ev, k, sets[c], out_hw), cfg.support)
                         top = int(np.asarray(sets[c])[np.argmax(probs[k, sets[c]])])
                         frame_sources.append(HeardSource(names[c], sc, kind, f"imagenet:{top}", m, {"visible": round(v, 4)}))
                         weighted.append((sc, m))
@@ -299,7 +309,7 @@ class AVSemantic(LocalizationMethod):
                                   self.cfg.sync_spread)[keep]
             sync = F.interpolate(sync[:, None], size=out_hw, mode="bilinear", align_corners=False)[:, 0]
             obj = obj * (self.cfg.sync_floor + sync)
-        return torch.stack([centre_map(m) for m in obj])
+        return torch.stack([centre_map(m, self.cfg.support) for m in obj])
 
     def _person_map(self, rows: np.ndarray, who: int | None, out_hw: tuple[int, int], s_img: int) -> torch.Tensor:
         from avloc.methods.avsemantic.faces import person_map
@@ -309,7 +319,7 @@ class AVSemantic(LocalizationMethod):
             weights = np.zeros(len(rows))
             weights[who] = 1.0
         m = person_map(rows, weights, (out_hw[1], out_hw[0]), (s_img, s_img), body_weight=self.cfg.body_weight)
-        return centre_map(torch.as_tensor(np.asarray(m, np.float32)))
+        return centre_map(torch.as_tensor(np.asarray(m, np.float32)), self.cfg.support)
 
     def _faces_and_speaker(
         self, frames: torch.Tensor, audio: torch.Tensor, times: torch.Tensor, idx: list[int]
