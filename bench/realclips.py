@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\n{name}: per clip")
                 for clip, s in run.scores["per_clip"].items():
                     print(f"  {clip:32s} " + "  ".join(f"{k} {s[k]:.3f}" for k in ("median_success", "adaptive_success", "pointing")) + f"  n={s['n']}")
-            if args.fit_onscreen:
+            if args.fit_onscreen and all("onscreen_features" in r for r in run.records.values()):
+                print(f"\n{name}: on-screen model")
                 fit_onscreen(run.records, clips)
     print(f"\n{len(clips)} clips, {rows[0][1]['n']} scored frames, {rows[0][1].get('n_onscreen_labels', 0)} on/off labels ({data})\n")
     print("| configuration | " + " | ".join(COLUMNS) + " |")

@@ -367,6 +367,8 @@ COVERED_BY_REFERENCE = {
       for g in ("", "-namegroups")),
     # the all-threshold AP variants: tests/test_metrics.py (extended_ap) and test_extended_protocol_with_silent_pairs
     "slavc-extended-allthr", "slavc-extended-flickr-allthr",
+    # tests/test_realworld.py::test_realclips_protocol_matches_numpy
+    "realclips",
 }
 
 

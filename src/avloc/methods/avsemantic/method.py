@@ -67,6 +67,14 @@ def fit_window(audio: torch.Tensor, n: int) -> torch.Tensor:
     return F.pad(audio, (left, n - have - left))
 
 
+def visible_mass(probs: np.ndarray, indices: list[int]) -> float:
+    """How visible a set of ImageNet classes is: its softmax mass above what a uniform guess gives it,
+    ``max(0, P(I) - |I| / C) / (1 - |I| / C)`` -- 0 for a picture that says nothing about the set (a flat
+    grey frame gives "every vehicle" its chance share), comparable between one class and a union of hundreds."""
+    prior = len(indices) / probs.shape[-1]
+    return max(0.0, float(probs[indices].sum()) - prior) / max(1.0 - prior, 1e-6)
+
+
 def centre_map(m: torch.Tensor, support: float = 0.0) -> torch.Tensor:
     """The part of a map that stands out, peak 1, exact zeros elsewhere; (h, w).
 
@@ -102,8 +110,7 @@ class AVSemanticConfig(MethodConfig):
     #: heard classes: the top ``top_k`` AudioSet classes scoring at least ``min_score``
     top_k: int = 10
     min_score: float = 0.05
-    #: an object class is visible when the most probable of its ImageNet counterparts reaches this
-    #: (a flat grey picture gives at most ~0.03 to any class)
+    #: an object class is visible when its ImageNet counterparts' mass above chance reaches this
     min_visible: float = 0.05
     #: CAM strides (16: atrous head, finer; 32: the classifier's own grid)
     cam_strides: tuple[int, ...] = (16, 32)
@@ -250,7 +257,7 @@ class AVSemantic(LocalizationMethod):
                 if bool(smap.offscreen_prior[c]):
                     feats["narration"] = max(feats["narration"], sc)
                 if kind == "object" and sets[c]:
-                    v = float(probs[k, sets[c]].max())  # the best-matching class: independent of the set's size
+                    v = visible_mass(probs[k], sets[c])
                     feats["object"] = max(feats["object"], sc * v)
                     if v >= cfg.min_visible:
                         m = centre_map(self._evidence.cam(ev, k, sets[c], out_hw), cfg.support)

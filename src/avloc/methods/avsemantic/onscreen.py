@@ -2,8 +2,8 @@
 
 Per analysed frame the method measures (all in [0, 1]):
 
-* ``object``: ``max_c s_c * v_c`` over heard object classes -- tagger score times the probability of
-  that class's most probable ImageNet counterpart (heard *and* seen);
+* ``object``: ``max_c s_c * v_c`` over heard object classes -- tagger score times the ImageNet softmax mass
+  of that class's visible counterparts above chance (heard *and* seen, ``method.visible_mass``);
 * ``human``: ``max_c s_c`` over heard human sounds times the best face score (0 without a face);
 * ``speaker``: synchrony of the chosen face's mouth region with the audio (0 without faces);
 * ``unseen``: ``max_c s_c`` over heard classes with no visual counterpart (music, noise, wind ...);
