@@ -70,10 +70,10 @@ def repeated(src: Path, path: Path, times: int) -> Path:
 
 
 def run_rtf(clip: Path, fps: float, overlay: bool, out: Path, model) -> float:
-    from avloc.inference import DEFAULT_MODEL, LocalizeConfig, localize_video
+    from avloc.inference import LocalizeConfig, localize_video
 
     cfg = LocalizeConfig(fps=fps, overlay=overlay, force=True)
-    res = localize_video(clip, model, cfg, out, model_name=DEFAULT_MODEL, progress=False)
+    res = localize_video(clip, model, cfg, out, model_name=model.name, progress=False)
     return res.realtime_factor
 
 
@@ -95,12 +95,14 @@ def main() -> int:
     ap.add_argument("--fps", type=float, nargs="+", default=[5.0, 10.0])
     ap.add_argument("--long-minutes", type=float, nargs="*", default=[1.0, 5.0, 10.0])
     ap.add_argument("--skip-shared", action="store_true")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: the embedded default)")
+    ap.add_argument("--gen-fps", type=float, default=30.0, help="frame rate of the generated 720p clip")
     args = ap.parse_args()
-    model = load_model(DEFAULT_MODEL)
+    model = load_model(args.model)
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}, torch threads {__import__('torch').get_num_threads()}, load {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as d:
         clips = [] if args.skip_shared else sorted(Path(args.data, "videos").glob("*.mp4"))
-        clips.append(generated_720p(Path(d) / "gen720p30.mp4", 10.0))
+        clips.append(generated_720p(Path(d) / f"gen720p{args.gen_fps:g}.mp4", 10.0, fps=args.gen_fps))
         print("| clip | fps | RTF overlay | RTF no overlay |\n|---|---|---|---|")
         for c in clips:
             for fps in args.fps:

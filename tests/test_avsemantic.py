@@ -70,3 +70,28 @@ def test_onscreen_model_fits_and_predicts() -> None:
     assert w[FEATURES.index("unseen")] < 0  # sounds with no visual counterpart push towards off-screen
     # logit transform of the evidence products: x = 0.5 -> 0
     assert design_row({k: 0.5 for k in FEATURES})[0] == pytest.approx(0.0)
+
+
+def test_face_cache_does_not_leak_between_videos() -> None:
+    """One model serves many videos: faces cached for one clip's frames are not reused for another's."""
+    from avloc.methods import create_method
+
+    model = create_method("avsemantic").eval()
+    model._build(torch.device("cpu"))
+    calls: list[float] = []
+
+    class Stub:
+        def detect(self, rgb: np.ndarray) -> np.ndarray:
+            calls.append(float(rgb.mean()))
+            return np.zeros((0, 15), np.float32)
+
+    model._parts["faces"] = Stub()
+    times = torch.arange(4) / 5.0
+    audio = torch.zeros(4, 15600)
+    a = torch.full((4, 3, 64, 64), 0.2)
+    b = torch.full((4, 3, 64, 64), 0.8)
+    model._faces_and_speaker(a, audio, times, [0, 1, 2, 3])
+    model._faces_and_speaker(a, audio, times, [0, 1, 2, 3])  # same clip again: cached
+    assert len(calls) == 4
+    model._faces_and_speaker(b, audio, times, [0, 1, 2, 3])  # another clip at the same times: detected anew
+    assert len(calls) == 8 and calls[-1] > calls[0]

@@ -162,7 +162,7 @@ class AVSemantic(LocalizationMethod):
         cfg.validate()
         self.cfg: AVSemanticConfig = cfg
         self._parts: dict[str, Any] = {}  # built on first use: tagger, sound map, evidence net, face detector
-        self._face_cache: dict[float, np.ndarray] = {}
+        self._face_cache: dict[tuple[float, int], np.ndarray] = {}
 
     # -- parts ---------------------------------------------------------------------------
     def checkpoint_exclude_prefixes(self) -> list[str]:
@@ -337,17 +337,18 @@ class AVSemantic(LocalizationMethod):
 
         det = self._parts["faces"]
         ts = [round(float(t), 4) for t in times]
+        # cache key: the time and a fingerprint of the picture (the same model serves many videos)
+        keys = [(t, hash(frames[j, :, ::16, ::16].cpu().numpy().tobytes())) for j, t in enumerate(ts)]
         imgs = None
         rows: list[np.ndarray] = []
-        for j, t in enumerate(ts):
-            if t not in self._face_cache:
+        for j, key in enumerate(keys):
+            if key not in self._face_cache:
                 if imgs is None:
                     imgs = (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-                self._face_cache[t] = det.detect(imgs[j])
-            rows.append(self._face_cache[t])
-        if len(self._face_cache) > 4 * len(ts) + 64:  # keep only the buffer's neighbourhood
-            lo = min(ts)
-            self._face_cache = {t: v for t, v in self._face_cache.items() if t >= lo}
+                self._face_cache[key] = det.detect(imgs[j])
+            rows.append(self._face_cache[key])
+        if len(self._face_cache) > 4 * len(ts) + 64:  # keep only this buffer's frames
+            self._face_cache = {k: self._face_cache[k] for k in keys}
         faces = {j: rows[j] for j in idx}
         speaker: dict[int, tuple[int, float]] = {}
         if not self.cfg.choose_speaker or max((len(r) for r in rows), default=0) == 0 or len(ts) < 3:
