@@ -57,8 +57,8 @@ def build(name: str, extra: list[str], data: Path) -> tuple[Any, Any, Any]:
 
 def fit_onscreen(runs: dict[str, Any], clips: list[Any]) -> None:
     """Leave-one-clip-out logistic regression on the avsemantic on-screen features."""
-    from avloc.metrics.realworld import balanced_accuracy, expected_calibration_error
     from avloc.methods.avsemantic.onscreen import design_row, fit_logistic
+    from avloc.metrics.realworld import balanced_accuracy, expected_calibration_error
 
     rows, ys, groups = [], [], []
     for c in clips:
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             ap.error(f"unknown clips {unknown}; the set has {[c.name for c in clips]}")
         clips = [c for c in clips if c.name in args.clips]
-    names = list(CONFIGS) if args.table else (args.config or (["avsemantic"] if args.fit_onscreen else ["avsemantic"]))
+    names = list(CONFIGS) if args.table else (args.config or ["avsemantic"])
     rows = []
     with tempfile.TemporaryDirectory(prefix="avloc-realclips-") as tmp:
         for name in names:

@@ -82,3 +82,14 @@ def test_real_clip_grounds_the_heard_dog(tmp_path: Path, model, shared_data: Pat
     dog = heard.get("Dog") or heard["Bark"]
     assert dog["grounding"].startswith("imagenet:") and 151 <= int(dog["grounding"].split(":")[1]) <= 268
     assert rec["boxes"] and "label" in rec["boxes"][0]
+
+
+def test_cli_default_is_avsemantic(tmp_path: Path) -> None:
+    from avloc.cli.main import main
+    from avloc.inference import DEFAULT_MODEL
+
+    assert DEFAULT_MODEL == "avsemantic"
+    clip = _clip(tmp_path / "noise.mp4", (0.2 * np.random.default_rng(2).standard_normal(32000)).astype(np.float32), 2.0)
+    assert main(["localize", str(clip), "--out", str(tmp_path / "o"), "--no-overlay", "--fps", "2", "--quiet"]) == 0
+    doc = json.loads((tmp_path / "o" / "noise.avloc.json").read_text())
+    assert doc["model"]["name"] == "avsemantic" and all("sources" in f for f in doc["frames"])

@@ -68,7 +68,7 @@ def _clip(path: Path, seconds: float = 6.0, width: int = 160, height: int = 120,
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DemoClip, int]:
     d = tmp_path_factory.mktemp("loc")
     clip = _clip(d / "demo.mp4", seconds=8.0, width=192, height=144)
-    rc = main(["localize", str(d / "demo.mp4"), "--out", str(d / "out"), "--save-heatmaps", "--quiet"])
+    rc = main(["localize", "--model", "avsync-objectness", str(d / "demo.mp4"), "--out", str(d / "out"), "--save-heatmaps", "--quiet"])
     return d, clip, rc
 
 
@@ -120,7 +120,7 @@ def test_existing_outputs_need_force(demo_run, capsys) -> None:
     d, _, _ = demo_run
     out = d / "out"
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
-    rc = main(["localize", str(d / "demo.mp4"), "--out", str(out), "--quiet"])
+    rc = main(["localize", "--model", "avsync-objectness", str(d / "demo.mp4"), "--out", str(out), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--force" in err[0]
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
@@ -136,7 +136,7 @@ def test_no_audio_needs_visual_only(tmp_path, capsys) -> None:
     for f in frames:
         f[10:30, 20:40] = 230  # a bright object
     v = _write_plain(tmp_path / "mute.mp4", frames, 10, None)
-    rc = main(["localize", str(v), "--out", str(tmp_path / "o"), "--quiet"])
+    rc = main(["localize", "--model", "avsync-objectness", str(v), "--out", str(tmp_path / "o"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "no audio track" in err[0] and "--visual-only" in err[0]
     assert not (tmp_path / "o" / "mute.avloc.json").exists()
@@ -155,7 +155,7 @@ def test_silent_audio_is_offscreen(tmp_path) -> None:
     for i, f in enumerate(clip_frames):
         f[20 + i : 40 + i, 30:50] = 220  # a moving object, no sound
     v = _write_plain(tmp_path / "silent.mp4", clip_frames, 10, np.zeros(32000, np.float32))
-    rc = main(["localize", str(v), "--out", str(tmp_path / "o"), "--no-overlay", "--quiet"])
+    rc = main(["localize", "--model", "avsync-objectness", str(v), "--out", str(tmp_path / "o"), "--no-overlay", "--quiet"])
     assert rc == 0
     doc = json.loads((tmp_path / "o" / "silent.avloc.json").read_text())
     check_schema(doc)
@@ -171,7 +171,7 @@ def test_folder_with_a_corrupt_file(tmp_path, capsys) -> None:
     _clip(src / "a.mp4", seconds=2.0, width=96, height=64)
     (src / "b.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
     (src / "notes.txt").write_text("ignored: not a video extension")
-    rc = main(["localize", str(src), "--out", str(tmp_path / "o"), "--no-overlay", "--quiet"])
+    rc = main(["localize", "--model", "avsync-objectness", str(src), "--out", str(tmp_path / "o"), "--no-overlay", "--quiet"])
     cap = capsys.readouterr()
     err = cap.err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "b.mp4" in err[0]
@@ -228,7 +228,7 @@ def test_odd_inputs(tmp_path, kind: str) -> None:
         audio = (0.3 * np.sin(np.arange(sr * n // 10) * 0.1)).astype(np.float32)
         v = _write_plain(tmp_path / f"{kind}.mp4", frames, 10, audio)
     info = probe(v)
-    rc = main(["localize", str(v), "--out", str(tmp_path / "o"), "--save-heatmaps", "--quiet"])
+    rc = main(["localize", "--model", "avsync-objectness", str(v), "--out", str(tmp_path / "o"), "--save-heatmaps", "--quiet"])
     assert rc == 0
     doc = json.loads((tmp_path / "o" / f"{v.stem}.avloc.json").read_text())
     check_schema(doc)
@@ -275,7 +275,7 @@ def test_yamnet_semantic_mode_on_a_dog_clip(shared_data, tmp_path) -> None:
     clips = sorted((shared_data / "videos").glob("demo__single__dog_barking_*.mp4"))
     if not yam.is_file() or not clips:
         pytest.skip("yamnet.tflite or the dog-barking clip is missing from the shared data")
-    rc = main(["localize", str(clips[0]), "--out", str(tmp_path), "--audio-tagger", str(yam), "--no-overlay", "--fps", "2", "--quiet"])
+    rc = main(["localize", "--model", "avsync-objectness", str(clips[0]), "--out", str(tmp_path), "--audio-tagger", str(yam), "--no-overlay", "--fps", "2", "--quiet"])
     assert rc == 0
     doc = json.loads((tmp_path / f"{clips[0].stem}.avloc.json").read_text())
     check_schema(doc)
@@ -292,7 +292,7 @@ def test_yamnet_semantic_mode_on_a_dog_clip(shared_data, tmp_path) -> None:
 def test_every_shared_clip(shared_data, tmp_path) -> None:
     clips = sorted((shared_data / "videos").glob("*.mp4"))
     assert clips
-    rc = main(["localize", *map(str, clips), "--out", str(tmp_path), "--quiet"])
+    rc = main(["localize", "--model", "avsync-objectness", *map(str, clips), "--out", str(tmp_path), "--quiet"])
     assert rc == 0
     for c in clips:
         doc = json.loads((tmp_path / f"{c.stem}.avloc.json").read_text())

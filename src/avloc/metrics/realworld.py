@@ -91,6 +91,6 @@ def onscreen_summary(p: np.ndarray, y: np.ndarray, threshold: float = 0.5) -> di
         "onscreen_balanced_accuracy": balanced_accuracy(pred, y) if y.any() and not y.all() else float("nan"),
         "onscreen_accuracy": float(np.mean(pred == y)),
         "onscreen_ece": expected_calibration_error(p, y),
-        "n_onscreen_labels": int(len(y)),
+        "n_onscreen_labels": len(y),
         "n_offscreen": int((~y).sum()),
     }
