@@ -81,23 +81,3 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 100
         if np.abs(step).max() < 1e-10:
             break
     return theta[:-1], float(theta[-1])
-
-
-def balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
-    """Mean of the on-screen and off-screen recalls (0.5 for a constant answer)."""
-    pred, y = np.asarray(pred, bool), np.asarray(y, bool)
-    if y.all() or not y.any():
-        raise ConfigError("balanced accuracy needs both on-screen and off-screen labels")
-    return float((np.mean(pred[y]) + np.mean(~pred[~y])) / 2)
-
-
-def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
-    """ECE (Naeini et al., AAAI 2015): ``sum_b |B|/N * |mean(y_b) - mean(p_b)|`` over equal-width bins."""
-    p, y = np.asarray(p, np.float64), np.asarray(y, np.float64)
-    idx = np.minimum((p * bins).astype(int), bins - 1)
-    err = 0.0
-    for b in range(bins):
-        m = idx == b
-        if m.any():
-            err += m.mean() * abs(y[m].mean() - p[m].mean())
-    return float(err)
