@@ -232,3 +232,26 @@ def test_lite0_imagenet_top5_on_real_photos(lite0: EfficientNetLite0, photo: str
     assert int(probs.argmax()) in classes and probs.max() > 0.5, (
         f"{photo}: top-1 {int(probs.argmax())} p={probs.max():.2f}"
     )
+
+
+def test_lite0_fold_batchnorm_same_outputs(lite0: EfficientNetLite0) -> None:
+    """Folded BatchNorm (and channels-last) gives the unfolded heads at both strides; training is refused."""
+    import copy
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 96, 128)
+    with torch.inference_mode():
+        ref = lite0.forward_heads(x, (16, 32))
+        folded = copy.deepcopy(lite0).eval().fold_batchnorm()
+        folded.to(memory_format=torch.channels_last)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        got = folded.forward_heads(x.contiguous(memory_format=torch.channels_last), (16, 32))
+        logits_ref, logits = lite0.classify(x), folded.classify(x)
+    for s in (16, 32):
+        torch.testing.assert_close(got[s], ref[s], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits, logits_ref, rtol=1e-4, atol=1e-4)
+    assert folded.fold_batchnorm() is folded  # idempotent
+    with pytest.raises(ConfigError, match="inference only"):
+        folded.train()
+    with pytest.raises(ConfigError, match="eval"):
+        EfficientNetLite0(pretrained=False).fold_batchnorm()
