@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from avloc.errors import ConfigError, DataError
+from avloc.errors import DataError
 from avloc.metrics.protocols import Protocol, create_protocol
 from avloc.metrics.targets import Target, to_target
 
@@ -143,24 +143,18 @@ CLASS_AWARE_TASKS = ("dsol_classaware", "qian_classaware")
 
 
 def _localizer(model: LocalizationMethod, protocol: Protocol) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``localize`` for class-agnostic protocols; ``localize_classes`` (class maps only) for class-aware ones."""
-    name = type(model).__name__
+    """``localize`` for class-agnostic protocols; the class maps of ``localize_classes`` for class-aware ones."""
+    from avloc.methods.base import Capability, require
+
     if protocol.task not in CLASS_AWARE_TASKS:
         return model.localize
-    per_class = getattr(model, "localize_classes", None)
-    if not callable(per_class):
-        raise ConfigError(
-            f"protocol {protocol.name} scores one map per sounding class, but {name} has no "
-            "localize_classes(images, audio) -> (B, C, h, w); evaluate a class-aware method (e.g. twostage) "
-            "or use a class-agnostic protocol (e.g. dsol-music)"
-        )
+    require(model, Capability.CLASSES, f"protocol {protocol.name} scores one map per sounding class")
 
     def class_maps(images: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        out = per_class(images, audio)
-        maps = out[0] if isinstance(out, tuple) else out  # twostage returns (maps, class probabilities)
+        maps = model.localize_classes(images, audio).maps
         if maps.dim() != 4:
-            raise DataError(f"{name}.localize_classes must return (B, C, h, w) class maps, got shape {tuple(maps.shape)}")
-        return maps  # type: ignore[no-any-return]
+            raise DataError(f"{type(model).__name__}.localize_classes must return (B, C, h, w) class maps, got shape {tuple(maps.shape)}")
+        return maps
 
     return class_maps
 

@@ -72,7 +72,7 @@ from avloc.frontends.audio import AudioFrontend, AudioFrontendConfig
 from avloc.frontends.image import ImageConfig, segment_times, transform_boxes
 from avloc.io.audio import window_at
 from avloc.methods import register_method
-from avloc.methods.base import LocalizationMethod, MethodConfig
+from avloc.methods.base import Capability, LocalizationMethod, MethodConfig
 from avloc.methods.blocks import build_visual_encoder
 
 # ---------------------------------------------------------------------------------------------
@@ -209,6 +209,8 @@ def derangement(n: int, device: torch.device) -> torch.Tensor:
 class SegmentMethod(LocalizationMethod):
     """Shared plumbing of DNM and its baselines: frozen backbone over T frames, segment handling."""
 
+    capabilities = frozenset({Capability.CLIP})
+
     cfg: DNMConfig
 
     def __init__(self, cfg: DNMConfig, avsm_branch: bool = True, cls_branch: bool = True) -> None:
@@ -321,6 +323,8 @@ class SegmentMethod(LocalizationMethod):
 
 class DNM(SegmentMethod):
     """Fig. 2: visual / audio feature networks, static or CDF fusion into the AVSM s, dual normalization."""
+
+    capabilities = SegmentMethod.capabilities | {Capability.ONSCREEN}
 
     def __init__(self, cfg: DNMConfig) -> None:
         use_cls = cfg.tasks in ("cls", "dnm")
