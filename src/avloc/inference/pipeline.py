@@ -116,7 +116,9 @@ def make_source(model: LocalizationMethod | None, cfg: LocalizeConfig) -> ModelS
         return src
     if model is None:
         raise ConfigError("a model is needed unless visual_only is set")
-    return CombinedSource(model) if cfg.combine == "synchrony" else ModelSource(model)
+    if cfg.combine == "synchrony":
+        return CombinedSource(model, cfg.window_seconds)
+    return ModelSource(model, cfg.window_seconds)
 
 
 def _chunks(frames: Iterator[_Item], context: int, chunk: int) -> Iterator[tuple[list[_Item], int, int]]:

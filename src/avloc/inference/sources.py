@@ -47,11 +47,15 @@ class ModelSource:
     ``localize_clip`` (``CLIP``) or per-frame ``localize`` / ``localize_detected`` (``DETECTED``), plus its
     ``onscreen`` (``ONSCREEN``) and ``boxes`` (``BOXES``) when declared."""
 
-    def __init__(self, model: LocalizationMethod) -> None:
+    def __init__(self, model: LocalizationMethod, window_seconds: float | None = None) -> None:
+        """``window_seconds``: the audio window per frame when it is not the model's own (``--window``); temporal
+        methods then get the difference as extra context each side (their segment follows the window)."""
         self.model = model
         self.analyses_sources = supports(model, Capability.SOURCES)
         self.is_clip = supports(model, Capability.CLIP)
-        self.context_seconds = float(model.clip_context_seconds) if self.is_clip else 0.0
+        own = model.cfg.audio.window_seconds
+        extra = max(0.0, (window_seconds - own) / 2) if window_seconds is not None else 0.0
+        self.context_seconds = float(model.clip_context_seconds) + extra if self.is_clip else 0.0
         self.own_onscreen = supports(model, Capability.ONSCREEN)
         self.own_boxes = supports(model, Capability.BOXES)
         self.own_classes = not self.is_clip and supports(model, Capability.DETECTED)
@@ -112,8 +116,8 @@ class CombinedSource(ModelSource):
     audio windows (same sample rate), so the two maps share one geometry.
     """
 
-    def __init__(self, model: LocalizationMethod) -> None:
-        super().__init__(model)
+    def __init__(self, model: LocalizationMethod, window_seconds: float | None = None) -> None:
+        super().__init__(model, window_seconds)
         if self.is_clip:
             raise ConfigError(f"--combine synchrony needs a per-frame method; {model.name!r} is already temporal")
         from avloc.methods.avsync_prior import AVSyncPrior, AVSyncPriorConfig

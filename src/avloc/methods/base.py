@@ -52,9 +52,12 @@ even while the rest of the model trains.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -63,6 +66,9 @@ from torch.utils.data import Dataset
 from avloc.errors import ConfigError, DataError
 from avloc.frontends.audio import AudioFrontendConfig
 from avloc.frontends.image import ImageConfig
+
+if TYPE_CHECKING:
+    from avloc.encoders.cache import FeatureCache
 
 
 @dataclass
@@ -199,6 +205,7 @@ class LocalizationMethod(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.checkpoint_meta: dict[str, Any] = {}
+        self._feature_cache: FeatureCache | None = None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Training outputs; training-free methods return ``{"heatmap": localize(image, audio)}``."""
@@ -268,8 +275,38 @@ class LocalizationMethod(nn.Module):
             raise DataError(f"expected images (B, 3, H, W) or (B, T, 3, H, W), got {tuple(images.shape)}")
         if self.visual_frozen():
             with torch.no_grad():
+                cache = self._feature_cache
+                if cache is not None:  # features by image content (use_feature_cache)
+                    from avloc.encoders.cache import content_key
+
+                    keys = [content_key(x) for x in images]
+                    return cache.get_or_compute(keys, lambda idx: enc(images[idx]).cpu()).to(images.device)
                 return enc(images)  # type: ignore[no-any-return]
         return enc(images)  # type: ignore[no-any-return]
+
+    def feature_cache_at(self, root: str | Path) -> FeatureCache:
+        """The disk :class:`~avloc.encoders.cache.FeatureCache` of this model's frozen pretrained visual encoder
+        (namespaced by encoder, weights and image preprocessing; float32, so cached features are exact)."""
+        from avloc.config import config_to_dict
+        from avloc.encoders.cache import FeatureCache
+
+        enc = self.visual_module()
+        if enc is None or not self.visual_cacheable():
+            raise ConfigError(f"{type(self).__name__}: only a frozen pretrained visual encoder's features can be cached")
+        return FeatureCache.for_encoder(
+            root, self.cfg.visual_encoder, self.cfg.visual_encoder_kwargs, enc,
+            {"image": config_to_dict(self.cfg.image)}, dtype="float32",
+        )
+
+    @contextlib.contextmanager
+    def use_feature_cache(self, cache: FeatureCache | None) -> Iterator[None]:
+        """Within the block, :meth:`encode_images` reads and writes frozen features in ``cache`` (``None``: no-op)."""
+        before = self._feature_cache
+        self._feature_cache = cache
+        try:
+            yield
+        finally:
+            self._feature_cache = before
 
     def visual_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Visual encoder features for a batch: cached ``vfeat`` if present, else encode ``image``."""
