@@ -354,3 +354,29 @@ def test_class_aware_model_reports_one_map_per_detected_class(tmp_path) -> None:
     for i in range(1 + SHEET_CLASS_PANELS):  # the frame and one panel per detected class drawn; the rest left dark
         panel = first[:, i * (tw + 2) : i * (tw + 2) + tw]
         assert (panel.max() > 24) == (i <= n_det)
+
+
+def test_analyse_in_memory_then_write_equals_localize_video(tmp_path) -> None:
+    """``analyse_video`` (nothing written) + ``write_outputs`` gives the files ``localize_video`` writes: the same
+    frames, heatmaps and sheet (only the creation time and the processing time differ)."""
+    from avloc.inference.config import LocalizeConfig
+    from avloc.inference.pipeline import analyse_video, localize_video, write_outputs
+    from avloc.methods.zoo import load_model
+
+    _clip(tmp_path / "c.mp4", seconds=2.0)
+    model = load_model("avsync-objectness")
+    cfg = LocalizeConfig(save_heatmaps=True, overlay=False)
+    direct = localize_video(tmp_path / "c.mp4", model, cfg, tmp_path / "a", model_name="avsync-objectness", progress=False)
+    analysis = analyse_video(tmp_path / "c.mp4", model, cfg, model_name="avsync-objectness", progress=False)
+    assert not (tmp_path / "b").exists() and len(analysis.records) == direct.frames == analysis.maps.shape[0]
+    written = write_outputs(analysis, tmp_path / "b")
+    assert set(written.outputs) == set(direct.outputs) == {"json", "sheet", "heatmaps"}
+    a, b = (json.loads((tmp_path / d / "c.avloc.json").read_text()) for d in ("a", "b"))
+    for doc in (a, b):
+        doc.pop("created")
+        doc["summary"].pop("processing_seconds")
+        doc["summary"].pop("realtime_factor")
+    assert a == b
+    assert (tmp_path / "a" / "c.sheet.png").read_bytes() == (tmp_path / "b" / "c.sheet.png").read_bytes()
+    with np.load(tmp_path / "a" / "c.heatmaps.npz") as za, np.load(tmp_path / "b" / "c.heatmaps.npz") as zb:
+        assert set(za) == set(zb) and all(np.array_equal(za[k], zb[k]) for k in za)

@@ -17,7 +17,6 @@ from avloc.metrics.protocols import Protocol, create_protocol
 from test_dnm import TINY as DNM_TINY
 from test_engine import TinyAV, tiny_lvs_config, tiny_train_config
 
-
 # ---- 1. val_metric=pnsr (lower is better) keeps the lowest score as best
 
 
