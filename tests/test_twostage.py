@@ -422,10 +422,10 @@ def test_labels_to_multihot_forms_and_errors() -> None:
 
 
 def test_bench_peak_places() -> None:
-    """bench/twostage_digitscenes.py: where the class-agnostic map peaks (sounding / silent digit / background)."""
+    """bench/paper/twostage/run.py: where the class-agnostic map peaks (sounding / silent digit / background)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "twostage_digitscenes.py"
+    path = Path(__file__).resolve().parents[1] / "bench" / "paper" / "twostage" / "run.py"
     spec = importlib.util.spec_from_file_location("twostage_digitscenes_bench", path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)

@@ -41,7 +41,7 @@ so the audio backbone is trained from scratch or first pretrained on FSDD digits
 
 Training-only levers (issue 7) are config fields too, applied by
 :meth:`SegmentMethod.prepare_training` when the engine starts, so ``avloc train
---method dnm key=value`` trains what ``bench/dnm_digitscenes.py`` trains:
+--method dnm key=value`` trains what ``bench/paper/dnm/run.py`` trains:
 ``sound_draws`` / ``pixels_once`` (:class:`RedrawnSoundTracks`),
 ``neg_other_time`` (:class:`OtherTimeNegatives`), ``audio_init_from`` /
 ``audio_pretrain_steps`` with ``freeze_audio``, ``init_seed``.
@@ -830,8 +830,8 @@ class DNMConfig(MethodConfig):
 
     Training data: AVC is self-supervised and learns any cue that ties a sound to its
     clip; on 150 DigitScenes clips it memorised the clips (training AVC AUC 0.86, test
-    0.51) and localised nothing. The shipped recipe, ``bench/configs/dnm_digitscenes.json``,
-    trains on 1,000 distinct clips (docs/RESULTS.md, issue 7; ``bench/dnm_digitscenes.py
+    0.51) and localised nothing. The shipped recipe, ``dnm-digitscenes``,
+    trains on 1,000 distinct clips (docs/RESULTS.md, issue 7; ``bench/paper/dnm/run.py
     --avc-check`` tells memorisation from learning).
     """
 

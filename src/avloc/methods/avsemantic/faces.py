@@ -38,7 +38,7 @@ that people make (speech, singing, laughter, crying...):
 Rates: the cue works at 5 analysed frames per second. There the 4-5 Hz syllable
 rhythm is aliased and the synchrony rests on phrase-level structure (the mouth still
 in pauses of >= 0.4 s, moving while there is sound), so it needs windows of >= 4 s
-(20 differences) containing pauses. Measured on real speech (``bench/speed_faces.py``,
+(20 differences) containing pauses. Measured on real speech (``bench/speed/faces.py``,
 the face's own audio vs the same face 3 s apart, 4-s windows): the right one is
 chosen in 83 % of the TEDx windows and 67 % of the singer's at 5 fps; all decoded
 frames (25-30 fps, :func:`mouth_motion_series`, smoothed over 0.4 s) did not do

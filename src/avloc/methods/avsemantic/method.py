@@ -136,7 +136,7 @@ class AVSemanticConfig(MethodConfig):
     sync_floor: float = 0.1
     #: on-screen logistic model over (object, human, speaker, unseen, narration), see :mod:`.onscreen`
     #: fitted on the 39 labelled frames of realclips_dev (5 off-screen), class-balanced IRLS, 2026-12-02:
-    #: ``python bench/realclips.py --fit-onscreen`` (leave-one-clip-out balanced accuracy 0.650, docs/RESULTS.md)
+    #: ``python bench/paper/avsemantic/realclips.py --fit-onscreen`` (leave-one-clip-out balanced accuracy 0.650, docs/RESULTS.md)
     onscreen_weights: tuple[float, ...] = (0.672, 0.086, -0.248, 0.635, 0.056)
     onscreen_bias: float = 4.125
 

@@ -11,7 +11,7 @@ Per analysed frame the method measures (all in [0, 1]):
 
 ``P(on-screen) = sigmoid(b + sum_i w_i * phi_i)`` with ``phi = (logit(object), logit(human), speaker, unseen,
 narration)``, ``logit(x) = log((x + eps) / (1 - x + eps))``: a five-weight logistic regression (Cox 1958), fitted
-by IRLS on the development clips' on/off labels (``bench/realclips.py --fit-onscreen``, cross-validated by
+by IRLS on the development clips' on/off labels (``bench/paper/avsemantic/realclips.py --fit-onscreen``, cross-validated by
 clip; docs/RESULTS.md), stored as config defaults.
 """
 
