@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 from avloc.cli.main import main
-from avloc.data.synthetic import DemoClip, DemoClipConfig, write_demo_clip
+from avloc.data.synthetic import DemoClip, DemoClipConfig, write_demo_clip, write_test_clip
 from avloc.inference.check import score_records
 from avloc.io.media import probe, write_video
 
@@ -181,38 +180,17 @@ def test_folder_with_a_corrupt_file(tmp_path, capsys) -> None:
 
 def _vfr(path: Path, width: int = 96, height: int = 64) -> Path:
     """H.264 with irregular frame durations (30 ms / 70 ms / 120 ms ...) plus AAC audio."""
-    import av
-
     rng = np.random.default_rng(0)
     sr = 16000
-    with av.open(str(path), "w", format="mp4") as c:
-        vs = c.add_stream("libx264", rate=30)
-        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
-        vs.codec_context.time_base = Fraction(1, 1000)
-        a = c.add_stream("aac", rate=sr)
-        a.layout = "mono"
-        t_ms = 0
-        for i in range(20):
-            img = np.full((height, width, 3), 60, np.uint8)
-            img[10:30, (i * 3) % (width - 20) : (i * 3) % (width - 20) + 20] = 220
-            fr = av.VideoFrame.from_ndarray(img, format="rgb24")
-            fr.pts, fr.time_base = t_ms, Fraction(1, 1000)
-            for p in vs.encode(fr):
-                c.mux(p)
-            t_ms += int(rng.choice([30, 70, 120]))
-        for p in vs.encode():
-            c.mux(p)
-        wav = (0.3 * np.sin(np.arange(round(sr * t_ms / 1000)) * 0.2)).astype(np.float32).reshape(1, -1)
-        af = av.AudioFrame.from_ndarray(wav, format="flt", layout="mono")
-        af.sample_rate, af.pts = sr, 0
-        fifo = av.AudioFifo()
-        fifo.write(af)
-        while fifo.samples:
-            for p in a.encode(fifo.read(min(1024, fifo.samples), partial=True)):
-                c.mux(p)
-        for p in a.encode():
-            c.mux(p)
-    return path
+    frames, pts, t_ms = [], [], 0
+    for i in range(20):
+        img = np.full((height, width, 3), 60, np.uint8)
+        img[10:30, (i * 3) % (width - 20) : (i * 3) % (width - 20) + 20] = 220
+        frames.append(img)
+        pts.append(t_ms)
+        t_ms += int(rng.choice([30, 70, 120]))
+    wav = (0.3 * np.sin(np.arange(round(sr * t_ms / 1000)) * 0.2)).astype(np.float32)
+    return write_test_clip(path, frames, 30, wav, sr, pts_ms=pts)
 
 
 @pytest.mark.parametrize("kind", ["portrait", "tiny", "huge", "vfr"])

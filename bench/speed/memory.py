@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from avloc.data.synthetic import write_test_clip
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from localize import repeated  # bench/speed/ is not a package
 
@@ -33,43 +35,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 def base_clip(path: Path, seconds: float, size: tuple[int, int], fps: float, audio_rate: int) -> Path:
     """A cheap generated clip: a bright block moving over grey, stereo AAC (a tone with 4 Hz bursts)."""
-    import av
-
     w, h = size
-    with av.open(str(path), "w", format="mp4") as c:
-        vs = c.add_stream("libx264", rate=round(fps))
-        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-        vs.options = {"preset": "ultrafast", "crf": "28"}
-        a = c.add_stream("aac", rate=audio_rate)
-        a.layout = "stereo"
 
-        def frames() -> Iterator[np.ndarray]:
-            for i in range(round(seconds * fps)):
-                img = np.full((h, w, 3), 90, np.uint8)
-                x = int((w - w // 5) * (0.5 + 0.5 * np.sin(i / fps)))
-                img[h // 3 : h // 3 + h // 5, x : x + w // 5] = 230
-                yield img
+    def frames() -> Iterator[np.ndarray]:
+        for i in range(round(seconds * fps)):
+            img = np.full((h, w, 3), 90, np.uint8)
+            x = int((w - w // 5) * (0.5 + 0.5 * np.sin(i / fps)))
+            img[h // 3 : h // 3 + h // 5, x : x + w // 5] = 230
+            yield img
 
-        for i, img in enumerate(frames()):
-            fr = av.VideoFrame.from_ndarray(img, format="rgb24")
-            fr.pts = i
-            for p in vs.encode(fr):
-                c.mux(p)
-        for p in vs.encode():
-            c.mux(p)
-        n = round(seconds * audio_rate)
-        t = np.arange(n) / audio_rate
-        mono = (0.3 * np.sin(2 * np.pi * 440 * t) * (np.sin(2 * np.pi * 4 * t) > 0)).astype(np.float32)
-        fifo = av.AudioFifo()
-        af = av.AudioFrame.from_ndarray(np.stack([mono, mono]).reshape(1, -1), format="flt", layout="stereo")
-        af.sample_rate, af.pts = audio_rate, 0
-        fifo.write(af)
-        while fifo.samples:
-            for p in a.encode(fifo.read(min(1024, fifo.samples), partial=True)):
-                c.mux(p)
-        for p in a.encode():
-            c.mux(p)
-    return path
+    t = np.arange(round(seconds * audio_rate)) / audio_rate
+    mono = (0.3 * np.sin(2 * np.pi * 440 * t) * (np.sin(2 * np.pi * 4 * t) > 0)).astype(np.float32)
+    return write_test_clip(path, frames(), fps, np.stack([mono, mono]), audio_rate,
+                           options={"preset": "ultrafast", "crf": "28"})
 
 
 def peak_rss(clip: Path, out: Path, args: argparse.Namespace) -> tuple[float, float]:

@@ -356,6 +356,7 @@ def analyse_video(
     path: str | Path,
     model: LocalizationMethod | None,
     cfg: LocalizeConfig,
+    *,
     model_name: str | None = None,
     tagger: Any = None,
     progress: bool = True,
@@ -620,7 +621,7 @@ def localize_video(
     tx.begin()  # lock this stem's outputs, clean what killed runs left, open the temporary folder
     try:
         assert tx.dir is not None
-        analysis = analyse_video(path, model, cfg, model_name, tagger, progress, scratch=tx.dir)
+        analysis = analyse_video(path, model, cfg, model_name=model_name, tagger=tagger, progress=progress, scratch=tx.dir)
         _write_into(tx, analysis, outs, progress)
         tx.commit()  # the whole set replaces the previous one, JSON last
     except BaseException:
