@@ -58,12 +58,13 @@ from avloc.data.collate import collate_samples
 from avloc.data.datasets import dataset_from_spec
 from avloc.data.digitscenes.config import VideoConfig, variant_config
 from avloc.data.moments import MomentFrames, middle_moments, select_moments
-from avloc.data.pseudo_boxes import box_iou, pseudo_box, semi_supervised
+from avloc.data.pseudo_boxes import pseudo_box, semi_supervised
 from avloc.engine.evaluate import evaluate_predictions
 from avloc.engine.train import OptimConfig, TrainConfig, train
 from avloc.methods import create_method
 from avloc.methods.lvs import LVS, LVSConfig
 from avloc.methods.zoo import load_model
+from avloc.metrics.ops import box_iou
 from avloc.metrics.targets import targets_from_batch
 
 

@@ -46,11 +46,12 @@ from avloc.data.clips import DigitScenesClips
 from avloc.data.collate import collate_samples
 from avloc.data.datasets import dataset_from_spec
 from avloc.data.moments import select_moments
-from avloc.data.pseudo_boxes import PseudoBoxConfig, box_iou, clip_pseudo_boxes
+from avloc.data.pseudo_boxes import PseudoBoxConfig, clip_pseudo_boxes
 from avloc.engine.evaluate import evaluate_model
 from avloc.methods.base import LocalizationMethod
 from avloc.methods.classif import HEADS, Classif
 from avloc.methods.zoo import load_labelled_models, load_model
+from avloc.metrics.ops import box_iou
 
 
 def localization(models: dict[str, LocalizationMethod], spec: str, raw: str, count: int, protocols: list[str]) -> dict[str, Any]:

@@ -295,7 +295,7 @@ def mouth_box(face_row: np.ndarray, frame_wh: tuple[int, int] | None = None) -> 
     return float(x1), float(y1), float(x2), float(y2)
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def box_iou_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of ``[x, y, w, h, ...]`` rows: (N, >=4) x (M, >=4) -> (N, M)."""
     a = np.asarray(a, np.float64).reshape(-1, np.asarray(a).shape[-1])[:, :4]
     b = np.asarray(b, np.float64).reshape(-1, np.asarray(b).shape[-1])[:, :4]
@@ -360,7 +360,7 @@ def track_faces(detections: list[np.ndarray], iou_threshold: float = 0.3, max_ga
         live = [i for i in range(len(tracks)) if last_seen[i] >= t - 1 - max_gap]
         taken_d: set[int] = set()
         if live and len(d):
-            iou = box_iou(np.stack([last_row[i] for i in live]), d)  # (n_live, K)
+            iou = box_iou_xywh(np.stack([last_row[i] for i in live]), d)  # (n_live, K)
             order = np.dstack(np.unravel_index(np.argsort(-iou, axis=None, kind="stable"), iou.shape))[0]
             taken_t: set[int] = set()
             for li, di in order:
