@@ -21,6 +21,16 @@ from avloc.errors import CheckpointError, ConfigError
 from avloc.methods import create_method, list_methods
 from avloc.methods.attention10k import attended_vectors, attention_maps, distance_ratio_loss
 from avloc.methods.avenet import correspondence_loss
+from avloc.methods.base import (
+    CAPABILITY_MEMBERS,
+    Capability,
+    CapabilityError,
+    ClassMaps,
+    ClipAnalysis,
+    DetectedClasses,
+    LocalizationMethod,
+    supports,
+)
 from avloc.methods.blocks import cosine_map, cross_cosine_maps, minmax_per_sample, object_prior
 from avloc.methods.ezvsl import mil_contrastive_loss, object_guided_map
 from avloc.methods.priors import gaussian_centre_map
@@ -32,8 +42,8 @@ MINE_TRAINABLE = ["attention10k", "ots", "ezvsl"]
 MINE_TRAINING_FREE = ["random", "centre", "objectness", "synchrony"]
 #: training-free methods whose map comes from an ImageNet-pretrained encoder (tested with it, at 64 px)
 NEEDS_PRETRAINED = {"objectness", "avsync-objectness"}
-#: methods whose localize() takes frame stacks (B, T, 3, H, W), not single frames
-VIDEO_ONLY = {"synchrony"}
+#: frames per stack for methods declaring ``frame_stacks`` (localize takes (B, T, 3, H, W))
+STACK = 8
 
 SIZE, SECONDS, SR, BATCH = 64, 0.5, 16000, 3
 TINY_CH = [8, 16, 16, 16]
@@ -46,6 +56,7 @@ TINY: dict[str, Any] = {
     "audio_encoder": "small_cnn_audio",
     "audio_encoder_kwargs": {"channels": TINY_CH},
     "embed_dim": 16,
+    "onscreen_criterion": "d_on",  # proposal: the criterion that needs no calibration pass
 }
 PRETRAINED: dict[str, Any] = {
     "image": {"size": SIZE, "resize": SIZE},
@@ -63,11 +74,12 @@ def tiny_config(name: str, **extra: Any) -> dict[str, Any]:
     return {k: v for k, v in {**base, **extra}.items() if k in fields}
 
 
-def tiny_batch(b: int = BATCH, seed: int = 0) -> dict[str, Any]:
-    """Images, waveforms and (as the dataset schema has them) sounding-class lists."""
+def tiny_batch(b: int = BATCH, seed: int = 0, frames: int = 0) -> dict[str, Any]:
+    """Images (frame stacks of ``frames`` when > 0), waveforms and (as the dataset schema has them) class lists."""
     g = torch.Generator().manual_seed(seed)
+    shape = (b, frames, 3, SIZE, SIZE) if frames else (b, 3, SIZE, SIZE)
     return {
-        "image": torch.rand(b, 3, SIZE, SIZE, generator=g),
+        "image": torch.rand(*shape, generator=g),
         "audio": 0.1 * torch.randn(b, round(SECONDS * SR), generator=g),
         "labels": [[i % 2] for i in range(b)],
         "box_labels": [torch.tensor([i % 2]) for i in range(b)],  # classes of the visible sounding objects
@@ -102,11 +114,12 @@ def test_my_methods_are_registered() -> None:
         assert not METHODS.get(n).training_free
 
 
-@pytest.mark.parametrize("name", sorted(set(list_methods()) - VIDEO_ONLY))
+@pytest.mark.parametrize("name", list_methods())
 def test_method_contract(name: str) -> None:
-    """Forward, criterion, backward (trainable), shapes, no NaN, batch-independent localize."""
+    """Every registered method: forward, criterion, backward (trainable), shapes, no NaN, batch-independent
+    localize, and each declared capability with its one signature and return type."""
     model = create_method(name, tiny_config(name))
-    batch = tiny_batch()
+    batch = tiny_batch(frames=STACK if model.frame_stacks else 0)
     if not model.training_free:
         model.train()
         outputs = model(batch)
@@ -117,7 +130,7 @@ def test_method_contract(name: str) -> None:
         grads = [p.grad for p in model.parameters() if p.requires_grad]
         assert grads and all(g is not None and torch.isfinite(g).all() for g in grads if g is not None)
         assert any(g is not None and g.abs().sum() > 0 for g in grads), f"{name}: no gradient reaches the parameters"
-    elif name in MINE_TRAINING_FREE:
+    else:
         out = model(batch)
         assert out["heatmap"].shape[0] == BATCH
         with pytest.raises(ConfigError, match="training-free"):
@@ -125,6 +138,58 @@ def test_method_contract(name: str) -> None:
     model.eval()
     heat = assert_batch_independent(model, batch["image"], batch["audio"])
     assert heat.shape[1] >= 1 and heat.shape[2] >= 1
+    assert_capabilities(model, batch)
+
+
+def assert_capabilities(model: Any, batch: dict[str, Any]) -> None:
+    """Each declared capability returns its documented type and shapes; undeclared ones raise CapabilityError."""
+    images, audio = batch["image"], batch["audio"]
+    b = images.shape[0]
+    for cap in Capability:
+        if not supports(model, cap) and cap not in (Capability.CLIP, Capability.SOURCES):  # per-frame members
+            with pytest.raises(CapabilityError):
+                getattr(model, CAPABILITY_MEMBERS[cap][0])(images, audio)
+    if not supports(model, Capability.CLIP):
+        with pytest.raises(CapabilityError):
+            _ = model.clip_context_seconds
+    with torch.no_grad():
+        if supports(model, Capability.CLIP):
+            assert model.clip_context_seconds >= 0
+            t = 6
+            frames = torch.rand(t, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+            windows = audio[:1].expand(t, -1).contiguous()  # (T, N) one window per frame
+            times = torch.arange(t, dtype=torch.float32) * 0.2
+            whole = model.localize_clip(frames, windows, times)
+            assert whole.dim() == 3 and whole.shape[0] == t and torch.isfinite(whole).all()
+            part = model.localize_clip(frames, windows, times, keep=slice(2, 4))
+            assert part.shape == (2, *whole.shape[1:])
+            if supports(model, Capability.SOURCES):
+                res = model.analyse_clip(frames, windows, times, keep=slice(2, 4))
+                assert isinstance(res, ClipAnalysis) and res.maps.shape[0] == 2 and len(res.sources) == 2
+        if supports(model, Capability.BOXES):
+            boxes = model.boxes(images, audio)
+            assert len(boxes) == b and all(x.dim() == 2 and x.shape[1] == 5 for x in boxes)
+        if supports(model, Capability.CLASSES):
+            cm = model.localize_classes(images, audio)
+            assert isinstance(cm, ClassMaps) and cm.maps.dim() == 4 and cm.probabilities.shape == cm.maps.shape[:2]
+        if supports(model, Capability.DETECTED):
+            det = model.localize_detected(images, audio)
+            assert isinstance(det, DetectedClasses) and det.detected.dtype == torch.bool
+            torch.testing.assert_close(det.combined, model.localize(images, audio))
+        if supports(model, Capability.ONSCREEN):
+            on = model.onscreen(images, audio)
+            assert on.shape == (b,) and bool(((on >= 0) & (on <= 1)).all())
+
+
+def test_capability_declarations_are_checked() -> None:
+    """Defining a capability member without declaring it (or the reverse) is refused at class creation."""
+    with pytest.raises(TypeError, match=r"does not declare Capability\.BOXES"):
+        type("Undeclared", (LocalizationMethod,), {"boxes": lambda self, i, a: []})
+    with pytest.raises(TypeError, match=r"declares Capability\.ONSCREEN but does not define"):
+        type("Unimplemented", (LocalizationMethod,), {"capabilities": frozenset({Capability.ONSCREEN})})
+    with pytest.raises(TypeError, match=r"needs Capability\.CLASSES"):
+        type("Half", (LocalizationMethod,), {"capabilities": frozenset({Capability.DETECTED}),
+                                             "localize_detected": lambda self, i, a: None})
 
 
 @pytest.mark.parametrize("name", MINE_TRAINABLE)
@@ -378,7 +443,7 @@ def test_synchrony_finds_the_pulsing_disc(seed: int) -> None:
     clip = make_demo_clip(DemoClipConfig(seconds=3.0, seed=seed))
     model = load_model("synchrony")
     frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2)  # (T, 3, H, W) uint8
-    maps = model.localize_clip(frames, torch.from_numpy(clip.audio), torch.from_numpy(clip.times))
+    maps = model.localize_track(frames, torch.from_numpy(clip.audio), torch.from_numpy(clip.times))
     s = model.cfg.stride
     assert maps.shape == (len(clip.times), clip.cfg.height // s, clip.cfg.width // s)
     assert torch.isfinite(maps).all()
@@ -395,7 +460,7 @@ def test_synchrony_finds_the_pulsing_disc(seed: int) -> None:
 def test_synchrony_single_frames_raise_and_stacks_work() -> None:
     model = load_model("synchrony")
     batch = tiny_batch()
-    with pytest.raises(ConfigError, match="localize_clip"):
+    with pytest.raises(ConfigError, match="localize_track"):
         model.localize(batch["image"], batch["audio"])
     clip = make_demo_clip(DemoClipConfig(seconds=2.0, width=96, height=64, seed=0))
     frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float() / 255  # (T, 3, H, W)

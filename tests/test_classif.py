@@ -224,12 +224,12 @@ def test_checkpoint_roundtrip(tmp_path: Any) -> None:
 
 
 def test_bench_lvs_apps_train_end(tmp_path: Any) -> None:
-    """bench/classif_lvs_apps.py: the memorisation check averages the last 100 logged training steps."""
+    """bench/paper/classif/lvs_apps.py: the memorisation check averages the last 100 logged training steps."""
     import importlib.util
     import json
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "classif_lvs_apps.py"
+    path = Path(__file__).resolve().parents[1] / "bench" / "paper" / "classif" / "lvs_apps.py"
     spec = importlib.util.spec_from_file_location("classif_lvs_apps_bench", path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)

@@ -144,3 +144,15 @@ def test_atomic_write_gets_ordinary_file_permissions(tmp_path) -> None:
     finally:
         os.umask(mask)
         importlib.reload(atomic)
+
+
+def test_named_configs_resolve_and_list() -> None:
+    """``avloc train --config NAME``: shipped configs by name; an unknown name lists the valid ones."""
+    from avloc.config import list_configs, read_config_file
+    from avloc.errors import ConfigError
+
+    assert {"dnm-digitscenes", "proposal-digitscenes"} <= set(list_configs())
+    cfg = read_config_file("dnm-digitscenes", sections=("method", "train", "data"))
+    assert cfg["method"]["fusion"] == "cdf" and "description" not in cfg
+    with pytest.raises(ConfigError, match="named configs"):
+        read_config_file("no-such-recipe")

@@ -2,7 +2,7 @@
 
 A visual-only probe trained on fresh ``single`` draws stays near chance on the
 test split, while the same probe given the spoken class is far above it.
-Figures: docs/RESULTS.md, "## DigitScenes" (bench/bench_digitscenes_shortcut.py).
+Figures: docs/RESULTS.md, "## DigitScenes" (bench/paper/digitscenes/shortcut.py).
 """
 
 from __future__ import annotations

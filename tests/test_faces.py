@@ -14,7 +14,7 @@ from avloc.methods.avsemantic.faces import (
     FaceConfig,
     FaceDetector,
     FaceTrack,
-    box_iou,
+    box_iou_xywh,
     choose_speaker,
     head_box,
     interpolate_tracks,
@@ -83,11 +83,11 @@ def test_person_map_peaks_on_head_and_chest() -> None:
         person_map(row[None], [1.0, 2.0], (10, 10), (100, 100))
 
 
-def test_box_iou_hand_worked() -> None:
+def test_box_iou_xywh_hand_worked() -> None:
     a = np.array([[0, 0, 10, 10]], np.float32)
     b = np.array([[5, 0, 10, 10], [20, 20, 5, 5], [0, 0, 10, 10]], np.float32)
     # overlap 5 x 10 = 50, union 100 + 100 - 50 = 150
-    assert box_iou(a, b) == pytest.approx(np.array([[1 / 3, 0.0, 1.0]]))
+    assert box_iou_xywh(a, b) == pytest.approx(np.array([[1 / 3, 0.0, 1.0]]))
 
 
 # ----------------------------------------------------------------------------- tracks

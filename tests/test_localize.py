@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 from avloc.cli.main import main
-from avloc.data.synthetic import DemoClip, DemoClipConfig, write_demo_clip
+from avloc.data.synthetic import DemoClip, DemoClipConfig, write_demo_clip, write_test_clip
 from avloc.inference.check import score_records
 from avloc.io.media import probe, write_video
 
@@ -181,38 +180,17 @@ def test_folder_with_a_corrupt_file(tmp_path, capsys) -> None:
 
 def _vfr(path: Path, width: int = 96, height: int = 64) -> Path:
     """H.264 with irregular frame durations (30 ms / 70 ms / 120 ms ...) plus AAC audio."""
-    import av
-
     rng = np.random.default_rng(0)
     sr = 16000
-    with av.open(str(path), "w", format="mp4") as c:
-        vs = c.add_stream("libx264", rate=30)
-        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
-        vs.codec_context.time_base = Fraction(1, 1000)
-        a = c.add_stream("aac", rate=sr)
-        a.layout = "mono"
-        t_ms = 0
-        for i in range(20):
-            img = np.full((height, width, 3), 60, np.uint8)
-            img[10:30, (i * 3) % (width - 20) : (i * 3) % (width - 20) + 20] = 220
-            fr = av.VideoFrame.from_ndarray(img, format="rgb24")
-            fr.pts, fr.time_base = t_ms, Fraction(1, 1000)
-            for p in vs.encode(fr):
-                c.mux(p)
-            t_ms += int(rng.choice([30, 70, 120]))
-        for p in vs.encode():
-            c.mux(p)
-        wav = (0.3 * np.sin(np.arange(round(sr * t_ms / 1000)) * 0.2)).astype(np.float32).reshape(1, -1)
-        af = av.AudioFrame.from_ndarray(wav, format="flt", layout="mono")
-        af.sample_rate, af.pts = sr, 0
-        fifo = av.AudioFifo()
-        fifo.write(af)
-        while fifo.samples:
-            for p in a.encode(fifo.read(min(1024, fifo.samples), partial=True)):
-                c.mux(p)
-        for p in a.encode():
-            c.mux(p)
-    return path
+    frames, pts, t_ms = [], [], 0
+    for i in range(20):
+        img = np.full((height, width, 3), 60, np.uint8)
+        img[10:30, (i * 3) % (width - 20) : (i * 3) % (width - 20) + 20] = 220
+        frames.append(img)
+        pts.append(t_ms)
+        t_ms += int(rng.choice([30, 70, 120]))
+    wav = (0.3 * np.sin(np.arange(round(sr * t_ms / 1000)) * 0.2)).astype(np.float32)
+    return write_test_clip(path, frames, 30, wav, sr, pts_ms=pts)
 
 
 @pytest.mark.parametrize("kind", ["portrait", "tiny", "huge", "vfr"])
@@ -354,3 +332,29 @@ def test_class_aware_model_reports_one_map_per_detected_class(tmp_path) -> None:
     for i in range(1 + SHEET_CLASS_PANELS):  # the frame and one panel per detected class drawn; the rest left dark
         panel = first[:, i * (tw + 2) : i * (tw + 2) + tw]
         assert (panel.max() > 24) == (i <= n_det)
+
+
+def test_analyse_in_memory_then_write_equals_localize_video(tmp_path) -> None:
+    """``analyse_video`` (nothing written) + ``write_outputs`` gives the files ``localize_video`` writes: the same
+    frames, heatmaps and sheet (only the creation time and the processing time differ)."""
+    from avloc.inference.config import LocalizeConfig
+    from avloc.inference.pipeline import analyse_video, localize_video, write_outputs
+    from avloc.methods.zoo import load_model
+
+    _clip(tmp_path / "c.mp4", seconds=2.0)
+    model = load_model("avsync-objectness")
+    cfg = LocalizeConfig(save_heatmaps=True, overlay=False)
+    direct = localize_video(tmp_path / "c.mp4", model, cfg, tmp_path / "a", model_name="avsync-objectness", progress=False)
+    analysis = analyse_video(tmp_path / "c.mp4", model, cfg, model_name="avsync-objectness", progress=False)
+    assert not (tmp_path / "b").exists() and len(analysis.records) == direct.frames == analysis.maps.shape[0]
+    written = write_outputs(analysis, tmp_path / "b")
+    assert set(written.outputs) == set(direct.outputs) == {"json", "sheet", "heatmaps"}
+    a, b = (json.loads((tmp_path / d / "c.avloc.json").read_text()) for d in ("a", "b"))
+    for doc in (a, b):
+        doc.pop("created")
+        doc["summary"].pop("processing_seconds")
+        doc["summary"].pop("realtime_factor")
+    assert a == b
+    assert (tmp_path / "a" / "c.sheet.png").read_bytes() == (tmp_path / "b" / "c.sheet.png").read_bytes()
+    with np.load(tmp_path / "a" / "c.heatmaps.npz") as za, np.load(tmp_path / "b" / "c.heatmaps.npz") as zb:
+        assert set(za) == set(zb) and all(np.array_equal(za[k], zb[k]) for k in za)

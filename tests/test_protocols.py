@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from avloc.data.collate import collate_samples
 from avloc.engine.evaluate import evaluate_model, evaluate_predictions
 from avloc.errors import ConfigError
-from avloc.methods.base import LocalizationMethod, MethodConfig
+from avloc.methods.base import Capability, ClassMaps, LocalizationMethod, MethodConfig
 from avloc.metrics import create_protocol, list_protocols
 from avloc.registry import PROTOCOLS, RegistryError
 from npref import ref_gt
@@ -449,10 +449,11 @@ class ClassMapMethod(CornerMethod):
     """Class maps = the three image channels pooled to 7x7 (channel c is class c)."""
 
     name = "classmap-test"
+    capabilities = frozenset({Capability.CLASSES})
 
-    def localize_classes(self, images: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def localize_classes(self, images: torch.Tensor, audio: torch.Tensor) -> ClassMaps:
         maps = F.adaptive_avg_pool2d(images * self.scale, 7)  # (B, 3, 7, 7)
-        return maps, torch.ones(images.shape[0], 3)
+        return ClassMaps(maps, torch.ones(images.shape[0], 3))
 
 
 def test_evaluate_model_class_aware_uses_localize_classes() -> None:

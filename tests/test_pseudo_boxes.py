@@ -15,7 +15,6 @@ from avloc.data.pseudo_boxes import (
     BoxSupervised,
     PseudoBoxConfig,
     binarize,
-    box_iou,
     clip_pseudo_boxes,
     largest_component,
     mask_box,
@@ -26,6 +25,7 @@ from avloc.data.pseudo_boxes import (
 from avloc.errors import ConfigError, DataError
 from avloc.frontends.image import ImageConfig, transform_boxes
 from avloc.methods.semisup import box_attention_loss, box_cell_mask
+from avloc.metrics.ops import box_iou
 from test_classif import SIZE, SR, tiny_classif_config
 
 # ----------------------------------------------------------------------------- moments

@@ -10,43 +10,18 @@ import numpy as np
 import pytest
 
 from avloc.cli.main import main
+from avloc.data.synthetic import write_test_clip
 from avloc.io.media import iter_frames, probe
 
 
 def _rotated(path: Path, degrees: int, w: int = 96, h: int = 64, n: int = 20, audio: bool = True) -> Path:
     """A coded w x h clip with a display matrix turning it ``degrees`` counter-clockwise; a bright block
     at the coded top-left corner, a tone."""
-    import av
-
     sr = 16000
-    with av.open(str(path), "w", format="mp4") as c:
-        vs = c.add_stream("libx264", rate=10)
-        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-        vs.set_display_rotation(degrees)
-        a = c.add_stream("aac", rate=sr) if audio else None
-        if a is not None:
-            a.layout = "mono"
-        for i in range(n):
-            img = np.full((h, w, 3), 40, np.uint8)
-            img[: h // 4, : w // 4] = 250
-            fr = av.VideoFrame.from_ndarray(img, format="rgb24")
-            fr.pts = i
-            for p in vs.encode(fr):
-                c.mux(p)
-        for p in vs.encode():
-            c.mux(p)
-        if a is not None:
-            wav = (0.3 * np.sin(np.arange(sr * n // 10) * 0.1)).astype(np.float32).reshape(1, -1)
-            fifo = av.AudioFifo()
-            af = av.AudioFrame.from_ndarray(wav, format="flt", layout="mono")
-            af.sample_rate, af.pts = sr, 0
-            fifo.write(af)
-            while fifo.samples:
-                for p in a.encode(fifo.read(min(1024, fifo.samples), partial=True)):
-                    c.mux(p)
-            for p in a.encode():
-                c.mux(p)
-    return path
+    img = np.full((h, w, 3), 40, np.uint8)
+    img[: h // 4, : w // 4] = 250
+    wav = (0.3 * np.sin(np.arange(sr * n // 10) * 0.1)).astype(np.float32) if audio else None
+    return write_test_clip(path, (img for _ in range(n)), 10, wav, sr, rotation=degrees)
 
 
 def _bright(img: np.ndarray) -> tuple[float, float]:

@@ -258,7 +258,7 @@ def test_projection_pooling_is_the_weighted_mean_of_position_embeddings() -> Non
     model.build_criterion()(out, bt)["loss"].backward()
     assert model.visual_proj.net[0].weight.grad is not None
     with torch.no_grad():
-        maps, _ = model.eval().localize_classes(bt["image"], bt["audio"])
+        maps = model.eval().localize_classes(bt["image"], bt["audio"]).maps
     assert maps.shape == (4, 10, 4, 4) and torch.isfinite(maps).all()
 
 
@@ -306,12 +306,14 @@ def test_forward_backward_and_batch_independence(overrides: dict[str, Any]) -> N
     model.eval()
     with torch.inference_mode():
         heat = model.localize(bt["image"], bt["audio"])
-        maps, probs = model.localize_classes(bt["image"], bt["audio"])
+        cm = model.localize_classes(bt["image"], bt["audio"])
+        maps, probs = cm.maps, cm.probabilities
         assert heat.shape == (4, 4, 4) and maps.shape == (4, 10, 4, 4) and probs.shape == (4, 10)
         assert torch.isfinite(heat).all() and torch.isfinite(maps).all()
         for i in (0, 3):
             one = model.localize(bt["image"][i : i + 1], bt["audio"][i : i + 1])
-            m1, p1 = model.localize_classes(bt["image"][i : i + 1], bt["audio"][i : i + 1])
+            per = model.localize_classes(bt["image"][i : i + 1], bt["audio"][i : i + 1])
+            m1, p1 = per.maps, per.probabilities
             torch.testing.assert_close(one[0], heat[i], rtol=1e-3, atol=1e-4)
             torch.testing.assert_close(m1[0], maps[i], rtol=1e-3, atol=1e-4)
             torch.testing.assert_close(p1[0], probs[i], rtol=1e-4, atol=1e-5)
@@ -420,10 +422,10 @@ def test_labels_to_multihot_forms_and_errors() -> None:
 
 
 def test_bench_peak_places() -> None:
-    """bench/twostage_digitscenes.py: where the class-agnostic map peaks (sounding / silent digit / background)."""
+    """bench/paper/twostage/run.py: where the class-agnostic map peaks (sounding / silent digit / background)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "twostage_digitscenes.py"
+    path = Path(__file__).resolve().parents[1] / "bench" / "paper" / "twostage" / "run.py"
     spec = importlib.util.spec_from_file_location("twostage_digitscenes_bench", path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)

@@ -153,7 +153,7 @@ def test_scores_match_tflite_end_to_end(model: Y.YAMNet, tflite: tuple[Any, dict
     with torch.no_grad():
         ours = model(torch.from_numpy(windows)).numpy()
     diff = np.abs(ours - ref).max(axis=1)  # (N,)
-    # bench/compare_yamnet.py on 169 windows: max 0.032, median 0.0016, 30 % of windows < 1e-4, top-1 always agrees
+    # bench/paper/avsemantic/compare_yamnet.py on 169 windows: max 0.032, median 0.0016, 30 % of windows < 1e-4, top-1 always agrees
     assert diff.max() < 0.05, diff
     assert np.median(diff) < 0.01, diff
     assert (ours.argmax(1) == ref.argmax(1)).mean() >= 0.9

@@ -144,19 +144,55 @@ def apply_overrides(cfg: C, overrides: list[str]) -> C:
     return config_from_dict(type(cfg), data)
 
 
-def load_config_file(cls: type[C], path: str | Path) -> C:
-    """Read a JSON config file into ``cls`` (TOML accepted too)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+#: the named configs shipped with avloc (``avloc train --config NAME``): ``avloc/configs/NAME.json``
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def list_configs() -> list[str]:
+    """Names of the shipped configs (``avloc/configs/*.json``), each usable as ``--config NAME``."""
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.json"))
+
+
+def resolve_config(name_or_path: str | Path) -> Path:
+    """A config file: an existing path, else a shipped config's name (:func:`list_configs`)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    named = CONFIGS_DIR / f"{name_or_path}.json"
+    if p.suffix == "" and p.name == str(name_or_path) and named.is_file():
+        return named
+    raise ConfigError(f"config file not found: {p} (and no shipped config of that name; named configs: {list_configs()})")
+
+
+def read_config_file(name_or_path: str | Path, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Read a JSON (or ``.toml``) config file, or a shipped config by name, as a plain dict.
+
+    ``sections``: the top-level keys allowed (others raise). The one place config files are parsed.
+    """
+    p = resolve_config(name_or_path)
     text = p.read_text()
     if p.suffix == ".toml":
         import tomllib
 
-        data = tomllib.loads(text)
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: not valid TOML ({e})") from None
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ConfigError(f"{p}: not valid JSON ({e})") from None
-    return config_from_dict(cls, data)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
+    data.pop("description", None)  # named configs say what they are
+    if sections is not None:
+        unknown = sorted(set(data) - set(sections))
+        if unknown:
+            raise ConfigError(f"{p}: unknown sections {unknown}; valid: {', '.join(sections)}")
+    return data
+
+
+def load_config_file(cls: type[C], path: str | Path) -> C:
+    """Read a JSON config file (TOML accepted too; or a shipped config's name) into ``cls``."""
+    return config_from_dict(cls, read_config_file(path))

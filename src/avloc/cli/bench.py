@@ -1,11 +1,12 @@
 """``avloc bench [NAME] [-- ARGS]``: list or run the benchmark scripts that regenerate the docs' tables.
 
-The scripts live in the repository's ``bench/`` folder (they are development
-tools, not part of the installed package): each one prints the markdown table
-(and the command) that ``docs/RESULTS.md`` or ``docs/BENCHMARKS.md`` quotes.
-``avloc bench`` lists them with their first docstring line; ``avloc bench NAME
-ARGS...`` runs ``bench/NAME.py ARGS...`` with this interpreter, so the figures
-come from exactly the installed code.
+The scripts live in the repository's ``bench/`` folder (development tools, not part
+of the installed package): ``bench/speed/*.py`` time things (``docs/BENCHMARKS.md``),
+``bench/paper/<method>/`` reproduce the tables of ``docs/RESULTS.md`` (each with a
+README giving the exact commands). ``avloc bench`` lists them by path without
+``.py`` (``speed/train``, ``paper/dnm/run``) with their first docstring line;
+``avloc bench NAME ARGS...`` runs ``bench/NAME.py ARGS...`` with this interpreter,
+so the figures come from exactly the installed code.
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ def list_benchmarks(bench_dir: Path) -> dict[str, str]:
     if not bench_dir.is_dir():
         raise AvlocError(f"benchmark folder {bench_dir} not found; run from the avloc checkout or pass --bench-dir")
     out: dict[str, str] = {}
-    for path in sorted(bench_dir.glob("*.py")):
+    for path in sorted(bench_dir.rglob("*.py")):
         if path.name.startswith("_"):
             continue
         doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
-        out[path.stem] = doc.strip().splitlines()[0] if doc.strip() else ""
+        out[path.relative_to(bench_dir).with_suffix("").as_posix()] = doc.strip().splitlines()[0] if doc.strip() else ""
     return out
 
 

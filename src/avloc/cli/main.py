@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import signal
 import sys
 import traceback
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     first = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(first if first in COMMANDS else None)
     args = parser.parse_args(argv)
+    _log_to_stderr()
     previous = _exit_on_sigterm()
     try:
         return int(args.run(args) or 0)
@@ -74,6 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _log_to_stderr() -> None:
+    """The library logs through ``logging`` (logger ``avloc``); the CLI shows its INFO messages on stderr."""
+    log = logging.getLogger("avloc")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 class Terminated(BaseException):

@@ -24,6 +24,7 @@ samples beyond the file are zero (``avloc.io.audio.window_at``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from avloc.data.manifest import Entry, read_manifest, resolve_media
-from avloc.errors import DataError, MediaError
+from avloc.errors import ConfigError, DataError, MediaError
 from avloc.frontends.audio import AudioFrontendConfig
 from avloc.frontends.image import ImageConfig, preprocess_image, segment_times, transform_boxes
 from avloc.io.audio import load_audio, window_at
@@ -107,9 +108,14 @@ class ManifestDataset(Dataset):
         image_cfg: ImageConfig | None = None,
         audio_cfg: AudioFrontendConfig | None = None,
         audio_pad: str = "zero",
+        count: int | None = None,
     ) -> None:
         self.path = Path(manifest)
         self.entries = read_manifest(self.path)
+        if count is not None:  # the first ``count`` entries
+            if count < 1:
+                raise ConfigError(f"{self.path}: count must be >= 1, got {count}")
+            self.entries = self.entries[:count]
         self.image_cfg = image_cfg or ImageConfig()
         self.audio_cfg = audio_cfg or AudioFrontendConfig()
         self.audio_pad = audio_pad
@@ -154,6 +160,19 @@ def manifest_dataset(
     return ManifestDataset(path, image_cfg, audio_cfg, **kwargs)
 
 
+#: the keyword arguments a manifest spec takes (:class:`ManifestDataset`)
+MANIFEST_KWARGS = ("audio_pad", "count")
+
+
+def _manifest(
+    path: str, image_cfg: ImageConfig | None, audio_cfg: AudioFrontendConfig | None, kwargs: dict[str, Any]
+) -> ManifestDataset:
+    unknown = sorted(set(kwargs) - set(MANIFEST_KWARGS))
+    if unknown:
+        raise ConfigError(f"manifest {path}: unknown dataset arguments {unknown}; a manifest takes {list(MANIFEST_KWARGS)}")
+    return ManifestDataset(path, image_cfg, audio_cfg, **kwargs)
+
+
 def dataset_from_spec(
     spec: str,
     raw: str | Path | None = None,
@@ -166,11 +185,11 @@ def dataset_from_spec(
     ``digitscenes:single:test`` generates that DigitScenes variant and split
     deterministically from the raw sources in ``raw``.
     """
+    if spec.startswith("manifest:"):
+        return _manifest(spec.removeprefix("manifest:"), image_cfg, audio_cfg, kwargs)
     if spec.endswith(".jsonl") and ":" not in spec.split("/")[-1]:
-        return ManifestDataset(spec, image_cfg, audio_cfg)
+        return _manifest(spec, image_cfg, audio_cfg, kwargs)
     name, _, rest = spec.partition(":")
-    if name == "manifest":
-        return ManifestDataset(rest, image_cfg, audio_cfg)
     factory_kwargs: dict[str, Any] = dict(kwargs)
     parts = rest.split(":") if rest else []
     if len(parts) > 2:
@@ -182,3 +201,51 @@ def dataset_from_spec(
     if raw is None:
         raise DataError(f"data spec {spec!r} generates data from raw sources: pass --raw DIR (or set AVLOC_DATA)")
     return DATASETS.create(name, raw=raw, image_cfg=image_cfg, audio_cfg=audio_cfg, **factory_kwargs)  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------------------------------
+# stable image keys (the training engine's frozen-feature cache)
+
+
+def dataset_image_keys(dataset: Dataset) -> list[Any] | None:
+    """A stable image key per sample index, or ``None`` when the dataset has none.
+
+    ``dataset.feature_cache_keys()`` when defined, ``dataset.scene_index(i)``
+    (DigitScenes; in pool mode N images are reused), the keys of the wrapped set
+    for a :class:`torch.utils.data.Subset` / :class:`KeyedSubset`, or the entry
+    ``id`` of a manifest made of still images.
+    """
+    from torch.utils.data import Subset
+
+    if isinstance(dataset, KeyedSubset | Subset):
+        inner = dataset_image_keys(dataset.dataset)
+        return None if inner is None else [inner[i] for i in dataset.indices]
+    fn = getattr(dataset, "feature_cache_keys", None)
+    if callable(fn):
+        keys = fn()
+        return None if keys is None else list(keys)
+    scene = getattr(dataset, "scene_index", None)
+    if callable(scene):  # DigitScenes: draw i shows scene scene_index(i)
+        return [scene(i) for i in range(len(dataset))]  # type: ignore[arg-type]
+    if isinstance(dataset, ManifestDataset) and all("image" in e for e in dataset.entries):
+        return [e["id"] for e in dataset.entries]
+    return None
+
+
+class KeyedSubset(Dataset):
+    """``dataset[indices[i]]``, optionally with some fields replaced per item (``replace[i]``), keeping the
+    wrapped set's image keys (:func:`dataset_image_keys`), so the feature cache still applies."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int], replace: Sequence[dict[str, Any]] | None = None) -> None:
+        if replace is not None and len(replace) != len(indices):
+            raise DataError(f"KeyedSubset: {len(replace)} replacements for {len(indices)} indices")
+        self.dataset, self.indices, self.replace = dataset, list(indices), replace
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s = dict(self.dataset[self.indices[i]])
+        if self.replace is not None:
+            s.update(self.replace[i])
+        return s

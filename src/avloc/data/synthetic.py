@@ -9,7 +9,10 @@ the sounding object (and of the silent one).
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +100,64 @@ def write_demo_clip(path: str | Path, cfg: DemoClipConfig | None = None) -> Demo
     with atomic_path(path, suffix=".mp4") as tmp:
         write_video(tmp, iter(clip.frames), clip.cfg.fps, clip.audio, clip.cfg.sample_rate)
     return clip
+
+
+def write_test_clip(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: float,
+    audio: np.ndarray | None = None,
+    sample_rate: int = 16000,
+    *,
+    pts_ms: Iterable[int] | None = None,
+    rotation: int = 0,
+    options: dict[str, str] | None = None,
+) -> Path:
+    """Encode H.264 ``frames`` ((h, w, 3) uint8) and optional AAC ``audio`` ((N,) mono or (2, N) stereo float32) to mp4.
+
+    The generator behind the odd inputs of the tests and benchmarks: ``pts_ms`` gives each frame's time in ms
+    (variable frame rate; default: constant ``fps``), ``rotation`` a display matrix turning the picture that many
+    degrees counter-clockwise, ``options`` libx264 options (e.g. ``{"preset": "ultrafast"}``).
+    """
+    import av
+
+    it = iter(frames)
+    first = next(it)
+    h, w = first.shape[:2]
+    with av.open(str(path), "w", format="mp4") as c:
+        vs = c.add_stream("libx264", rate=round(fps))
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        if options:
+            vs.options = dict(options)
+        if rotation:
+            vs.set_display_rotation(rotation)
+        if pts_ms is not None:
+            vs.codec_context.time_base = Fraction(1, 1000)
+        a = None
+        layout = "stereo" if audio is not None and audio.ndim == 2 else "mono"
+        if audio is not None:
+            a = c.add_stream("aac", rate=sample_rate)
+            a.layout = layout
+        times = iter(pts_ms) if pts_ms is not None else None
+        for i, img in enumerate(itertools.chain([first], it)):
+            fr = av.VideoFrame.from_ndarray(img, format="rgb24")
+            if times is not None:
+                fr.pts, fr.time_base = next(times), Fraction(1, 1000)
+            else:
+                fr.pts = i
+            for p in vs.encode(fr):
+                c.mux(p)
+        for p in vs.encode():
+            c.mux(p)
+        if a is not None and audio is not None:
+            wav = np.ascontiguousarray(audio, dtype=np.float32).reshape(1, -1)  # packed: stereo interleaves channels
+            fifo = av.AudioFifo()
+            af = av.AudioFrame.from_ndarray(wav, format="flt", layout=layout)
+            af.sample_rate, af.pts = sample_rate, 0
+            fifo.write(af)
+            while fifo.samples:
+                for p in a.encode(fifo.read(min(1024, fifo.samples), partial=True)):
+                    c.mux(p)
+            for p in a.encode():
+                c.mux(p)
+    return Path(path)

@@ -237,3 +237,67 @@ class FeatureCache:
 
     def __len__(self) -> int:
         return sum(1 for _ in self.dir.glob("*/*.npy"))
+
+
+class FeatureBank:
+    """In-memory features per image key (the training engine's frozen-feature cache): ``bank[row[key]]`` is one
+    sample's features. Built once per run by :func:`encode_dataset`; ``lookup`` gathers a batch."""
+
+    def __init__(self, keys: Sequence[Any], bank: torch.Tensor) -> None:
+        self.row = {k: i for i, k in enumerate(keys)}
+        self.bank = bank  # (K, C, h, w) or (K, T, C, h, w)
+
+    def rows(self, keys: Sequence[Any], device: torch.device | None = None) -> torch.Tensor:
+        """Row indices of ``keys`` (a :class:`KeyError` names an unknown key)."""
+        return torch.tensor([self.row[k] for k in keys], dtype=torch.long, device=device)
+
+    def lookup(self, keys: Sequence[Any]) -> torch.Tensor:
+        return self.bank[self.rows(keys, self.bank.device)]
+
+    def to(self, device: torch.device) -> FeatureBank:
+        out = FeatureBank([], self.bank.to(device))
+        out.row = self.row
+        return out
+
+
+def encode_dataset(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    dataset: Any,
+    keys: Sequence[Any],
+    *,
+    batch_size: int,
+    num_workers: int = 0,
+    disk: FeatureCache | None = None,
+    progress: bool = False,
+) -> FeatureBank:
+    """Encode every distinct key's image once (the first sample carrying it) -> :class:`FeatureBank`.
+
+    ``encode``: (b, 3, H, W) images -> (b, ...) features on the CPU; ``disk``: also read / write each image's
+    features in a :class:`FeatureCache` (keyed by :func:`content_key`), so later runs skip the encoder.
+    """
+    import sys
+
+    from torch.utils.data import DataLoader, Subset
+    from tqdm import tqdm
+
+    from avloc.data.collate import collate_samples
+
+    first: dict[Any, int] = {}
+    for i, k in enumerate(keys):
+        first.setdefault(k, i)
+    uniq = list(first)
+    loader = DataLoader(Subset(dataset, [first[k] for k in uniq]), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=collate_samples)
+    feats: list[torch.Tensor] = []
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="caching visual features", unit="batch", disable=not progress, file=sys.stderr):
+            images = batch["image"]  # (b, 3, H, W)
+            if disk is None:
+                feats.append(encode(images))
+            else:
+
+                def missing(idx: list[int], im: torch.Tensor = images) -> torch.Tensor:
+                    return encode(im[idx])  # (m, ...)
+
+                feats.append(disk.get_or_compute([content_key(im) for im in images], missing))
+    return FeatureBank(uniq, torch.cat(feats))

@@ -1,11 +1,9 @@
 """The one evaluation path: training-time validation, ``avloc eval`` and the benchmarks all use it.
 
-* :func:`evaluate_model` runs ``model.localize(images, audio)`` (eval mode,
-  ``torch.no_grad()``) over a dataset or loader and feeds the protocol's
-  accumulator; class-aware protocols (``dsol-classaware``, ``qian-classaware``)
-  call the method's ``localize_classes(images, audio)`` instead (per-class maps
-  ``(B, C, h, w)``, optionally returned with class probabilities as a tuple) and
-  fail with a clear message when the method has none;
+* :func:`evaluate_model` is :func:`avloc.engine.predict.predict` (the model's maps, computed once) then
+  :meth:`~avloc.engine.predict.Predictions.score`; class-aware protocols (``dsol-classaware``,
+  ``qian-classaware``) use the class maps of ``localize_classes`` (``Capability.CLASSES``) and fail with a
+  clear message when the method does not declare it;
 * :func:`evaluate_predictions` feeds saved heatmaps (``id -> 2-D map``) to the
   same accumulator.
 
@@ -16,13 +14,13 @@ predictions stays light.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from avloc.errors import ConfigError, DataError
+from avloc.errors import DataError
 from avloc.metrics.protocols import Protocol, create_protocol
 from avloc.metrics.targets import Target, to_target
 
@@ -41,50 +39,26 @@ def evaluate_model(
     batch_size: int = 32,
     num_workers: int = 0,
     max_batches: int | None = None,
+    feature_cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``data`` (a Dataset of sample dicts, or an iterable of collated batches).
 
-    Batches need ``id``, ``image`` (B, 3, H, W), ``audio`` (B, N) and the
-    ground-truth keys the protocol uses (``boxes``; ``box_labels`` / ``labels``
-    for class-aware protocols). Class-agnostic protocols use ``localize``
-    (``(B, h, w)`` heatmaps); class-aware ones use ``localize_classes``
-    (``(B, C, h, w)`` class maps). Under torch.distributed, each process evaluates its shard
-    and the accumulators are merged (duplicate ids from sampler padding are
-    dropped and counted).
+    :func:`avloc.engine.predict.predict` then :meth:`~avloc.engine.predict.Predictions.score`: batches need
+    ``id``, ``image`` (B, 3, H, W), ``audio`` (B, N) and the ground-truth keys the protocol uses (``boxes``;
+    ``box_labels`` / ``labels`` for class-aware protocols). Class-agnostic protocols use ``localize``
+    (``(B, h, w)`` heatmaps); class-aware ones the maps of ``localize_classes`` (``Capability.CLASSES``).
+    Under torch.distributed, each process evaluates its shard and the accumulators are merged (duplicate ids
+    from sampler padding are dropped and counted).
     """
-    import torch
+    from avloc.engine.predict import CLASS_AWARE_TASKS, outputs_for, predict
+    from avloc.methods.base import Capability, require
 
-    from avloc.metrics.base import gather
-
-    acc = create_protocol(protocol).accumulator()
-    localize = _localizer(model, acc.protocol)
-    loader = _as_loader(data, batch_size, num_workers)
-    dev = torch.device(device)
-    was_training = model.training
-    model.eval()
-    bar = _progress(loader, progress, acc.protocol.name)
-    try:
-        with torch.no_grad():
-            for i, batch in enumerate(bar):
-                if max_batches is not None and i >= max_batches:
-                    break
-                missing = [k for k in ("id", "image", "audio") if k not in batch]
-                if missing:
-                    raise DataError(f"evaluation batch lacks {missing} (keys: {sorted(batch)})")
-                images = batch["image"].to(dev)
-                audio = batch["audio"].to(dev)
-                maps = localize(images, audio)
-                if maps.shape[0] != images.shape[0]:
-                    raise DataError(f"{type(model).__name__} returned {maps.shape[0]} maps for {images.shape[0]} samples")
-                acc.update(maps.detach().float().cpu().numpy(), batch)
-    finally:
-        model.train(was_training)
-        if hasattr(bar, "close"):
-            bar.close()
-    acc = gather(acc)
-    if len(acc) == 0:
-        raise DataError("the evaluation data yielded no samples")
-    return acc.compute()
+    proto = create_protocol(protocol)
+    if proto.task in CLASS_AWARE_TASKS:
+        require(model, Capability.CLASSES, f"protocol {proto.name} scores one map per sounding class")
+    preds = predict(model, data, outputs=outputs_for([proto]), device=device, batch_size=batch_size,
+                    num_workers=num_workers, max_batches=max_batches, progress=progress, feature_cache=feature_cache)
+    return preds.score(proto)
 
 
 def evaluate_predictions(
@@ -137,52 +111,3 @@ def evaluate_predictions(
         if labelled:
             out.update(onscreen_summary(np.array([onscreen[t.id] for t in labelled]), np.array([t.onscreen for t in labelled])))
     return out
-
-
-CLASS_AWARE_TASKS = ("dsol_classaware", "qian_classaware")
-
-
-def _localizer(model: LocalizationMethod, protocol: Protocol) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``localize`` for class-agnostic protocols; ``localize_classes`` (class maps only) for class-aware ones."""
-    name = type(model).__name__
-    if protocol.task not in CLASS_AWARE_TASKS:
-        return model.localize
-    per_class = getattr(model, "localize_classes", None)
-    if not callable(per_class):
-        raise ConfigError(
-            f"protocol {protocol.name} scores one map per sounding class, but {name} has no "
-            "localize_classes(images, audio) -> (B, C, h, w); evaluate a class-aware method (e.g. twostage) "
-            "or use a class-agnostic protocol (e.g. dsol-music)"
-        )
-
-    def class_maps(images: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        out = per_class(images, audio)
-        maps = out[0] if isinstance(out, tuple) else out  # twostage returns (maps, class probabilities)
-        if maps.dim() != 4:
-            raise DataError(f"{name}.localize_classes must return (B, C, h, w) class maps, got shape {tuple(maps.shape)}")
-        return maps  # type: ignore[no-any-return]
-
-    return class_maps
-
-
-def _as_loader(data: Any, batch_size: int, num_workers: int) -> Iterable[Any]:
-    if hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, (list, tuple)):
-        import torch.distributed as dist
-        from torch.utils.data import DataLoader, DistributedSampler
-
-        from avloc.data.collate import collate_samples
-
-        sampler: Any = DistributedSampler(data, shuffle=False) if dist.is_available() and dist.is_initialized() else None
-        return DataLoader(
-            data, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers, collate_fn=collate_samples
-        )
-    return data  # already an iterable of collated batches (a DataLoader, a list of batches)
-
-
-def _progress(loader: Iterable[Any], enabled: bool, name: str) -> Iterable[Any]:
-    if not enabled:
-        return loader
-    from tqdm import tqdm
-
-    total = len(loader) if isinstance(loader, Sized) else None
-    return tqdm(loader, total=total, desc=f"eval {name}", file=sys.stderr, leave=False)

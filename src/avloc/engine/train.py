@@ -63,6 +63,7 @@ Entry point: :func:`train` (library) and :func:`train_from_specs` (what
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -76,12 +77,16 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from avloc.config import config_from_dict, config_to_dict
+from avloc.config import config_from_dict, config_to_dict, read_config_file
+from avloc.data.datasets import dataset_image_keys
+from avloc.encoders.cache import FeatureBank, encode_dataset
 from avloc.errors import ConfigError, DataError, OutputExistsError
 from avloc.io.atomic import atomic_path, write_text_atomic
 from avloc.methods.base import LocalizationMethod
+
+_log = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.safetensors"
 CONFIG_FILE = "config.json"
@@ -363,86 +368,32 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# frozen-feature cache
-
-
-def dataset_image_keys(dataset: Dataset) -> list[Any] | None:
-    """A stable image key per sample index, or ``None`` when the dataset has none.
-
-    ``dataset.feature_cache_keys()`` when defined, ``dataset.scene_index(i)``
-    (DigitScenes; in pool mode N images are reused), or the entry ``id`` of a
-    manifest made of still images.
-    """
-    from avloc.data.datasets import ManifestDataset
-
-    fn = getattr(dataset, "feature_cache_keys", None)
-    if callable(fn):
-        keys = fn()
-        return None if keys is None else list(keys)
-    scene = getattr(dataset, "scene_index", None)
-    if callable(scene):  # DigitScenes: draw i shows scene scene_index(i)
-        return [scene(i) for i in range(len(dataset))]  # type: ignore[arg-type]
-    if isinstance(dataset, Subset):
-        inner = dataset_image_keys(dataset.dataset)
-        return None if inner is None else [inner[i] for i in dataset.indices]
-    if isinstance(dataset, ManifestDataset) and all("image" in e for e in dataset.entries):
-        return [e["id"] for e in dataset.entries]
-    return None
-
-
-class FeatureCache:
-    """Frozen visual features per image key: ``bank[row[key]]`` is (C, h, w)."""
-
-    def __init__(self, keys: list[Any], bank: torch.Tensor) -> None:
-        self.row = {k: i for i, k in enumerate(keys)}
-        self.bank = bank  # (K, C, h, w)
-
-    def lookup(self, keys: list[Any]) -> torch.Tensor:
-        return self.bank[torch.tensor([self.row[k] for k in keys], dtype=torch.long)]  # (B, C, h, w)
+# frozen-feature cache wiring (the cache itself: avloc.encoders.cache)
 
 
 def build_feature_cache(
     model: LocalizationMethod, dataset: Dataset, keys: list[Any], device: torch.device, cfg: TrainConfig, show: bool
-) -> FeatureCache:
-    """Run the frozen visual encoder once per distinct key (first sample carrying it)."""
-    from tqdm import tqdm
-
-    first: dict[Any, int] = {}
-    for i, k in enumerate(keys):
-        first.setdefault(k, i)
-    uniq = list(first)
-    loader = DataLoader(
-        Subset(dataset, [first[k] for k in uniq]),
-        batch_size=cfg.feature_cache_batch_size,
-        shuffle=False,
-        num_workers=cfg.num_workers,
-        collate_fn=_collate(),
-    )
-    disk = None
-    if cfg.feature_cache_dir is not None:
-        from avloc.encoders.cache import FeatureCache as DiskCache
-
-        enc = model.visual_module()
-        assert enc is not None
-        disk = DiskCache.for_encoder(
-            cfg.feature_cache_dir, model.cfg.visual_encoder, model.cfg.visual_encoder_kwargs, enc,
-            {"image": config_to_dict(model.cfg.image)}, dtype="float32",
-        )
-    feats: list[torch.Tensor] = []
+) -> FeatureBank:
+    """Run the frozen visual encoder once per distinct key (first sample carrying it) -> :class:`FeatureBank`."""
+    disk = model.feature_cache_at(cfg.feature_cache_dir) if cfg.feature_cache_dir is not None else None
     model.eval()
-    with torch.no_grad():
-        for batch in tqdm(loader, desc="caching visual features", unit="batch", disable=not show, file=sys.stderr):
-            images = batch["image"]  # (b, 3, H, W)
-            if disk is None:
-                feats.append(model.encode_images(images.to(device)).cpu())  # (b, C, h, w)
-            else:
-                from avloc.encoders.cache import content_key
+    return encode_dataset(
+        lambda images: model.encode_images(images.to(device)).cpu(), dataset, keys,
+        batch_size=cfg.feature_cache_batch_size, num_workers=cfg.num_workers, disk=disk, progress=show,
+    )
 
-                def encode(idx: list[int], im: torch.Tensor = images) -> torch.Tensor:
-                    return model.encode_images(im[idx].to(device)).cpu()  # (m, C, h, w)
 
-                feats.append(disk.get_or_compute([content_key(im) for im in images], encode))
-    return FeatureCache(uniq, torch.cat(feats))
+@dataclass
+class _CachedFeatures:
+    """Replaces ``batch["image"]`` by the cached ``vfeat`` rows of the batch's dataset indices."""
+
+    keys: list[Any]  # keys[i]: the image key of sample i
+    bank: FeatureBank  # on the training device
+
+    def apply(self, batch: dict[str, Any], indices: list[int], device: torch.device) -> None:
+        # rows by dataset index (a batch field such as scene_index may name a clip whose frames differ)
+        batch["vfeat"] = self.bank.bank[self.bank.rows([self.keys[i] for i in indices], device)]  # (B, C, h, w)
+        batch.pop("image", None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,6 +487,154 @@ def _check_resume_config(saved: dict[str, Any], now: dict[str, Any]) -> None:
         raise ConfigError(f"--resume: train config differs from the run's config.json in {diff}; only {sorted(free)} may change")
 
 
+@dataclass
+class BestTracker:
+    """Keeps the best validation score of ``metric`` in its direction (``Protocol.higher_is_better``).
+
+    An undefined (NaN) score never improves on a defined one.
+    """
+
+    metric: str
+    higher_is_better: bool
+    best: float | None = None
+
+    @classmethod
+    def for_protocol(cls, protocol: str, metric: str, best: float | None = None) -> BestTracker:
+        from avloc.metrics.protocols import create_protocol
+
+        try:
+            higher = create_protocol(protocol).higher_is_better(metric)
+        except ConfigError as e:
+            raise ConfigError(f"train.val_metric: {e}") from None
+        return cls(metric, higher, best)
+
+    def update(self, results: dict[str, Any]) -> bool:
+        """Take this validation's results; True when the score is the best so far (then ``best`` is it)."""
+        score = results.get(self.metric)
+        if not isinstance(score, (int, float)):
+            raise ConfigError(f"train.val_metric {self.metric!r} not in the validation results {sorted(results)}")
+        score = float(score)
+        if self.best is None or math.isnan(self.best):
+            better = self.best is None or not math.isnan(score)
+        elif math.isnan(score):
+            better = False
+        else:
+            better = score > self.best if self.higher_is_better else score < self.best
+        if better:
+            self.best = score
+        return better
+
+
+class RunDir:
+    """The run directory (module doc): config, metrics log, curves and checkpoints; written by rank 0 only."""
+
+    def __init__(self, out: Path, main: bool) -> None:
+        self.out, self.main = out, main
+
+    @staticmethod
+    def check(out: Path, resume: bool, force: bool) -> None:
+        """Refuse to overwrite a run (unless ``force``) and to resume one that has no state."""
+        if out.exists() and any(out.iterdir()) and not (resume or force):
+            raise OutputExistsError(f"{out} exists and is not empty; pass --resume to continue it or --force to overwrite it")
+        if resume and not (out / STATE_FILE).is_file():
+            raise DataError(f"cannot resume: {out / STATE_FILE} not found")
+
+    def start(self, run_cfg: dict[str, Any], resume: bool) -> None:
+        if resume:
+            _check_resume_config(json.loads((self.out / CONFIG_FILE).read_text()), run_cfg)
+        if not self.main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for name in (STATE_FILE, METRICS_FILE, CURVES_FILE, "last.safetensors", "best.safetensors"):
+                (self.out / name).unlink(missing_ok=True)
+        write_text_atomic(self.out / CONFIG_FILE, json.dumps(run_cfg, indent=2) + "\n")
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop log lines past ``step`` (a resumed run rewrites them)."""
+        if self.main:
+            kept = [m for m in _read_metrics(self.out / METRICS_FILE) if m["step"] <= step]
+            write_text_atomic(self.out / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in kept))
+
+    def log(self, rec: dict[str, Any]) -> None:
+        if self.main:
+            with (self.out / METRICS_FILE).open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def plot(self, title: str) -> None:
+        if self.main:
+            plot_curves(_read_metrics(self.out / METRICS_FILE), self.out / CURVES_FILE, title)
+
+    def save_model(self, model: LocalizationMethod, name: str, meta: dict[str, Any]) -> None:
+        if self.main:
+            from avloc.methods.zoo import save_model
+
+            save_model(model, self.out / name, meta=meta)
+
+
+@dataclass
+class _Progress:
+    """Where the loop is: what the resumable state holds besides weights, optimizer and RNG."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+
+def _gather_rng(d: _Dist) -> list[Any]:
+    """Every rank's RNG states (rank order), for the resumable state."""
+    rng = _rng_state()
+    if d.world <= 1:
+        return [rng]
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * d.world
+    dist.all_gather_object(gathered, {"torch": rng["torch"].tolist(), "py": rng["python"], "np": [rng["numpy"][0], rng["numpy"][1].tolist(), *rng["numpy"][2:]]})
+    return [
+        {"torch": torch.tensor(g["torch"], dtype=torch.uint8), "python": g["py"],
+         "numpy": [g["np"][0], torch.tensor(g["np"][1], dtype=torch.int64), *g["np"][2:]]}
+        for g in gathered
+    ]
+
+
+def _restore(out: Path, model: LocalizationMethod, opt: torch.optim.Optimizer, device: torch.device, d: _Dist) -> tuple[_Progress, float | None]:
+    """Load the resumable state: weights, optimizer, RNG (this rank's); returns the progress and the best score."""
+    st = load_train_state(out / STATE_FILE)
+    model.load_state_dict({k: v.to(device) for k, v in st["model"].items()})
+    opt.load_state_dict(st["optim"])
+    rngs = st["rng"]
+    _set_rng_state(rngs[d.rank] if isinstance(rngs, list) and d.rank < len(rngs) else rngs[0])
+    return _Progress(int(st["step"]), int(st["epoch"]), int(st["batch_in_epoch"])), st.get("best")
+
+
+def _sync_buffers(model: LocalizationMethod, d: _Dist) -> None:
+    """DDP keeps parameters equal; BatchNorm running statistics are per rank: take rank 0's."""
+    if d.world > 1:
+        import torch.distributed as dist
+
+        for buf in model.buffers():
+            dist.broadcast(buf.data, 0)
+
+
+def _run_config(model: LocalizationMethod, method_cfg: dict[str, Any], cfg: TrainConfig, data: DataConfig | None,
+                world: int, total: int, use_cache: bool) -> dict[str, Any]:
+    return {
+        "method": model.name,
+        "method_config": method_cfg,
+        "train": config_to_dict(cfg),
+        "data": config_to_dict(data) if data is not None else None,
+        "world_size": world,
+        "total_steps": total,
+        "feature_cache": {
+            "requested": cfg.feature_cache,
+            "used": use_cache,
+            "why": "frozen pretrained visual encoder, stable image keys"
+            if use_cache
+            else ("off by config" if not cfg.feature_cache else "visual encoder trainable or not pretrained, or no stable image key: end to end"),
+        },
+    }
+
+
 def train(
     model: LocalizationMethod,
     train_set: Dataset,
@@ -555,71 +654,44 @@ def train(
     if model.training_free:
         raise ConfigError(f"method {model.name!r} is training-free: nothing to train")
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not (resume or force):
-        raise OutputExistsError(f"{out} exists and is not empty; pass --resume to continue it or --force to overwrite it")
-    if resume and not (out / STATE_FILE).is_file():
-        raise DataError(f"cannot resume: {out / STATE_FILE} not found")
+    RunDir.check(out, resume, force)
+    tracker = BestTracker.for_protocol(cfg.val_protocol, cfg.val_metric) if val_set is not None else None
     dist_info, device = _init_distributed(cfg.device)
     show = cfg.progress and dist_info.main
     seed_everything(cfg.seed + dist_info.rank)
+    requested = config_to_dict(model.cfg)  # before prepare_training applies (and clears) one-off initialisations
     # what the method's config asks of training only (e.g. wrapping the data set); default: unchanged
     train_set = model.prepare_training(train_set, feature_cache=cfg.feature_cache and model.visual_cacheable())
 
-    # ---- run dir and config
     steps_per_epoch = len(train_set) // (cfg.batch_size * dist_info.world)  # type: ignore[arg-type]
     if steps_per_epoch < 1:
         raise DataError(f"training set of {len(train_set)} samples is smaller than one global batch")  # type: ignore[arg-type]
     total = cfg.epochs * steps_per_epoch if cfg.epochs is not None else cfg.steps
     keys = dataset_image_keys(train_set) if cfg.feature_cache and model.visual_cacheable() else None
     use_cache = keys is not None
-    run_cfg = {
-        "method": model.name,
-        "method_config": config_to_dict(model.cfg),
-        "train": config_to_dict(cfg),
-        "data": config_to_dict(data) if data is not None else None,
-        "world_size": dist_info.world,
-        "total_steps": total,
-        "feature_cache": {
-            "requested": cfg.feature_cache,
-            "used": use_cache,
-            "why": "frozen pretrained visual encoder, stable image keys"
-            if use_cache
-            else ("off by config" if not cfg.feature_cache else "visual encoder trainable or not pretrained, or no stable image key: end to end"),
-        },
-    }
-    if resume:
-        _check_resume_config(json.loads((out / CONFIG_FILE).read_text()), run_cfg)
+    run = RunDir(out, dist_info.main)
+    run.start(_run_config(model, requested, cfg, data, dist_info.world, total, use_cache), resume)
     if dist_info.main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            for name in (STATE_FILE, METRICS_FILE, CURVES_FILE, "last.safetensors", "best.safetensors"):
-                (out / name).unlink(missing_ok=True)
-        write_text_atomic(out / CONFIG_FILE, json.dumps(run_cfg, indent=2) + "\n")
-        print(f"avloc train: {model.name} for {total} steps, batch {cfg.batch_size} x {dist_info.world} on {device}; "
-              f"visual features: {'cached (frozen pretrained encoder)' if use_cache else 'computed end to end'}", file=sys.stderr)
+        _log.info("avloc train: %s for %d steps, batch %d x %d on %s; visual features: %s", model.name, total,
+                  cfg.batch_size, dist_info.world, device,
+                  "cached (frozen pretrained encoder)" if use_cache else "computed end to end")
     _barrier(dist_info)
 
-    # ---- model, optimizer, state
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError(f"method {model.name!r} has no trainable parameters with this config")
     opt = torch.optim.Adam(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
-    step, epoch, batch_in_epoch, best = 0, 0, 0, None
+    pos = _Progress()
     if resume:
-        st = load_train_state(out / STATE_FILE)
-        model.load_state_dict({k: v.to(device) for k, v in st["model"].items()})
-        opt.load_state_dict(st["optim"])
-        step, epoch, batch_in_epoch = int(st["step"]), int(st["epoch"]), int(st["batch_in_epoch"])
-        best = st.get("best")
-        rngs = st["rng"]
-        _set_rng_state(rngs[dist_info.rank] if isinstance(rngs, list) and dist_info.rank < len(rngs) else rngs[0])
-        if dist_info.main:
-            kept = [m for m in _read_metrics(out / METRICS_FILE) if m["step"] <= step]
-            write_text_atomic(out / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in kept))
+        pos, best = _restore(out, model, opt, device, dist_info)
+        if tracker is not None:
+            tracker.best = best
+        run.truncate_metrics(pos.step)
     criterion = model.build_criterion().to(device)
-    cache = build_feature_cache(model, train_set, keys, device, cfg, show) if keys is not None else None
-    cache_bank_dev = cache.bank.to(device) if cache is not None else None
+    cached = None
+    if keys is not None:
+        cached = _CachedFeatures(keys, build_feature_cache(model, train_set, keys, device, cfg, show).to(device))
     net: nn.Module = model
     if dist_info.world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -627,129 +699,98 @@ def train(
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-
-    def sync_buffers() -> None:
-        # DDP keeps parameters equal; BatchNorm running statistics are per rank: take rank 0's
-        if dist_info.world > 1:
-            import torch.distributed as dist
-
-            for buf in model.buffers():
-                dist.broadcast(buf.data, 0)
+    title = f"{model.name} ({out.name})"
 
     def save_state() -> None:
-        sync_buffers()
-        rng = _rng_state()
-        rngs: list[Any] = [rng]
-        if dist_info.world > 1:
-            import torch.distributed as dist
-
-            gathered: list[Any] = [None] * dist_info.world
-            dist.all_gather_object(gathered, {"torch": rng["torch"].tolist(), "py": rng["python"], "np": [rng["numpy"][0], rng["numpy"][1].tolist(), *rng["numpy"][2:]]})
-            rngs = [
-                {"torch": torch.tensor(g["torch"], dtype=torch.uint8), "python": g["py"],
-                 "numpy": [g["np"][0], torch.tensor(g["np"][1], dtype=torch.int64), *g["np"][2:]]}
-                for g in gathered
-            ]
+        _sync_buffers(model, dist_info)
+        rngs = _gather_rng(dist_info)
         if not dist_info.main:
             return
-        from avloc.methods.zoo import save_model
-
-        meta = {"step": step, "run": str(out), "feature_cache": use_cache}
-        save_model(model, out / "last.safetensors", meta=meta)
+        run.save_model(model, "last.safetensors", {"step": pos.step, "run": str(out), "feature_cache": use_cache})
         save_train_state(out / STATE_FILE, {
-            "model": model.state_dict(), "optim": opt.state_dict(), "step": step, "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch, "best": best, "rng": rngs,
+            "model": model.state_dict(), "optim": opt.state_dict(), "step": pos.step, "epoch": pos.epoch,
+            "batch_in_epoch": pos.batch_in_epoch, "best": None if tracker is None else tracker.best, "rng": rngs,
         })
 
-    def log(rec: dict[str, Any]) -> None:
-        if dist_info.main:
-            with (out / METRICS_FILE).open("a") as f:
-                f.write(json.dumps(rec) + "\n")
-
     def validate() -> dict[str, Any] | None:
-        nonlocal best
-        res = None
-        if val_set is not None:  # every rank evaluates its shard; evaluate_model merges them
-            sync_buffers()
-            t0 = time.perf_counter()
-            res = _validate(model, val_set, cfg, device)
-        if dist_info.main and res is not None:
-            log({"step": step, "split": "val", **res, "seconds": round(time.perf_counter() - t0, 2)})
-            score = res.get(cfg.val_metric)
-            if not isinstance(score, (int, float)):
-                raise ConfigError(f"train.val_metric {cfg.val_metric!r} not in the {cfg.val_protocol} results {sorted(res)}")
-            if best is None or score > best:
-                from avloc.methods.zoo import save_model
-
-                best = float(score)
-                save_model(model, out / "best.safetensors", meta={"step": step, "val": res, "feature_cache": use_cache})
-            plot_curves(_read_metrics(out / METRICS_FILE), out / CURVES_FILE, f"{model.name} ({out.name})")
+        if val_set is None or tracker is None:
+            return None
+        _sync_buffers(model, dist_info)  # every rank evaluates its shard; evaluate_model merges them
+        t0 = time.perf_counter()
+        res = _validate(model, val_set, cfg, device)
+        if dist_info.main:
+            run.log({"step": pos.step, "split": "val", **res, "seconds": round(time.perf_counter() - t0, 2)})
+            if tracker.update(res):
+                run.save_model(model, "best.safetensors", {"step": pos.step, "val": res, "feature_cache": use_cache})
+            run.plot(title)
         _barrier(dist_info)
         model.train()
         return res
 
-    # ---- loop
     from tqdm import tqdm
 
-    bar = tqdm(total=total, initial=step, desc=f"train {model.name}", unit="step", disable=not show, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=pos.step, desc=f"train {model.name}", unit="step", disable=not show, file=sys.stderr, dynamic_ncols=True)
     model.train()
     last_val: dict[str, Any] | None = None
     t_log, n_log = time.perf_counter(), 0
-    while step < total:
-        loader = _epoch_loader(train_set, cfg, dist_info, epoch, batch_in_epoch)
+    while pos.step < total:
+        loader = _epoch_loader(train_set, cfg, dist_info, pos.epoch, pos.batch_in_epoch)
         order: list[int] = loader.sampler.indices  # type: ignore[attr-defined]  # dataset index of each sample, in batch order
         for b, raw_batch in enumerate(loader):
             batch = _to_device(raw_batch, device)
-            if cache is not None and cache_bank_dev is not None and keys is not None:
-                # rows by dataset index: keys[i] is the key of sample i (a batch field such as scene_index may
-                # name a clip whose frames differ, e.g. DigitScenes video)
-                ids = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                rows = torch.tensor([cache.row[keys[i]] for i in ids], device=device)
-                batch["vfeat"] = cache_bank_dev[rows]  # (B, C, h, w)
-                batch.pop("image", None)
-            lr = lr_at(step, total, cfg.optim)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-                outputs = net(batch)
-                losses = criterion(outputs, batch)
-            loss = losses["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {float(loss)} at step {step}; lower optim.lr or check the data")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.optim.grad_clip > 0:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            step += 1
-            batch_in_epoch += 1
+            if cached is not None:
+                cached.apply(batch, order[b * cfg.batch_size : (b + 1) * cfg.batch_size], device)
+            lr = lr_at(pos.step, total, cfg.optim)
+            losses = _step(net, criterion, opt, scaler, params, batch, lr, cfg, amp, pos.step, device)
+            pos.step += 1
+            pos.batch_in_epoch += 1
             n_log += len(raw_batch["audio"]) * dist_info.world
             bar.update(1)
-            if step % cfg.log_every == 0 or step == total:
+            if pos.step % cfg.log_every == 0 or pos.step == total:
                 dt = time.perf_counter() - t_log
-                rec = {"step": step, "split": "train", "lr": lr, **_scalar_terms(losses), "samples_per_s": round(n_log / max(dt, 1e-9), 2)}
-                log(rec)
+                rec = {"step": pos.step, "split": "train", "lr": lr, **_scalar_terms(losses), "samples_per_s": round(n_log / max(dt, 1e-9), 2)}
+                run.log(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{rec['samples_per_s']:.1f}")
                 t_log, n_log = time.perf_counter(), 0
-            if cfg.val_every and step % cfg.val_every == 0 and step < total:
+            if cfg.val_every and pos.step % cfg.val_every == 0 and pos.step < total:
                 last_val = validate()
-            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < total:
+            if cfg.ckpt_every and pos.step % cfg.ckpt_every == 0 and pos.step < total:
                 save_state()
-            if step >= total:
+            if pos.step >= total:
                 break
         else:
-            epoch += 1
-            batch_in_epoch = 0
+            pos.epoch += 1
+            pos.batch_in_epoch = 0
     bar.close()
-    sync_buffers()
+    _sync_buffers(model, dist_info)
     last_val = validate() if val_set is not None else last_val
     save_state()
-    if dist_info.main:
-        plot_curves(_read_metrics(out / METRICS_FILE), out / CURVES_FILE, f"{model.name} ({out.name})")
+    run.plot(title)
     _barrier(dist_info)
-    return TrainResult(out, step, best, last_val, use_cache)
+    return TrainResult(out, pos.step, None if tracker is None else tracker.best, last_val, use_cache)
+
+
+def _step(
+    net: nn.Module, criterion: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params: list[nn.Parameter],
+    batch: dict[str, Any], lr: float, cfg: TrainConfig, amp: bool, step: int, device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """One optimisation step (forward, loss, backward, clipping, Adam); returns the loss terms."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+        outputs = net(batch)
+        losses: dict[str, torch.Tensor] = criterion(outputs, batch)
+    loss = losses["loss"]
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss {float(loss)} at step {step}; lower optim.lr or check the data")
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.optim.grad_clip > 0:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    return losses
 
 
 # ---------------------------------------------------------------------------------------------
@@ -822,22 +863,7 @@ def train_from_specs(
     if method is None:
         raise ConfigError("--method is required (unless --resume)")
     if config_file is not None:
-        p = Path(config_file)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        text = p.read_text()
-        if p.suffix == ".toml":
-            import tomllib
-
-            file_cfg = tomllib.loads(text)
-        else:
-            try:
-                file_cfg = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{p}: not valid JSON ({e})") from None
-        unknown = sorted(set(file_cfg) - {"method", "train", "data"})
-        if unknown:
-            raise ConfigError(f"{p}: unknown sections {unknown}; valid: method, train, data")
+        file_cfg = read_config_file(config_file, sections=("method", "train", "data"))
         for sec in ("method", "train", "data"):
             base[sec] = {**base.get(sec, {}), **file_cfg.get(sec, {})}
     cls = METHODS.get(method)

@@ -25,18 +25,12 @@ from avloc.inference.postprocess import DB_FLOOR, peak_contrast
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 50) -> np.ndarray:
-    """IRLS logistic regression: x (N, D), y (N,) in {0, 1} -> weights (D + 1,), bias last."""
-    xb = np.concatenate([x, np.ones((len(x), 1))], axis=1)
-    w = np.zeros(xb.shape[1])
-    for _ in range(iters):
-        p = 1 / (1 + np.exp(-xb @ w))
-        g = xb.T @ (p - y) + l2 * w
-        h = (xb * (p * (1 - p))[:, None]).T @ xb + l2 * np.eye(len(w))
-        step = np.linalg.solve(h, g)
-        w -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    return w
+    """Unweighted L2 logistic regression, every weight penalised: x (N, D), y (N,) -> weights (D + 1,), bias last
+    (:func:`avloc.metrics.logistic.fit_logistic`)."""
+    from avloc.metrics.logistic import fit_logistic as irls
+
+    w, b = irls(x, y, l2=l2, iters=iters, balanced=False, penalise_bias=True, ridge=0.0, clip=None, tol=1e-8)
+    return np.append(w, b)
 
 
 def features(model_name: str, n_clips: int, seconds: float = 8.0) -> tuple[np.ndarray, np.ndarray]:

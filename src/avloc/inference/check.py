@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from avloc.metrics.ops import box_iou
+
 
 @dataclass
 class DemoScore:
@@ -28,15 +30,6 @@ class DemoScore:
     def passed(self, min_peak: float = 0.5) -> bool:
         """Found: the peak is on the sounding object in at least ``min_peak`` of frames, more often than on the silent one."""
         return self.peak_in_sounding >= min_peak and self.peak_in_sounding > self.peak_in_silent
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two (x1, y1, x2, y2) boxes."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def _inside(p: dict[str, float], b: np.ndarray) -> bool:

@@ -116,7 +116,9 @@ def make_source(model: LocalizationMethod | None, cfg: LocalizeConfig) -> ModelS
         return src
     if model is None:
         raise ConfigError("a model is needed unless visual_only is set")
-    return CombinedSource(model) if cfg.combine == "synchrony" else ModelSource(model)
+    if cfg.combine == "synchrony":
+        return CombinedSource(model, cfg.window_seconds)
+    return ModelSource(model, cfg.window_seconds)
 
 
 def _chunks(frames: Iterator[_Item], context: int, chunk: int) -> Iterator[tuple[list[_Item], int, int]]:
@@ -284,29 +286,53 @@ def _heat_strength(rec: dict[str, Any]) -> float:
     return 1.0 if c is None else float(c)
 
 
-def localize_video(
-    path: str | Path,
-    model: LocalizationMethod | None,
-    cfg: LocalizeConfig,
-    out_dir: str | Path,
-    model_name: str | None = None,
-    tagger: Any = None,
-    progress: bool = True,
-) -> LocalizeResult:
-    """Localize the sounding objects of one video; write its outputs into ``out_dir`` (module doc).
+@dataclass
+class VideoAnalysis:
+    """What :func:`analyse_video` found in one video, in memory (no output written).
 
-    ``model`` is any :class:`LocalizationMethod` (``None`` only with
-    ``cfg.visual_only``); ``tagger`` an optional
-    :class:`avloc.inference.semantic.SemanticMapper` (zero-shot semantic mode).
-    Raises :class:`avloc.errors.MediaError` for unreadable inputs or a missing
-    audio track (unless ``cfg.visual_only``), :class:`OutputExistsError` when an
-    output exists and ``cfg.force`` is false.
+    ``records`` are the JSON frames (``NAME.avloc.json`` ``frames``); ``maps`` the full-frame heatmaps
+    ``(n, H, W)`` float16 (a memory map of a scratch file when one was given); ``class_maps`` /
+    ``class_probabilities`` / ``class_detected`` the per-class maps of class-aware methods (kept with
+    ``cfg.save_heatmaps``); ``thumbs`` the contact sheet's frames.
     """
-    from tqdm import tqdm
 
+    input: Path
+    info: MediaInfo
+    cfg: LocalizeConfig
+    model_name: str | None
+    source: Any  # the map source (ModelSource, CombinedSource, VisualOnlySource; ``source.model`` is the model)
+    tagger: Any
+    window: float  # audio window per frame, s
+    src_wh: tuple[int, int]  # the source's picture size
+    map_wh: tuple[int, int]
+    records: list[dict[str, Any]]
+    times: np.ndarray  # (n,) s
+    maps: np.ndarray  # (n, H, W) float16
+    thumbs: list[np.ndarray] = field(repr=False, default_factory=list)
+    class_maps: np.ndarray | None = None  # (n, C, H, W) float16
+    class_probabilities: np.ndarray | None = None  # (n, C) float32
+    class_detected: np.ndarray | None = None  # (n, C) bool
+    started: float = 0.0  # time.perf_counter() when the analysis began
+
+    @property
+    def duration(self) -> float:
+        return float(self.info.duration or 0.0)
+
+    @property
+    def onscreen_fraction(self) -> float | None:
+        live = [r["onscreen"] for r in self.records if r["onscreen"] is not None]
+        return float(np.mean(live)) if live else None
+
+    def document(self, outputs: dict[str, Path], seconds: float | None = None) -> dict[str, Any]:
+        """The ``NAME.avloc.json`` document (``schema.json``); ``seconds``: processing time (default: until now)."""
+        secs = time.perf_counter() - self.started if seconds is None else seconds
+        return build_json(self.info, self.model_name, self.source, self.cfg, self.window, self.map_wh, outputs,
+                          self.records, self.duration, secs, self.onscreen_fraction, self.tagger)
+
+
+def check_video(path: Path, model: LocalizationMethod | None, cfg: LocalizeConfig, tagger: Any) -> MediaInfo:
+    """Probe ``path`` and refuse what cannot be analysed (no pictures, too small, no audio, bad combination)."""
     cfg.validate()
-    t_start = time.perf_counter()
-    path = Path(path)
     info: MediaInfo = probe(path)
     if not info.has_video or not info.width or not info.height:
         raise MediaError(f"{path}: no video stream (avloc localize needs pictures)")
@@ -317,21 +343,43 @@ def localize_video(
         raise MediaError(f"{path}: no audio track; pass --visual-only to localize with the object prior alone")
     if cfg.visual_only and (model is not None or tagger is not None):
         raise ConfigError("--visual-only uses the object prior alone: do not combine it with --model or --audio-tagger")
-    outs = output_paths(path, out_dir)
-    wanted = {"json", "sheet"} | ({"video"} if cfg.overlay else set()) | ({"heatmaps"} if cfg.save_heatmaps else set())
-    outs = {k: v for k, v in outs.items() if k in wanted}
-    tx = OutputTransaction(out_dir, path.stem, OUTPUT_SUFFIXES, outs, force=cfg.force)
-    tx.check()  # before any work: a writable folder, and no previous set unless cfg.force
+    return info
 
-    source = make_source(model, cfg)
+
+def wanted_outputs(path: str | Path, out_dir: str | Path, cfg: LocalizeConfig) -> dict[str, Path]:
+    """The outputs ``cfg`` asks for (JSON and sheet always; overlay video, heatmaps) and their paths."""
+    wanted = {"json", "sheet"} | ({"video"} if cfg.overlay else set()) | ({"heatmaps"} if cfg.save_heatmaps else set())
+    return {k: v for k, v in output_paths(path, out_dir).items() if k in wanted}
+
+
+def analyse_video(
+    path: str | Path,
+    model: LocalizationMethod | None,
+    cfg: LocalizeConfig,
+    *,
+    model_name: str | None = None,
+    tagger: Any = None,
+    progress: bool = True,
+    scratch: Path | None = None,
+) -> VideoAnalysis:
+    """Analyse one video (pass 1 of the module doc) -> :class:`VideoAnalysis`, writing no output.
+
+    ``scratch``: a folder for the maps (memory-mapped files), so memory stays flat in the video's length;
+    ``None`` keeps them in memory. Raises :class:`avloc.errors.MediaError` for unreadable inputs, a missing
+    audio track (unless ``cfg.visual_only``) or a video without frames at ``cfg.fps``.
+    """
+    t_start = time.perf_counter()
+    path = Path(path)
+    info = check_video(path, model, cfg, tagger)
+    source: Any = make_source(model, cfg)
     image_cfg: ImageConfig = source.model.cfg.image
     audio_cfg = source.model.cfg.audio
     window = cfg.window_seconds if cfg.window_seconds is not None else audio_cfg.window_seconds
+    assert info.width and info.height  # check_video
     src_wh = (info.width, info.height)
-    work_wh = working_size(info.width, info.height, image_cfg)
-    map_wh = map_size(info.width, info.height, cfg.map_long_side)
-    duration = float(info.duration or 0.0)
-    n_est = max(1, math.ceil(duration * cfg.fps))
+    work_wh = working_size(*src_wh, image_cfg)
+    map_wh = map_size(*src_wh, cfg.map_long_side)
+    n_est = max(1, math.ceil(float(info.duration or 0.0) * cfg.fps))
     sheet_idx = {int(i) for i in np.linspace(0, n_est - 1, min(cfg.sheet_frames, n_est)).round()}
 
     # Memory flat in the video's length: the analysis streams the audio at the model's rate
@@ -349,124 +397,237 @@ def localize_video(
         with contextlib.ExitStack() as stack:
             audio = (stack.enter_context(AudioStream(path, audio_cfg.sample_rate))
                      if info.has_audio and not cfg.visual_only else None)
-            yield from _items(audio, n_win)
+            for fr in iter_frames(path, fps=cfg.fps, size=work_wh):
+                img = torch.from_numpy(fr.image).permute(2, 0, 1)  # (3, h, w) uint8
+                x = preprocess_image(img, image_cfg)  # (3, S, S) in [0, 1]
+                if audio is not None:
+                    aw = audio.window(fr.time, window)
+                    db: float | None = rms_db(aw)
+                else:
+                    aw, db = np.zeros(n_win, np.float32), None
+                yield _Item(fr.index, fr.time, fr.source_time, x, aw, db, fr.image if fr.index in sheet_idx else None)
 
-    def _items(audio: AudioStream | None, n_win: int) -> Iterator[_Item]:
-        for fr in iter_frames(path, fps=cfg.fps, size=work_wh):
-            img = torch.from_numpy(fr.image).permute(2, 0, 1)  # (3, h, w) uint8
-            x = preprocess_image(img, image_cfg)  # (3, S, S) in [0, 1]
-            if audio is not None:
-                aw = audio.window(fr.time, window)
-                db: float | None = rms_db(aw)
-            else:
-                aw, db = np.zeros(n_win, np.float32), None
-            yield _Item(fr.index, fr.time, fr.source_time, x, aw, db, fr.image if fr.index in sheet_idx else None)
-
+    keep_classes = cfg.save_heatmaps
+    maps_sink, cls_sink = _MapSink(scratch, "maps"), _MapSink(scratch, "classmaps")
     works: dict[int, np.ndarray] = {}
     thumbs: list[np.ndarray] = []
     records: list[dict[str, Any]] = []
     cls_probs: list[np.ndarray] = []
     cls_det: list[np.ndarray] = []
+    from tqdm import tqdm
+
+    with maps_sink, cls_sink, tqdm(total=n_est, unit="frame", desc=f"{path.name}: analyse", disable=not progress,
+                                   leave=False) as bar:
+        for r in smooth(_analyse(items(), source, image_cfg, cfg, work_wh, map_wh, works), cfg):
+            rec = _record(r, cfg, work_wh, src_wh)
+            records.append(rec)
+            maps_sink.add(r.map)
+            cls = r.extra.get("classes")
+            if cls is not None and keep_classes:  # class-aware methods: one map per class and frame (zero unless detected)
+                cls_sink.add(cls["maps"])
+                cls_probs.append(cls["probabilities"])
+                cls_det.append(cls["detected"])
+            work = works.pop(r.index, None)
+            if work is not None:
+                thumbs.append(_thumb(work, r, rec, src_wh, cfg))
+            bar.update(1)
+    if not records:
+        raise MediaError(f"{path}: no frames to analyse at {cfg.fps} fps")
+    n = len(records)
+    analysis = VideoAnalysis(
+        path, info, cfg, model_name, source, tagger, window, src_wh, map_wh, records,
+        np.array([r["time"] for r in records], np.float64), maps_sink.array((n, map_wh[1], map_wh[0])), thumbs,
+        started=t_start,
+    )
+    if len(cls_probs) == n:  # class-aware method: class_maps (n, C, H, W), probabilities, detected
+        analysis.class_maps = cls_sink.array((n, len(cls_probs[0]), map_wh[1], map_wh[0]))
+        analysis.class_probabilities = np.stack(cls_probs).astype(np.float32)
+        analysis.class_detected = np.stack(cls_det)
+    return analysis
+
+
+class _MapSink:
+    """float16 maps appended frame by frame: to a scratch file (read back memory-mapped) or kept in memory."""
+
+    def __init__(self, scratch: Path | None, name: str) -> None:
+        self.path = None if scratch is None else scratch / f"{name}.tmp"
+        self.parts: list[np.ndarray] = []
+        self.file: Any = None
+
+    def __enter__(self) -> _MapSink:
+        if self.path is not None:
+            self.file = open(self.path, "wb")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.file is not None:
+            self.file.close()
+
+    def add(self, m: np.ndarray) -> None:
+        h = m.astype(np.float16)
+        if self.file is not None:
+            self.file.write(h.tobytes())
+        else:
+            self.parts.append(h)
+
+    def array(self, shape: tuple[int, ...]) -> np.ndarray:
+        if self.path is not None:
+            return np.memmap(self.path, dtype=np.float16, mode="r", shape=shape)
+        return np.stack(self.parts).reshape(shape) if self.parts else np.zeros(shape, np.float16)
+
+
+def _thumb(work: np.ndarray, r: FrameResult, rec: dict[str, Any], src_wh: tuple[int, int], cfg: LocalizeConfig) -> np.ndarray:
+    """The contact sheet's picture of one frame (class-aware methods: next to each detected class's own map)."""
+    import cv2
+
+    tw = cfg.sheet_thumb_width
+    th = max(2, round(work.shape[0] * tw / work.shape[1]))
+    small = cv2.resize(work, (tw, th), interpolation=cv2.INTER_AREA)
+    thumb = draw_overlay(small, display_heat(r.map, _heat_strength(rec)), rec, src_wh, cfg.overlay_alpha)
+    cls = r.extra.get("classes")
+    if cls is not None:
+        panels = [
+            draw_overlay(small, display_heat(cls["maps"][c["class"]], 1.0), {"time": rec["time"]}, src_wh,
+                         cfg.overlay_alpha, banner=(f"class {c['class']}  p={c['probability']:.2f}", NEUTRAL_COLOUR))
+            for c in rec["classes"][:SHEET_CLASS_PANELS]
+        ]
+        thumb = side_by_side([thumb, *panels], 1 + SHEET_CLASS_PANELS)
+    return thumb
+
+
+# ---------------------------------------------------------------------------------------------
+# the output writers (each writes one file of the set; write_outputs runs them in one transaction)
+
+
+def write_overlay_video(analysis: VideoAnalysis, tmp: Path, progress: bool = False) -> None:
+    """Pass 2 (module doc): the source decoded again, each frame with the nearest analysed heatmap, boxes and
+    banner, encoded with the original audio into ``tmp``."""
+    from tqdm import tqdm
+
+    from avloc.io.media import iter_audio, write_video
+
+    a, cfg, info, path = analysis, analysis.cfg, analysis.info, analysis.input
+    src_wh = a.src_wh
+    ov_wh = fit_size(*src_wh, max_side=cfg.overlay_max_side)
+    out_fps = float(info.fps or cfg.fps)
+    n, times, records = len(a.records), a.times, a.records
+
+    def overlay_frames() -> Iterator[np.ndarray]:
+        j, layer_j = 0, -1
+        layer = None
+        with tqdm(total=info.frames, unit="frame", desc=f"{path.name}: overlay", disable=not progress, leave=False) as bar:
+            for fr in iter_frames(path, fps=out_fps, size=ov_wh, start=0.5 / out_fps):
+                t = fr.time - 0.5 / out_fps  # the output frame's own time
+                while j + 1 < n and abs(times[j + 1] - t) <= abs(times[j] - t):
+                    j += 1
+                rec = records[j]
+                heat = display_heat(np.asarray(a.maps[j], np.float32), _heat_strength(rec))
+                if layer_j != j:  # the coloured heat layer changes only with the analysed frame
+                    h_, w_ = fr.image.shape[:2]
+                    layer, layer_j = heat_layer(heat, (w_, h_), cfg.overlay_alpha), j
+                bar.update(1)
+                yield draw_overlay(fr.image, heat, rec, src_wh, cfg.overlay_alpha, layer=layer)
+
+    audio = iter_audio(path) if info.has_audio else None  # streamed, encoded alongside the frames
+    write_video(tmp, overlay_frames(), out_fps, audio, info.audio_sample_rate)
+
+
+def write_heatmaps(analysis: VideoAnalysis, tmp: Path) -> None:
+    """``NAME.heatmaps.npz``: ``times``, ``maps`` and, for class-aware methods, ``class_maps`` /
+    ``class_probabilities`` / ``class_detected``."""
+    arrays: dict[str, np.ndarray] = {"times": analysis.times, "maps": analysis.maps}
+    if analysis.class_maps is not None:
+        assert analysis.class_probabilities is not None and analysis.class_detected is not None
+        arrays["class_maps"] = analysis.class_maps
+        arrays["class_probabilities"] = analysis.class_probabilities
+        arrays["class_detected"] = analysis.class_detected
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
+
+
+def write_sheet(analysis: VideoAnalysis, tmp: Path) -> None:
+    """``NAME.sheet.png``: the contact sheet of evenly spaced analysed frames."""
+    from PIL import Image
+
+    cfg, thumbs = analysis.cfg, analysis.thumbs
+    per_row = 1 + SHEET_CLASS_PANELS if thumbs and thumbs[0].shape[1] > cfg.sheet_thumb_width else 1
+    Image.fromarray(contact_sheet(thumbs, max(1, cfg.sheet_columns // per_row))).save(tmp, format="PNG")
+
+
+def write_json(analysis: VideoAnalysis, tmp: Path, outputs: dict[str, Path]) -> None:
+    """``NAME.avloc.json`` (``schema.json``); its summary's processing time runs until now."""
+    import json
+
+    tmp.write_text(json.dumps(analysis.document(outputs), indent=1, allow_nan=False) + "\n")
+
+
+def _write_into(tx: OutputTransaction, analysis: VideoAnalysis, outs: dict[str, Path], progress: bool) -> None:
+    if "video" in outs:
+        with tx.writing("video") as tmp:
+            write_overlay_video(analysis, tmp, progress)
+    if "heatmaps" in outs:
+        with tx.writing("heatmaps") as tmp:
+            write_heatmaps(analysis, tmp)
+    with tx.writing("sheet") as tmp:
+        write_sheet(analysis, tmp)
+    with tx.writing("json") as tmp:  # last: its summary holds the whole processing time
+        write_json(analysis, tmp, outs)
+
+
+def write_outputs(analysis: VideoAnalysis, out_dir: str | Path, force: bool | None = None,
+                  progress: bool = False) -> LocalizeResult:
+    """Write the outputs ``analysis.cfg`` asks for into ``out_dir``, all or none (module doc)."""
+    outs = wanted_outputs(analysis.input, out_dir, analysis.cfg)
+    tx = OutputTransaction(out_dir, analysis.input.stem, OUTPUT_SUFFIXES, outs,
+                           force=analysis.cfg.force if force is None else force)
+    tx.check()
+    tx.begin()
+    try:
+        _write_into(tx, analysis, outs, progress)
+        tx.commit()
+    except BaseException:
+        tx.abort()
+        raise
+    return _result(analysis, outs)
+
+
+def _result(analysis: VideoAnalysis, outs: dict[str, Path]) -> LocalizeResult:
+    return LocalizeResult(analysis.input, outs, len(analysis.records), analysis.duration,
+                          time.perf_counter() - analysis.started, analysis.onscreen_fraction, analysis.records)
+
+
+def localize_video(
+    path: str | Path,
+    model: LocalizationMethod | None,
+    cfg: LocalizeConfig,
+    out_dir: str | Path,
+    model_name: str | None = None,
+    tagger: Any = None,
+    progress: bool = True,
+) -> LocalizeResult:
+    """Localize the sounding objects of one video; write its outputs into ``out_dir`` (module doc).
+
+    :func:`analyse_video` then the writers of :func:`write_outputs`, in one transaction checked before any
+    work. ``model`` is any :class:`LocalizationMethod` (``None`` only with ``cfg.visual_only``); ``tagger`` an
+    optional :class:`avloc.inference.semantic.SemanticMapper` (zero-shot semantic mode). Raises
+    :class:`avloc.errors.MediaError` for unreadable inputs or a missing audio track (unless
+    ``cfg.visual_only``), :class:`OutputExistsError` when an output exists and ``cfg.force`` is false.
+    """
+    path = Path(path)
+    check_video(path, model, cfg, tagger)
+    outs = wanted_outputs(path, out_dir, cfg)
+    tx = OutputTransaction(out_dir, path.stem, OUTPUT_SUFFIXES, outs, force=cfg.force)
+    tx.check()  # before any work: a writable folder, and no previous set unless cfg.force
     tx.begin()  # lock this stem's outputs, clean what killed runs left, open the temporary folder
     try:
         assert tx.dir is not None
-        maps_tmp = tx.dir / "maps.tmp"
-        # class-aware methods with --save-heatmaps: one map per class and frame (zero unless detected), on disk too
-        cls_tmp = tx.dir / "classmaps.tmp"
-        with open(maps_tmp, "wb") as maps_file, open(cls_tmp, "wb") as cls_file, tqdm(
-            total=n_est, unit="frame", desc=f"{path.name}: analyse", disable=not progress, leave=False
-        ) as bar:
-            stream = smooth(_analyse(items(), source, image_cfg, cfg, work_wh, map_wh, works), cfg)
-            for r in stream:
-                rec = _record(r, cfg, work_wh, src_wh)
-                records.append(rec)
-                maps_file.write(r.map.astype(np.float16).tobytes())
-                cls = r.extra.get("classes")
-                if cls is not None and "heatmaps" in outs:
-                    cls_file.write(cls["maps"].astype(np.float16).tobytes())
-                    cls_probs.append(cls["probabilities"])
-                    cls_det.append(cls["detected"])
-                work = works.pop(r.index, None)
-                if work is not None:
-                    tw = cfg.sheet_thumb_width
-                    th = max(2, round(work.shape[0] * tw / work.shape[1]))
-                    import cv2
-
-                    small = cv2.resize(work, (tw, th), interpolation=cv2.INTER_AREA)
-                    thumb = draw_overlay(small, display_heat(r.map, _heat_strength(rec)), rec, src_wh, cfg.overlay_alpha)
-                    cls = r.extra.get("classes")
-                    if cls is not None:  # class-aware methods: the frame, then each detected class's own map
-                        panels = [
-                            draw_overlay(small, display_heat(cls["maps"][c["class"]], 1.0), {"time": rec["time"]}, src_wh,
-                                         cfg.overlay_alpha, banner=(f"class {c['class']}  p={c['probability']:.2f}",
-                                                                    NEUTRAL_COLOUR))
-                            for c in rec["classes"][:SHEET_CLASS_PANELS]
-                        ]
-                        thumb = side_by_side([thumb, *panels], 1 + SHEET_CLASS_PANELS)
-                    thumbs.append(thumb)
-                bar.update(1)
-        if not records:
-            raise MediaError(f"{path}: no frames to analyse at {cfg.fps} fps")
-        n = len(records)
-        maps = np.memmap(maps_tmp, dtype=np.float16, mode="r", shape=(n, map_wh[1], map_wh[0]))
-        times = np.array([r["time"] for r in records], np.float64)
-
-        if "video" in outs:
-            ov_wh = fit_size(info.width, info.height, max_side=cfg.overlay_max_side)
-            out_fps = float(info.fps or cfg.fps)
-
-            def overlay_frames(maps: np.ndarray) -> Iterator[np.ndarray]:
-                j, layer_j = 0, -1
-                layer = None
-                with tqdm(total=info.frames, unit="frame", desc=f"{path.name}: overlay", disable=not progress, leave=False) as bar2:
-                    for fr in iter_frames(path, fps=out_fps, size=ov_wh, start=0.5 / out_fps):
-                        t = fr.time - 0.5 / out_fps  # the output frame's own time
-                        while j + 1 < n and abs(times[j + 1] - t) <= abs(times[j] - t):
-                            j += 1
-                        rec = records[j]
-                        heat = display_heat(np.asarray(maps[j], np.float32), _heat_strength(rec))
-                        if layer_j != j:  # the coloured heat layer changes only with the analysed frame
-                            h_, w_ = fr.image.shape[:2]
-                            layer, layer_j = heat_layer(heat, (w_, h_), cfg.overlay_alpha), j
-                        bar2.update(1)
-                        yield draw_overlay(fr.image, heat, rec, src_wh, cfg.overlay_alpha, layer=layer)
-
-            from avloc.io.media import iter_audio, write_video
-
-            with tx.writing("video") as tmp:
-                audio = iter_audio(path) if info.has_audio else None  # streamed, encoded alongside the frames
-                write_video(tmp, overlay_frames(maps), out_fps, audio, info.audio_sample_rate)
-        if "heatmaps" in outs:
-            with tx.writing("heatmaps") as tmp:
-                arrays: dict[str, np.ndarray] = {"times": times, "maps": maps}
-                if len(cls_probs) == n:  # class-aware method: class_maps (n, C, H, W), probabilities, detected
-                    n_cls = len(cls_probs[0])
-                    arrays["class_maps"] = np.memmap(cls_tmp, dtype=np.float16, mode="r", shape=(n, n_cls, map_wh[1], map_wh[0]))
-                    arrays["class_probabilities"] = np.stack(cls_probs).astype(np.float32)
-                    arrays["class_detected"] = np.stack(cls_det)
-                with open(tmp, "wb") as f:
-                    np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
-                del arrays
-        from PIL import Image
-
-        with tx.writing("sheet") as tmp:
-            per_row = 1 + SHEET_CLASS_PANELS if thumbs and thumbs[0].shape[1] > cfg.sheet_thumb_width else 1
-            Image.fromarray(contact_sheet(thumbs, max(1, cfg.sheet_columns // per_row))).save(tmp, format="PNG")
-        del maps
-
-        seconds = time.perf_counter() - t_start
-        live = [r["onscreen"] for r in records if r["onscreen"] is not None]
-        on_frac = float(np.mean(live)) if live else None
-        doc = build_json(info, model_name, source, cfg, window, map_wh, outs, records, duration, seconds, on_frac, tagger)
-        import json
-
-        with tx.writing("json") as tmp:
-            tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+        analysis = analyse_video(path, model, cfg, model_name=model_name, tagger=tagger, progress=progress, scratch=tx.dir)
+        _write_into(tx, analysis, outs, progress)
         tx.commit()  # the whole set replaces the previous one, JSON last
     except BaseException:
         tx.abort()  # the previous set stays as it was
         raise
-    return LocalizeResult(path, outs, len(records), duration, seconds, on_frac, records)
+    return _result(analysis, outs)
 
 
 def build_json(

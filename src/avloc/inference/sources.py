@@ -8,7 +8,6 @@ centred on each frame, ``times (T,)`` s -> :class:`SourceOutput`.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from avloc.errors import ConfigError
-from avloc.methods.base import LocalizationMethod
+from avloc.methods.base import Capability, LocalizationMethod, supports
 
 
 @dataclass
@@ -26,18 +25,14 @@ class SourceOutput:
     onscreen: list[float | None] = field(default_factory=list)  # per frame, from a method's onscreen()
     boxes: list[np.ndarray | None] = field(default_factory=list)  # per frame (K, 5) model-input pixels + score
     semantic: list[dict[str, Any] | None] = field(default_factory=list)
-    #: per frame, for methods with ``localize_detected`` (class-aware, e.g. twostage): ``probabilities`` (C,),
+    #: per frame, for methods declaring ``Capability.DETECTED`` (class-aware, e.g. twostage): ``probabilities`` (C,),
     #: ``detected`` (C,) bool and ``maps`` (C, h, w) model-input geometry; empty for other sources
     classes: list[dict[str, np.ndarray] | None] = field(default_factory=list)
-    #: per frame, for methods declaring ``analyses_sources`` (``avsemantic``): every heard source as a dict
+    #: per frame, for methods declaring ``Capability.SOURCES`` (``avsemantic``): every heard source as a dict
     #: (label, score, kind, grounding, detail, ``map`` (h, w) model-input geometry or None), and the
     #: method's per-frame details (on-screen features, chosen speaker); empty for other sources
     sources: list[list[dict[str, Any]] | None] = field(default_factory=list)
     details: list[dict[str, Any] | None] = field(default_factory=list)
-
-
-def has_own_onscreen(model: LocalizationMethod) -> bool:
-    return type(model).onscreen is not LocalizationMethod.onscreen
 
 
 def minmax(x: torch.Tensor) -> torch.Tensor:
@@ -48,17 +43,22 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
 
 
 class ModelSource:
-    """A registered method: ``localize_clip`` (temporal methods) or per-frame ``localize``;
-    its ``onscreen()`` and ``boxes()`` are used when it has them."""
+    """A registered method, used through its declared capabilities (:class:`avloc.methods.base.Capability`):
+    ``localize_clip`` (``CLIP``) or per-frame ``localize`` / ``localize_detected`` (``DETECTED``), plus its
+    ``onscreen`` (``ONSCREEN``) and ``boxes`` (``BOXES``) when declared."""
 
-    def __init__(self, model: LocalizationMethod) -> None:
+    def __init__(self, model: LocalizationMethod, window_seconds: float | None = None) -> None:
+        """``window_seconds``: the audio window per frame when it is not the model's own (``--window``); temporal
+        methods then get the difference as extra context each side (their segment follows the window)."""
         self.model = model
-        self.analyses_sources = bool(model.analyses_sources)
-        self.is_clip = self.analyses_sources or callable(getattr(model, "localize_clip", None))
-        self.context_seconds = float(getattr(model, "clip_context_seconds", 0.0)) if self.is_clip else 0.0
-        self.own_onscreen = has_own_onscreen(model)
-        self.own_boxes = callable(getattr(model, "boxes", None))
-        self.own_classes = not self.is_clip and callable(getattr(model, "localize_detected", None))
+        self.analyses_sources = supports(model, Capability.SOURCES)
+        self.is_clip = supports(model, Capability.CLIP)
+        own = model.cfg.audio.window_seconds
+        extra = max(0.0, (window_seconds - own) / 2) if window_seconds is not None else 0.0
+        self.context_seconds = float(model.clip_context_seconds) + extra if self.is_clip else 0.0
+        self.own_onscreen = supports(model, Capability.ONSCREEN)
+        self.own_boxes = supports(model, Capability.BOXES)
+        self.own_classes = not self.is_clip and supports(model, Capability.DETECTED)
 
     @torch.no_grad()
     def maps(self, images: torch.Tensor, audio: torch.Tensor, times: torch.Tensor, keep: slice | None = None) -> SourceOutput:
@@ -66,15 +66,12 @@ class ModelSource:
         keep = keep if keep is not None else slice(None)
         if self.analyses_sources:
             return self._analysed(images, audio, times, keep)
+        det = None
         if self.is_clip:
-            fn: Any = self.model.localize_clip
-            if "keep" in inspect.signature(fn).parameters:
-                m = fn(images, audio, times, keep=keep)
-            else:
-                m = fn(images, audio, times)[keep]
+            m = self.model.localize_clip(images, audio, times, keep=keep)
         elif self.own_classes:  # one pass gives the class-agnostic map and one map per class
-            detected_fn: Any = self.model.localize_detected
-            m, cmaps, probs, det = detected_fn(images[keep], audio[keep])
+            det = self.model.localize_detected(images[keep], audio[keep])
+            m = det.combined
         else:
             m = self.model.localize(images[keep], audio[keep])
         images, audio = images[keep], audio[keep]
@@ -86,16 +83,15 @@ class ModelSource:
             on = [float(v) for v in self.model.onscreen(images, audio).reshape(-1).tolist()]
         bx: list[np.ndarray | None] = [None] * t
         if self.own_boxes:
-            boxes_fn: Any = self.model.boxes
-            bx = [np.asarray(b.detach().cpu(), dtype=np.float64).reshape(-1, 5) for b in boxes_fn(images, audio)]
+            bx = [np.asarray(b.detach().cpu(), dtype=np.float64).reshape(-1, 5) for b in self.model.boxes(images, audio)]
         cls: list[dict[str, np.ndarray] | None] = [None] * t
-        if self.own_classes:
-            cm, pr, dt = (x.detach().float().cpu().numpy() for x in (cmaps, probs, det))
+        if det is not None:
+            cm, pr, dt = (x.detach().float().cpu().numpy() for x in (det.maps, det.probabilities, det.detected))
             cls = [{"probabilities": pr[i], "detected": dt[i] > 0, "maps": cm[i]} for i in range(t)]
         return SourceOutput(m.detach().float().cpu().numpy(), on, bx, [None] * t, cls)
 
     def _analysed(self, images: torch.Tensor, audio: torch.Tensor, times: torch.Tensor, keep: slice) -> SourceOutput:
-        """``analyse_clip`` of a method declaring ``analyses_sources``: maps, on-screen and heard sources."""
+        """``analyse_clip`` of a method declaring ``Capability.SOURCES``: maps, on-screen and heard sources."""
         res = self.model.analyse_clip(images, audio, times, keep=keep)
         t = res.maps.shape[0]
         srcs: list[list[dict[str, Any]] | None] = [
@@ -120,8 +116,8 @@ class CombinedSource(ModelSource):
     audio windows (same sample rate), so the two maps share one geometry.
     """
 
-    def __init__(self, model: LocalizationMethod) -> None:
-        super().__init__(model)
+    def __init__(self, model: LocalizationMethod, window_seconds: float | None = None) -> None:
+        super().__init__(model, window_seconds)
         if self.is_clip:
             raise ConfigError(f"--combine synchrony needs a per-frame method; {model.name!r} is already temporal")
         from avloc.methods.avsync_prior import AVSyncPrior, AVSyncPriorConfig

@@ -2,7 +2,7 @@
 
 See :mod:`avloc.methods.base` for the contract. Importing this package
 registers every method in :data:`avloc.registry.METHODS`; a new method adds
-its module to ``_METHOD_MODULES`` and nothing else changes.
+its module and names to ``METHOD_MODULES`` and nothing else changes.
 """
 
 from __future__ import annotations
@@ -12,24 +12,33 @@ from typing import Any
 
 from avloc.config import config_from_dict
 from avloc.methods.base import LocalizationMethod, MethodConfig
-from avloc.registry import METHODS
+from avloc.registry import METHODS, RegistryError
 
-# modules that register methods (imported for their side effect)
-_METHOD_MODULES: list[str] = [
-    "avloc.methods.lvs",
-    "avloc.methods.avsync_prior",
-    "avloc.methods.attention10k",
-    "avloc.methods.avenet",
-    "avloc.methods.ezvsl",
-    "avloc.methods.priors",
-    "avloc.methods.synchrony",
-    "avloc.methods.proposal_mil",
-    "avloc.methods.twostage",
-    "avloc.methods.classif",
-    "avloc.methods.dnm",
-    "avloc.methods.dnm_baselines",
-    "avloc.methods.avsemantic.method",
-]
+#: where each registered method lives: module -> the names it registers (checked at import, so the
+#: registry says where a method is even when its file is named after the paper rather than the method)
+METHOD_MODULES: dict[str, tuple[str, ...]] = {
+    "avloc.methods.lvs": ("lvs",),
+    "avloc.methods.avsync_prior": ("avsync-objectness",),
+    "avloc.methods.attention10k": ("attention10k",),
+    "avloc.methods.avenet": ("ots",),
+    "avloc.methods.ezvsl": ("ezvsl",),
+    "avloc.methods.priors": ("random", "centre", "objectness"),
+    "avloc.methods.synchrony": ("synchrony",),
+    "avloc.methods.proposal_mil": ("proposal",),
+    "avloc.methods.twostage": ("twostage",),
+    "avloc.methods.classif": ("classif",),
+    "avloc.methods.dnm": ("dnm",),
+    "avloc.methods.dnm_baselines": ("dnm-cam", "dnm-tian"),
+    "avloc.methods.avsemantic.method": ("avsemantic",),
+}
+
+
+def method_module(name: str) -> str:
+    """The module that defines registered method ``name``."""
+    for module, names in METHOD_MODULES.items():
+        if name in names:
+            return module
+    raise RegistryError(f"unknown method {name!r}; valid: {sorted(n for ns in METHOD_MODULES.values() for n in ns)}")
 
 
 def register_method(name: str) -> Any:
@@ -58,8 +67,12 @@ def list_methods() -> list[str]:
     return METHODS.names()
 
 
-__all__ = ["LocalizationMethod", "MethodConfig", "create_method", "list_methods", "register_method"]
+__all__ = ["METHOD_MODULES", "LocalizationMethod", "MethodConfig", "create_method", "list_methods", "method_module", "register_method"]
 
 # imported last: method modules use register_method defined above
-for _m in _METHOD_MODULES:
+for _m in METHOD_MODULES:
     importlib.import_module(_m)
+for _name in METHODS.names():
+    _where = METHODS.get(_name).__module__
+    if _name not in METHOD_MODULES.get(_where, ()):
+        raise RegistryError(f"method {_name!r} is registered by {_where}: list it in avloc.methods.METHOD_MODULES")

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from avloc.frontends.audio import AudioFrontendConfig
 from avloc.frontends.image import ImageConfig
 from avloc.methods import register_method
-from avloc.methods.base import LocalizationMethod, MethodConfig
+from avloc.methods.base import Capability, LocalizationMethod, MethodConfig
 from avloc.methods.blocks import minmax_per_sample, object_prior
 
 #: Luma weights (ITU-R BT.601) for the grey level the synchrony cue correlates.
@@ -133,6 +133,7 @@ class AVSyncPrior(LocalizationMethod):
 
     config_class = AVSyncPriorConfig
     training_free = True
+    capabilities = frozenset({Capability.CLIP})
 
     def __init__(self, cfg: AVSyncPriorConfig) -> None:
         super().__init__(cfg)

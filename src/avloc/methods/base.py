@@ -15,13 +15,29 @@ use only this contract:
 * ``localize(images, audio) -> (B, h, w)`` heatmap, higher = more likely
   sounding. It must work at batch size 1 and never depend on the other samples
   in the batch.
-* optional ``onscreen(images, audio) -> (B,)`` confidence in [0, 1] that the
-  sound's source is visible.
-* optional, declared by ``analyses_sources = True``: ``analyse_clip(frames,
-  audio, times, keep) -> ClipAnalysis`` -- per frame the combined map, the
-  on-screen probability and every heard source (:class:`HeardSource`: what is
-  heard, its score, how it was grounded and its own map), for methods that
-  ground several sounds per frame (``avsemantic``).
+* optional abilities are *declared* in the class attribute ``capabilities``
+  (a frozenset of :class:`Capability`), each with one signature and one return
+  type, defined (and documented) on this base class:
+
+  =============================  =====================================================================
+  ``Capability.CLIP``            ``localize_clip(frames (T, 3, S, S), audio (T, N), times (T,), keep)``
+                                 ``-> (T', h, w)`` maps of ``frames[keep]``, and ``clip_context_seconds``
+                                 (temporal methods: the frames each side a kept frame needs)
+  ``Capability.SOURCES``         ``analyse_clip(frames, audio, times, keep) -> ClipAnalysis``: per frame
+                                 every heard source (:class:`HeardSource`); implies ``CLIP``
+  ``Capability.BOXES``           ``boxes(images, audio) -> list[(K, 5)]`` proposal boxes + scores
+  ``Capability.CLASSES``         ``localize_classes(images, audio) -> ClassMaps`` (one map per class)
+  ``Capability.DETECTED``        ``localize_detected(images, audio) -> DetectedClasses`` (the
+                                 class-agnostic map, class maps and the detected classes); implies
+                                 ``CLASSES``
+  ``Capability.ONSCREEN``        ``onscreen(images, audio) -> (B,)`` P(the source is visible)
+  =============================  =====================================================================
+
+  Callers ask :func:`supports` (or :func:`require`); never ``getattr`` or
+  ``inspect``. A class that defines one of these members without declaring it
+  (or declares one it does not define) is refused when the class is created.
+  ``frame_stacks = True`` says that ``localize`` takes frame stacks
+  ``(B, T, 3, H, W)`` only (``synchrony``).
 
 Visual encoders and the frozen-feature cache: a method that keeps its visual
 encoder in the attribute ``visual_encoder`` and calls
@@ -36,16 +52,23 @@ even while the rest of the model trains.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from avloc.errors import DataError
+from avloc.errors import ConfigError, DataError
 from avloc.frontends.audio import AudioFrontendConfig
 from avloc.frontends.image import ImageConfig
+
+if TYPE_CHECKING:
+    from avloc.encoders.cache import FeatureCache
 
 
 @dataclass
@@ -70,6 +93,73 @@ class ClipAnalysis:
     details: list[dict[str, Any]]  # per frame JSON-able extras (on-screen features, chosen speaker, ...)
 
 
+class Capability(StrEnum):
+    """An optional ability of a method (module doc): declared in ``LocalizationMethod.capabilities``."""
+
+    CLIP = "clip"
+    SOURCES = "sources"
+    BOXES = "boxes"
+    CLASSES = "classes"
+    DETECTED = "detected"
+    ONSCREEN = "onscreen"
+
+
+#: the members each capability defines (all of them overridden by a class declaring it)
+CAPABILITY_MEMBERS: dict[Capability, tuple[str, ...]] = {
+    Capability.CLIP: ("localize_clip", "clip_context_seconds"),
+    Capability.SOURCES: ("analyse_clip",),
+    Capability.BOXES: ("boxes",),
+    Capability.CLASSES: ("localize_classes",),
+    Capability.DETECTED: ("localize_detected",),
+    Capability.ONSCREEN: ("onscreen",),
+}
+#: capabilities that need another one
+CAPABILITY_IMPLIES: dict[Capability, Capability] = {Capability.SOURCES: Capability.CLIP, Capability.DETECTED: Capability.CLASSES}
+
+
+class CapabilityError(ConfigError, NotImplementedError):
+    """A capability was used on a method that does not declare it."""
+
+
+@dataclass
+class ClassMaps:
+    """``localize_classes`` output."""
+
+    maps: torch.Tensor  # (B, C, h, w) one map per class
+    probabilities: torch.Tensor  # (B, C) audio class probabilities (ones when the method has none)
+
+
+@dataclass
+class DetectedClasses(ClassMaps):
+    """``localize_detected`` output: the class maps plus what ``localize`` returns and the detected classes."""
+
+    combined: torch.Tensor  # (B, h, w) the class-agnostic map (= ``localize``)
+    detected: torch.Tensor  # (B, C) bool
+
+
+def supports(model: LocalizationMethod | type[LocalizationMethod], capability: Capability) -> bool:
+    """True when ``model`` (an instance or a class) declares ``capability``."""
+    cls = model if isinstance(model, type) else type(model)
+    return capability in cls.capabilities
+
+
+def require(model: LocalizationMethod, capability: Capability, why: str) -> None:
+    """Raise :class:`CapabilityError` saying ``why`` it is needed when ``model`` does not declare ``capability``."""
+    if not supports(model, capability):
+        members = " / ".join(CAPABILITY_MEMBERS[capability])
+        with_it = sorted(_methods_with(capability))
+        raise CapabilityError(
+            f"{why}, but {type(model).__name__} has no {members} (it does not declare Capability.{capability.name}); "
+            f"methods that do: {with_it or 'none registered'}"
+        )
+
+
+def _methods_with(capability: Capability) -> list[str]:
+    from avloc.registry import METHODS
+
+    return [n for n in METHODS.names() if capability in METHODS.get(n).capabilities]
+
+
 @dataclass
 class MethodConfig:
     """Fields every method config has: preprocessing and encoders."""
@@ -90,19 +180,44 @@ class LocalizationMethod(nn.Module):
     name: ClassVar[str] = ""
     #: True for methods with nothing to train (usable without a checkpoint).
     training_free: ClassVar[bool] = False
-    #: True for methods implementing ``analyse_clip`` (several heard sources per frame, module doc).
-    analyses_sources: ClassVar[bool] = False
+    #: the optional abilities this method has (module doc); subclasses extend their parent's set
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    #: True when ``localize`` takes frame stacks (B, T, 3, H, W) only
+    frame_stacks: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Check that the declared capabilities and the defined members agree (module doc)."""
+        super().__init_subclass__(**kwargs)
+        caps = frozenset(Capability(c) for c in cls.capabilities)
+        cls.capabilities = caps
+        for cap, members in CAPABILITY_MEMBERS.items():
+            defined = [m for m in members if getattr(cls, m) is not getattr(LocalizationMethod, m)]
+            if cap in caps and len(defined) != len(members):
+                missing = sorted(set(members) - set(defined))
+                raise TypeError(f"{cls.__name__} declares Capability.{cap.name} but does not define {missing}")
+            if cap not in caps and defined:
+                raise TypeError(f"{cls.__name__} defines {defined} but does not declare Capability.{cap.name} in capabilities")
+        for cap, needed in CAPABILITY_IMPLIES.items():
+            if cap in caps and needed not in caps:
+                raise TypeError(f"{cls.__name__}: Capability.{cap.name} needs Capability.{needed.name}")
 
     def __init__(self, cfg: MethodConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.checkpoint_meta: dict[str, Any] = {}
+        self._feature_cache: FeatureCache | None = None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Training outputs; training-free methods return ``{"heatmap": localize(image, audio)}``."""
+        if self.training_free:
+            return {"heatmap": self.localize(batch["image"], batch["audio"])}
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
     def build_criterion(self) -> nn.Module:
-        raise NotImplementedError
+        """The loss; training-free methods raise :class:`ConfigError` (nothing to train)."""
+        if self.training_free:
+            raise ConfigError(f"method {self.name!r} is training-free: there is nothing to train (use it directly in eval)")
+        raise NotImplementedError(f"{type(self).__name__} does not implement build_criterion")
 
     def localize(self, images: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1], (B, N) waveform -> (B, h, w) heatmap."""
@@ -160,8 +275,38 @@ class LocalizationMethod(nn.Module):
             raise DataError(f"expected images (B, 3, H, W) or (B, T, 3, H, W), got {tuple(images.shape)}")
         if self.visual_frozen():
             with torch.no_grad():
+                cache = self._feature_cache
+                if cache is not None:  # features by image content (use_feature_cache)
+                    from avloc.encoders.cache import content_key
+
+                    keys = [content_key(x) for x in images]
+                    return cache.get_or_compute(keys, lambda idx: enc(images[idx]).cpu()).to(images.device)
                 return enc(images)  # type: ignore[no-any-return]
         return enc(images)  # type: ignore[no-any-return]
+
+    def feature_cache_at(self, root: str | Path) -> FeatureCache:
+        """The disk :class:`~avloc.encoders.cache.FeatureCache` of this model's frozen pretrained visual encoder
+        (namespaced by encoder, weights and image preprocessing; float32, so cached features are exact)."""
+        from avloc.config import config_to_dict
+        from avloc.encoders.cache import FeatureCache
+
+        enc = self.visual_module()
+        if enc is None or not self.visual_cacheable():
+            raise ConfigError(f"{type(self).__name__}: only a frozen pretrained visual encoder's features can be cached")
+        return FeatureCache.for_encoder(
+            root, self.cfg.visual_encoder, self.cfg.visual_encoder_kwargs, enc,
+            {"image": config_to_dict(self.cfg.image)}, dtype="float32",
+        )
+
+    @contextlib.contextmanager
+    def use_feature_cache(self, cache: FeatureCache | None) -> Iterator[None]:
+        """Within the block, :meth:`encode_images` reads and writes frozen features in ``cache`` (``None``: no-op)."""
+        before = self._feature_cache
+        self._feature_cache = cache
+        try:
+            yield
+        finally:
+            self._feature_cache = before
 
     def visual_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Visual encoder features for a batch: cached ``vfeat`` if present, else encode ``image``."""
@@ -179,13 +324,41 @@ class LocalizationMethod(nn.Module):
             enc.eval()
         return self
 
-    def onscreen(self, images: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        """(B,) confidence that the sound's source is visible; methods may override."""
-        raise NotImplementedError(f"{type(self).__name__} has no on-screen head")
+    # -- optional capabilities (declared in ``capabilities``; module doc) ---------------------
+
+    def _lacks(self, capability: Capability) -> CapabilityError:
+        return CapabilityError(f"{type(self).__name__} does not declare Capability.{capability.name}")
+
+    @property
+    def clip_context_seconds(self) -> float:
+        """``CLIP``: seconds of frames each side of a kept frame that ``localize_clip`` needs as context."""
+        raise self._lacks(Capability.CLIP)
+
+    def localize_clip(
+        self, frames: torch.Tensor, audio: torch.Tensor, times: torch.Tensor, keep: slice | None = None
+    ) -> torch.Tensor:
+        """``CLIP``: consecutive frames (T, 3, S, S) in [0, 1], audio windows centred on them (T, N), times (T,) s
+        -> (T', h, w) maps of ``frames[keep]`` (the others are temporal context; ``None`` = all)."""
+        raise self._lacks(Capability.CLIP)
 
     def analyse_clip(
         self, frames: torch.Tensor, audio: torch.Tensor, times: torch.Tensor, keep: slice | None = None
     ) -> ClipAnalysis:
-        """Frames (T, 3, S, S), centred windows (T, N), times (T,) -> :class:`ClipAnalysis` of ``frames[keep]``
-        (only for methods declaring ``analyses_sources``)."""
-        raise NotImplementedError(f"{type(self).__name__} does not analyse heard sources (analyses_sources is False)")
+        """``SOURCES``: as :meth:`localize_clip` -> :class:`ClipAnalysis` of ``frames[keep]`` (every heard source)."""
+        raise self._lacks(Capability.SOURCES)
+
+    def boxes(self, images: torch.Tensor, audio: torch.Tensor) -> list[torch.Tensor]:
+        """``BOXES``: (B, 3, H, W), (B, N) -> per sample (K, 5): x1, y1, x2, y2 in model-input pixels, score."""
+        raise self._lacks(Capability.BOXES)
+
+    def localize_classes(self, images: torch.Tensor, audio: torch.Tensor) -> ClassMaps:
+        """``CLASSES``: (B, 3, H, W), (B, N) -> :class:`ClassMaps` ((B, C, h, w) maps, (B, C) probabilities)."""
+        raise self._lacks(Capability.CLASSES)
+
+    def localize_detected(self, images: torch.Tensor, audio: torch.Tensor) -> DetectedClasses:
+        """``DETECTED``: :class:`DetectedClasses` (class maps, probabilities, the ``localize`` map, detected classes)."""
+        raise self._lacks(Capability.DETECTED)
+
+    def onscreen(self, images: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """``ONSCREEN``: (B, 3, H, W), (B, N) -> (B,) confidence in [0, 1] that the sound's source is visible."""
+        raise self._lacks(Capability.ONSCREEN)

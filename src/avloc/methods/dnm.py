@@ -41,7 +41,7 @@ so the audio backbone is trained from scratch or first pretrained on FSDD digits
 
 Training-only levers (issue 7) are config fields too, applied by
 :meth:`SegmentMethod.prepare_training` when the engine starts, so ``avloc train
---method dnm key=value`` trains what ``bench/dnm_digitscenes.py`` trains:
+--method dnm key=value`` trains what ``bench/paper/dnm/run.py`` trains:
 ``sound_draws`` / ``pixels_once`` (:class:`RedrawnSoundTracks`),
 ``neg_other_time`` (:class:`OtherTimeNegatives`), ``audio_init_from`` /
 ``audio_pretrain_steps`` with ``freeze_audio``, ``init_seed``.
@@ -55,8 +55,12 @@ gets the segment of T frames around it from the run of frames it is given.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
+import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -72,8 +76,10 @@ from avloc.frontends.audio import AudioFrontend, AudioFrontendConfig
 from avloc.frontends.image import ImageConfig, segment_times, transform_boxes
 from avloc.io.audio import window_at
 from avloc.methods import register_method
-from avloc.methods.base import LocalizationMethod, MethodConfig
+from avloc.methods.base import Capability, LocalizationMethod, MethodConfig
 from avloc.methods.blocks import build_visual_encoder
+
+_log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # building blocks
@@ -206,16 +212,45 @@ def derangement(n: int, device: torch.device) -> torch.Tensor:
 # the model
 
 
+_SEEDING = threading.local()
+
+
+def _seeded_init(init: Callable[..., None]) -> Callable[..., None]:
+    """Run a model constructor with its weights drawn from ``cfg.init_seed`` (when set) on a forked torch RNG:
+    the weights are those of ``torch.manual_seed(init_seed)`` and the caller's global RNG is left as it was."""
+
+    @functools.wraps(init)
+    def wrapper(self: Any, cfg: DNMConfig, *args: Any, **kwargs: Any) -> None:
+        if getattr(_SEEDING, "depth", 0) or cfg.init_seed is None:  # inside an outer seeded constructor, or unseeded
+            init(self, cfg, *args, **kwargs)
+            return
+        _SEEDING.depth = 1
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.init_seed)
+                init(self, cfg, *args, **kwargs)
+        finally:
+            _SEEDING.depth = 0
+
+    return wrapper
+
+
 class SegmentMethod(LocalizationMethod):
     """Shared plumbing of DNM and its baselines: frozen backbone over T frames, segment handling."""
 
+    capabilities = frozenset({Capability.CLIP})
+
     cfg: DNMConfig
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:  # a subclass's weights are drawn from ``init_seed`` too
+            cls.__init__ = _seeded_init(cls.__dict__["__init__"])  # type: ignore[method-assign]
+
+    @_seeded_init
     def __init__(self, cfg: DNMConfig, avsm_branch: bool = True, cls_branch: bool = True) -> None:
         super().__init__(cfg)
         cfg.validate()
-        if cfg.init_seed is not None:  # the weights below (and a subclass's) are drawn from this seed
-            torch.manual_seed(cfg.init_seed)
         self.visual_encoder = build_visual_encoder(cfg)
         self.visual_sub = VisualSubNet(
             self.visual_encoder.feature_info.channels, cfg.sub_hidden, cfg.embed_dim if avsm_branch else 0,
@@ -259,13 +294,13 @@ class SegmentMethod(LocalizationMethod):
         if enc is not None and cfg.audio_init_from:
             load_audio_backbone(self, cfg.audio_init_from)
         elif enc is not None and cfg.audio_pretrain_steps > 0:
-            import sys
-
             weights, _ = pretrain_audio_backbone(
-                _raw_sources(train_set), cfg, steps=cfg.audio_pretrain_steps, seed=cfg.audio_pretrain_seed,
-                log=lambda m: print(m, file=sys.stderr, flush=True),
+                _raw_sources(train_set), cfg, steps=cfg.audio_pretrain_steps, seed=cfg.audio_pretrain_seed, log=_log.info,
             )
             enc.load_state_dict(weights)
+        # applied: the weights now hold the initialisation, so the model's config (saved in its checkpoints) no
+        # longer asks for it; fine-tuning a checkpoint must not look for the file or pretrain again
+        cfg.audio_init_from, cfg.audio_pretrain_steps = None, 0
         ds: Any = train_set
         wrapped = _wrapper_types(ds)  # a set the caller wrapped already is kept as it is
         pixels_once = cfg.pixels_once and feature_cache  # without the cache the engine needs every item's pictures
@@ -306,21 +341,21 @@ class SegmentMethod(LocalizationMethod):
 
         The segment of frame k: for each of the T times of
         :func:`avloc.frontends.image.segment_times` (centred on ``times[k]``,
-        the audio window long), the nearest frame of the run.
+        as long as the audio windows given: ``avloc localize --window`` changes both), the nearest frame of the run.
         """
         keep = keep if keep is not None else slice(None)
         feats = self.encode_images(frames)  # (N, C, h, w), each frame once
         centres = times[keep].tolist()
-        idx = [
-            [int(torch.argmin((times - t).abs())) for t in segment_times(c, self.cfg.audio.window_seconds, self.frames)]
-            for c in centres
-        ]
+        span = audio.shape[-1] / self.cfg.audio.sample_rate  # seconds of each audio window
+        idx = [[int(torch.argmin((times - t).abs())) for t in segment_times(c, span, self.frames)] for c in centres]
         seg = feats[torch.tensor(idx, dtype=torch.long, device=feats.device)]  # (K, T, C, h, w)
         return self.localize_features(seg, audio[keep])
 
 
 class DNM(SegmentMethod):
     """Fig. 2: visual / audio feature networks, static or CDF fusion into the AVSM s, dual normalization."""
+
+    capabilities = SegmentMethod.capabilities | {Capability.ONSCREEN}
 
     def __init__(self, cfg: DNMConfig) -> None:
         use_cls = cfg.tasks in ("cls", "dnm")
@@ -795,8 +830,8 @@ class DNMConfig(MethodConfig):
 
     Training data: AVC is self-supervised and learns any cue that ties a sound to its
     clip; on 150 DigitScenes clips it memorised the clips (training AVC AUC 0.86, test
-    0.51) and localised nothing. The shipped recipe, ``bench/configs/dnm_digitscenes.json``,
-    trains on 1,000 distinct clips (docs/RESULTS.md, issue 7; ``bench/dnm_digitscenes.py
+    0.51) and localised nothing. The shipped recipe, ``dnm-digitscenes``,
+    trains on 1,000 distinct clips (docs/RESULTS.md, issue 7; ``bench/paper/dnm/run.py
     --avc-check`` tells memorisation from learning).
     """
 

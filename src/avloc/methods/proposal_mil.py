@@ -115,7 +115,7 @@ from torch.utils.data import Dataset
 from avloc.encoders.cache import FeatureCache, content_key
 from avloc.errors import ConfigError, DataError
 from avloc.methods import register_method
-from avloc.methods.base import LocalizationMethod
+from avloc.methods.base import Capability, LocalizationMethod
 from avloc.methods.blocks import AudioPath, TwoStreamConfig, build_visual_encoder, init_audio_encoder_from, mlp_head
 from avloc.methods.proposals import (
     SPP_LEVELS,
@@ -240,6 +240,8 @@ class ModalityLSTMs(nn.Module):
 
 class ProposalMIL(LocalizationMethod):
     """Three-stream proposal-based localiser (Xuan et al. CVPR 2022); equations in the module docstring."""
+
+    capabilities = frozenset({Capability.BOXES, Capability.ONSCREEN})
 
     def __init__(self, cfg: ProposalMILConfig) -> None:
         super().__init__(cfg)

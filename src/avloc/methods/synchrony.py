@@ -27,13 +27,13 @@ of ``audio``):
 
 Input paths (the choice made for the single-frame contract):
 
-* :meth:`Synchrony.localize_clip` ``(frames (T, 3, H, W), audio (N,), times (T,)) -> (T, h, w)``
+* :meth:`Synchrony.localize_track` ``(frames (T, 3, H, W), audio (N,), times (T,)) -> (T, h, w)``
   is the video path.
 * :meth:`Synchrony.localize` accepts a frame *stack* ``(B, T, 3, H, W)`` with audio
   ``(B, N)``, takes the ``T`` frames as evenly spaced over the audio window
   (``t_k = (k + 1/2) N / (T sr)``) and returns the map of the middle frame ``T // 2``
   ``(B, h, w)``. A single frame per sample ``(B, 3, H, W)`` raises a
-  :class:`~avloc.errors.ConfigError` naming ``localize_clip`` — there is no silent
+  :class:`~avloc.errors.ConfigError` naming ``localize_track`` — there is no silent
   fallback to an audio-blind map.
 """
 
@@ -123,6 +123,7 @@ class Synchrony(TrainingFreeMethod):
     """Pixels whose motion energy correlates with the audio energy (see module doc)."""
 
     cfg: SynchronyConfig
+    frame_stacks = True  # localize() takes (B, T, 3, H, W); a whole clip goes through localize_track
 
     def __init__(self, cfg: SynchronyConfig) -> None:
         super().__init__(cfg)
@@ -135,7 +136,7 @@ class Synchrony(TrainingFreeMethod):
         if cfg.smooth_sigma < 0:
             raise ConfigError(f"smooth_sigma must be >= 0, got {cfg.smooth_sigma}")
 
-    def localize_clip(self, frames: torch.Tensor, audio: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    def localize_track(self, frames: torch.Tensor, audio: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
         """Video path: frames (T, 3, H, W) in [0, 1] (or uint8, or (T, H, W, 3)), audio (N,) at
         ``cfg.audio.sample_rate`` starting at time 0, frame times (T,) in seconds -> (T, h, w)."""
         cfg = self.cfg
@@ -173,7 +174,7 @@ class Synchrony(TrainingFreeMethod):
         if images.dim() == 4:
             raise ConfigError(
                 "synchrony needs video: a single frame per sample (B, 3, H, W) carries no audio-visual synchrony. "
-                "Call Synchrony.localize_clip(frames (T, 3, H, W), audio (N,), times (T,)) or pass a frame stack "
+                "Call Synchrony.localize_track(frames (T, 3, H, W), audio (N,), times (T,)) or pass a frame stack "
                 "(B, T, 3, H, W) to localize()"
             )
         if images.dim() != 5 or audio.dim() != 2 or audio.shape[0] != images.shape[0]:
@@ -183,7 +184,7 @@ class Synchrony(TrainingFreeMethod):
         t = images.shape[1]
         dur = audio.shape[1] / self.cfg.audio.sample_rate
         times = (torch.arange(t, dtype=torch.float64) + 0.5) * dur / t  # (T,)
-        return torch.stack([self.localize_clip(f, a, times)[t // 2] for f, a in zip(images, audio)])
+        return torch.stack([self.localize_track(f, a, times)[t // 2] for f, a in zip(images, audio)])
 
 
 # ----------------------------------------------------------------------------- config

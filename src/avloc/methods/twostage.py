@@ -108,7 +108,7 @@ from avloc.errors import CheckpointError, ConfigError, DataError
 from avloc.frontends.audio import AudioFrontend, AudioFrontendConfig
 from avloc.frontends.image import ImageConfig
 from avloc.methods import register_method
-from avloc.methods.base import LocalizationMethod, MethodConfig
+from avloc.methods.base import Capability, ClassMaps, DetectedClasses, LocalizationMethod, MethodConfig
 from avloc.methods.blocks import NORM_EPS, build_visual_encoder, labels_to_multihot, minmax_per_sample
 
 # ----------------------------------------------------------------------------- building blocks
@@ -287,6 +287,8 @@ class AVCHead(nn.Module):
 class TwoStage(LocalizationMethod):
     """Qian et al. 2020: multi-task stage 1, Grad-CAM disentangled alignment stage 2 (see module doc)."""
 
+    capabilities = frozenset({Capability.CLASSES, Capability.DETECTED})
+
     def __init__(self, cfg: TwoStageConfig) -> None:
         super().__init__(cfg)
         cfg.validate()
@@ -449,10 +451,10 @@ class TwoStage(LocalizationMethod):
             return torch.ones(fa.shape[0], self.cfg.num_classes, device=fa.device)
         return torch.sigmoid(self.audio_logits(fa))
 
-    def localize_classes(self, images: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def localize_classes(self, images: torch.Tensor, audio: torch.Tensor) -> ClassMaps:
         """``(B, 3, H, W)``, ``(B, N)`` -> per-class maps ``(B, C, h, w)`` in [0, 1] and audio class probabilities ``(B, C)``."""
         fa, fv = self._encode(images, audio)
-        return self.class_maps(fa, fv), self.class_probs(fa)
+        return ClassMaps(self.class_maps(fa, fv), self.class_probs(fa))
 
     def valid_classes(self, probs: torch.Tensor) -> torch.Tensor:
         """``(B, C)`` probabilities -> ``(B, C)`` bool: probability >= ``valid_threshold``, and always the top class."""
@@ -468,18 +470,17 @@ class TwoStage(LocalizationMethod):
         w = w / w.sum(dim=1, keepdim=True).clamp_min(NORM_EPS)
         return torch.einsum("bc,bchw->bhw", w, maps)
 
-    def localize_detected(
-        self, images: torch.Tensor, audio: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """For ``avloc localize``: class-agnostic map ``(B, h, w)`` (= ``localize``), class maps
-        ``(B, C, h, w)``, audio class probabilities ``(B, C)`` and the detected (valid) classes ``(B, C)`` bool."""
-        maps, probs = self.localize_classes(images, audio)
-        return self.combine(maps, probs), maps, probs, self.valid_classes(probs)
+    def localize_detected(self, images: torch.Tensor, audio: torch.Tensor) -> DetectedClasses:
+        """For ``avloc localize``: class maps ``(B, C, h, w)``, audio class probabilities ``(B, C)``, the
+        class-agnostic map ``(B, h, w)`` (= ``localize``) and the detected (valid) classes ``(B, C)`` bool."""
+        cm = self.localize_classes(images, audio)
+        probs = cm.probabilities
+        return DetectedClasses(cm.maps, probs, self.combine(cm.maps, probs), self.valid_classes(probs))
 
     def localize(self, images: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` in [0, 1], ``(B, N)`` -> class-agnostic heatmap ``(B, h, w)`` at feature resolution."""
-        maps, probs = self.localize_classes(images, audio)
-        return self.combine(maps, probs)
+        cm = self.localize_classes(images, audio)
+        return self.combine(cm.maps, cm.probabilities)
 
 
 # ----------------------------------------------------------------------------- loss

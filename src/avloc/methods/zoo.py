@@ -166,3 +166,34 @@ def model_from_checkpoint(path: str | Path, ck: Checkpoint) -> LocalizationMetho
         raise CheckpointError(problems_message(path, problems))
     model.load_state_dict(ck.state_dict, strict=False)
     return model
+
+
+def load_model_spec(spec: str) -> LocalizationMethod:
+    """``CHECKPOINT[@key=value,...]`` (checkpoint path or zoo name) -> a model in eval mode; overrides are config
+    fields (``avloc.config.apply_overrides`` syntax), applied by rebuilding the model with the same weights."""
+    from avloc.config import apply_overrides
+
+    path, _, over = spec.partition("@")
+    model = load_model(path)
+    if over:
+        cfg = apply_overrides(model.cfg, [kv for kv in over.split(",") if kv])
+        rebuilt = type(model)(cfg)
+        rebuilt.load_state_dict(model.state_dict())
+        rebuilt.checkpoint_meta = model.checkpoint_meta
+        model = rebuilt
+    return model.eval()
+
+
+def load_labelled_models(items: list[str], methods: tuple[str, ...]) -> dict[str, LocalizationMethod]:
+    """``LABEL=CHECKPOINT[@overrides]`` arguments -> {label: model}, each checked to be one of the registered
+    ``methods`` (by name; the label may not contain ``=``)."""
+    out: dict[str, LocalizationMethod] = {}
+    for item in items:
+        label, sep, spec = item.partition("=")
+        if not sep or not spec:
+            raise CheckpointError(f"{item!r}: give LABEL=CHECKPOINT")
+        m = load_model_spec(spec)
+        if m.name not in methods:
+            raise CheckpointError(f"{spec}: a {m.name!r} checkpoint, expected one of {list(methods)}")
+        out[label] = m
+    return out

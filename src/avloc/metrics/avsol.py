@@ -20,8 +20,8 @@ Heatmap values are used as given (no normalisation): PNSR compares levels.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -98,6 +98,8 @@ def avsol_summary(
 class AVSOLMetrics(Accumulator):
     """Accumulates per-frame AP, peak-in-box and peak levels; ``compute`` = :func:`avsol_summary`."""
 
+    #: PNSR (Eq. 3) is peak-to-mean on frames without a visible sounding source: lower is better
+    higher_is_better: ClassVar[Mapping[str, bool]] = {"hmboxauc": True, "pibr": True, "pnsr": False}
     fields = ("id", "kind", "ap", "peak_in", "max_all", "max_box")
 
     def update(self, maps: np.ndarray, gt: np.ndarray, kinds: Sequence[int] | np.ndarray, ids: Sequence[str]) -> None:

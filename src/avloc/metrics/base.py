@@ -24,6 +24,9 @@ class Accumulator:
     """Base class: subclasses name their per-sample ``fields`` and implement ``update``/``compute``."""
 
     fields: ClassVar[tuple[str, ...]] = ()
+    #: the scores ``compute`` returns and whether a higher value is better (torchmetrics' ``higher_is_better``);
+    #: ``NAME_suffix`` and ``NAME@t`` keys take NAME's direction; other keys (counts, curves) are not scores
+    higher_is_better: ClassVar[Mapping[str, bool]] = {}
 
     def __init__(self) -> None:
         self._parts: dict[str, list[np.ndarray]] = {f: [] for f in self.fields}
@@ -82,6 +85,17 @@ class Accumulator:
 
     def compute(self) -> dict[str, Any]:
         raise NotImplementedError
+
+
+def score_direction(directions: Mapping[str, bool], key: str) -> bool | None:
+    """Whether ``key`` is better higher (True) or lower (False) by ``directions``; ``None`` when not a score."""
+    if key in directions:
+        return directions[key]
+    for sep in ("@", "_"):
+        head = key.split(sep, 1)[0]
+        if sep in key and head in directions:
+            return directions[head]
+    return None
 
 
 class Mergeable(Protocol):

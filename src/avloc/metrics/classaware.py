@@ -16,8 +16,8 @@ The per-(frame, class) work is vectorised: pairs are stacked into one batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -53,6 +53,7 @@ class ClassAwareCIoU(Accumulator):
     two-stage protocol) are counted in ``n_skipped`` and not scored.
     """
 
+    higher_is_better: ClassVar[Mapping[str, bool]] = {"success": True, "auc": True, "mean_ciou": True, "mean_ciou_defined": True, "nsa": True}
     fields = ("id", "score", "kept", "nsa_sum", "nsa_count")
 
     def __init__(

@@ -26,8 +26,8 @@ Two AP / F1 rules:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -145,6 +145,7 @@ def extended_ap(
 class ExtendedAP(Accumulator):
     """Accumulates (confidence, cIoU, audible) per sample; ``compute`` = :func:`extended_ap`."""
 
+    higher_is_better: ClassVar[Mapping[str, bool]] = {"ap": True, "max_f1": True}
     fields = ("id", "confidence", "score", "audible")
 
     def __init__(self, success_threshold: float = 0.5, op: SuccessOp = ">=", rule: str = "slavc") -> None:

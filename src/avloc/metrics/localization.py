@@ -14,8 +14,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -177,6 +177,10 @@ def adaptive_ciou(maps: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return ciou(ops.binarize_adaptive(maps, (gt.reshape(len(gt), -1) != 0).sum(1), strict=True), gt)
 
 
+#: directions of the success-rate scores (``success_summary`` and IIoU)
+SUCCESS_DIRECTIONS: dict[str, bool] = {"success": True, "auc": True, "mean_ciou": True, "mean_ciou_defined": True, "mean_iou": True, "iiou": True, "iauc": True}
+
+
 class CIoU(Accumulator):
     """Accumulates per-sample localisation scores; ``compute`` = :func:`success_summary` (+ IIoU).
 
@@ -184,6 +188,7 @@ class CIoU(Accumulator):
     (cIoU, IoU, class-aware cIoU); use :func:`ciou` to get them from maps.
     """
 
+    higher_is_better: ClassVar[Mapping[str, bool]] = SUCCESS_DIRECTIONS
     fields = ("id", "image_id", "score", "kept")
 
     def __init__(
@@ -234,6 +239,7 @@ class ThresholdSweep(Accumulator):
     threshold with the highest success rate, plus the whole sweep.
     """
 
+    higher_is_better: ClassVar[Mapping[str, bool]] = SUCCESS_DIRECTIONS
     fields = ("id", "score")
 
     def __init__(

@@ -14,8 +14,8 @@ Accuracy = fraction of pairs whose prediction matches the on-screen label.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -72,6 +72,7 @@ def onscreen_accuracy(
 class OnscreenAccuracy(Accumulator):
     """Accumulates (distance, similarity, label) per pair; NaN marks a criterion not provided."""
 
+    higher_is_better: ClassVar[Mapping[str, bool]] = {"acc_m_on": True}
     fields = ("id", "distance", "similarity", "confidence", "onscreen")
 
     def __init__(self, d_threshold: float = 0.2, m_threshold: float | None = None, c_threshold: float = 0.5) -> None:

@@ -348,6 +348,16 @@ def binarize_adaptive(maps: np.ndarray, gt_pixels: np.ndarray, strict: bool) -> 
     return compare(maps, kth_smallest(maps, n - np.clip(k, 1, n)), strict)
 
 
+def box_iou(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
+    """IoU of two ``[x1, y1, x2, y2]`` boxes (0 when either is empty); the one box IoU of numbers
+    (the pairwise torch one for proposals is :func:`avloc.methods.proposals.box_iou`)."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def box_pixels(boxes: np.ndarray, size: int, negative: BoxNegative = "clip", wh: np.ndarray | None = None) -> np.ndarray:
     """Normalised boxes ``(K, 4)`` -> the pixel slice bounds ``[x1, y1, x2, y2]`` the public code paints on a ``size`` grid.
 

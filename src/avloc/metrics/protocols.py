@@ -102,9 +102,9 @@ class Protocol:
     n_sources: int | None = None
     expected_samples: int | None = None
     tuned_on_test: bool = False
-    # input pipeline of the source (applied by datasets, recorded here for the report)
-    audio_window: str = "3s-centre"
-    image_mode: str = "squash"
+    # what the source's code feeds its models (audio window, image transform), for the report only: scoring
+    # never changes a model's inputs -- each model keeps the preprocessing saved in its checkpoint
+    published_inputs: str = "audio 3 s centred; image squash"
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -120,6 +120,10 @@ class Protocol:
 
     def accumulator(self, workers: int = 1, chunk_size: int = 256) -> ProtocolAccumulator:
         return ProtocolAccumulator(self, workers=workers, chunk_size=chunk_size)
+
+    def higher_is_better(self, key: str) -> bool:
+        """Whether result ``key`` of this protocol is better higher; :class:`ConfigError` when it is not a score."""
+        return self.accumulator().higher_is_better(key)
 
     def describe(self) -> dict[str, Any]:
         """The protocol's settings as a plain dict (for reports and run directories)."""
@@ -431,6 +435,16 @@ class ProtocolAccumulator:
             out["tuned_on_test"] = True
         return out
 
+    def higher_is_better(self, key: str) -> bool:
+        """Direction of result ``key`` (from the metrics that produce it); :class:`ConfigError` for non-scores."""
+        from avloc.metrics.base import score_direction
+
+        dirs = [d for sub in self.subs.values() if (d := score_direction(sub.higher_is_better, key)) is not None]
+        if not dirs:
+            scores = sorted({k for sub in self.subs.values() for k in sub.higher_is_better})
+            raise ConfigError(f"{key!r} is not a score of protocol {self.protocol.name} (scores: {scores})")
+        return dirs[0]
+
     def state_dict(self) -> dict[str, dict[str, np.ndarray]]:
         return {name: sub.state_dict() for name, sub in self.subs.items()}
 
@@ -532,8 +546,8 @@ _vggss: dict[str, Any] = dict(gt="union", expected_samples=VGGSS_TEST_IDS)  # js
 _DATASETS: tuple[tuple[str, dict[str, Any]], ...] = (("vggss", _vggss), ("flickr", _flickr))
 
 # LVS test.py 80-88: cv2, 1 - minmax(-h), pred[pred > thr] = 1; pred[pred < 1] = 0; cal_CIOU(pred >= 0.5)
-_lvs: dict[str, Any] = dict(source=_LVS, resize="cv2", normalize="lvs", strict=True, keep_at_one=True, audio_window="10s-tiled",
-            image_mode="crop", notes="prediction = (pred > median) or (pred >= 1): a constant map >= 0 predicts all")
+_lvs: dict[str, Any] = dict(source=_LVS, resize="cv2", normalize="lvs", strict=True, keep_at_one=True, published_inputs="audio 10 s tiled; image crop",
+            notes="prediction = (pred > median) or (pred >= 1): a constant map >= 0 predicts all")
 for _ds, _gt in _DATASETS:
     _register(Protocol(f"lvs-{_ds}", **_lvs, **_gt))
 
@@ -542,7 +556,7 @@ for _ds, _gt in _DATASETS:
 _register(
     Protocol(
         "realclips", task="realworld", source="avloc real-footage dev set (VGG-SS protocol of LVS test.py)",
-        resize="cv2", normalize="lvs", strict=True, gt="union", image_mode="full frame",
+        resize="cv2", normalize="lvs", strict=True, gt="union", published_inputs="image full frame",
         notes="hand-drawn boxes on full frames; median and adaptive cIoU >= 0.5, pointing; "
         "frames with scored=false skipped; image_id = clip (per-clip breakdown)",
     )
@@ -583,7 +597,7 @@ _register(dataclasses.replace(create_protocol("sslalign-adaptive-vggss"), name="
 # SLAVC test.py 161-205, utils.py 125-168 / 217-219: bicubic align_corners, scores in [-1/tau, 1/tau],
 # relative prediction = normalize_img(scores) >= its median, confidence = float32 mean of the top 25%.
 _slavc: dict[str, Any] = dict(task="extended", source=_SLAVC, resize="bicubic_align_corners", normalize="fixed_minmax",
-              norm_bounds=(-1 / SLAVC_TAU, 1 / SLAVC_TAU), strict=False, audio_window="5s-centre")
+              norm_bounds=(-1 / SLAVC_TAU, 1 / SLAVC_TAU), strict=False, published_inputs="audio 5 s centred; image squash")
 for _suffix, _gt in (("", _vggss), ("-flickr", _flickr)):
     _register(Protocol(f"slavc-extended{_suffix}", notes="AP / F1 as SLAVC EvaluatorFull", **_slavc, **_gt))
     _register(
@@ -605,7 +619,7 @@ for _gt_name, _gt in _DATASETS:
             binarize="fixed",
             sweep=ACLSSL_SWEEP,
             tuned_on_test=True,
-            audio_window="10s-16k",
+            published_inputs="audio 10 s at 16 kHz",
             notes="labelled variant: the threshold is tuned on the test set; maps must already be sigmoid outputs",
             **{**_gt, "box_negative": "clip"},
         )
@@ -622,7 +636,7 @@ _register(
         score="iou",
         box_negative="wrap",
         skip_empty_gt=True,
-        audio_window="1s-16k",
+        published_inputs="audio 1 s at 16 kHz",
         notes="prediction = pixels > 0.1 x max; IoU with the union of boxes; frames without boxes skipped",
     )
 )
@@ -635,7 +649,7 @@ _dsol_ca: dict[str, Any] = dict(
     extra_thresholds=DSOL_EXTRA_THRESHOLDS,
     score="iou",
     box_negative="wrap",
-    audio_window="1s-16k",
+    published_inputs="audio 1 s at 16 kHz",
 )
 _register(
     Protocol(
@@ -670,8 +684,7 @@ _register(
         strict=True,
         n_sources=QIAN_N_SOURCES,
         box_negative="wrap",
-        audio_window="5s-22k",
-        image_mode="squash-256",
+        published_inputs="audio 5 s at 22.05 kHz; image squash 256",
         notes="frames with exactly two sounding classes; 256 grid, ReLU, > 0.1 x max per class map; Eq. 9 average",
     )
 )
@@ -682,7 +695,7 @@ _register(
         source=_DNM,
         resize="cv2",
         normalize="none",
-        audio_window="per-frame-10fps",
+        published_inputs="audio per frame at 10 fps",
         notes="HmBoxAUC and PiBR over AVE frames; PNSR over non-AVE frames (all / visible / audible / noise)",
     )
 )

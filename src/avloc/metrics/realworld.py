@@ -16,8 +16,8 @@ Only frames marked ``scored`` count for localisation. The on/off-screen decision
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -30,6 +30,10 @@ SUCCESS_CIOU = 0.5
 class RealWorldMetrics(Accumulator):
     """Per-frame median / adaptive cIoU and pointing hits of scored frames; ``compute`` = :func:`realworld_summary`."""
 
+    higher_is_better: ClassVar[Mapping[str, bool]] = {
+        "median_success": True, "median_ciou": True, "adaptive_success": True, "adaptive_ciou": True, "pointing": True,
+        "onscreen_accuracy": True, "onscreen_balanced_accuracy": True, "onscreen_ece": False,
+    }
     fields = ("id", "clip", "median", "adaptive", "pointing")
 
     def update(

@@ -38,7 +38,7 @@ that people make (speech, singing, laughter, crying...):
 Rates: the cue works at 5 analysed frames per second. There the 4-5 Hz syllable
 rhythm is aliased and the synchrony rests on phrase-level structure (the mouth still
 in pauses of >= 0.4 s, moving while there is sound), so it needs windows of >= 4 s
-(20 differences) containing pauses. Measured on real speech (``bench/speed_faces.py``,
+(20 differences) containing pauses. Measured on real speech (``bench/speed/faces.py``,
 the face's own audio vs the same face 3 s apart, 4-s windows): the right one is
 chosen in 83 % of the TEDx windows and 67 % of the singer's at 5 fps; all decoded
 frames (25-30 fps, :func:`mouth_motion_series`, smoothed over 0.4 s) did not do
@@ -350,7 +350,7 @@ def mouth_box(face_row: np.ndarray, frame_wh: tuple[int, int] | None = None) -> 
     return float(x1), float(y1), float(x2), float(y2)
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def box_iou_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of ``[x, y, w, h, ...]`` rows: (N, >=4) x (M, >=4) -> (N, M)."""
     a = np.asarray(a, np.float64).reshape(-1, np.asarray(a).shape[-1])[:, :4]
     b = np.asarray(b, np.float64).reshape(-1, np.asarray(b).shape[-1])[:, :4]
@@ -415,7 +415,7 @@ def track_faces(detections: list[np.ndarray], iou_threshold: float = 0.3, max_ga
         live = [i for i in range(len(tracks)) if last_seen[i] >= t - 1 - max_gap]
         taken_d: set[int] = set()
         if live and len(d):
-            iou = box_iou(np.stack([last_row[i] for i in live]), d)  # (n_live, K)
+            iou = box_iou_xywh(np.stack([last_row[i] for i in live]), d)  # (n_live, K)
             order = np.dstack(np.unravel_index(np.argsort(-iou, axis=None, kind="stable"), iou.shape))[0]
             taken_t: set[int] = set()
             for li, di in order:

@@ -23,7 +23,7 @@ Per analysed frame ``t`` with its 0.975 s audio window:
    off-screen candidate.
 3. **On/off-screen**: a logistic model of the evidence (:mod:`.onscreen`), calibrated on real footage.
 
-The pipeline calls :meth:`AVSemantic.analyse_clip` (declared by ``analyses_sources``) with runs of
+The pipeline calls :meth:`AVSemantic.analyse_clip` (declared by ``Capability.SOURCES``) with runs of
 consecutive frames plus ``clip_context_seconds`` of context each side (synchrony and speaker choice need
 time); ``localize`` (single frames) runs the same analysis on a one-frame clip.
 """
@@ -44,7 +44,7 @@ from avloc.frontends.image import ImageConfig
 from avloc.methods import register_method
 from avloc.methods.avsemantic import onscreen as onscreen_model
 from avloc.methods.avsync_prior import frame_envelope, synchrony_maps
-from avloc.methods.base import ClipAnalysis, HeardSource, LocalizationMethod, MethodConfig
+from avloc.methods.base import Capability, ClipAnalysis, HeardSource, LocalizationMethod, MethodConfig
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class AVSemanticConfig(MethodConfig):
     sync_floor: float = 0.1
     #: on-screen logistic model over (object, human, speaker, unseen, narration), see :mod:`.onscreen`
     #: fitted on the 39 labelled frames of realclips_dev (5 off-screen), class-balanced IRLS, 2026-12-02:
-    #: ``python bench/realclips.py --fit-onscreen`` (leave-one-clip-out balanced accuracy 0.650, docs/RESULTS.md)
+    #: ``python bench/paper/avsemantic/realclips.py --fit-onscreen`` (leave-one-clip-out balanced accuracy 0.650, docs/RESULTS.md)
     onscreen_weights: tuple[float, ...] = (0.672, 0.086, -0.248, 0.635, 0.056)
     onscreen_bias: float = 4.125
 
@@ -158,7 +158,7 @@ class AVSemantic(LocalizationMethod):
 
     config_class = AVSemanticConfig
     training_free = True
-    analyses_sources = True
+    capabilities = frozenset({Capability.CLIP, Capability.SOURCES, Capability.ONSCREEN})
 
     def __init__(self, cfg: AVSemanticConfig) -> None:
         super().__init__(cfg)

@@ -11,7 +11,7 @@ Per analysed frame the method measures (all in [0, 1]):
 
 ``P(on-screen) = sigmoid(b + sum_i w_i * phi_i)`` with ``phi = (logit(object), logit(human), speaker, unseen,
 narration)``, ``logit(x) = log((x + eps) / (1 - x + eps))``: a five-weight logistic regression (Cox 1958), fitted
-by IRLS on the development clips' on/off labels (``bench/realclips.py --fit-onscreen``, cross-validated by
+by IRLS on the development clips' on/off labels (``bench/paper/avsemantic/realclips.py --fit-onscreen``, cross-validated by
 clip; docs/RESULTS.md), stored as config defaults.
 """
 
@@ -55,29 +55,8 @@ def onscreen_probability(f: Mapping[str, float], weights: Sequence[float], bias:
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 100) -> tuple[np.ndarray, float]:
-    """L2-regularised logistic regression by IRLS (Newton): ``x`` (N, D), ``y`` (N,) in {0, 1} -> (w, b).
+    """Class-balanced L2 logistic regression (unpenalised bias) -> (w, b): :func:`avloc.metrics.logistic.fit_logistic`
+    with the settings the on-screen weights were fitted with (matching the balanced accuracy they are judged by)."""
+    from avloc.metrics.logistic import fit_logistic as irls
 
-    Classes are weighted to balance (each class contributes half the likelihood), matching the balanced
-    accuracy it is judged by; the bias is not penalised.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if x.ndim != 2 or len(x) != len(y) or len(y) == 0:
-        raise ConfigError(f"fit_logistic: x {x.shape} and y {y.shape} do not match")
-    pos = y.sum()
-    if pos == 0 or pos == len(y):
-        raise ConfigError("fit_logistic needs both on-screen and off-screen examples")
-    sw = np.where(y > 0, 0.5 / pos, 0.5 / (len(y) - pos)) * len(y)  # (N,) balanced sample weights
-    xa = np.hstack([x, np.ones((len(x), 1))])  # (N, D+1)
-    theta = np.zeros(xa.shape[1])
-    reg = np.full(xa.shape[1], l2)
-    reg[-1] = 0.0
-    for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-np.clip(xa @ theta, -50, 50)))
-        g = xa.T @ (sw * (p - y)) + reg * theta
-        h = (xa * (sw * p * (1 - p))[:, None]).T @ xa + np.diag(reg) + 1e-9 * np.eye(xa.shape[1])
-        step = np.linalg.solve(h, g)
-        theta -= step
-        if np.abs(step).max() < 1e-10:
-            break
-    return theta[:-1], float(theta[-1])
+    return irls(x, y, l2=l2, iters=iters, balanced=True, penalise_bias=False, ridge=1e-9, clip=50.0, tol=1e-10)

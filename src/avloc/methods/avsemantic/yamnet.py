@@ -42,7 +42,7 @@ numbers): given the TFLite's own input tensors, the stem and every depthwise
 conv match bit for bit, the log-mel and the int8 stages to ~1e-6 except for
 inputs lying on an int8 rounding boundary (5 pixels in ~80,000). End to end such
 a boundary case flips one int8 value and the difference grows through the 14
-quantised layers: on 169 windows (``bench/compare_yamnet.py``: 13 real clips,
+quantised layers: on 169 windows (``bench/paper/avsemantic/compare_yamnet.py``: 13 real clips,
 silence, noise) the 521 scores match to < 1e-4 on 30 % of windows, the median
 window differs by 0.0016 and the worst by 0.032, and the top-1 class always
 agrees. This is the resolution the quantised model itself has: the same TFLite
