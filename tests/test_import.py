@@ -168,3 +168,25 @@ def test_imported_model_localizes_and_evaluates(
     assert main(["eval", "--model", str(model), "--manifest", str(man), "--protocol", "ezvsl-flickr", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["n"] == 2 and 0.0 <= res["auc"] <= 1.0
+
+
+def test_ezvsl_two_heads_train_and_localize_per_sample() -> None:
+    """``heads=2`` (SLAVC's layout): forward, loss, backward reach both heads; localize is the mean of the heads' maps."""
+    from avloc.methods import create_method
+    from avloc.methods.blocks import cosine_map
+    from test_baselines import assert_batch_independent, tiny_batch, tiny_config
+
+    model = create_method("ezvsl", tiny_config("ezvsl", heads=2)).train()
+    batch = tiny_batch()
+    loss = model.build_criterion()(model(batch), batch)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.extra_visual_proj[0].proj.weight.grad is not None and model.extra_audio_proj[0].weight.grad is not None
+    model.eval()
+    heat = assert_batch_independent(model, batch["image"], batch["audio"])
+    with torch.no_grad():
+        feat = model.encode_images(batch["image"])
+        h = model.audio_path.encoder(model.audio_path.frontend(batch["audio"]))
+        m1 = cosine_map(model.audio_path.proj(h), model.visual_proj(feat))
+        m2 = cosine_map(model.extra_audio_proj[0](h), model.extra_visual_proj[0](feat))
+    torch.testing.assert_close(heat, (m1 + m2) / 2)
