@@ -51,3 +51,14 @@ def test_gpu_check_sh_refuses_without_cuda() -> None:
     r = subprocess.run(["bash", str(BENCH / "gpu_check.sh")], capture_output=True, text=True, env={"PYTHON": sys.executable,
                        "PATH": "/usr/bin:/bin", "PYTHONPATH": str(BENCH.parent / "src")})
     assert r.returncode != 0 and "CUDA is not available" in r.stderr
+
+
+def test_loader_bench_runs_on_tiny_clips(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("bench_loader", BENCH / "bench_loader.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    text = mod.main(["--clips", "2", "--seconds", "1", "--width", "64", "--height", "48", "--workers", "0",
+                     "--epochs", "1", "--keep", str(tmp_path)])
+    assert "| mp4 clips | 0 |" in text and "| pre-extracted jpg + wav | 0 |" in text
