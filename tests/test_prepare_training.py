@@ -107,3 +107,10 @@ def test_extract_frames_and_audio(tmp_path: Path, capsys: pytest.CaptureFixture[
     got = ManifestDataset(out / "manifest.jsonl")[0]
     assert got["image"].shape == ref["image"].shape and np.allclose(got["image"].numpy(), ref["image"].numpy(), atol=0.1)
     assert "unreadable" in (out / "manifest.jsonl.report.txt").read_text()
+
+
+def test_cli_formats_are_the_registered_steps() -> None:
+    from avloc.cli.data_prepare import FORMATS
+    from avloc.data.prepare import STEPS
+
+    assert sorted(FORMATS) == sorted(STEPS)

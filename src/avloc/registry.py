@@ -71,5 +71,6 @@ def load_all() -> None:
     """Import every subpackage that registers something, so registries are full."""
     import avloc.data
     import avloc.encoders
+    import avloc.importers.families
     import avloc.methods
     import avloc.metrics  # noqa: F401
