@@ -115,5 +115,6 @@ def test_info_lists_registries(capsys) -> None:
 
     assert main(["info", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"methods", "encoders", "datasets", "protocols"}
+    assert set(out) == {"methods", "encoders", "datasets", "protocols", "checkpoint_families"}
+    assert {"lvs", "ezvsl", "slavc", "sslalign", "fnac"} <= set(out["checkpoint_families"])
     assert "efficientnet_lite0" in out["encoders"] and "manifest" in out["datasets"]

@@ -1,4 +1,4 @@
-"""Registries: one per extension point (methods, encoders, datasets, protocols).
+"""Registries: one per extension point (methods, encoders, datasets, protocols, checkpoint importers).
 
 Each registry maps a name to a factory (a class or a function). ``create``
 calls the factory with keyword arguments; unknown or duplicate names raise
@@ -64,11 +64,13 @@ METHODS: Registry[Any] = Registry("method")
 ENCODERS: Registry[Any] = Registry("encoder")
 DATASETS: Registry[Any] = Registry("dataset")
 PROTOCOLS: Registry[Any] = Registry("protocol")
+IMPORTERS: Registry[Any] = Registry("checkpoint family")
 
 
 def load_all() -> None:
     """Import every subpackage that registers something, so registries are full."""
     import avloc.data
     import avloc.encoders
+    import avloc.importers.families
     import avloc.methods
     import avloc.metrics  # noqa: F401

@@ -2,8 +2,9 @@
 
 ``avloc data make NAME ...`` runs a registered generator (e.g. DigitScenes);
 ``avloc data prepare FORMAT ...`` writes a validated manifest from a dataset
-laid out as published (Flickr-SoundNet, VGG-SS, MUSIC, AVE/AVSOL, a folder).
-Each action lives in its own module: ``avloc.cli.data_make``, ``avloc.cli.data_prepare``.
+laid out as published (Flickr-SoundNet, VGG-SS, MUSIC, AVE/AVSOL, VGG-Sound, a folder);
+``avloc data extract ...`` optionally pre-extracts a clip manifest's frames and audio.
+Each action lives in its own module: ``avloc.cli.data_make``, ``avloc.cli.data_prepare``, ``avloc.cli.data_extract``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 ACTIONS: dict[str, str] = {
     "make": "avloc.cli.data_make",
     "prepare": "avloc.cli.data_prepare",
+    "extract": "avloc.cli.data_extract",
 }
 
 

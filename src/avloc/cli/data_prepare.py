@@ -1,6 +1,7 @@
 """``avloc data prepare FORMAT --root DIR --out manifest.jsonl``: write a validated manifest.
 
-Formats: flickr, vggss, music, avsol, folder (layouts in :mod:`avloc.data.prepare`).
+Formats: flickr, vggss, music, avsol, folder (evaluation sets and plain folders, :mod:`avloc.data.prepare`);
+vggsound, flickr-train, music-solo, ave (training sets as downloaded, :mod:`avloc.data.prepare.training`).
 Bad entries go to ``<out>.report.txt``; the summary line says how many.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-FORMATS = ("flickr", "vggss", "music", "avsol", "folder")
+FORMATS = ("flickr", "vggss", "music", "avsol", "folder", "vggsound", "flickr-train", "music-solo", "ave")
 
 
 def add_parser(sub: Any, name: str) -> None:

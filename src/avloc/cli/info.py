@@ -1,4 +1,4 @@
-"""``avloc info``: list registered methods, encoders, datasets and protocols."""
+"""``avloc info``: list registered methods, encoders, datasets, protocols and checkpoint families (``avloc import``)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def registry_listing() -> dict[str, list[str]]:
         "encoders": registry.ENCODERS.names(),
         "datasets": registry.DATASETS.names(),
         "protocols": registry.PROTOCOLS.names(),
+        "checkpoint_families": registry.IMPORTERS.names(),
     }
 
 

@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("avloc.cli.train", "train a method"),
     "eval": ("avloc.cli.eval", "evaluate saved predictions or a model with a named protocol"),
     "bench": ("avloc.cli.bench", "list or run the benchmark scripts behind the docs' tables"),
+    "import": ("avloc.cli.import_", "convert a published checkpoint (LVS, EZ-VSL, SLAVC, SSL-Alignment, FNAC) to avloc's format"),
     "pseudo-boxes": ("avloc.cli.pseudo_boxes", "automatic boxes of sounding objects from a classification model"),
 }
 

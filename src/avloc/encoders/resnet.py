@@ -128,14 +128,20 @@ class ResNet18Audio(AudioEncoder):
 
     ``forward_time`` max-pools over frequency; ``forward`` (inherited) takes the max over
     time, which equals LVS's global ``AdaptiveMaxPool2d((1, 1))`` over the whole map.
+
+    Args:
+        base_width: channels of the first stage (64 in the paper).
+        out_stride: 32 (default) or 16 (``layer4`` at stride 1: LVS's published audio network).
     """
 
-    def __init__(self, base_width: int = 64) -> None:
+    def __init__(self, base_width: int = 64, out_stride: int = 32) -> None:
         super().__init__()
-        self.trunk = ResNetTrunk(1, base_width)
+        if out_stride not in (16, 32):
+            raise ConfigError(f"resnet18_audio out_stride must be 16 or 32, got {out_stride}")
+        self.trunk = ResNetTrunk(1, base_width, last_stride=out_stride // 16)
         self.out_channels = self.trunk.out_channels
         #: time steps per output step (input frames): the trunk's overall stride.
-        self.time_stride = 32
+        self.time_stride = out_stride
 
     def forward_time(self, spec: torch.Tensor) -> torch.Tensor:  # (B, 1, F, T) -> (B, C, T')
         if spec.dim() != 4 or spec.shape[1] != 1:
@@ -156,6 +162,6 @@ def resnet18(
 
 
 @ENCODERS.register("resnet18_audio")
-def resnet18_audio(base_width: int = 64) -> ResNet18Audio:
+def resnet18_audio(base_width: int = 64, out_stride: int = 32) -> ResNet18Audio:
     """ResNet-18 audio encoder from scratch (see :class:`ResNet18Audio`)."""
-    return ResNet18Audio(base_width=base_width)
+    return ResNet18Audio(base_width=base_width, out_stride=out_stride)

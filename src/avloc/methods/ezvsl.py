@@ -23,6 +23,14 @@ Mo & Morgado, "Localizing Visual Sounds the Easy Way", ECCV 2022.
   encoder feature map the method already computes (or the cached ``vfeat``), so
   it has the AV map's resolution. OGL needs a pretrained visual encoder.
 
+* Several projection heads (``heads``, default 1): SLAVC (Mo & Morgado, "A Closer
+  Look at Weakly-Supervised Audio-Visual Source Localization", NeurIPS 2022, Sec. 3)
+  projects the same encoder outputs with two heads per modality and localises with
+  the mean of the two heads' maps (its public ``test.py``: ``(S1 + S2) / 2``, up to the
+  1/tau scale). ``heads > 1`` computes ``S = mean_k cos(A^k, V^k)`` for the map and the
+  MIL logits; it expresses SLAVC's published inference (``avloc import --from slavc``),
+  while training it with this loss is EZ-VSL's objective, not SLAVC's momentum-target one.
+
 Heatmap: ``S_{i->i}`` (B, h, w) (cosine in [-1, 1]), or the OGL map in [0, 1]; per sample.
 """
 
@@ -40,9 +48,11 @@ from avloc.methods.blocks import (
     ObjectPriorKind,
     TwoStreamConfig,
     TwoStreamMethod,
+    VisualProjection,
     cosine_map,
     cross_cosine_maps,
     minmax_per_sample,
+    mlp_head,
     object_prior,
 )
 
@@ -70,17 +80,42 @@ class EZVSL(TwoStreamMethod):
             raise ConfigError(f"temperature must be > 0, got {cfg.temperature}")
         if not 0.0 <= cfg.ogl_alpha <= 1.0:
             raise ConfigError(f"ogl_alpha must be in [0, 1], got {cfg.ogl_alpha}")
+        if cfg.heads < 1:
+            raise ConfigError(f"heads must be >= 1, got {cfg.heads}")
         if cfg.ogl and not (self.visual_encoder.pretrained and cfg.freeze_visual):
             raise ConfigError(
                 f"ogl=True needs a frozen ImageNet-pretrained visual encoder for the object prior; "
                 f"{cfg.visual_encoder!r} is {'pretrained' if self.visual_encoder.pretrained else 'not pretrained'} "
                 f"and freeze_visual={cfg.freeze_visual} (use e.g. visual_encoder='efficientnet_lite0', or ogl=False)"
             )
+        # heads 2..K (SLAVC); an empty ModuleList adds no weights, so one-head checkpoints are unchanged
+        c_v, c_a = self.visual_encoder.feature_info.channels, self.audio_path.encoder.out_channels
+        self.extra_visual_proj = nn.ModuleList(
+            VisualProjection(c_v, cfg.embed_dim, cfg.visual_proj_hidden) for _ in range(cfg.heads - 1)
+        )
+        self.extra_audio_proj = nn.ModuleList(
+            mlp_head(c_a, cfg.embed_dim, cfg.audio_proj_hidden) for _ in range(cfg.heads - 1)
+        )
 
-    def _heatmap(self, feat: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """Encoder map (B, C, h, w), audio embedding (B, D) -> heatmap (B, h, w)."""
+    def similarity(self, feat: torch.Tensor, wav: torch.Tensor, cross: bool) -> torch.Tensor:
+        """Encoder map (B, C, h, w), waveforms (B, N) -> cosine maps, the mean over heads.
+
+        ``cross``: all pairs ``S`` (B, B, h, w), ``S[i, j] = S_{i->j}``; else the matching pairs (B, h, w).
+        """
+        pair = cross_cosine_maps if cross else cosine_map
+        if self.cfg.heads == 1:
+            return pair(self.embed_audio(wav), self.embed_visual(feat))
+        if wav.dim() != 2:
+            raise ConfigError(f"audio must be a waveform batch (B, N), got shape {tuple(wav.shape)}")
+        ap = self.audio_path
+        h = ap.encoder(ap.frontend(wav))  # (B, C_a)
+        v_heads = [self.visual_proj, *self.extra_visual_proj]
+        a_heads = [ap.proj, *self.extra_audio_proj]
+        return torch.stack([pair(pa(h), pv(feat)) for pv, pa in zip(v_heads, a_heads)]).mean(dim=0)
+
+    def _heatmap(self, feat: torch.Tensor, av: torch.Tensor) -> torch.Tensor:
+        """Encoder map (B, C, h, w), AV cosine map (B, h, w) -> heatmap (B, h, w) (OGL when ``cfg.ogl``)."""
         cfg = self.cfg
-        av = cosine_map(a, self.embed_visual(feat))  # (B, h, w)
         if not cfg.ogl:
             return av
         return object_guided_map(av, object_prior(feat, cfg.object_prior), cfg.ogl_alpha)
@@ -88,12 +123,10 @@ class EZVSL(TwoStreamMethod):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         feat = self.visual_features(batch)  # (B, C, h, w)
-        v = self.embed_visual(feat)  # (B, D, h, w)
-        a = self.embed_audio(batch["audio"])  # (B, D)
-        sim = cross_cosine_maps(a, v)  # (B, B, h, w)
+        sim = self.similarity(feat, batch["audio"], cross=True)  # (B, B, h, w)
         logits = sim.flatten(2).amax(dim=-1) / cfg.temperature  # (B, B): [audio i, image j]
         with torch.no_grad():
-            heat = self._heatmap(feat, a)  # (B, h, w)
+            heat = self._heatmap(feat, sim.diagonal(dim1=0, dim2=1).permute(2, 0, 1))  # (B, h, w)
         return {"logits": logits, "heatmap": heat}
 
     def build_criterion(self) -> nn.Module:
@@ -101,7 +134,8 @@ class EZVSL(TwoStreamMethod):
 
     def localize(self, images: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W), (B, N) -> AV cosine map, or the OGL map when ``cfg.ogl`` (B, h, w); per sample."""
-        return self._heatmap(self.encode_images(images), self.embed_audio(audio))
+        feat = self.encode_images(images)  # (B, C, h, w)
+        return self._heatmap(feat, self.similarity(feat, audio, cross=False))
 
 
 # ----------------------------------------------------------------------------- loss
@@ -138,12 +172,14 @@ class EZVSLConfig(TwoStreamConfig):
     ``ogl``: use object-guided localization at inference (EZ-VSL Sec. 3.3).
     ``ogl_alpha``: weight of the AV map in OGL (EZ-VSL: 0.4).
     ``object_prior``: ``l1`` (EZ-VSL's channel mean of ``|f|``) or ``l2`` (channel L2 norm).
+    ``heads``: projection heads per modality, maps averaged (EZ-VSL: 1; SLAVC: 2; module docstring).
     """
 
     temperature: float = 0.03
     ogl: bool = False
     ogl_alpha: float = 0.4
     object_prior: ObjectPriorKind = "l1"
+    heads: int = 1
 
 
 # ----------------------------------------------------------------------------- registration

@@ -17,10 +17,18 @@ Layouts (``root`` is the dataset folder):
 ``avsol``   ``videos/<vid>.mp4`` and ``avsol.json`` (AVSOL-style per-frame annotation)
 ``folder``  any ``*.mp4|*.mov|*.mkv|*.webm|*.avi`` below ``root`` (self-supervised training)
 =========== =====================================================================
+
+Training sets as downloaded (``vggsound``, ``flickr-train``, ``music-solo``, ``ave``,
+with missing / unreadable / mismatched entries reported): :mod:`avloc.data.prepare.training`.
+Optional pre-extraction (frames at the training size, audio at the model rate):
+:mod:`avloc.data.prepare.extract`.
 """
 
 from __future__ import annotations
 
 from avloc.data.prepare.steps import STEPS, PrepareResult, prepare
+from avloc.data.prepare.training import TRAINING_STEPS
+
+STEPS.update(TRAINING_STEPS)
 
 __all__ = ["STEPS", "PrepareResult", "prepare"]

@@ -27,9 +27,20 @@ class PrepareResult:
     n_written: int
     problems: dict[str, list[str]] = field(default_factory=dict)
 
+    def kinds(self) -> dict[str, int]:
+        """Bad entries by kind (the ``missing:`` / ``unreadable:`` / ``mismatched:`` prefix of their first problem)."""
+        out: dict[str, int] = {}
+        for probs in self.problems.values():
+            head = probs[0].split(":", 1)[0] if probs else ""
+            kind = head if head in ("missing", "unreadable", "mismatched") else "invalid"
+            out[kind] = out.get(kind, 0) + 1
+        return out
+
     def summary(self) -> str:
         bad = len(self.problems)
-        return f"wrote {self.n_written} entries to {self.manifest}; {bad} bad entries reported in {self.report}"
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.kinds().items()))
+        return (f"wrote {self.n_written} entries to {self.manifest}; {bad} bad entries"
+                f"{f' ({kinds})' if kinds else ''} reported in {self.report}")
 
 
 def _image_size(path: Path) -> list[int]:
@@ -253,6 +264,9 @@ def prepare(fmt: str, root: str | Path, out: str | Path, force: bool = False) ->
         write_text_atomic(report, "\n".join(lines) + "\n")
         raise DataError(f"no valid entries in {root_p} for format {fmt}; see {report}")
     n = write_manifest(out_p, entries)
+    res = PrepareResult(out_p, report, n, problems)
     lines = [f"{k}: {'; '.join(v)}" for k, v in problems.items()]
-    write_text_atomic(report, (f"{len(problems)} bad entries\n" + "\n".join(lines) + "\n") if lines else "0 bad entries\n")
-    return PrepareResult(out_p, report, n, problems)
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(res.kinds().items()))
+    head = f"{len(problems)} bad entries" + (f" ({kinds})" if kinds else "")
+    write_text_atomic(report, (head + "\n" + "\n".join(lines) + "\n") if lines else "0 bad entries\n")
+    return res
