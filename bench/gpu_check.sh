@@ -4,7 +4,7 @@
 # printed as one summary table. Takes under 5 minutes on one recent GPU.
 #
 #   bench/gpu_check.sh                 # uses `python` (set PYTHON=... to choose another)
-#   bench/gpu_check.sh --steps 20      # extra arguments go to bench/gpu_throughput.py
+#   bench/gpu_check.sh --steps 20      # extra arguments go to bench/speed/gpu_throughput.py
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"
@@ -19,5 +19,5 @@ status=${PIPESTATUS[0]}
 set -e
 summary="$(grep -E '(passed|failed|error|skipped)' "$log" | tail -n 1 | sed 's/=//g; s/^ *//; s/ *$//')"
 
-"$PY" bench/gpu_throughput.py --device cuda --tests "${summary:-no summary}" "$@"
+"$PY" bench/speed/gpu_throughput.py --device cuda --tests "${summary:-no summary}" "$@"
 exit "$status"

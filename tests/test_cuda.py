@@ -21,9 +21,9 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available: run on a GPU (bench/gpu_check.sh)"),
 ]
 
-from test_baselines import VIDEO_ONLY, tiny_batch, tiny_config  # noqa: E402  (shared tiny configs)
+from test_baselines import STACK, tiny_batch, tiny_config  # noqa: E402  (shared tiny configs)
 
-TRAINABLE = [n for n in sorted(set(list_methods()) - VIDEO_ONLY) if not METHODS.get(n).training_free]
+TRAINABLE = [n for n in list_methods() if not METHODS.get(n).training_free]
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 STEPS = 3
 
@@ -85,11 +85,11 @@ def test_twostage_grad_cam_under_the_gradient_scaler(amp: str) -> None:
 
 
 @pytest.mark.usefixtures("no_tf32")
-@pytest.mark.parametrize("name", sorted(set(list_methods()) - VIDEO_ONLY))
+@pytest.mark.parametrize("name", list_methods())
 def test_fp32_cpu_and_gpu_forward_agree(name: str) -> None:
     torch.manual_seed(0)
     model = create_method(name, tiny_config(name)).eval()
-    batch = tiny_batch()
+    batch = tiny_batch(frames=STACK if model.frame_stacks else 0)
     with torch.no_grad():
         cpu = model.localize(batch["image"], batch["audio"])
     model = model.cuda()

@@ -243,7 +243,7 @@ def test_lite0_fold_batchnorm_same_outputs(lite0: EfficientNetLite0) -> None:
     with torch.inference_mode():
         ref = lite0.forward_heads(x, (16, 32))
         folded = copy.deepcopy(lite0).eval().fold_batchnorm()
-        folded.to(memory_format=torch.channels_last)
+        folded.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
         got = folded.forward_heads(x.contiguous(memory_format=torch.channels_last), (16, 32))
         logits_ref, logits = lite0.classify(x), folded.classify(x)

@@ -16,7 +16,7 @@ SMALL = ["--device", "cpu", "--steps", "2", "--warmup", "0", "--batch-size", "2"
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_throughput", BENCH / "gpu_throughput.py")
+    spec = importlib.util.spec_from_file_location("gpu_throughput", BENCH / "speed" / "gpu_throughput.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up there
@@ -56,7 +56,7 @@ def test_gpu_check_sh_refuses_without_cuda() -> None:
 
 
 def test_loader_bench_runs_on_tiny_clips(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("bench_loader", BENCH / "bench_loader.py")
+    spec = importlib.util.spec_from_file_location("bench_loader", BENCH / "speed" / "loader.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod

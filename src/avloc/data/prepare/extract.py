@@ -2,7 +2,7 @@
 
 Decoding an mp4 per sample (seek, decode a frame, decode and resample the
 whole audio track) is what limits a data loader on clips (measured in
-docs/BENCHMARKS.md, ``bench/bench_loader.py``). :func:`extract` does it once:
+docs/BENCHMARKS.md, ``bench/speed/loader.py``). :func:`extract` does it once:
 for every video entry it writes the frame at the entry's ``time``, resized so
 its short side is ``size`` (aspect kept, so ``crop`` / ``squash`` / ``pad`` still
 apply at load time), as ``frames/<id>.jpg`` and the audio track at

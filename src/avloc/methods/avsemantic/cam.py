@@ -49,7 +49,7 @@ class ImageNetEvidence(torch.nn.Module):
         self.strides = tuple(sorted(set(int(s) for s in strides)))
         # inference only: BatchNorm folded and channels-last activations (2.5x faster on the CPU, same outputs)
         self.net = EfficientNetLite0(out_stride=32, pretrained=True).eval().fold_batchnorm()
-        self.net.to(memory_format=torch.channels_last)
+        self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> FrameEvidence:

@@ -1,6 +1,6 @@
 """Data-loader throughput (samples/s) on VGG-Sound-like clips vs pre-extracted frames + wav, with N workers.
 
-Usage: python bench/bench_loader.py [--clips 12] [--seconds 10] [--width 640 --height 360] [--workers 0,1,2]
+Usage: python bench/speed/loader.py [--clips 12] [--seconds 10] [--width 640 --height 360] [--workers 0,1,2]
        [--batch-size 8] [--epochs 2] [--keep DIR]
 
 Generates ``--clips`` mp4 clips named ``<youtube_id>_<start>.mp4`` (avloc.data.synthetic

@@ -1,6 +1,6 @@
 """GPU training throughput of LVS and EZ-VSL (ResNet-18 at 224, paper batch) with AMP off/fp16/bf16, and localize speed.
 
-Usage: python bench/gpu_throughput.py [--device cuda] [--steps 10] [--batch-size 128] [--amp off,fp16,bf16]
+Usage: python bench/speed/gpu_throughput.py [--device cuda] [--steps 10] [--batch-size 128] [--amp off,fp16,bf16]
        [--image-size 224] [--audio-seconds 3] [--clip-seconds 10] [--tests "PYTEST SUMMARY LINE"]
 
 Synthetic inputs (uniform images, Gaussian waveforms); the step loop is built
