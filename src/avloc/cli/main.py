@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("avloc.cli.eval", "evaluate saved predictions or a model with a named protocol"),
     "bench": ("avloc.cli.bench", "list or run the benchmark scripts behind the docs' tables"),
     "pseudo-boxes": ("avloc.cli.pseudo_boxes", "automatic boxes of sounding objects from a classification model"),
+    "report": ("avloc.cli.report", "a static HTML report (index, video pages, timeline) of avloc localize outputs"),
 }
 
 
