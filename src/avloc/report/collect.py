@@ -40,12 +40,13 @@ TOP_CLASSES = 5
 
 @dataclass
 class HeardClass:
-    """A class heard in a video: in how many analysed frames, and its best score."""
+    """A class heard in a video: in how many analysed frames, how strongly."""
 
     label: str
-    frames: int
-    fraction: float  # of the analysed frames
-    max_score: float
+    frames: int  # analysed frames in which it was heard
+    fraction: float  # frames / analysed frames
+    max_score: float  # its best score in a frame
+    mean_score: float  # its score averaged over all analysed frames (0 where not heard): the ranking key
 
 
 @dataclass
@@ -110,28 +111,36 @@ def load_localize_json(path: Path, schema: dict[str, Any] | None = None) -> dict
     return doc
 
 
-def _frame_classes(frame: dict[str, Any]) -> list[tuple[str, float]]:
-    """(label, score) of the classes heard in one frame record, best first (module doc)."""
+def _frame_classes(frame: dict[str, Any]) -> dict[str, float]:
+    """Label -> score of the classes heard in one frame record (module doc); a label listed twice keeps its best."""
     if "sources" in frame:
-        return [(s["label"], float(s["score"])) for s in frame["sources"]]
-    sem = frame.get("semantic")
-    if isinstance(sem, dict):
-        return [(str(a.get("label", "")), float(a.get("score", 0.0))) for a in sem.get("audioset", [])]
-    return []
+        pairs = [(s["label"], float(s["score"])) for s in frame["sources"]]
+    elif isinstance(frame.get("semantic"), dict):
+        pairs = [(str(a.get("label", "")), float(a.get("score", 0.0))) for a in frame["semantic"].get("audioset", [])]
+    else:
+        pairs = []
+    out: dict[str, float] = {}
+    for label, score in pairs:
+        out[label] = max(out.get(label, 0.0), score)
+    return out
 
 
 def heard_classes(doc: dict[str, Any], top: int | None = TOP_CLASSES) -> list[HeardClass]:
-    """Classes heard in a video, most frames first (ties: higher best score), at most ``top``."""
+    """Classes heard in a video, at most ``top``, by mean score over all analysed frames (how often x how
+    strongly; so a class heard weakly in every frame does not outrank one heard clearly for half the video).
+    Ties: more frames, then the label."""
     frames = doc["frames"]
     count: dict[str, int] = {}
     best: dict[str, float] = {}
+    total: dict[str, float] = {}
     for f in frames:
-        for label, score in dict(_frame_classes(f)).items():  # a label counts once per frame
+        for label, score in _frame_classes(f).items():
             count[label] = count.get(label, 0) + 1
             best[label] = max(best.get(label, 0.0), score)
+            total[label] = total.get(label, 0.0) + score
     n = max(1, len(frames))
-    out = [HeardClass(k, count[k], count[k] / n, best[k]) for k in count]
-    out.sort(key=lambda h: (-h.frames, -h.max_score, h.label))
+    out = [HeardClass(k, count[k], count[k] / n, best[k], total[k] / n) for k in count]
+    out.sort(key=lambda h: (-h.mean_score, -h.frames, h.label))
     return out if top is None else out[:top]
 
 
@@ -168,7 +177,7 @@ def timeline(doc: dict[str, Any], top: int = TOP_CLASSES) -> Timeline:
         conf = [float(f["boxes"][0]["score"]) if f["boxes"] else None for f in frames]
         label = "top box score"
     classes: dict[str, list[float]] = {}
-    per_frame = [dict(_frame_classes(f)) for f in frames]
+    per_frame = [_frame_classes(f) for f in frames]
     for h in heard_classes(doc, top):
         classes[h.label] = [float(p.get(h.label, 0.0)) for p in per_frame]
     boxes = [

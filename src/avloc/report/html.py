@@ -233,10 +233,10 @@ def video_page(e: VideoEntry, tl: Timeline, video_url: str | None, sheet_url: st
     )
     heard = "".join(
         f"<tr><td>{esc(h.label)}</td><td class=\"c-num\">{h.frames}</td><td class=\"c-num\">{h.fraction:.0%}</td>"
-        f"<td class=\"c-num\">{h.max_score:.2f}</td></tr>" for h in e.heard
+        f"<td class=\"c-num\">{h.mean_score:.2f}</td><td class=\"c-num\">{h.max_score:.2f}</td></tr>" for h in e.heard
     )
     heard_html = (
-        f'<table class="small"><thead><tr><th>class</th><th>frames</th><th>of all</th><th>best score</th></tr></thead>'
+        f'<table class="small"><thead><tr><th>class</th><th>frames</th><th>of all</th><th>mean score</th><th>best</th></tr></thead>'
         f"<tbody>{heard}</tbody></table>" if heard
         else '<p class="note">no heard classes in this output (only methods that ground heard sources, e.g. '
              "avsemantic, or --audio-tagger report them)</p>"
