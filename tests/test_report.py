@@ -288,10 +288,41 @@ def test_cli_bad_input_is_one_line_exit_2(run_dir: Path, tmp_path: Path, capsys:
     assert (run_dir / "plain.avloc.json").is_file()  # the reported folder is never touched
 
 
+def test_serve_resolves_the_video_links(run_dir: Path, tmp_path: Path) -> None:
+    import threading
+    import urllib.request
+
+    from avloc.report.site import make_server, slug
+
+    res = build_report(run_dir, tmp_path / "site", thumbnails=False)
+    httpd, address = make_server(res.out, run_dir, port=0)
+    worker = threading.Thread(target=httpd.serve_forever, daemon=True)
+    worker.start()
+    try:
+        with urllib.request.urlopen(address, timeout=10) as r:
+            assert b"avloc report" in r.read()
+        page_url = address.rsplit("/", 1)[0] + f"/videos/{slug(HOSTILE)}.html"
+        with urllib.request.urlopen(page_url, timeout=10) as r:
+            src = re.search(r'<video id="player"[^>]*src="([^"]+)"', r.read().decode())[1]  # type: ignore[index]
+        with urllib.request.urlopen(urllib.parse.urljoin(page_url, src), timeout=10) as r:
+            assert r.read() == (run_dir / f"{HOSTILE}.avloc.mp4").read_bytes()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 # -- in a real browser ----------------------------------------------------------------------------
 
-CHROMIUM = os.environ.get("AVLOC_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = os.environ.get("AVLOC_CHROMEDRIVER") or shutil.which("chromedriver")
+def _program(env: str, *names: str) -> str | None:
+    """``$env`` if set (and an executable), else the first of ``names`` on PATH."""
+    given = os.environ.get(env)
+    if given:
+        return given if os.access(given, os.X_OK) else None
+    return next((p for p in map(shutil.which, names) if p), None)
+
+
+CHROMIUM = _program("AVLOC_CHROMIUM", "chromium", "chromium-browser")
+CHROMEDRIVER = _program("AVLOC_CHROMEDRIVER", "chromedriver")
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,8 @@ SVG_RIGHT_PAD = 12
 CONF_LANE_HEIGHT = 64
 CLASS_LANE_HEIGHT = 18
 AXIS_HEIGHT = 22
+#: a heard-class cell's opacity is its score, but never fainter than this (a heard class stays visible)
+MIN_CELL_OPACITY = 0.08
 
 
 def esc(s: object) -> str:
@@ -171,8 +173,8 @@ def timeline_svg(tl: Timeline) -> str:
         f'<text class="lane-label" x="{x0 - 8}" y="{h_conf / 2 + 4:.1f}" text-anchor="end">{esc(tl.confidence_label)}</text>',
         f'<line class="half" x1="{x0}" x2="{x0 + pw}" y1="{h_conf / 2}" y2="{h_conf / 2}"/>',
     ]
-    for t, s in zip(tl.times, tl.silent):
-        if s:
+    for t, quiet in zip(tl.times, tl.silent):
+        if quiet:
             parts.append(f'<rect class="silent" x="{x(t):.2f}" y="0" width="{dx:.2f}" height="{h_conf}"/>')
     # the confidence as a step line; a gap where it is null
     runs: list[list[str]] = [[]]
@@ -190,10 +192,10 @@ def timeline_svg(tl: Timeline) -> str:
         parts.append(f'<rect class="lane-bg" x="{x0}" y="{y}" width="{pw}" height="{CLASS_LANE_HEIGHT - 3}"/>')
         parts.append(f'<text class="lane-label" x="{x0 - 8}" y="{y + CLASS_LANE_HEIGHT - 7}" text-anchor="end">'
                      f"<title>{esc(label)}</title>{esc(label if len(label) <= 24 else label[:23] + '…')}</text>")
-        for t, s in zip(tl.times, scores):
-            if s > 0:
+        for t, score in zip(tl.times, scores):
+            if score > 0:
                 parts.append(f'<rect class="cls" x="{x(t):.2f}" y="{y}" width="{dx:.2f}" '
-                             f'height="{CLASS_LANE_HEIGHT - 3}" fill-opacity="{min(max(s, 0.08), 1.0):.3f}"/>')
+                             f'height="{CLASS_LANE_HEIGHT - 3}" fill-opacity="{min(max(score, MIN_CELL_OPACITY), 1.0):.3f}"/>')
     y_axis = height - AXIS_HEIGHT
     step = _nice_step(d)
     k = 0

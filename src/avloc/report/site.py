@@ -31,6 +31,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
 from importlib.resources import files
 from pathlib import Path
 
@@ -169,28 +170,35 @@ def build_report(folder: str | Path, out: str | Path | None = None, force: bool 
     return ReportResult(out=o, index=o / "index.html", pages=pages, collection=coll)
 
 
-def serve(
-    site: Path, folder: Path, host: str = "127.0.0.1", port: int = 8000, announce: Callable[[str], None] | None = None
-) -> None:
-    """Serve the report over HTTP until interrupted (Ctrl-C).
+def make_server(site: Path, folder: Path, host: str = "127.0.0.1", port: int = 8000) -> tuple[ThreadingHTTPServer, str]:
+    """An HTTP server for the report, and the URL of its index (not yet serving: call ``serve_forever``).
 
     The server's root is the deepest folder holding both the site and the
     reported folder, so the pages' relative links to the videos resolve.
-    ``announce`` is called with the index's URL once the server listens.
+    ``port`` 0 picks a free port.
     """
     import functools
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import SimpleHTTPRequestHandler
 
     root = Path(os.path.commonpath([os.path.abspath(site), os.path.abspath(folder)]))
 
     class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002  (the base class's name)
+        def log_message(self, format: str, *args: object) -> None:
             log.debug("%s - %s", self.address_string(), format % args)
 
-    handler = functools.partial(Quiet, directory=str(root))
-    with ThreadingHTTPServer((host, port), handler) as httpd:
-        where = _rel(Path(site) / "index.html", root)
-        address = f"http://{host}:{httpd.server_address[1]}/{where}"
+    httpd = ThreadingHTTPServer((host, port), functools.partial(Quiet, directory=str(root)))
+    return httpd, f"http://{host}:{httpd.server_address[1]}/{_rel(Path(site) / 'index.html', root)}"
+
+
+def serve(
+    site: Path, folder: Path, host: str = "127.0.0.1", port: int = 8000, announce: Callable[[str], None] | None = None
+) -> None:
+    """Serve the report over HTTP (:func:`make_server`) until interrupted (Ctrl-C).
+
+    ``announce`` is called with the index's URL once the server listens.
+    """
+    httpd, address = make_server(site, folder, host, port)
+    with httpd:
         log.info("serving %s", address)
         if announce is not None:
             announce(address)
