@@ -244,6 +244,16 @@ def test_escaping_helpers() -> None:
     assert url(os.fsdecode(b"caf\xe9.mp4")) == "caf%E9.mp4"  # a non-UTF-8 name: its bytes, percent-encoded
 
 
+def test_site_is_offline(run_dir: Path, tmp_path: Path) -> None:
+    """Nothing the pages load comes from the network, and no page script fetches anything (file:// blocks it)."""
+    site = build_report(run_dir, tmp_path / "site").out
+    texts = {p: p.read_text() for p in site.rglob("*") if p.suffix in (".html", ".js", ".css")}
+    assert len(texts) == 3 + 1 + 2
+    for p, text in texts.items():
+        assert not re.search(r'(src|href)="(https?:)?//', text), p
+        assert "url(" not in text and "fetch(" not in text and "XMLHttpRequest" not in text and "@import" not in text, p
+
+
 def test_timeline_svg_geometry(run_dir: Path) -> None:
     tl = timeline(_doc(run_dir, "heard"))
     svg = timeline_svg(tl)
@@ -259,8 +269,10 @@ def test_timeline_svg_geometry(run_dir: Path) -> None:
 def test_cli_writes_refuses_and_replaces_atomically(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = tmp_path / "out"
     shutil.copytree(run_dir, d)
+    (d / ".report.avloc-tmp-killed0" / "report").mkdir(parents=True)  # what a killed `avloc report` leaves
     assert main(["report", str(d)]) == 0
     assert "3 video(s) (3 done)" in capsys.readouterr().out
+    assert not (d / ".report.avloc-tmp-killed0").exists()
     site = d / "report"
     assert (site / "index.html").is_file() and len(list((site / "videos").iterdir())) == 3
     assert len(list((site / "thumbs").glob("*.jpg"))) == 3 and (site / "assets" / "report.js").is_file()
