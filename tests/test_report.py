@@ -191,6 +191,15 @@ def test_run_json_gives_statuses_and_errors(run_dir: Path, tmp_path: Path) -> No
     assert "not finished" in build_report(d).index.read_text()
 
 
+def test_run_json_output_names_stay_in_the_folder(run_dir: Path, tmp_path: Path) -> None:
+    d = tmp_path / "out"
+    shutil.copytree(run_dir, d)
+    write_run(d, RunRecord(tool={"name": "avloc localize", "version": "0"}, started="s", finished="f",
+                           inputs=[RunInput("x.mp4", "done", outputs={"json": "../../etc/x.avloc.json"})]))
+    (e,) = [e for e in collect(d).entries if e.stem == "x"]
+    assert e.status == "invalid" and "is not a file name" in e.errors[0] and e.doc is None
+
+
 @pytest.mark.parametrize(("change", "message"), [
     (lambda r: r["inputs"][0].update(status="failed", error=None), "needs its one-line error"),
     (lambda r: r["inputs"][0].update(status="exploded"), "not one of"),

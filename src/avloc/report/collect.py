@@ -243,7 +243,7 @@ def _entry(stem: str, folder: Path, status: str | None, schema: dict[str, Any], 
 def collect(folder: str | Path) -> Collection:
     """Read ``folder`` (module doc); raises :class:`DataError` when it holds no avloc localize output at all."""
     from avloc.io.outputs import is_temporary_name
-    from avloc.report.runfile import read_run
+    from avloc.report.runfile import RUN_FILE, read_run
 
     d = Path(folder)
     if not d.is_dir():
@@ -261,7 +261,12 @@ def collect(folder: str | Path) -> Collection:
             if r.stem in seen:
                 continue  # the same output name twice: the CLI already refused the second input
             seen.add(r.stem)
-            e = _entry(r.stem, d, r.status, schema, r.outputs.get("json"))
+            js = r.outputs.get("json")
+            if js is not None and Path(js).name != js:  # file names in DIR only: never read outside it
+                e = VideoEntry(stem=r.stem, status="invalid",
+                               errors=[f"{RUN_FILE}: outputs.json {js!r} of {r.input} is not a file name in {d}"])
+            else:
+                e = _entry(r.stem, d, r.status, schema, js)
             e.input = r.input
             if r.error:
                 e.errors.insert(0, r.error)

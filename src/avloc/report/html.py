@@ -231,7 +231,7 @@ def video_page(e: VideoEntry, tl: Timeline, video_url: str | None, sheet_url: st
     player = (
         f'<video id="player" controls preload="metadata" src="{video_url}"></video>'
         '<p id="video-error" class="run-error" hidden></p>'
-        if video_url else '<p class="note">no overlay video (the run used --no-overlay)</p>'
+        if video_url else '<p class="note">no overlay video in this output (--no-overlay, or see the errors above)</p>'
     )
     heard = "".join(
         f"<tr><td>{esc(h.label)}</td><td class=\"c-num\">{h.frames}</td><td class=\"c-num\">{h.fraction:.0%}</td>"

@@ -62,8 +62,8 @@ class RunInput:
     @property
     def stem(self) -> str:
         """The output name: ``STEM`` of ``STEM.avloc.json``."""
-        js = self.outputs.get("json")
-        if js and js.endswith(".avloc.json"):
+        js = Path(self.outputs.get("json") or "").name
+        if js.endswith(".avloc.json"):
             return js[: -len(".avloc.json")]
         return Path(self.input).stem
 

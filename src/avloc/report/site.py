@@ -126,8 +126,8 @@ def write_site(coll: Collection, site: Path, final: Path, thumbnails: bool = Tru
                 (site / "thumbs" / f"{s}.jpg").write_bytes(jpg)
                 thumb_url = f"thumbs/{s}.jpg"
         page_url = None
-        if e.has_page:
-            tl = timeline(e.doc)  # type: ignore[arg-type]  # has_page: doc is set
+        if e.doc is not None:
+            tl = timeline(e.doc)
             body = video_page(
                 e, tl,
                 video_url=_rel(e.video_path, videos) if e.video_path else None,
