@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("avloc.cli.bench", "list or run the benchmark scripts behind the docs' tables"),
     "import": ("avloc.cli.import_", "convert a published checkpoint (LVS, EZ-VSL, SLAVC, SSL-Alignment, FNAC) to avloc's format"),
     "pseudo-boxes": ("avloc.cli.pseudo_boxes", "automatic boxes of sounding objects from a classification model"),
+    "report": ("avloc.cli.report", "a static HTML report (index, video pages, timeline) of avloc localize outputs"),
 }
 
 

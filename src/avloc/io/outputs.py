@@ -106,6 +106,19 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
+def _fsync_tree(p: Path) -> None:
+    """Flush a file, or a folder output (every file in it, then its folders), to disk."""
+    if not p.is_dir():
+        with open(p, "rb") as fh:
+            os.fsync(fh.fileno())
+        return
+    for root, _dirs, names in os.walk(p, topdown=False):
+        for n in names:
+            with open(Path(root) / n, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(Path(root))
+
+
 def _remove(p: Path) -> None:
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p, ignore_errors=True)
@@ -133,7 +146,8 @@ class OutputTransaction:
 
     ``suffixes`` maps every kind of the set to its file-name suffix (the whole
     set, also kinds this run does not write); ``wanted`` the kinds this run
-    writes; ``marker`` the kind whose presence means the set is complete.
+    writes; ``marker`` the kind whose presence means the set is complete. An
+    output may be a file or a folder (``avloc report`` writes its site as one).
     """
 
     def __init__(
@@ -219,12 +233,11 @@ class OutputTransaction:
         if self.dir is None:
             raise RuntimeError("transaction not begun")
         tmp = self.dir
-        missing = [k for k in self.wanted if not self.path(k).is_file()]
+        missing = [k for k in self.wanted if not (self.path(k).is_file() or self.path(k).is_dir())]
         if missing:
             raise RuntimeError(f"commit without the outputs {missing}")
         for k in self.wanted:
-            with open(self.path(k), "rb") as fh:
-                os.fsync(fh.fileno())
+            _fsync_tree(self.path(k))
         backup = tmp / _BACKUP
         backup.mkdir()
         old_order = [self.marker, *(k for k in self.finals if k != self.marker)]
