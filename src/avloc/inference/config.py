@@ -11,6 +11,10 @@ from avloc.errors import ConfigError
 SCHEMA_VERSION = "1.0"
 
 
+#: libx264's presets, fastest first
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+
+
 @dataclass
 class LocalizeConfig:
     """Everything that changes what ``localize_video`` computes or writes (see docs/localize.md)."""
@@ -53,6 +57,9 @@ class LocalizeConfig:
     overlay: bool = True
     overlay_max_side: int = 1280
     overlay_alpha: float = 0.5
+    #: x264 preset of the overlay video: "superfast" encodes 720p ~1.4x faster than "veryfast" at the same crf
+    #: (larger files), docs/BENCHMARKS.md
+    overlay_preset: str = "superfast"
     #: contact sheet: this many analysed frames, thumbnails this wide, this many columns
     sheet_frames: int = 12
     sheet_thumb_width: int = 320
@@ -62,6 +69,8 @@ class LocalizeConfig:
     device: str = "cpu"
 
     def validate(self) -> None:
+        if self.overlay_preset not in X264_PRESETS:
+            raise ConfigError(f"overlay_preset must be one of {', '.join(X264_PRESETS)}, got {self.overlay_preset!r}")
         if not self.fps > 0:
             raise ConfigError(f"--fps must be positive, got {self.fps}")
         if self.window_seconds is not None and not self.window_seconds > 0:

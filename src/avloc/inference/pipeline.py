@@ -514,22 +514,22 @@ def write_overlay_video(analysis: VideoAnalysis, tmp: Path, progress: bool = Fal
 
     def overlay_frames() -> Iterator[np.ndarray]:
         j, layer_j = 0, -1
-        layer = None
+        layer, heat = None, np.zeros((1, 1), np.float32)
         with tqdm(total=info.frames, unit="frame", desc=f"{path.name}: overlay", disable=not progress, leave=False) as bar:
             for fr in iter_frames(path, fps=out_fps, size=ov_wh, start=0.5 / out_fps):
                 t = fr.time - 0.5 / out_fps  # the output frame's own time
                 while j + 1 < n and abs(times[j + 1] - t) <= abs(times[j] - t):
                     j += 1
                 rec = records[j]
-                heat = display_heat(np.asarray(a.maps[j], np.float32), _heat_strength(rec))
-                if layer_j != j:  # the coloured heat layer changes only with the analysed frame
+                if layer_j != j:  # the heat and its coloured layer change only with the analysed frame
+                    heat = display_heat(np.asarray(a.maps[j], np.float32), _heat_strength(rec))
                     h_, w_ = fr.image.shape[:2]
                     layer, layer_j = heat_layer(heat, (w_, h_), cfg.overlay_alpha), j
                 bar.update(1)
                 yield draw_overlay(fr.image, heat, rec, src_wh, cfg.overlay_alpha, layer=layer)
 
     audio = iter_audio(path) if info.has_audio else None  # streamed, encoded alongside the frames
-    write_video(tmp, overlay_frames(), out_fps, audio, info.audio_sample_rate)
+    write_video(tmp, overlay_frames(), out_fps, audio, info.audio_sample_rate, preset=cfg.overlay_preset)
 
 
 def write_heatmaps(analysis: VideoAnalysis, tmp: Path) -> None:
