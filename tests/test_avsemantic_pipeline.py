@@ -59,28 +59,29 @@ def test_real_clip_grounds_the_heard_dog(tmp_path: Path, model, shared_data: Pat
     clip = shared_data / "realclips_dev" / "dog_pomeranian_bark.mp4"
     if not clip.is_file():
         pytest.skip("realclips_dev not in the shared data")
-    from avloc.io.media import probe
+    from avloc.io.media import decode_audio, iter_frames, probe
 
     assert probe(clip).duration > 5
-    import subprocess
-
     short = tmp_path / "dog.mp4"  # 4-6 s only: keeps the test fast
-    import av
-
-    with av.open(str(clip)) as inp:
-        sr = inp.streams.audio[0].rate
-    from avloc.io.media import decode_audio, iter_frames
-
     wav, sr = decode_audio(clip)
     frames = [f.image for f in iter_frames(clip, fps=10, start=4.0, end=6.0, size=(320, 180))]
     write_video(short, iter(frames), 10, wav[int(4 * sr): int(6 * sr)], sr)
-    del subprocess
-    res = localize_video(short, model, LocalizeConfig(overlay=False, fps=2), tmp_path / "out", progress=False)
+    cfg = LocalizeConfig(overlay=False, fps=2, save_heatmaps=True)
+    res = localize_video(short, model, cfg, tmp_path / "out", progress=False)
     rec = res.records[2]  # t = 1.0 s of the excerpt = 5.0 s of the clip
     heard = {s["label"]: s for s in rec["sources"]}
     assert "Dog" in heard or "Bark" in heard, list(heard)
     dog = heard.get("Dog") or heard["Bark"]
     assert dog["grounding"].startswith("imagenet:") and 151 <= int(dog["grounding"].split(":")[1]) <= 268
+    # the npz keeps each grounded source's own map; its peak is the JSON's peak of that source
+    with np.load(res.outputs["heatmaps"]) as z:
+        sel = np.flatnonzero((z["source_frames"] == 2) & (z["source_labels"] == dog["label"]))
+        assert len(sel) == 1 and z["source_maps"].shape[1:] == z["maps"].shape[1:]
+        m = z["source_maps"][sel[0]].astype(np.float32)
+        assert abs(float(z["source_scores"][sel[0]]) - dog["score"]) < 1e-3
+    py, px = np.unravel_index(int(np.argmax(m)), m.shape)
+    assert abs((px + 0.5) * 320 / m.shape[1] - dog["peak"]["x"]) < 320 / m.shape[1]
+    assert abs((py + 0.5) * 180 / m.shape[0] - dog["peak"]["y"]) < 180 / m.shape[0]
     assert rec["boxes"] and "label" in rec["boxes"][0]
 
 

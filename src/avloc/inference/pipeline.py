@@ -312,6 +312,12 @@ class VideoAnalysis:
     class_maps: np.ndarray | None = None  # (n, C, H, W) float16
     class_probabilities: np.ndarray | None = None  # (n, C) float32
     class_detected: np.ndarray | None = None  # (n, C) bool
+    #: methods that ground several heard sources (``Capability.SOURCES``), kept with ``cfg.save_heatmaps``: the
+    #: own map of every grounded source (K, H, W) float16, its frame (K,) (index into ``maps``), label and score
+    source_maps: np.ndarray | None = None
+    source_frames: np.ndarray | None = None
+    source_labels: np.ndarray | None = None
+    source_scores: np.ndarray | None = None
     started: float = 0.0  # time.perf_counter() when the analysis began
 
     @property
@@ -414,6 +420,9 @@ def analyse_video(
     records: list[dict[str, Any]] = []
     cls_probs: list[np.ndarray] = []
     cls_det: list[np.ndarray] = []
+    src_maps: list[np.ndarray] = []
+    src_meta: list[tuple[int, str, float]] = []  # (frame, label, score) of each grounded source's map
+    has_sources = False
     from tqdm import tqdm
 
     with maps_sink, cls_sink, tqdm(total=n_est, unit="frame", desc=f"{path.name}: analyse", disable=not progress,
@@ -427,6 +436,12 @@ def analyse_video(
                 cls_sink.add(cls["maps"])
                 cls_probs.append(cls["probabilities"])
                 cls_det.append(cls["detected"])
+            if keep_classes and r.extra.get("sources") is not None:  # heard sources: each grounded one's own map
+                has_sources = True
+                for h in r.extra["sources"]:
+                    if h["map"] is not None:
+                        src_maps.append(np.asarray(h["map"], np.float16))
+                        src_meta.append((len(records) - 1, str(h["label"]), float(h["score"])))
             work = works.pop(r.index, None)
             if work is not None:
                 thumbs.append(_thumb(work, r, rec, src_wh, cfg))
@@ -443,6 +458,12 @@ def analyse_video(
         analysis.class_maps = cls_sink.array((n, len(cls_probs[0]), map_wh[1], map_wh[0]))
         analysis.class_probabilities = np.stack(cls_probs).astype(np.float32)
         analysis.class_detected = np.stack(cls_det)
+    if has_sources:
+        analysis.source_maps = (np.stack(src_maps) if src_maps
+                                else np.zeros((0, map_wh[1], map_wh[0]), np.float16))
+        analysis.source_frames = np.asarray([m[0] for m in src_meta], np.int64)
+        analysis.source_labels = np.asarray([m[1] for m in src_meta], dtype=str)
+        analysis.source_scores = np.asarray([m[2] for m in src_meta], np.float32)
     return analysis
 
 
@@ -533,14 +554,22 @@ def write_overlay_video(analysis: VideoAnalysis, tmp: Path, progress: bool = Fal
 
 
 def write_heatmaps(analysis: VideoAnalysis, tmp: Path) -> None:
-    """``NAME.heatmaps.npz``: ``times``, ``maps`` and, for class-aware methods, ``class_maps`` /
-    ``class_probabilities`` / ``class_detected``."""
+    """``NAME.heatmaps.npz``: ``times``, ``maps``; for class-aware methods ``class_maps`` /
+    ``class_probabilities`` / ``class_detected``; for methods grounding several heard sources ``source_maps``
+    (K, H, W), ``source_frames`` (K,) index into ``maps``, ``source_labels``, ``source_scores``."""
     arrays: dict[str, np.ndarray] = {"times": analysis.times, "maps": analysis.maps}
     if analysis.class_maps is not None:
         assert analysis.class_probabilities is not None and analysis.class_detected is not None
         arrays["class_maps"] = analysis.class_maps
         arrays["class_probabilities"] = analysis.class_probabilities
         arrays["class_detected"] = analysis.class_detected
+    if analysis.source_maps is not None:
+        assert analysis.source_frames is not None and analysis.source_labels is not None
+        assert analysis.source_scores is not None
+        arrays["source_maps"] = analysis.source_maps
+        arrays["source_frames"] = analysis.source_frames
+        arrays["source_labels"] = analysis.source_labels
+        arrays["source_scores"] = analysis.source_scores
     with open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
 
