@@ -12,47 +12,10 @@ import pytest
 from avloc.cli.main import main
 from avloc.data.synthetic import DemoClip, DemoClipConfig, write_demo_clip, write_test_clip
 from avloc.inference.check import score_records
+from avloc.io.jsonschema import validate
 from avloc.io.media import probe, write_video
 
 SCHEMA = Path(__file__).resolve().parents[1] / "src" / "avloc" / "inference" / "schema.json"
-_TYPES: dict[str, Any] = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
-
-
-def validate(doc: Any, schema: dict[str, Any], where: str = "$") -> list[str]:
-    """The JSON-Schema subset schema.json uses: type, required, properties, items, enum, (exclusive)minimum/maximum."""
-    errs: list[str] = []
-    types = schema.get("type")
-    if types is not None:
-        types = [types] if isinstance(types, str) else types
-        ok = False
-        for t in types:
-            if t == "integer":
-                ok |= isinstance(doc, int) and not isinstance(doc, bool)
-            elif t == "number":
-                ok |= isinstance(doc, int | float) and not isinstance(doc, bool)
-            else:
-                ok |= isinstance(doc, _TYPES[t])
-        if not ok:
-            return [f"{where}: {type(doc).__name__} is not {types}"]
-    if "enum" in schema and doc not in schema["enum"]:
-        errs.append(f"{where}: {doc!r} not in {schema['enum']}")
-    if isinstance(doc, int | float) and not isinstance(doc, bool):
-        if "minimum" in schema and doc < schema["minimum"]:
-            errs.append(f"{where}: {doc} < {schema['minimum']}")
-        if "maximum" in schema and doc > schema["maximum"]:
-            errs.append(f"{where}: {doc} > {schema['maximum']}")
-        if "exclusiveMinimum" in schema and doc <= schema["exclusiveMinimum"]:
-            errs.append(f"{where}: {doc} <= {schema['exclusiveMinimum']}")
-    if isinstance(doc, dict):
-        errs += [f"{where}: missing {k!r}" for k in schema.get("required", []) if k not in doc]
-        for k, sub in schema.get("properties", {}).items():
-            if k in doc:
-                errs += validate(doc[k], sub, f"{where}.{k}")
-    if isinstance(doc, list) and "items" in schema:
-        for i, v in enumerate(doc):
-            errs += validate(v, schema["items"], f"{where}[{i}]")
-    return errs
-
 
 def check_schema(doc: dict[str, Any]) -> None:
     errs = validate(doc, json.loads(SCHEMA.read_text()))
