@@ -135,7 +135,7 @@ def read_input_list(path: Path) -> list[Path]:
                 raise DataError(f"{path}:{n}: not JSON ({e.msg})") from None
             if not isinstance(entry, dict) or not isinstance(entry.get("path", entry.get("video")), str):
                 raise DataError(f"{path}:{n}: an entry needs a 'path' or 'video' string")
-            s = entry.get("path", entry.get("video"))
+            s = str(entry.get("path", entry.get("video")))
         p = Path(s)
         out.append(p if p.is_absolute() else path.parent / p)
     if not out:
@@ -213,7 +213,8 @@ class RunLog:
     def __init__(self, out_dir: Path, command: list[str], config: dict[str, Any], states: list[InputState]) -> None:
         self.path = out_dir / RUN_FILE
         self.command, self.config, self.states = command, config, states
-        self.started, self.finished = _now(), None
+        self.started: str = _now()
+        self.finished: str | None = None
 
     def document(self) -> dict[str, Any]:
         return {"version": RUN_VERSION, "command": self.command, "config": self.config, "started": self.started,
@@ -576,7 +577,7 @@ def _run_ray(todo: list[_Todo], states: list[InputState], out: Path, cfg: Locali
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # its own progress lines: the run has one bar
         threads = batch.threads_per_worker or torch.get_num_threads()
         rows = [{"index": t.index, "input": str(t.path), "force": t.force} for t in todo]
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+        ds: Any = ray.data.from_items(rows, override_num_blocks=len(rows))
         # max_retries only differs from the actors' options so that Ray Data does not fuse decoding into the
         # actors: decode tasks and model actors then run side by side (decode overlaps the model)
         ds = ds.map(_decode_task, fn_kwargs={"model_cfg": model_cfg, "cfg": cfg}, num_cpus=1, max_retries=1)
