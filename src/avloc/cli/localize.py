@@ -19,6 +19,8 @@ def add_parser(sub: Any, name: str) -> None:
     c.add_argument("--workers", type=int, default=None, metavar="N",
                    help="N model workers on Ray (pip install 'avloc[ray]'); 0: one after another, no Ray")
     c.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT", help="join this Ray cluster (default: local)")
+    c.add_argument("--batch-across-videos", action="store_true",
+                   help="fill the model's batches with frames of several videos (GPU; equal to float rounding)")
     c.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G", help="GPUs per Ray model worker")
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help="checkpoint path, zoo name or training-free method (default: embedded default)")
@@ -63,10 +65,10 @@ def run_collection(args: argparse.Namespace, cfg: Any) -> int:
     from avloc.inference.batch import run_collection as run_all
 
     batch = BatchConfig(workers=args.workers or 0, ray_address=args.ray_address, gpus_per_worker=args.gpus_per_worker,
-                        force=args.force, progress=not args.quiet)
+                        across_videos=args.batch_across_videos, force=args.force, progress=not args.quiet)
     batch.validate()
     spec = ModelSpec(None if args.visual_only else (args.model or DEFAULT_MODEL), args.audio_tagger, args.device)
-    states = run_all(args.inputs, args.out, cfg, spec, batch, command=["avloc", *sys.argv[1:]])
+    states = run_all(args.inputs, args.out, cfg, spec, batch, command=["avloc", *getattr(args, "argv", sys.argv[1:])])
     return exit_status(states)
 
 

@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     first = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(first if first in COMMANDS else None)
     args = parser.parse_args(argv)
+    args.argv = argv  # recorded next to a run's outputs (run.json)
     _log_to_stderr()
     previous = _exit_on_sigterm()
     try:

@@ -7,8 +7,10 @@
 **Running**: ``workers=0`` runs the inputs one after another in this process (no Ray import).
 ``workers=N`` runs one Ray Data pipeline (:func:`_run_ray`): decoding (:func:`~avloc.inference.pipeline.decode_video`)
 in CPU tasks; the model in ``N`` actors (``ActorPoolStrategy``, ``gpus_per_worker`` GPUs each) that get
-``videos_per_call`` decoded videos per call and, for per-frame map sources, batch their frames *across
-videos* (:func:`maps_across_videos`); each actor then writes each video's outputs exactly as the sequential
+``videos_per_call`` decoded videos per call and, with ``across_videos`` and a per-frame map source, batch
+their frames *across videos* (:func:`maps_across_videos`; outputs then equal the sequential path's to float
+rounding, see :class:`BatchConfig`; without it each video's frames run in the sequential path's chunks and the
+outputs are byte-identical); each actor then writes each video's outputs exactly as the sequential
 path does (:func:`~avloc.inference.pipeline.write_outputs`, one transaction per video). Ray is started
 locally (``ray.init(num_cpus=..., include_dashboard=False, log_to_driver=False)``) unless ``ray_address``
 (``auto`` or ``HOST:PORT``) names a cluster to join, whose nodes must have avloc installed.
@@ -78,6 +80,11 @@ class BatchConfig:
     #: byte-identical to the sequential path (CPU kernels sum in another order with another thread count)
     #: at the price of oversubscribed cores when N workers share a small machine
     threads_per_worker: int = 0
+    #: batch frames across the videos of a call (per-frame sources): fuller batches (a GPU's gain), but a
+    #: frame then shares its batch with other videos' frames and CPU kernels may round differently, so the
+    #: maps agree with the sequential path to float precision, not byte for byte; off: each video's frames
+    #: in the sequential path's chunks (byte-identical outputs)
+    across_videos: bool = False
     force: bool = False  # redo every input
     progress: bool = True
 
@@ -498,14 +505,14 @@ def _decode_task(row: dict[str, Any], model_cfg: Any, cfg: LocalizeConfig) -> di
 class _LocalizeActor:
     """Ray actor: the model, loaded once; analyses and writes the decoded videos it is given."""
 
-    def __init__(self, spec: ModelSpec, cfg: LocalizeConfig, out_dir: str, threads: int) -> None:
+    def __init__(self, spec: ModelSpec, cfg: LocalizeConfig, out_dir: str, threads: int, across_videos: bool) -> None:
         import torch
 
         from avloc.inference.pipeline import make_source
 
         if threads:
             torch.set_num_threads(threads)
-        self.spec, self.cfg, self.out_dir = spec, cfg, Path(out_dir)
+        self.spec, self.cfg, self.out_dir, self.across = spec, cfg, Path(out_dir), across_videos
         self.model, self.tagger = spec.load()
         self.source = make_source(self.model, cfg)
 
@@ -515,7 +522,7 @@ class _LocalizeActor:
         rows = [dict(zip(batch, vals)) for vals in zip(*batch.values())]
         decoded = {i: pickle.loads(r["payload"]) for i, r in enumerate(rows) if not r["error"]}
         shared: dict[int, SourceOutput] = {}
-        if decoded and batchable(self.source, self.tagger):
+        if self.across and decoded and batchable(self.source, self.tagger):
             try:
                 outs = maps_across_videos(self.source, list(decoded.values()), self.cfg.batch_size, self.cfg.device)
                 shared = dict(zip(decoded, outs))
@@ -582,7 +589,8 @@ def _run_ray(todo: list[_Todo], states: list[InputState], out: Path, cfg: Locali
         # actors: decode tasks and model actors then run side by side (decode overlaps the model)
         ds = ds.map(_decode_task, fn_kwargs={"model_cfg": model_cfg, "cfg": cfg}, num_cpus=1, max_retries=1)
         ds = ds.map_batches(
-            _LocalizeActor, fn_constructor_kwargs={"spec": spec, "cfg": cfg, "out_dir": str(out), "threads": threads},
+            _LocalizeActor, fn_constructor_kwargs={"spec": spec, "cfg": cfg, "out_dir": str(out), "threads": threads,
+                                                    "across_videos": batch.across_videos},
             compute=ray.data.ActorPoolStrategy(size=batch.workers), batch_size=batch.videos_per_call,
             num_cpus=1, num_gpus=batch.gpus_per_worker or None, batch_format="numpy",
         )
