@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from avloc.errors import ConfigError, DataError, describe_error
+from avloc.errors import REPORT_LINE, ConfigError, DataError, describe_error
 from avloc.inference.config import LocalizeConfig
 from avloc.inference.sources import SourceOutput
 
@@ -364,7 +364,7 @@ class _Todo:
 def _failure(e: BaseException) -> tuple[str, bool]:
     """(one-line reason, is a bug)."""
     msg = describe_error(e)
-    return (msg, False) if msg is not None else (f"{type(e).__name__}: {e} (a bug: please report it)", True)
+    return (msg, False) if msg is not None else (f"{REPORT_LINE} ({type(e).__name__}: {e})", True)
 
 
 def run_collection(
@@ -461,6 +461,8 @@ def _run_sequential(todo: list[_Todo], states: list[InputState], out: Path, cfg:
         except Exception as e:  # per-input isolation: the other inputs still run
             st.status, st.seconds = "failed", None
             st.error, st.bug = _failure(e)
+            if st.bug:
+                log.error("%s: unexpected error", st.input, exc_info=e)
             if st.input not in st.error:
                 st.error = f"{st.input}: {st.error}"
         else:
@@ -542,6 +544,10 @@ class _LocalizeActor:
                     outputs = json.dumps({k: p.name for k, p in lr.outputs.items()})
                 except Exception as e:
                     error, bug = _failure(e)
+                    if bug:  # the traceback, since the actor's log does not reach the driver
+                        import traceback
+
+                        error += " | " + " ".join(traceback.format_exception(e)[-3:]).replace("\n", " ")
             for k, v in zip(res, (int(r["index"]), status, error, bug, outputs,
                                   round(float(r["decode_seconds"]) + time.perf_counter() - t0, 3), frames)):
                 res[k].append(v)
