@@ -136,9 +136,12 @@ def test_folder_with_a_corrupt_file(tmp_path, capsys) -> None:
     rc = main(["localize", "--model", "avsync-objectness", str(src), "--out", str(tmp_path / "o"), "--no-overlay", "--quiet"])
     cap = capsys.readouterr()
     err = cap.err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "b.mp4" in err[0]
+    # a collection run (issue 20): one error line for b, then the summary naming it again
+    assert rc == 2 and sum("b.mp4" in e and "error:" in e for e in err) == 1, err
+    assert "2 input(s): 1 done, 0 skipped, 1 failed" in cap.err and any(e.startswith("  failed: ") and "b.mp4" in e for e in err)
     assert (tmp_path / "o" / "a.avloc.json").exists() and (tmp_path / "o" / "a.sheet.png").exists()
     assert not list((tmp_path / "o").glob("b.*")) and not list((tmp_path / "o").glob(".*"))  # no temp files left
+    assert json.loads((tmp_path / "o" / "run.json").read_text())["inputs"][1]["status"] == "failed"
 
 
 def _vfr(path: Path, width: int = 96, height: int = 64) -> Path:

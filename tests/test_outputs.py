@@ -187,7 +187,8 @@ def test_os_error_and_bug_on_some_inputs_do_not_stop_the_batch(tmp_path, capsys,
     assert rc == 1  # a bug among the failures
     assert "b.mp4: Input/output error" in err and "Traceback" in err and "RuntimeError: a bug" in err
     assert "c.mp4: this is a bug in avloc: please report it" in err
-    assert {p.name for p in (tmp_path / "o").iterdir()} == {"a.avloc.json", "a.sheet.png", "d.avloc.json", "d.sheet.png"}
+    assert {p.name for p in (tmp_path / "o").iterdir()} == {"a.avloc.json", "a.sheet.png", "d.avloc.json", "d.sheet.png",
+                                                          "run.json"}  # a collection run (issue 20)
 
 
 def test_unexpected_error_prints_traceback_and_report_line(capsys, monkeypatch) -> None:

@@ -9,14 +9,19 @@ from typing import Any
 
 from avloc.errors import ConfigError
 
-#: file extensions picked up when an INPUT is a folder
-VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".wmv", ".ts", ".3gp"}
-
 
 def add_parser(sub: Any, name: str) -> None:
     p = sub.add_parser(name, help=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files or folders of videos")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="video files, folders of videos, a .txt of paths or a .jsonl manifest (path/video keys)")
     p.add_argument("--out", required=True, help="output folder")
+    c = p.add_argument_group("collections (a list, several videos or --workers: DIR/run.json, resumable)")
+    c.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="N model workers on Ray (pip install 'avloc[ray]'); 0: one after another, no Ray")
+    c.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT", help="join this Ray cluster (default: local)")
+    c.add_argument("--batch-across-videos", action="store_true",
+                   help="fill the model's batches with frames of several videos (GPU; equal to float rounding)")
+    c.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G", help="GPUs per Ray model worker")
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help="checkpoint path, zoo name or training-free method (default: embedded default)")
     g.add_argument("--combine", choices=["none", "synchrony"], default="none",
@@ -31,43 +36,40 @@ def add_parser(sub: Any, name: str) -> None:
     o = p.add_argument_group("outputs")
     o.add_argument("--save-heatmaps", action="store_true", help="also write NAME.heatmaps.npz")
     o.add_argument("--no-overlay", action="store_true", help="skip the overlay video (faster)")
-    o.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    o.add_argument("--force", action="store_true", help="overwrite existing outputs (collections: redo every input)")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """Files as given, folders expanded to their video files (sorted); returns (files, errors).
+    """Files as given, folders expanded, lists read (:func:`avloc.inference.batch.collect_inputs`); (files, errors)."""
+    from avloc.inference.batch import collect_inputs
 
-    Folder expansion skips hidden and temporary files (:func:`avloc.io.outputs.is_temporary_name`:
-    what a killed run, an editor or a download left); an explicit input inside an avloc
-    temporary folder is refused.
-    """
-    from avloc.io.outputs import is_avloc_temporary, is_temporary_name
+    files, errors = collect_inputs(inputs)
+    return files, [e for _, e in errors]
 
-    files: list[Path] = []
-    errors: list[str] = []
-    for s in inputs:
-        p = Path(s)
-        if p.is_dir():
-            try:
-                found = sorted(
-                    f for f in p.iterdir()
-                    if f.suffix.lower() in VIDEO_EXTENSIONS and not is_temporary_name(f.name) and f.is_file()
-                )
-            except OSError as e:
-                from avloc.errors import describe_os_error
 
-                errors.append(describe_os_error(e))
-                continue
-            if not found:
-                errors.append(f"{p}: folder has no video files ({', '.join(sorted(VIDEO_EXTENSIONS))})")
-            files.extend(found)
-        elif is_avloc_temporary(p):
-            errors.append(f"{p}: a temporary file of an interrupted avloc run, not an input (the next run on it removes it)")
-        else:
-            files.append(p)
-    return files, errors
+def is_collection(args: argparse.Namespace) -> bool:
+    """A list file, several videos or ``--workers``: the resumable collection runner (DIR/run.json)."""
+    from avloc.inference.batch import is_input_list
+
+    if args.workers is not None or len(args.inputs) > 1:
+        return True
+    p = Path(args.inputs[0])
+    return is_input_list(p) or (p.is_dir() and len(expand_inputs([str(p)])[0]) > 1)
+
+
+def run_collection(args: argparse.Namespace, cfg: Any) -> int:
+    from avloc.inference import DEFAULT_MODEL
+    from avloc.inference.batch import BatchConfig, ModelSpec, exit_status
+    from avloc.inference.batch import run_collection as run_all
+
+    batch = BatchConfig(workers=args.workers or 0, ray_address=args.ray_address, gpus_per_worker=args.gpus_per_worker,
+                        across_videos=args.batch_across_videos, force=args.force, progress=not args.quiet)
+    batch.validate()
+    spec = ModelSpec(None if args.visual_only else (args.model or DEFAULT_MODEL), args.audio_tagger, args.device)
+    states = run_all(args.inputs, args.out, cfg, spec, batch, command=["avloc", *getattr(args, "argv", sys.argv[1:])])
+    return exit_status(states)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
     )
     cfg.validate()
+    if args.visual_only and (args.model is not None or args.audio_tagger is not None):
+        raise ConfigError("--visual-only uses the object prior alone: do not combine it with --model or --audio-tagger")
+    if is_collection(args):
+        return run_collection(args, cfg)
     model = None
     name = None
     tagger = None

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     first = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(first if first in COMMANDS else None)
     args = parser.parse_args(argv)
+    args.argv = argv  # recorded next to a run's outputs (run.json)
     _log_to_stderr()
     previous = _exit_on_sigterm()
     try:
@@ -84,11 +85,23 @@ def _log_to_stderr() -> None:
     """The library logs through ``logging`` (logger ``avloc``); the CLI shows its INFO messages on stderr."""
     log = logging.getLogger("avloc")
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+
+
+class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (it may be replaced after the handler was made)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
 
 
 class Terminated(BaseException):

@@ -336,10 +336,12 @@ class VideoAnalysis:
                           self.records, self.duration, secs, self.onscreen_fraction, self.tagger)
 
 
-def check_video(path: Path, model: LocalizationMethod | None, cfg: LocalizeConfig, tagger: Any) -> MediaInfo:
-    """Probe ``path`` and refuse what cannot be analysed (no pictures, too small, no audio, bad combination)."""
+def check_video(path: Path, model: LocalizationMethod | None, cfg: LocalizeConfig, tagger: Any,
+                info: MediaInfo | None = None) -> MediaInfo:
+    """Probe ``path`` (unless ``info`` is given) and refuse what cannot be analysed (no pictures, too small, no
+    audio, bad combination)."""
     cfg.validate()
-    info: MediaInfo = probe(path)
+    info = probe(path) if info is None else info
     if not info.has_video or not info.width or not info.height:
         raise MediaError(f"{path}: no video stream (avloc localize needs pictures)")
     if min(info.width, info.height) < MIN_VIDEO_SIDE:
@@ -358,6 +360,62 @@ def wanted_outputs(path: str | Path, out_dir: str | Path, cfg: LocalizeConfig) -
     return {k: v for k, v in output_paths(path, out_dir).items() if k in wanted}
 
 
+@dataclass
+class RawFrame:
+    """One analysed frame as decoded: working-size picture and the audio window centred on it."""
+
+    index: int
+    time: float
+    source_time: float
+    image: np.ndarray  # (h, w, 3) uint8, working size
+    audio: np.ndarray  # (N,) float32 window at the model's rate (zeros without audio)
+    rms_db: float | None
+
+
+@dataclass
+class DecodedVideo:
+    """What :func:`decode_video` read from one video: its probe and every analysed frame (:class:`RawFrame`)."""
+
+    input: Path
+    info: MediaInfo
+    frames: list[RawFrame]
+
+
+def iter_raw_frames(path: Path, info: MediaInfo, cfg: LocalizeConfig, sample_rate: int, window: float,
+                    work_wh: tuple[int, int]) -> Iterator[RawFrame]:
+    """Decode ``path`` at ``cfg.fps`` and working size, each frame with its audio window (streamed)."""
+    from avloc.io.media import AudioStream
+
+    n_win = max(1, round(window * sample_rate))
+    with contextlib.ExitStack() as stack:
+        audio = (stack.enter_context(AudioStream(path, sample_rate))
+                 if info.has_audio and not cfg.visual_only else None)
+        for fr in iter_frames(path, fps=cfg.fps, size=work_wh):
+            if audio is not None:
+                aw = audio.window(fr.time, window)
+                db: float | None = rms_db(aw)
+            else:
+                aw, db = np.zeros(n_win, np.float32), None
+            yield RawFrame(fr.index, fr.time, fr.source_time, fr.image, aw, db)
+
+
+def decode_video(path: str | Path, model_cfg: Any, cfg: LocalizeConfig) -> DecodedVideo:
+    """Probe, check and decode one video for :func:`analyse_video` (``decoded=``): the CPU half of the analysis.
+
+    ``model_cfg``: the map source's model config (its ``image`` and ``audio`` preprocessing). Holds every
+    analysed frame in memory (working size, uint8), so it suits short clips (the batch runner's decode tasks).
+    """
+    path = Path(path)
+    info = check_video(path, None, cfg, None)  # the model/tagger combination is checked where they are loaded
+    window = cfg.window_seconds if cfg.window_seconds is not None else model_cfg.audio.window_seconds
+    assert info.width and info.height  # check_video
+    work_wh = working_size(info.width, info.height, model_cfg.image)
+    frames = list(iter_raw_frames(path, info, cfg, model_cfg.audio.sample_rate, window, work_wh))
+    if not frames:
+        raise MediaError(f"{path}: no frames to analyse at {cfg.fps} fps")
+    return DecodedVideo(path, info, frames)
+
+
 def analyse_video(
     path: str | Path,
     model: LocalizationMethod | None,
@@ -367,17 +425,23 @@ def analyse_video(
     tagger: Any = None,
     progress: bool = True,
     scratch: Path | None = None,
+    decoded: DecodedVideo | None = None,
+    source: Any = None,
 ) -> VideoAnalysis:
     """Analyse one video (pass 1 of the module doc) -> :class:`VideoAnalysis`, writing no output.
 
     ``scratch``: a folder for the maps (memory-mapped files), so memory stays flat in the video's length;
-    ``None`` keeps them in memory. Raises :class:`avloc.errors.MediaError` for unreadable inputs, a missing
+    ``None`` keeps them in memory. ``decoded``: the frames and audio windows :func:`decode_video` read
+    elsewhere (a Ray decode task, :mod:`avloc.inference.batch`), used instead of decoding here; ``source``: the
+    map source to use instead of one made from ``model`` (the batch runner's frames-across-videos source).
+    Raises :class:`avloc.errors.MediaError` for unreadable inputs, a missing
     audio track (unless ``cfg.visual_only``) or a video without frames at ``cfg.fps``.
     """
     t_start = time.perf_counter()
     path = Path(path)
-    info = check_video(path, model, cfg, tagger)
-    source: Any = make_source(model, cfg)
+    info = check_video(path, model, cfg, tagger, info=None if decoded is None else decoded.info)
+    if source is None:
+        source = make_source(model, cfg)
     image_cfg: ImageConfig = source.model.cfg.image
     audio_cfg = source.model.cfg.audio
     window = cfg.window_seconds if cfg.window_seconds is not None else audio_cfg.window_seconds
@@ -390,7 +454,7 @@ def analyse_video(
 
     # Memory flat in the video's length: the analysis streams the audio at the model's rate
     # (AudioStream holds a few windows); the overlay streams the source's audio (iter_audio).
-    from avloc.io.media import AudioStream, decode_audio
+    from avloc.io.media import decode_audio
 
     if tagger is not None and info.has_audio:  # semantic mode: the whole track once, at YAMNet's rate
         from avloc.inference.semantic import YAMNET_RATE
@@ -399,19 +463,13 @@ def analyse_video(
         source = tagger.wrap(source)
 
     def items() -> Iterator[_Item]:
-        n_win = max(1, round(window * audio_cfg.sample_rate))
-        with contextlib.ExitStack() as stack:
-            audio = (stack.enter_context(AudioStream(path, audio_cfg.sample_rate))
-                     if info.has_audio and not cfg.visual_only else None)
-            for fr in iter_frames(path, fps=cfg.fps, size=work_wh):
-                img = torch.from_numpy(fr.image).permute(2, 0, 1)  # (3, h, w) uint8
-                x = preprocess_image(img, image_cfg)  # (3, S, S) in [0, 1]
-                if audio is not None:
-                    aw = audio.window(fr.time, window)
-                    db: float | None = rms_db(aw)
-                else:
-                    aw, db = np.zeros(n_win, np.float32), None
-                yield _Item(fr.index, fr.time, fr.source_time, x, aw, db, fr.image if fr.index in sheet_idx else None)
+        raws = (decoded.frames if decoded is not None
+                else iter_raw_frames(path, info, cfg, audio_cfg.sample_rate, window, work_wh))
+        for fr in raws:
+            img = torch.from_numpy(fr.image).permute(2, 0, 1)  # (3, h, w) uint8
+            x = preprocess_image(img, image_cfg)  # (3, S, S) in [0, 1]
+            yield _Item(fr.index, fr.time, fr.source_time, x, fr.audio, fr.rms_db,
+                        fr.image if fr.index in sheet_idx else None)
 
     keep_classes = cfg.save_heatmaps
     maps_sink, cls_sink = _MapSink(scratch, "maps"), _MapSink(scratch, "classmaps")

@@ -1,0 +1,205 @@
+"""Issue 20: collections (run.json, resuming, one bad input, lists), Ray with 2 workers = sequential, the API."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avloc.cli.main import main
+from avloc.data.synthetic import write_test_clip
+from avloc.inference.schema_check import validate
+
+FAST = ["--model", "avsync-objectness", "--no-overlay", "--quiet"]
+N_CLIPS = 6
+HAS_RAY = importlib.util.find_spec("ray") is not None and importlib.util.find_spec("pandas") is not None
+
+
+def _clip(path: Path, seed: int, frames: int = 20) -> Path:
+    rng = np.random.default_rng(seed)
+    pics = [np.clip(rng.normal(120, 40, (72, 96, 3)), 0, 255).astype(np.uint8) for _ in range(frames)]
+    wav = (0.2 * rng.standard_normal(frames * 1600)).astype(np.float32)
+    return write_test_clip(path, pics, 10, wav, 16000)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("clips")
+    for k in range(N_CLIPS):
+        _clip(d / f"c{k}.mp4", k)
+    return d
+
+
+@pytest.fixture(scope="module")
+def sequential(clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("seq")
+    assert main(["localize", str(clips), "--out", str(out), "--save-heatmaps", *FAST]) == 0
+    return out
+
+
+def _run(out: Path) -> dict:
+    return json.loads((out / "run.json").read_text())
+
+
+def test_run_json_and_valid_outputs(sequential: Path) -> None:
+    run = _run(sequential)
+    assert run["version"] == 1 and run["command"][:2] == ["avloc", "localize"] and run["finished"]
+    assert run["config"]["fps"] == 5.0 and run["config"]["model"] == "avsync-objectness"
+    assert [s["stem"] for s in run["inputs"]] == [f"c{k}" for k in range(N_CLIPS)]
+    for s in run["inputs"]:
+        assert s["status"] == "done" and s["error"] is None and s["seconds"] > 0
+        assert set(s["outputs"]) == {"json", "sheet", "heatmaps"}
+        doc = json.loads((sequential / s["outputs"]["json"]).read_text())
+        assert not validate(doc) and len(doc["frames"]) == 10
+
+
+def test_rerun_skips_finished_and_redoes_partial(sequential: Path, clips: Path, tmp_path: Path, caplog) -> None:
+    out = tmp_path / "o"
+    shutil.copytree(sequential, out)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    (out / "c2.sheet.png").unlink()  # a partial set: redone (replacing it needs no --force)
+    (out / "c3.avloc.json").write_text('{"schema_version": 1}')  # an invalid JSON: redone
+    assert main(["localize", str(clips), "--out", str(out), "--save-heatmaps", *FAST]) == 0
+    st = {s["stem"]: s["status"] for s in _run(out)["inputs"]}
+    assert st == {"c0": "skipped", "c1": "skipped", "c2": "done", "c3": "done", "c4": "skipped", "c5": "skipped"}
+    for k in (0, 1, 4, 5):
+        assert (out / f"c{k}.avloc.json").stat().st_mtime_ns == mtimes[f"c{k}.avloc.json"]
+    assert (out / "c2.sheet.png").exists() and not validate(json.loads((out / "c3.avloc.json").read_text()))
+    assert "6 input(s): 2 done, 4 skipped, 0 failed" in caplog.text
+
+
+def test_other_configuration_needs_force(sequential: Path, clips: Path, tmp_path: Path, caplog) -> None:
+    out = tmp_path / "o"
+    shutil.copytree(sequential, out)
+    assert main(["localize", str(clips / "c0.mp4"), str(clips / "c1.mp4"), "--out", str(out), "--fps", "3", *FAST]) == 2
+    assert "made with fps=5.0, not 3.0; pass --force" in caplog.text
+    assert main(["localize", str(clips / "c0.mp4"), str(clips / "c1.mp4"), "--out", str(out), "--fps", "3",
+                 "--force", *FAST]) == 0
+    assert [s["status"] for s in _run(out)["inputs"]] == ["done", "done"]
+
+
+def test_a_corrupt_input_is_reported_and_the_rest_finish(clips: Path, tmp_path: Path, caplog) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    for k in (0, 1):
+        shutil.copy(clips / f"c{k}.mp4", d)
+    (d / "bad.mp4").write_bytes(b"not a video at all" * 100)
+    out = tmp_path / "o"
+    assert main(["localize", str(d), "--out", str(out), *FAST]) == 2
+    st = {s["stem"]: s for s in _run(out)["inputs"]}
+    assert st["bad"]["status"] == "failed" and "bad.mp4" in st["bad"]["error"] and "\n" not in st["bad"]["error"]
+    assert st["c0"]["status"] == st["c1"]["status"] == "done"
+    assert "3 input(s): 2 done, 0 skipped, 1 failed" in caplog.text and "  failed: " in caplog.text
+
+
+def test_txt_and_jsonl_lists(clips: Path, tmp_path: Path) -> None:
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"# two clips\n{clips / 'c0.mp4'}\n\n{clips / 'c1.mp4'}\n")
+    man = tmp_path / "sub" / "m.jsonl"
+    man.parent.mkdir()
+    shutil.copy(clips / "c2.mp4", man.parent / "c2.mp4")
+    man.write_text(json.dumps({"path": "c2.mp4"}) + "\n" + json.dumps({"video": str(clips / "c3.mp4")}) + "\n")
+    out = tmp_path / "o"
+    assert main(["localize", str(lst), str(man), "--out", str(out), *FAST]) == 0
+    assert [s["stem"] for s in _run(out)["inputs"]] == ["c0", "c1", "c2", "c3"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1}\n')
+    assert main(["localize", str(bad), "--out", str(tmp_path / "o2"), *FAST]) == 2
+
+
+def test_sigkill_midway_then_rerun_completes_without_redoing(clips: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    cmd = [sys.executable, "-m", "avloc.cli.main", "localize", str(clips), "--out", str(out), *FAST]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "c0.avloc.json").exists():
+            assert p.poll() is None and time.monotonic() < deadline, "the run ended before its first output"
+            time.sleep(0.05)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    finally:
+        if p.poll() is None:
+            p.kill()
+    killed = _run(out)
+    assert killed["finished"] is None
+    first = (out / "c0.avloc.json").stat().st_mtime_ns
+    done_before = {s["stem"] for s in killed["inputs"] if s["status"] == "done"}
+    assert "c0" in done_before and len(done_before) < N_CLIPS
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    run = _run(out)
+    assert run["finished"] is not None and (out / "c0.avloc.json").stat().st_mtime_ns == first
+    st = {s["stem"]: s["status"] for s in run["inputs"]}
+    assert all(st[s] == "skipped" for s in done_before) and all(v in ("done", "skipped") for v in st.values())
+    assert not any(e.name.startswith(".") for e in out.iterdir())  # the killed run's temporaries are gone
+
+
+def test_api_round_trip(clips: Path, tmp_path: Path) -> None:
+    import avloc
+
+    res = avloc.localize(clips / "c0.mp4", model="avsync-objectness", fps=5, save_heatmaps=True, overlay=False)
+    assert len(res.times) == len(res.frames) == res.maps.shape[0] == 10 and len(res.boxes) == 10
+    assert json.loads(res.to_json()) == res.document and res.summary["analysed_frames"] == 10
+    paths = res.save(tmp_path / "o")
+    assert set(paths) == {"json", "sheet", "heatmaps"}
+    [back] = avloc.load_results(tmp_path / "o")
+    assert back.frames == res.frames and np.array_equal(back.maps, res.maps)
+    ov = res.overlay(tmp_path / "ov.mp4")
+    assert ov.stat().st_size > 0
+    arr = avloc.localize(np.zeros((10, 48, 64, 3), np.uint8), model="avsync-objectness", video_fps=10,
+                         audio=np.zeros(16000, np.float32))
+    assert len(arr.frames) == 5
+    with pytest.raises(Exception, match="unknown option"):
+        avloc.localize(clips / "c0.mp4", model="avsync-objectness", no_such_option=1)
+
+
+def test_load_results_of_a_run(sequential: Path) -> None:
+    import avloc
+
+    res = avloc.load_results(sequential)
+    assert [Path(r.input).stem for r in res] == [f"c{k}" for k in range(N_CLIPS)]
+    assert all(r.maps is not None and r.maps.shape[0] == len(r.frames) for r in res)
+
+
+@pytest.mark.skipif(not HAS_RAY, reason="Ray is not installed (pip install 'avloc[ray]')")
+def test_ray_two_workers_equals_sequential(sequential: Path, clips: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ray"
+    assert main(["localize", str(clips), "--out", str(out), "--save-heatmaps", "--workers", "2", *FAST]) == 0
+    run = _run(out)
+    assert run["config"]["workers"] == 2 and all(s["status"] == "done" for s in run["inputs"])
+    for k in range(N_CLIPS):
+        a = json.loads((sequential / f"c{k}.avloc.json").read_text())
+        b = json.loads((out / f"c{k}.avloc.json").read_text())
+        assert a["frames"] == b["frames"] and a["outputs"] == b["outputs"]
+        with np.load(sequential / f"c{k}.heatmaps.npz") as ha, np.load(out / f"c{k}.heatmaps.npz") as hb:
+            assert np.array_equal(ha["maps"], hb["maps"]) and np.array_equal(ha["times"], hb["times"])
+        assert (sequential / f"c{k}.sheet.png").read_bytes() == (out / f"c{k}.sheet.png").read_bytes()
+    # frames batched across videos: the same maps to float16 rounding
+    out2 = tmp_path / "ray2"
+    assert main(["localize", str(clips), "--out", str(out2), "--save-heatmaps", "--workers", "2",
+                 "--batch-across-videos", *FAST]) == 0
+    for k in range(N_CLIPS):
+        with np.load(sequential / f"c{k}.heatmaps.npz") as ha, np.load(out2 / f"c{k}.heatmaps.npz") as hb:
+            np.testing.assert_allclose(ha["maps"].astype(np.float32), hb["maps"].astype(np.float32), atol=2e-3)
+    # a bad input on the Ray path fails alone; the finished ones are skipped
+    (tmp_path / "bad.mp4").write_bytes(b"junk" * 50)
+    rc = main(["localize", str(clips), str(tmp_path / "bad.mp4"), "--out", str(out), "--save-heatmaps",
+               "--workers", "2", *FAST])
+    st = {s["stem"]: s for s in _run(out)["inputs"]}
+    assert rc == 2 and st["bad"]["status"] == "failed" and st["bad"]["error"]
+    assert all(st[f"c{k}"]["status"] == "skipped" for k in range(N_CLIPS))
+
+
+def test_workers_options_are_checked(clips: Path, tmp_path: Path, capsys) -> None:
+    assert main(["localize", str(clips), "--out", str(tmp_path / "o"), "--gpus-per-worker", "1", *FAST]) == 2
+    assert "--gpus-per-worker needs --workers" in capsys.readouterr().err
