@@ -38,6 +38,7 @@ def add_parser(sub: Any, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from avloc.engine.train import train_from_specs
 
+    notes: list[str] = []
     res = train_from_specs(
         args.method,
         args.out,
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         force=args.force,
         dry_run=args.dry_run,
-        report=(notes := []),
+        report=notes,
     )
     if args.dry_run:
         for line in notes:

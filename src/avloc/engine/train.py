@@ -220,6 +220,10 @@ class TrainConfig:
         for name in ("val_every", "ckpt_every", "num_workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.amp_dtype not in ("float16", "bfloat16"):
+            raise ConfigError(f"train.amp_dtype must be float16 or bfloat16, got {self.amp_dtype!r}")
+        if self.compile_mode not in ("default", "reduce-overhead", "max-autotune"):
+            raise ConfigError(f"train.compile_mode must be default, reduce-overhead or max-autotune, got {self.compile_mode!r}")
 
 
 @dataclass
@@ -338,7 +342,7 @@ def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
     if cfg.schedule == "constant":
         return cfg.lr
     if cfg.schedule == "step":
-        marks = cfg.milestones or tuple(int(round(f * total)) for f in cfg.milestone_fractions)
+        marks = cfg.milestones or tuple(round(f * total) for f in cfg.milestone_fractions)
         return cfg.lr * cfg.gamma ** sum(step >= m for m in marks)
     span = max(1, total - cfg.warmup_steps)
     t = min(1.0, (step - cfg.warmup_steps) / span)
@@ -1094,7 +1098,9 @@ def dry_run_adjust(method_cfg: Any, train_cfg: TrainConfig, data_cfg: DataConfig
     if is_manifest and not Path(train_path).is_file():
         if data_cfg.prepare is None:
             raise ConfigError(f"--dry-run: {train_path} not found and the recipe names no data.prepare layout to generate")
+        # clips a little longer than the recipe's audio window (segment methods read frames across it), 25 fps
         root = write_layout_fixture(data_cfg.prepare, scratch / "data" / data_cfg.prepare, n=DRY_RUN_STEPS * batch + 2,
+                                    seconds=max(2.0, float(method_cfg.audio.window_seconds) + 0.5), fps=25.0,
                                     sample_rate=method_cfg.audio.sample_rate)
         manifest = scratch / "data" / f"{data_cfg.prepare}.jsonl"
         res = prepare(data_cfg.prepare, root, manifest)

@@ -40,7 +40,7 @@ def _clip(path: Path, i: int, seconds: float, fps: float, size: tuple[int, int],
     from avloc.data.synthetic import write_test_clip
 
     w, h = size
-    n = max(1, int(round(seconds * fps)))
+    n = max(1, round(seconds * fps))
     frames = []
     for t in range(n):
         fr = np.full((h, w, 3), 30, dtype=np.uint8)
