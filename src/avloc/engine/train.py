@@ -48,13 +48,16 @@ and RNG states -- written atomically, never pickled. ``resume=True``
 continues exactly: the same weights as an uninterrupted run, provided the
 dataset's ``__getitem__`` is deterministic per index (ours are).
 
-Distributed: run under ``torchrun --nproc_per_node N -m avloc.cli.main train
+Distributed (multi-node too, docs/training.md): run under ``torchrun --nproc_per_node N -m avloc.cli.main train
 ...``; the process group uses gloo on CPU and NCCL on CUDA, every rank gets a
 :class:`~torch.utils.data.DistributedSampler` shard of ``batch_size`` samples
 (the global batch is ``N * batch_size``; in-batch negatives stay per rank),
 gradients are averaged by :class:`~torch.nn.parallel.DistributedDataParallel`
-and rank 0 writes the run directory. AMP (``torch.autocast`` fp16 with a
-grad scaler) is used only on CUDA.
+rank 0 writes the run directory and logs loss terms all-reduced over the ranks.
+Precision (``TrainConfig.amp`` / ``amp_dtype``): fp16 autocast with a grad
+scaler or bf16 autocast, on CUDA only; on CPU the run is fp32 and says so
+(log line and ``config.json`` ``precision``). ``channels_last`` and
+``compile`` (``torch.compile``) are options.
 
 Entry point: :func:`train` (library) and :func:`train_from_specs` (what
 ``avloc train`` calls).
