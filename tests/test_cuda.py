@@ -114,3 +114,25 @@ def test_paper_size_resnet18_parity() -> None:
         cpu = model.localize(img, wav)
         gpu = model.cuda().localize(img.cuda(), wav.cuda()).cpu()
     torch.testing.assert_close(gpu, cpu, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("amp_dtype", "used"), [("float16", "fp16"), ("bfloat16", "bf16")])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_train_engine_under_amp(tmp_path: Any, amp_dtype: str, used: str, channels_last: bool) -> None:
+    """A few steps through the real train engine (avloc.engine.train.train) on CUDA, AMP as configured."""
+    import json
+
+    from avloc.engine.train import OptimConfig, TrainConfig, train
+    from test_engine import TinyAV, tiny_lvs_config
+
+    torch.manual_seed(0)
+    m = create_method("lvs", tiny_lvs_config())
+    cfg = TrainConfig(steps=STEPS, batch_size=4, optim=OptimConfig(lr=1e-3), val_every=0, ckpt_every=0, log_every=1,
+                      progress=False, feature_cache=False, device="cuda", amp=True, amp_dtype=amp_dtype,  # type: ignore[arg-type]
+                      channels_last=channels_last)
+    res = train(m, TinyAV(n=16), tmp_path / "run", cfg)
+    assert res.step == STEPS
+    run_cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert run_cfg["precision"]["used"] == used
+    recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(recs) == STEPS and all(torch.isfinite(torch.tensor(r["loss"])) for r in recs)

@@ -185,7 +185,8 @@ def read_config_file(name_or_path: str | Path, sections: tuple[str, ...] | None 
             raise ConfigError(f"{p}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
-    data.pop("description", None)  # named configs say what they are
+    data.pop("description", None)  # named configs say what they are (and, recipes, what they chose)
+    data.pop("notes", None)
     if sections is not None:
         unknown = sorted(set(data) - set(sections))
         if unknown:

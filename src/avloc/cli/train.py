@@ -19,7 +19,7 @@ from avloc.config import list_configs
 def add_parser(sub: Any, name: str) -> None:
     p = sub.add_parser(name, help="train a method", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to train")
-    g.add_argument("--method", help="registered method name (taken from RUN_DIR/config.json with --resume)")
+    g.add_argument("--method", help="registered method name (taken from RUN_DIR/config.json with --resume, or from a recipe's method_name)")
     g.add_argument("--config", metavar="FILE|NAME", help="JSON/TOML file with sections method, train, data, or the name of a shipped config (src/avloc/configs/NAME.json: " + ", ".join(list_configs()) + ")")
     g.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     d = p.add_argument_group("data")
@@ -27,7 +27,9 @@ def add_parser(sub: Any, name: str) -> None:
     d.add_argument("--val", dest="val_spec", metavar="SPEC", help="validation data spec (evaluated with train.val_protocol)")
     d.add_argument("--raw", metavar="DIR", help="raw sources for generated data specs (default: $AVLOC_DATA)")
     o = p.add_argument_group("output")
-    o.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (config, metrics, curves, checkpoints)")
+    o.add_argument("--out", metavar="RUN_DIR", help="run directory (config, metrics, curves, checkpoints); optional with --dry-run")
+    o.add_argument("--dry-run", action="store_true", help="build the recipe's model, data pipeline and optimiser and run 2 steps "
+                   "(batch <= 2; a tiny generated set in the recipe's data.prepare layout when its manifest is absent)")
     o.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR exactly where it stopped")
     o.add_argument("--force", action="store_true", help="overwrite an existing RUN_DIR")
     p.set_defaults(run=run)
@@ -36,6 +38,7 @@ def add_parser(sub: Any, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from avloc.engine.train import train_from_specs
 
+    notes: list[str] = []
     res = train_from_specs(
         args.method,
         args.out,
@@ -46,7 +49,14 @@ def run(args: argparse.Namespace) -> int:
         overrides=args.overrides,
         resume=args.resume,
         force=args.force,
+        dry_run=args.dry_run,
+        report=notes,
     )
+    if args.dry_run:
+        for line in notes:
+            print(f"dry run: {line}")
+        print(f"dry run: {res.step} steps of {args.config or args.method} finished")
+        return 0
     best = f", best {res.best:.4f}" if res.best is not None else ""
     print(f"trained {res.step} steps{best}: {res.out_dir}")
     return 0

@@ -109,9 +109,22 @@ class ManifestDataset(Dataset):
         audio_cfg: AudioFrontendConfig | None = None,
         audio_pad: str = "zero",
         count: int | None = None,
+        classes: list[str] | str | None = None,
     ) -> None:
         self.path = Path(manifest)
         self.entries = read_manifest(self.path)
+        if classes is not None:  # class names (the prepare steps' ``class``) -> integer ``labels``
+            names = sorted({str(e["class"]) for e in self.entries if "class" in e}) if classes == "sorted" else classes
+            if not isinstance(names, list):
+                raise ConfigError(f"{self.path}: classes must be a list of class names or 'sorted', got {classes!r}")
+            index = {c: k for k, c in enumerate(names)}
+            for e in self.entries:
+                if "labels" in e:
+                    continue
+                if e.get("class") not in index:
+                    raise DataError(f"{self.path}: entry {e['id']!r} has class {e.get('class')!r}, not one of the {len(names)} classes given")
+                e["labels"] = [index[e["class"]]]
+            self.classes = list(names)
         if count is not None:  # the first ``count`` entries
             if count < 1:
                 raise ConfigError(f"{self.path}: count must be >= 1, got {count}")
@@ -161,7 +174,7 @@ def manifest_dataset(
 
 
 #: the keyword arguments a manifest spec takes (:class:`ManifestDataset`)
-MANIFEST_KWARGS = ("audio_pad", "count")
+MANIFEST_KWARGS = ("audio_pad", "count", "classes")
 
 
 def _manifest(

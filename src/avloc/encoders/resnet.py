@@ -11,6 +11,13 @@ as the visual and audio encoders of LVS (Chen et al., CVPR 2021, Sec. 3.3).
   ``T' = ceil(T / 32)``; ``forward`` is the max over time of that, i.e. a global
   max pool over the whole map, exactly LVS's ``AdaptiveMaxPool2d((1, 1))``.
 
+``resnet18(weights=PATH)`` loads an ImageNet ResNet-18 state dict in torchvision's key
+layout (``conv1``, ``bn1``, ``layer1``-``layer4``; ``fc`` is dropped), e.g. torchvision's
+``resnet18-f37072fd.pth`` (read with ``torch.load(weights_only=True)``) or a safetensors
+file of it; ``weights="imagenet"`` looks for that file in ``$AVLOC_WEIGHTS`` and then in
+torch hub's cache (``~/.cache/torch/hub/checkpoints``). avloc ships and downloads no
+ImageNet weights: a missing file raises with where it looked.
+
 ``base_width`` (64 in the paper) scales every stage (``w, 2w, 4w, 8w``) so CPU
 experiments can shrink the network. Initialisation follows torchvision's
 ResNet: Kaiming-normal (fan_out) convolutions, BatchNorm weight 1 and bias 0.
@@ -18,16 +25,64 @@ ResNet: Kaiming-normal (fan_out) convolutions, BatchNorm weight 1 and bias 0.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from avloc.encoders.base import AudioEncoder, FeatureInfo, VisualEncoder
-from avloc.errors import ConfigError
+from avloc.errors import CheckpointError, ConfigError
 from avloc.frontends.image import IMAGENET_MEAN, IMAGENET_STD, normalize
 from avloc.registry import ENCODERS
 
 #: ResNet-18: two BasicBlocks per stage (He et al. 2016, Table 1).
 RESNET18_LAYERS = (2, 2, 2, 2)
+#: torchvision's ImageNet ResNet-18 (IMAGENET1K_V1) file name, what ``weights="imagenet"`` looks for
+IMAGENET_FILE = "resnet18-f37072fd.pth"
+
+
+def imagenet_weights_path() -> Path:
+    """Where ``weights="imagenet"`` is found: ``$AVLOC_WEIGHTS/{IMAGENET_FILE}``, else torch hub's cache."""
+    places = []
+    if os.environ.get("AVLOC_WEIGHTS"):
+        places.append(Path(os.environ["AVLOC_WEIGHTS"]) / IMAGENET_FILE)
+    places.append(Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE)
+    for p in places:
+        if p.is_file():
+            return p
+    raise CheckpointError(
+        f"resnet18 weights='imagenet': {IMAGENET_FILE} not found in {[str(p) for p in places]}; download torchvision's "
+        "ImageNet ResNet-18 there (or set AVLOC_WEIGHTS), pass weights=PATH, or weights=null to train from scratch"
+    )
+
+
+def load_torchvision_resnet18(trunk: nn.Module, path: str | Path) -> None:
+    """Copy a torchvision-layout ResNet-18 state dict into ``trunk`` (strict: every trunk key, matching shapes)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"resnet18 weights file not found: {p}")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(p))
+    else:
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # pickles with objects other than tensors are refused, not unpickled
+            raise CheckpointError(f"{p}: not a plain state dict of tensors ({type(e).__name__}: {e})") from None
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
+    own = trunk.state_dict()
+    for k in own:  # torchvision's 2017 file predates BatchNorm's num_batches_tracked
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = own[k]
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{p}: not a torchvision ResNet-18 (missing {missing[:4]}, unexpected {unexpected[:4]})")
+    bad = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
+    if bad:
+        raise CheckpointError(f"{p}: shape mismatch for {bad[:4]} (base_width must be 64 for ImageNet weights)")
+    trunk.load_state_dict(state)
 
 
 class BasicBlock(nn.Module):
@@ -98,6 +153,8 @@ class ResNet18Visual(VisualEncoder):
         dilate: with ``out_stride=16``, use dilation 2 in ``layer4`` (keeps its receptive field).
         base_width: channels of the first stage (64 in the paper).
         mean, std: input normalisation applied inside the encoder (ImageNet by default).
+        weights: ``None`` (from scratch), ``"imagenet"`` (:func:`imagenet_weights_path`) or a path
+            to a torchvision-layout ResNet-18 state dict; the encoder is then ``pretrained``.
     """
 
     def __init__(
@@ -107,6 +164,7 @@ class ResNet18Visual(VisualEncoder):
         base_width: int = 64,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
+        weights: str | None = None,
     ) -> None:
         super().__init__()
         if out_stride not in (16, 32):
@@ -116,6 +174,9 @@ class ResNet18Visual(VisualEncoder):
         self.mean, self.std = tuple(mean), tuple(std)
         self.trunk = ResNetTrunk(3, base_width, last_stride=out_stride // 16, last_dilation=2 if dilate else 1)
         self.feature_info = FeatureInfo(self.trunk.out_channels, out_stride)
+        if weights is not None:
+            load_torchvision_resnet18(self.trunk, imagenet_weights_path() if weights == "imagenet" else weights)
+            self.pretrained = True
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, C, h, w)
         if images.dim() != 4 or images.shape[1] != 3:
@@ -156,9 +217,10 @@ def resnet18(
     base_width: int = 64,
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
+    weights: str | None = None,
 ) -> ResNet18Visual:
-    """ResNet-18 visual encoder from scratch (see :class:`ResNet18Visual`)."""
-    return ResNet18Visual(out_stride=out_stride, dilate=dilate, base_width=base_width, mean=mean, std=std)
+    """ResNet-18 visual encoder, from scratch or from ImageNet ``weights`` (see :class:`ResNet18Visual`)."""
+    return ResNet18Visual(out_stride=out_stride, dilate=dilate, base_width=base_width, mean=mean, std=std, weights=weights)
 
 
 @ENCODERS.register("resnet18_audio")

@@ -48,13 +48,16 @@ and RNG states -- written atomically, never pickled. ``resume=True``
 continues exactly: the same weights as an uninterrupted run, provided the
 dataset's ``__getitem__`` is deterministic per index (ours are).
 
-Distributed: run under ``torchrun --nproc_per_node N -m avloc.cli.main train
+Distributed (multi-node too, docs/training.md): run under ``torchrun --nproc_per_node N -m avloc.cli.main train
 ...``; the process group uses gloo on CPU and NCCL on CUDA, every rank gets a
 :class:`~torch.utils.data.DistributedSampler` shard of ``batch_size`` samples
 (the global batch is ``N * batch_size``; in-batch negatives stay per rank),
 gradients are averaged by :class:`~torch.nn.parallel.DistributedDataParallel`
-and rank 0 writes the run directory. AMP (``torch.autocast`` fp16 with a
-grad scaler) is used only on CUDA.
+rank 0 writes the run directory and logs loss terms all-reduced over the ranks.
+Precision (``TrainConfig.amp`` / ``amp_dtype``): fp16 autocast with a grad
+scaler or bf16 autocast, on CUDA only; on CPU the run is fp32 and says so
+(log line and ``config.json`` ``precision``). ``channels_last`` and
+``compile`` (``torch.compile``) are options.
 
 Entry point: :func:`train` (library) and :func:`train_from_specs` (what
 ``avloc train`` calls).
@@ -68,6 +71,7 @@ import math
 import os
 import random
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -82,7 +86,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from avloc.config import config_from_dict, config_to_dict, read_config_file
 from avloc.data.datasets import dataset_image_keys
 from avloc.encoders.cache import FeatureBank, encode_dataset
-from avloc.errors import ConfigError, DataError, OutputExistsError
+from avloc.errors import CheckpointError, ConfigError, DataError, OutputExistsError
 from avloc.io.atomic import atomic_path, write_text_atomic
 from avloc.methods.base import LocalizationMethod
 
@@ -101,18 +105,72 @@ _STATE_META_KEY = "avloc_train_state"
 
 @dataclass
 class OptimConfig:
-    """Adam with linear warm-up (LVS: Adam, lr 1e-4, no weight decay)."""
+    """Optimiser and learning-rate schedule (default: LVS / EZ-VSL, Adam 1e-4 constant, no weight decay).
 
+    ``schedule``: ``constant``; ``cosine`` (to ``min_lr_ratio * lr`` at the last step); ``step``
+    (multiply by ``gamma`` at every step count in ``milestones``, or at every fraction of the
+    run in ``milestone_fractions``). A linear warm-up of ``warmup_steps`` precedes any of them.
+    """
+
+    #: ``adam`` (torch.optim.Adam, L2 weight decay), ``adamw`` (decoupled) or ``sgd`` (with ``momentum``)
+    name: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = 1e-4
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
+    #: SGD only
+    momentum: float = 0.9
+    nesterov: bool = False
     #: linear warm-up from 0 over this many steps, then ``schedule``
     warmup_steps: int = 0
-    schedule: Literal["constant", "cosine"] = "constant"
+    schedule: Literal["constant", "cosine", "step"] = "constant"
     #: cosine floor as a fraction of ``lr``
     min_lr_ratio: float = 0.0
+    #: ``step`` schedule: optimiser steps at which the lr is multiplied by ``gamma`` ...
+    milestones: tuple[int, ...] = ()
+    #: ... or fractions of the run's total steps (so an epoch-based recipe keeps its shape at any data size)
+    milestone_fractions: tuple[float, ...] = ()
+    gamma: float = 0.1
     #: max global gradient norm; 0 disables clipping
     grad_clip: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas must lie in [0, 1), got {list(self.betas)}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"optim.momentum must lie in [0, 1), got {self.momentum}")
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ConfigError("optim.nesterov needs optim.name=sgd and optim.momentum > 0")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"optim.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"optim.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        if not 0 < self.gamma <= 1:
+            raise ConfigError(f"optim.gamma must lie in (0, 1], got {self.gamma}")
+        if self.milestones and self.milestone_fractions:
+            raise ConfigError("optim: give milestones (steps) or milestone_fractions, not both")
+        ms: tuple[float, ...] = self.milestones or self.milestone_fractions
+        if list(ms) != sorted(set(ms)) or any(m <= 0 for m in ms):
+            raise ConfigError(f"optim milestones must be positive and strictly increasing, got {list(ms)}")
+        if any(f >= 1 for f in self.milestone_fractions):
+            raise ConfigError(f"optim.milestone_fractions must lie in (0, 1), got {list(self.milestone_fractions)}")
+        if self.schedule == "step" and not ms:
+            raise ConfigError("optim.schedule=step needs optim.milestones or optim.milestone_fractions")
+        if self.schedule != "step" and ms:
+            raise ConfigError(f"optim milestones are used by schedule=step only (schedule is {self.schedule!r})")
+
+
+def build_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The optimiser ``cfg`` names over ``params`` (the lr is set every step by :func:`lr_at`)."""
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
 @dataclass
@@ -135,8 +193,17 @@ class TrainConfig:
     val_protocol: str = "sslalign-adaptive"
     val_metric: str = "success"
     val_batch_size: int = 32
-    #: torch.autocast fp16 on CUDA (ignored on CPU)
+    #: mixed precision on CUDA: torch.autocast in ``amp_dtype`` (fp16 with a GradScaler; bf16 without).
+    #: On CPU it is not used (the run says so in its log and config.json: ``precision``)
     amp: bool = True
+    amp_dtype: Literal["float16", "bfloat16"] = "float16"
+    #: channels-last memory format for the model and 4-D image batches (helps convolutions under AMP on GPUs)
+    channels_last: bool = False
+    #: wrap the model in ``torch.compile`` (mode ``compile_mode``); the saved weights are the plain model's
+    compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    #: DDP ``find_unused_parameters`` (methods whose loss skips some parameters on some steps)
+    ddp_find_unused: bool = False
     #: "auto" = cuda when available (the local rank's GPU under torchrun), else cpu
     device: str = "auto"
     #: use cached frozen-backbone features when the method and dataset allow it
@@ -146,6 +213,20 @@ class TrainConfig:
     #: later runs with the same encoder, weights and preprocessing skip the encoder; None = memory only
     feature_cache_dir: str | None = None
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "val_batch_size", "feature_cache_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"train.epochs must be >= 1 (or null to use steps), got {self.epochs}")
+        for name in ("val_every", "ckpt_every", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.amp_dtype not in ("float16", "bfloat16"):
+            raise ConfigError(f"train.amp_dtype must be float16 or bfloat16, got {self.amp_dtype!r}")
+        if self.compile_mode not in ("default", "reduce-overhead", "max-autotune"):
+            raise ConfigError(f"train.compile_mode must be default, reduce-overhead or max-autotune, got {self.compile_mode!r}")
 
 
 @dataclass
@@ -158,6 +239,9 @@ class DataConfig:
     #: extra factory kwargs, e.g. {"pool": 2000, "count": 200000} for DigitScenes pool mode
     train_kwargs: dict[str, Any] = field(default_factory=dict)
     val_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: the ``avloc data prepare`` format the training manifest comes from (vggsound, flickr-train,
+    #: music-solo, ave); ``--dry-run`` generates a tiny set in that layout when ``train`` is absent
+    prepare: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,16 +286,67 @@ def _barrier(d: _Dist) -> None:
         dist.barrier()
 
 
+
+@dataclass
+class Precision:
+    """What the run computes in: ``fp32``, ``fp16`` (autocast + GradScaler) or ``bf16`` (autocast, no scaler)."""
+
+    used: Literal["fp32", "fp16", "bf16"]
+    why: str
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.used)
+
+    @property
+    def scaled(self) -> bool:
+        return self.used == "fp16"
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> Precision:
+    """``train.amp`` / ``train.amp_dtype`` on this device; never a silent fallback (the result is logged and saved)."""
+    if not cfg.amp:
+        return Precision("fp32", "train.amp=false")
+    if device.type != "cuda":
+        return Precision("fp32", f"train.amp=true applies on CUDA only; this run is on {device.type}: fp32")
+    if cfg.amp_dtype == "bfloat16":
+        if not torch.cuda.is_bf16_supported():
+            raise ConfigError(f"train.amp_dtype=bfloat16 but {torch.cuda.get_device_name(device)} has no bf16 support; use float16")
+        return Precision("bf16", "train.amp with bfloat16 autocast (no gradient scaler)")
+    return Precision("fp16", "train.amp with float16 autocast and a gradient scaler")
+
+
+def _all_reduce_mean(values: dict[str, float], d: _Dist, device: torch.device) -> dict[str, float]:
+    """Mean over ranks of every logged scalar (one all-reduce), so rank 0 logs the global figures."""
+    if d.world <= 1 or not values:
+        return values
+    import torch.distributed as dist
+
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return {k: float(v) / d.world for k, v in zip(keys, t.tolist(), strict=True)}
+
+
+def _channels_last(batch: dict[str, Any]) -> None:
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor) and v.dim() == 4 and v.is_floating_point():
+            batch[k] = v.contiguous(memory_format=torch.channels_last)
+
+
 # ---------------------------------------------------------------------------------------------
 # learning-rate schedule and seeding
 
 
 def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
-    """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then constant or cosine."""
+    """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then constant, cosine or step decay."""
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return cfg.lr
+    if cfg.schedule == "step":
+        marks = cfg.milestones or tuple(round(f * total) for f in cfg.milestone_fractions)
+        return cfg.lr * cfg.gamma ** sum(step >= m for m in marks)
     span = max(1, total - cfg.warmup_steps)
     t = min(1.0, (step - cfg.warmup_steps) / span)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
@@ -617,8 +752,9 @@ def _sync_buffers(model: LocalizationMethod, d: _Dist) -> None:
 
 
 def _run_config(model: LocalizationMethod, method_cfg: dict[str, Any], cfg: TrainConfig, data: DataConfig | None,
-                world: int, total: int, use_cache: bool) -> dict[str, Any]:
+                world: int, total: int, use_cache: bool, precision: Precision | None = None) -> dict[str, Any]:
     return {
+        "precision": None if precision is None else {"used": precision.used, "why": precision.why},
         "method": model.name,
         "method_config": method_cfg,
         "train": config_to_dict(cfg),
@@ -669,19 +805,23 @@ def train(
     total = cfg.epochs * steps_per_epoch if cfg.epochs is not None else cfg.steps
     keys = dataset_image_keys(train_set) if cfg.feature_cache and model.visual_cacheable() else None
     use_cache = keys is not None
+    precision = resolve_precision(cfg, device)
     run = RunDir(out, dist_info.main)
-    run.start(_run_config(model, requested, cfg, data, dist_info.world, total, use_cache), resume)
+    run.start(_run_config(model, requested, cfg, data, dist_info.world, total, use_cache, precision), resume)
     if dist_info.main:
-        _log.info("avloc train: %s for %d steps, batch %d x %d on %s; visual features: %s", model.name, total,
+        _log.info("avloc train: %s for %d steps, batch %d x %d on %s; visual features: %s; precision %s (%s)%s%s", model.name, total,
                   cfg.batch_size, dist_info.world, device,
-                  "cached (frozen pretrained encoder)" if use_cache else "computed end to end")
+                  "cached (frozen pretrained encoder)" if use_cache else "computed end to end", precision.used, precision.why,
+                  "; channels_last" if cfg.channels_last else "", f"; torch.compile ({cfg.compile_mode})" if cfg.compile else "")
     _barrier(dist_info)
 
     model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError(f"method {model.name!r} has no trainable parameters with this config")
-    opt = torch.optim.Adam(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+    opt = build_optimizer(params, cfg.optim)
     pos = _Progress()
     if resume:
         pos, best = _restore(out, model, opt, device, dist_info)
@@ -696,9 +836,11 @@ def train(
     if dist_info.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=cfg.ddp_find_unused)
+    if cfg.compile:
+        net = torch.compile(net, mode=cfg.compile_mode)  # type: ignore[assignment]  # weights stay shared with `model`
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.scaled)
     title = f"{model.name} ({out.name})"
 
     def save_state() -> None:
@@ -740,15 +882,18 @@ def train(
             batch = _to_device(raw_batch, device)
             if cached is not None:
                 cached.apply(batch, order[b * cfg.batch_size : (b + 1) * cfg.batch_size], device)
+            if cfg.channels_last:
+                _channels_last(batch)
             lr = lr_at(pos.step, total, cfg.optim)
-            losses = _step(net, criterion, opt, scaler, params, batch, lr, cfg, amp, pos.step, device)
+            losses = _step(net, criterion, opt, scaler, params, batch, lr, cfg, precision, pos.step, device)
             pos.step += 1
             pos.batch_in_epoch += 1
             n_log += len(raw_batch["audio"]) * dist_info.world
             bar.update(1)
             if pos.step % cfg.log_every == 0 or pos.step == total:
                 dt = time.perf_counter() - t_log
-                rec = {"step": pos.step, "split": "train", "lr": lr, **_scalar_terms(losses), "samples_per_s": round(n_log / max(dt, 1e-9), 2)}
+                terms = _all_reduce_mean(_scalar_terms(losses), dist_info, device)  # every rank joins
+                rec = {"step": pos.step, "split": "train", "lr": lr, **terms, "samples_per_s": round(n_log / max(dt, 1e-9), 2)}
                 run.log(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{rec['samples_per_s']:.1f}")
                 t_log, n_log = time.perf_counter(), 0
@@ -772,12 +917,12 @@ def train(
 
 def _step(
     net: nn.Module, criterion: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params: list[nn.Parameter],
-    batch: dict[str, Any], lr: float, cfg: TrainConfig, amp: bool, step: int, device: torch.device,
+    batch: dict[str, Any], lr: float, cfg: TrainConfig, precision: Precision, step: int, device: torch.device,
 ) -> dict[str, torch.Tensor]:
-    """One optimisation step (forward, loss, backward, clipping, Adam); returns the loss terms."""
+    """One optimisation step (forward, loss, backward, clipping, optimiser); returns the loss terms."""
     for g in opt.param_groups:
         g["lr"] = lr
-    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+    with torch.autocast(device_type=device.type, dtype=precision.dtype or torch.float32, enabled=precision.dtype is not None):
         outputs = net(batch)
         losses: dict[str, torch.Tensor] = criterion(outputs, batch)
     loss = losses["loss"]
@@ -829,7 +974,7 @@ def split_overrides(overrides: list[str], method_cfg: Any, train_cfg: TrainConfi
 
 def train_from_specs(
     method: str | None,
-    out_dir: str | Path,
+    out_dir: str | Path | None,
     train_spec: str | None = None,
     val_spec: str | None = None,
     raw: str | None = None,
@@ -837,12 +982,19 @@ def train_from_specs(
     overrides: list[str] | None = None,
     resume: bool = False,
     force: bool = False,
+    dry_run: bool = False,
+    report: list[str] | None = None,
 ) -> TrainResult:
     """Build method, datasets and configs from names/specs, then :func:`train`.
 
     ``config_file`` is JSON (or TOML) with optional sections ``method``,
-    ``train`` and ``data``. With ``resume`` the run's own ``config.json`` is
+    ``train`` and ``data`` and an optional top-level ``method_name`` (so
+    ``--method`` may be left out). With ``resume`` the run's own ``config.json`` is
     the base (then the file and overrides apply).
+
+    ``dry_run``: the recipe's model, data pipeline and optimiser, for
+    :data:`DRY_RUN_STEPS` steps (see :func:`dry_run_adjust`); what it changed
+    is appended to ``report``.
     """
     from avloc import methods  # noqa: F401  (fills the registry)
     from avloc.config import apply_overrides
@@ -850,7 +1002,7 @@ def train_from_specs(
     from avloc.methods import create_method
     from avloc.registry import METHODS
 
-    out = Path(out_dir)
+    out = Path(out_dir) if out_dir is not None else Path(".")
     base: dict[str, Any] = {}
     if resume:
         if not (out / CONFIG_FILE).is_file():
@@ -860,12 +1012,17 @@ def train_from_specs(
         if method is not None and method != saved["method"]:
             raise ConfigError(f"--resume: run {out} trains {saved['method']!r}, not {method!r}")
         method = saved["method"]
-    if method is None:
-        raise ConfigError("--method is required (unless --resume)")
     if config_file is not None:
-        file_cfg = read_config_file(config_file, sections=("method", "train", "data"))
+        file_cfg = read_config_file(config_file, sections=("method_name", "method", "train", "data"))
+        named = file_cfg.get("method_name")
+        if named is not None:
+            if method is not None and method != named:
+                raise ConfigError(f"--method {method!r} but config {config_file} is a recipe for {named!r}")
+            method = named
         for sec in ("method", "train", "data"):
             base[sec] = {**base.get(sec, {}), **file_cfg.get(sec, {})}
+    if method is None:
+        raise ConfigError("--method is required (unless --resume, or a --config recipe with method_name)")
     cls = METHODS.get(method)
     method_cfg = config_from_dict(cls.config_class, base.get("method", {}))
     train_cfg = config_from_dict(TrainConfig, base.get("train", {}))
@@ -880,14 +1037,90 @@ def train_from_specs(
         data_cfg.val = val_spec
     if raw is not None:
         data_cfg.raw = raw
+    notes: list[str] = report if report is not None else []
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    if dry_run:
+        tmp = tempfile.TemporaryDirectory(prefix="avloc-dry-run-")
+        method_cfg, train_cfg, data_cfg = dry_run_adjust(method_cfg, train_cfg, data_cfg, Path(tmp.name), notes)
+        out = Path(tmp.name) / "run" if out_dir is None else out
     if not data_cfg.train:
         raise ConfigError("--train SPEC is required (a manifest path or NAME:VARIANT:SPLIT)")
+    if out_dir is None and not dry_run:
+        raise ConfigError("--out RUN_DIR is required (except with --dry-run)")
     raw_dir = data_cfg.raw or os.environ.get("AVLOC_DATA")
     model = create_method(method, method_cfg)
     train_set = dataset_from_spec(data_cfg.train, raw=raw_dir, image_cfg=method_cfg.image, audio_cfg=method_cfg.audio, **data_cfg.train_kwargs)
     val_set = (
         dataset_from_spec(data_cfg.val, raw=raw_dir, image_cfg=method_cfg.image, audio_cfg=method_cfg.audio, **data_cfg.val_kwargs)
-        if data_cfg.val
+        if data_cfg.val and not dry_run
         else None
     )
-    return train(model, train_set, out, train_cfg, val_set, resume=resume, force=force, data=data_cfg)
+    if dry_run:
+        from avloc.metrics.protocols import create_protocol
+
+        create_protocol(train_cfg.val_protocol)  # the recipe's evaluation protocol exists
+        BestTracker.for_protocol(train_cfg.val_protocol, train_cfg.val_metric)  # and reports its val_metric
+        val_set = None
+        notes.append(f"validation skipped (the recipe evaluates with {train_cfg.val_protocol!r}, picking {train_cfg.val_metric!r})")
+    try:
+        return train(model, train_set, out, train_cfg, val_set, resume=resume, force=force or dry_run, data=data_cfg)
+    finally:
+        if tmp is not None and out_dir is None:
+            tmp.cleanup()
+
+
+#: optimiser steps of ``avloc train --dry-run``, and the per-process batch it uses at most
+DRY_RUN_STEPS = 2
+DRY_RUN_BATCH = 2
+
+
+def dry_run_adjust(method_cfg: Any, train_cfg: TrainConfig, data_cfg: DataConfig, scratch: Path,
+                   notes: list[str]) -> tuple[Any, TrainConfig, DataConfig]:
+    """What ``--dry-run`` changes in a recipe, each change appended to ``notes``.
+
+    :data:`DRY_RUN_STEPS` steps at a batch of at most :data:`DRY_RUN_BATCH` (the recipe's model,
+    image size, audio front-end, optimiser and schedule are kept), no validation or intermediate
+    checkpoints, no workers; a training manifest that does not exist is replaced by a tiny set
+    generated in the recipe's ``data.prepare`` layout and prepared with that step; ImageNet
+    weights that are not on this machine are replaced by a random initialisation.
+    """
+    import dataclasses
+
+    from avloc.data.prepare import prepare
+    from avloc.data.prepare.fixtures import write_layout_fixture
+
+    batch = min(train_cfg.batch_size, DRY_RUN_BATCH)
+    if batch != train_cfg.batch_size:
+        notes.append(f"batch {batch} instead of the recipe's {train_cfg.batch_size}")
+    train_cfg = dataclasses.replace(
+        train_cfg, steps=DRY_RUN_STEPS, epochs=None, batch_size=batch, val_every=0, ckpt_every=0, log_every=1,
+        num_workers=0, progress=False, feature_cache_dir=None,
+    )
+    train_path = data_cfg.train.removeprefix("manifest:")
+    is_manifest = data_cfg.train.startswith("manifest:") or data_cfg.train.endswith(".jsonl")
+    if is_manifest and not Path(train_path).is_file():
+        if data_cfg.prepare is None:
+            raise ConfigError(f"--dry-run: {train_path} not found and the recipe names no data.prepare layout to generate")
+        # clips a little longer than the recipe's audio window (segment methods read frames across it), 25 fps
+        root = write_layout_fixture(data_cfg.prepare, scratch / "data" / data_cfg.prepare, n=DRY_RUN_STEPS * batch + 2,
+                                    seconds=max(2.0, float(method_cfg.audio.window_seconds) + 0.5), fps=25.0,
+                                    sample_rate=method_cfg.audio.sample_rate)
+        manifest = scratch / "data" / f"{data_cfg.prepare}.jsonl"
+        res = prepare(data_cfg.prepare, root, manifest)
+        notes.append(f"{train_path} not found: generated {res.n_written} {data_cfg.prepare}-layout clips, prepared into {manifest}")
+        kwargs = dict(data_cfg.train_kwargs)
+        if kwargs.get("count") is not None:
+            kwargs.pop("count")
+            notes.append("data.train_kwargs.count dropped (the generated set is smaller)")
+        data_cfg = dataclasses.replace(data_cfg, train=str(manifest), train_kwargs=kwargs)
+    vk = dict(getattr(method_cfg, "visual_encoder_kwargs", {}) or {})
+    if vk.get("weights") == "imagenet":
+        from avloc.encoders.resnet import imagenet_weights_path
+
+        try:
+            imagenet_weights_path()
+        except CheckpointError as e:
+            vk["weights"] = None
+            method_cfg = dataclasses.replace(method_cfg, visual_encoder_kwargs=vk)
+            notes.append(f"random visual initialisation ({e})")
+    return method_cfg, train_cfg, data_cfg
