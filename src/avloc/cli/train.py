@@ -19,7 +19,7 @@ from avloc.config import list_configs
 def add_parser(sub: Any, name: str) -> None:
     p = sub.add_parser(name, help="train a method", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to train")
-    g.add_argument("--method", help="registered method name (taken from RUN_DIR/config.json with --resume)")
+    g.add_argument("--method", help="registered method name (taken from RUN_DIR/config.json with --resume, or from the config file's method_name)")
     g.add_argument("--config", metavar="FILE|NAME", help="JSON/TOML file with sections method, train, data, or the name of a shipped config (src/avloc/configs/NAME.json: " + ", ".join(list_configs()) + ")")
     g.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     d = p.add_argument_group("data")

@@ -841,7 +841,8 @@ def train_from_specs(
     """Build method, datasets and configs from names/specs, then :func:`train`.
 
     ``config_file`` is JSON (or TOML) with optional sections ``method``,
-    ``train`` and ``data``. With ``resume`` the run's own ``config.json`` is
+    ``train`` and ``data``, and optionally ``method_name`` (the registered method the
+    config is for; then ``method`` may be ``None``). With ``resume`` the run's own ``config.json`` is
     the base (then the file and overrides apply).
     """
     from avloc import methods  # noqa: F401  (fills the registry)
@@ -860,12 +861,16 @@ def train_from_specs(
         if method is not None and method != saved["method"]:
             raise ConfigError(f"--resume: run {out} trains {saved['method']!r}, not {method!r}")
         method = saved["method"]
-    if method is None:
-        raise ConfigError("--method is required (unless --resume)")
     if config_file is not None:
-        file_cfg = read_config_file(config_file, sections=("method", "train", "data"))
+        file_cfg = read_config_file(config_file, sections=("method_name", "method", "train", "data"))
+        named = file_cfg.get("method_name")
+        if named is not None and method is not None and named != method:
+            raise ConfigError(f"{config_file} is a config of method {named!r}, not {method!r}")
+        method = method or named
         for sec in ("method", "train", "data"):
             base[sec] = {**base.get(sec, {}), **file_cfg.get(sec, {})}
+    if method is None:
+        raise ConfigError("--method is required (unless --resume or the config file names it in 'method_name')")
     cls = METHODS.get(method)
     method_cfg = config_from_dict(cls.config_class, base.get("method", {}))
     train_cfg = config_from_dict(TrainConfig, base.get("train", {}))
