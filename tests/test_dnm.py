@@ -309,10 +309,10 @@ def test_negatives_from_another_time_are_used() -> None:
 def test_other_time_negatives_dataset(shared_data: Path) -> None:
     """Same clip, an annotated time >= the window away, the clip's own track at that time; re-drawn per access."""
     from avloc.data.datasets import dataset_from_spec
+    from avloc.data.digitscenes.wrappers import OtherTimeNegatives
     from avloc.frontends.audio import AudioFrontendConfig
     from avloc.frontends.image import ImageConfig
     from avloc.io.audio import window_at
-    from avloc.methods.dnm import OtherTimeNegatives
 
     ac = AudioFrontendConfig(window_seconds=1.0)
     inner = dataset_from_spec("digitscenes:video:train", raw=shared_data, image_cfg=ImageConfig(size=S, resize=S), audio_cfg=ac,
@@ -339,10 +339,10 @@ def test_other_time_negatives_dataset(shared_data: Path) -> None:
 def test_redrawn_sound_tracks(shared_data: Path) -> None:
     """Draw 0 is the dataset; draw k keeps the pictures (cache key) and brings clip(c, audio_draw=k)'s sound and labels."""
     from avloc.data.datasets import dataset_from_spec
+    from avloc.data.digitscenes.wrappers import OtherTimeNegatives, RedrawnSoundTracks
     from avloc.frontends.audio import AudioFrontendConfig
     from avloc.frontends.image import ImageConfig
     from avloc.io.audio import window_at
-    from avloc.methods.dnm import OtherTimeNegatives, RedrawnSoundTracks
 
     inner = dataset_from_spec("digitscenes:video:train", raw=shared_data, image_cfg=ImageConfig(size=S, resize=S),
                               audio_cfg=AudioFrontendConfig(window_seconds=1.0), count=2, seconds=3.0, n_utterances=(2, 3))
@@ -372,9 +372,9 @@ def test_redrawn_sound_tracks(shared_data: Path) -> None:
 def test_redrawn_sound_tracks_pixels_once(shared_data: Path) -> None:
     """pixels_once: the first read of an item of draw 0 has the pictures, later reads the same fields without them."""
     from avloc.data.datasets import dataset_from_spec
+    from avloc.data.digitscenes.wrappers import RedrawnSoundTracks
     from avloc.frontends.audio import AudioFrontendConfig
     from avloc.frontends.image import ImageConfig
-    from avloc.methods.dnm import RedrawnSoundTracks
 
     inner = dataset_from_spec("digitscenes:video:train", raw=shared_data, image_cfg=ImageConfig(size=S, resize=S),
                               audio_cfg=AudioFrontendConfig(window_seconds=1.0), count=1, seconds=3.0)
@@ -397,7 +397,7 @@ def test_redrawn_sound_tracks_pixels_once(shared_data: Path) -> None:
 
 def test_frozen_pretrained_audio_backbone(shared_data: Path) -> None:
     """pretrain_audio_backbone gives weights loadable into the DNM audio backbone; freeze_audio keeps them fixed."""
-    from avloc.methods.dnm import pretrain_audio_backbone
+    from avloc.data.digitscenes.audio_pretrain import pretrain_audio_backbone
 
     m = tiny("dnm", tasks="dnm", freeze_audio=True)
     assert isinstance(m, DNM)
@@ -428,9 +428,9 @@ def test_init_seed_fixes_the_weights() -> None:
 def test_prepare_training_wraps_as_configured(shared_data: Path) -> None:
     """The training-only levers are config fields: prepare_training wraps the set (pixels_once only with the cache)."""
     from avloc.data.datasets import dataset_from_spec
+    from avloc.data.digitscenes.wrappers import OtherTimeNegatives, RedrawnSoundTracks
     from avloc.frontends.audio import AudioFrontendConfig
     from avloc.frontends.image import ImageConfig
-    from avloc.methods.dnm import OtherTimeNegatives, RedrawnSoundTracks
 
     inner = dataset_from_spec("digitscenes:video:train", raw=shared_data, image_cfg=ImageConfig(size=S, resize=S, frames=T),
                               audio_cfg=AudioFrontendConfig(window_seconds=1.0), count=1, seconds=3.0)
@@ -455,7 +455,7 @@ def test_audio_init_file_checkpoint_and_pretraining_agree(shared_data: Path, tmp
     from safetensors.torch import save_file
 
     from avloc.data.datasets import dataset_from_spec
-    from avloc.methods.dnm import pretrain_audio_backbone
+    from avloc.data.digitscenes.audio_pretrain import pretrain_audio_backbone
     from avloc.methods.zoo import save_model
 
     a = tiny("dnm", audio_pretrain_steps=2, audio_pretrain_seed=1, freeze_audio=True)

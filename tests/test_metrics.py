@@ -261,3 +261,28 @@ def test_merge_and_order_invariance(scores: list[float], cut: int, rnd: object) 
     e2.update(conf[perm], conf[perm], conf[perm] > 0.3, [ids[i] for i in perm])
     if (conf > 0.3).any():
         assert e1.compute() == pytest.approx(e2.compute())
+
+
+def test_avc_accuracy_and_roc_auc() -> None:
+    """AVC accuracy by hand; ROC AUC = Mann-Whitney U / (P N) from the ranks (ties averaged), written for the test."""
+    from avloc.metrics.avc import avc_accuracy, roc_auc
+
+    pos, neg = np.array([0.9, 0.6, 0.5, 0.2]), np.array([0.5, 0.1, 0.7])
+    # positives > 0.5: 0.9, 0.6 (2 of 4); negatives <= 0.5: 0.5, 0.1 (2 of 3)
+    assert avc_accuracy(pos, neg, 0.5) == 4 / 7
+    # pairs won by the positive: 0.9 beats 3, 0.6 beats 2, 0.5 beats 1 and ties 1, 0.2 beats 1 -> (7 + 0.5) / 12
+    assert roc_auc(pos, neg) == 7.5 / 12
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        p = rng.integers(0, 6, int(rng.integers(1, 30))).astype(np.float32)  # many ties
+        n = rng.integers(0, 6, int(rng.integers(1, 30))).astype(np.float32)
+        allv = np.concatenate([p, n])
+        order = np.argsort(allv, kind="stable")
+        ranks = np.empty(len(allv))
+        ranks[order] = np.arange(1, len(allv) + 1)
+        for v in np.unique(allv):  # average ranks of ties
+            ranks[allv == v] = ranks[allv == v].mean()
+        u = ranks[: len(p)].sum() - len(p) * (len(p) + 1) / 2
+        assert roc_auc(p, n) == pytest.approx(u / (len(p) * len(n)), abs=1e-12)
+        assert roc_auc(p, n) == float((p[:, None] > n[None, :]).mean() + 0.5 * (p[:, None] == n[None, :]).mean())
+    assert np.isnan(roc_auc(np.array([]), neg))

@@ -499,3 +499,26 @@ def test_iiou_vs_reference() -> None:
         ok = float(np.sum((m > thr) * gt) / (np.sum(gt) + np.sum((m > thr) * (gt == 0)))) >= 0.5
         per_image.setdefault(str(g["image_id"]), []).append(bool(ok))
     assert ours["iiou"] == np.mean([min(v) for v in per_image.values()])
+
+
+def test_predictions_subset_scores_as_the_subset_alone() -> None:
+    """Predictions.subset keeps the order and the batches: scoring it = evaluate_predictions on those samples."""
+    from avloc.engine.predict import predict
+
+    rng = np.random.default_rng(5)
+    samples = []
+    for i in range(11):
+        img = torch.from_numpy(rng.random((3, 32, 32)).astype(np.float32))
+        boxes = torch.from_numpy(random_boxes(rng, int(rng.integers(1, 3))).astype(np.float32))
+        samples.append({"id": f"s{i}", "image": img, "audio": torch.zeros(160), "boxes": boxes})
+    preds = predict(CornerMethod(), SamplesDataset(samples), batch_size=4)
+    sub = preds.subset(lambda t: len(t.boxes) == 1)
+    keep = [s for s in samples if len(s["boxes"]) == 1]
+    assert 0 < len(sub) < len(preds) and sub.ids == [s["id"] for s in keep]
+    assert all(len(b) for b in sub.targets) and [len(m) for m in sub.maps] == [len(b) for b in sub.targets]
+    maps = preds.map_dict()
+    ref = evaluate_predictions({s["id"]: maps[s["id"]] for s in keep}, keep, "ezvsl-vggss")
+    got = sub.score("ezvsl-vggss")
+    for k in ("success", "auc", "mean_ciou", "n"):
+        assert got[k] == ref[k]
+    assert len(preds.subset(lambda t: False)) == 0

@@ -11,9 +11,9 @@ accepts (checkpoint path, zoo name, training-free method name); ``@key=value`` c
 inference-only config fields of the loaded model (e.g. EZ-VSL's ``ogl``) and is applied by
 rebuilding the model from the edited config with the same weights.
 
-Each model's ``localize`` runs once over the data (the method contract, eval mode); the maps
-are scored by :func:`avloc.engine.evaluate.evaluate_predictions` for every protocol — the same
-accumulators as ``avloc eval``. Prints a markdown table (and writes JSON with ``--json``).
+Each model's ``localize`` runs once over the data (:func:`avloc.engine.predict.predict`, eval
+mode); the maps are scored by :meth:`~avloc.engine.predict.Predictions.score` for every protocol
+— the same accumulators as ``avloc eval``. Prints a markdown table (and writes JSON with ``--json``).
 ``avsol`` on still scenes (every sample an AVE frame) gives PiBR, the pointing accuracy (map peak
 inside a sounding box), and HmBoxAUC. ``--split-by FIELD`` scores the samples whose boolean
 sample field (e.g. ``heard`` of the ``openset`` variant) is true and false separately.
@@ -24,17 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from avloc.data.collate import collate_samples
 from avloc.data.datasets import dataset_from_spec
-from avloc.engine.evaluate import evaluate_predictions
+from avloc.engine.predict import predict
 from avloc.methods.zoo import load_model_spec
-from avloc.metrics.targets import targets_from_batch
+from avloc.metrics.targets import Target
 
 DEFAULT_PROTOCOLS = ("lvs-flickr", "lvs-vggss", "sslalign-adaptive")
 #: result keys shown per protocol family: (key, column name)
@@ -66,27 +64,20 @@ def main() -> None:
         collate_samples([data[i] for i in range(s, min(s + args.batch_size, args.count))])
         for s in range(0, args.count, args.batch_size)
     ]
-    targets = [t for b in batches for t in targets_from_batch(b)]
-    groups: dict[str, set[str]] = {"": {str(t.id) for t in targets}}
+    flags = {str(i): bool(v) for b in batches for i, v in zip(b["id"], b[args.split_by])} if args.split_by else {}
+    groups: dict[str, Callable[[Target], bool] | None] = {"": None}
     if args.split_by:
-        flags = {str(i): bool(v) for b in batches for i, v in zip(b["id"], b[args.split_by])}
-        groups = {f" ({args.split_by})": {i for i, v in flags.items() if v},
-                  f" (not {args.split_by})": {i for i, v in flags.items() if not v}}
+        groups = {f" ({args.split_by})": lambda t: flags[t.id], f" (not {args.split_by})": lambda t: not flags[t.id]}
     results: dict[str, Any] = {}
     for lab, model in models:
         t0 = time.perf_counter()
-        preds: dict[str, np.ndarray] = {}
-        with torch.no_grad():
-            for b in batches:
-                maps = model.localize(b["image"], b["audio"]).float().numpy()  # (B, h, w)
-                preds.update(zip(map(str, b["id"]), maps))
+        preds = predict(model, batches)  # one forward pass; every protocol scores these maps
         sec = time.perf_counter() - t0
-        for suffix, ids in groups.items():
-            sub_p = {i: m for i, m in preds.items() if i in ids}
-            sub_t = [t for t in targets if str(t.id) in ids]
-            results[lab + suffix] = {p: evaluate_predictions(sub_p, sub_t, p) for p in protocols}
+        for suffix, keep in groups.items():
+            sub = preds if keep is None else preds.subset(keep)
+            results[lab + suffix] = {p: sub.score(p) for p in protocols}
             results[lab + suffix]["seconds"] = sec
-            results[lab + suffix]["n"] = len(sub_t)
+            results[lab + suffix]["n"] = len(sub)
         print(f"{lab}: {len(preds)} maps in {sec:.0f} s", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=float))

@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 
 import numpy as np
 import torch
 
 from avloc.config import config_to_dict
-from avloc.data.collate import collate_samples
 from avloc.data.datasets import dataset_from_spec
-from avloc.encoders.cache import FeatureCache, content_key
-from avloc.engine.evaluate import evaluate_predictions
-from avloc.methods.lvs import self_maps
+from avloc.engine.predict import predict
 from avloc.methods.zoo import load_labelled_models
 
 #: result keys shown per protocol family: (key, column name); avsol on stills = PiBR (pointing) and HmBoxAUC
@@ -59,33 +57,13 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{n}: needs the same frozen pretrained visual encoder and preprocessing as the first checkpoint")
     extra = {"count": args.count} if args.count else {}
     ds = dataset_from_spec(args.data, raw=args.raw, image_cfg=first.cfg.image, audio_cfg=first.cfg.audio, **extra)
-    disk = None
-    if args.feature_cache_dir:
-        enc = first.visual_module()
-        assert enc is not None
-        disk = FeatureCache.for_encoder(
-            args.feature_cache_dir, first.cfg.visual_encoder, first.cfg.visual_encoder_kwargs, enc,
-            {"image": config_to_dict(first.cfg.image)}, dtype="float32",
-        )
-    preds: dict[str, dict[str, object]] = {n: {} for n in models}
-    gts: list[dict[str, object]] = []
-    t0 = time.perf_counter()
-    n_items = len(ds)  # type: ignore[arg-type]
-    with torch.no_grad():
-        for start in range(0, n_items, args.batch_size):
-            batch = collate_samples([ds[i] for i in range(start, min(n_items, start + args.batch_size))])
-            images = batch["image"]  # (B, 3, H, W)
-            if disk is None:
-                feats = first.encode_images(images)  # (B, C, h, w), shared
-            else:
-                feats = disk.get_or_compute([content_key(im) for im in images], lambda idx, im=images: first.encode_images(im[idx]))
-            for n, m in models.items():
-                maps = self_maps(m.audio_embedding(batch["audio"]), m.visual_map(feats))  # (B, h, w) == localize
-                preds[n].update({sid: mp.numpy() for sid, mp in zip(batch["id"], maps)})
-            gts += [{k: batch[k][i] for k in ("id", "boxes", "box_labels", "labels", "silent_boxes", "onscreen", "audible")} for i in range(len(batch["id"]))]
-    secs = time.perf_counter() - t0
-    results = {n: {pr: {k: v for k, v in evaluate_predictions(preds[n], gts, pr).items() if k != "curve"} for pr in args.protocols} for n in models}
-    print(json.dumps({"data": args.data, "n": len(gts), "seconds": round(secs, 1), "results": results}, indent=2))
+    with tempfile.TemporaryDirectory() as tmp:  # without --feature-cache-dir the features are shared for this run only
+        cache_dir = args.feature_cache_dir or tmp
+        t0 = time.perf_counter()
+        preds = {n: predict(m, ds, batch_size=args.batch_size, feature_cache=cache_dir) for n, m in models.items()}
+        secs = time.perf_counter() - t0
+    results = {n: {pr: {k: v for k, v in p.score(pr).items() if k != "curve"} for pr in args.protocols} for n, p in preds.items()}
+    print(json.dumps({"data": args.data, "n": len(next(iter(preds.values()))), "seconds": round(secs, 1), "results": results}, indent=2))
     cols = [(pr, k, name) for pr in args.protocols for k, name in COLUMNS["avsol" if pr == "avsol" else "ciou"]]
     print("\n| model | " + " | ".join(f"{pr} {name}" for pr, _, name in cols) + " |")
     print("|---|" + "---:|" * len(cols))

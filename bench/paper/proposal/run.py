@@ -24,8 +24,8 @@ Two sub-commands, both on DigitScenes composed from the raw sources (``--raw`` o
   ``single`` test scenes at the settings it was trained with: the top box
   (``dsol-music``: IoU >= 0.5), the location map ``m_n`` (``dsol-music``,
   ``sslalign-adaptive``, ``avsol`` pointing) and where the top box lands. One
-  forward pass per output, its maps scored by ``evaluate_predictions`` for each
-  protocol; the table goes to stderr::
+  forward pass per output, its maps scored for each
+  protocol (:func:`avloc.engine.predict.predict`, :meth:`~avloc.engine.predict.Predictions.score`); the table goes to stderr::
 
       python bench/paper/proposal/run.py table3 --model K10=RUN10/last.safetensors \
           --model K20=proposal-digitscenes --model all=RUNALL/last.safetensors --count 500
@@ -154,9 +154,8 @@ def cmd_results(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_table3(args: argparse.Namespace) -> dict[str, Any]:
-    from avloc.engine.evaluate import evaluate_predictions
+    from avloc.engine.predict import Predictions, predict
     from avloc.methods.zoo import load_model_spec
-    from avloc.metrics.targets import targets_from_batch
 
     raw = _raw(args)
     models: dict[str, Any] = {}
@@ -171,10 +170,9 @@ def cmd_table3(args: argparse.Namespace) -> dict[str, Any]:
         if (model.cfg.image, model.cfg.audio) != fronts:
             raise SystemExit(f"{label}: front-end settings differ from the first model's; compare like with like")
     data = _batches(_dataset("digitscenes:single:test", raw, first, count=args.count, seed=args.seed), args.batch_size)
-    targets = [t for b in data for t in targets_from_batch(b)]
 
-    def score(preds: dict[str, np.ndarray], protocol: str) -> dict[str, Any]:
-        r = evaluate_predictions(preds, targets, protocol)
+    def score(preds: Predictions, protocol: str) -> dict[str, Any]:
+        r = preds.score(protocol)
         return {k: v for k, v in r.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
     res: dict[str, Any] = {"count": args.count, "seed": args.seed, "models": {}}
@@ -182,8 +180,8 @@ def cmd_table3(args: argparse.Namespace) -> dict[str, Any]:
     for label, model in models.items():
         base = dataclasses.asdict(model.cfg)
         # one forward pass per output, scored by several protocols
-        m_n = _maps(_with(model, localize_output="location_map"), data)
-        top_box = _maps(_with(model, localize_output="boxes"), data)
+        m_n = predict(_with(model, localize_output="location_map"), data)
+        top_box = predict(_with(model, localize_output="boxes"), data)
         _with(model, localize_output=base["localize_output"])
         res["models"][label] = {
             "top_k": base["top_k"],
@@ -198,16 +196,6 @@ def cmd_table3(args: argparse.Namespace) -> dict[str, Any]:
     res["seconds"] = round(time.perf_counter() - t0, 1)
     print(table3_markdown(res), file=sys.stderr)
     return res
-
-
-def _maps(model: Any, data: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """``localize`` map of every sample, by id (what :func:`evaluate_predictions` scores)."""
-    model.eval()
-    preds: dict[str, np.ndarray] = {}
-    with torch.no_grad():
-        for b in data:
-            preds.update(zip(map(str, b["id"]), model.localize(b["image"], b["audio"]).float().numpy()))
-    return preds
 
 
 def table3_markdown(res: dict[str, Any]) -> str:

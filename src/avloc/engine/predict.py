@@ -24,7 +24,7 @@ test image once. Cached features are float32: scores are the same cold or warm.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,6 +85,28 @@ class Predictions:
         if len(self.onscreen) != len(self):
             raise DataError(f"{self.model}: predicted without 'onscreen'")
         return dict(zip(self.ids, self.onscreen, strict=True))
+
+    def subset(self, keep: Callable[[Target], bool]) -> Predictions:
+        """The samples whose ground truth satisfies ``keep``, in the same order and batches (empty batches dropped),
+        e.g. ``preds.subset(lambda t: len(t.boxes) == 1)`` to score the frames with one sounding box."""
+        out = Predictions(self.model)
+        chosen = [bool(keep(t)) for batch in self.targets for t in batch]
+        start = 0
+        for b, batch in enumerate(self.targets):
+            sel = np.array(chosen[start : start + len(batch)], dtype=bool)
+            start += len(batch)
+            if not sel.any():
+                continue
+            out.targets.append([t for t, s in zip(batch, sel, strict=True) if s])
+            for kind in ("maps", "class_maps"):
+                parts = getattr(self, kind)
+                if len(parts) == len(self.targets):
+                    getattr(out, kind).append(parts[b][sel])
+        if len(self.boxes) == len(chosen):
+            out.boxes = [x for x, s in zip(self.boxes, chosen, strict=True) if s]
+        if len(self.onscreen) == len(chosen):
+            out.onscreen = [x for x, s in zip(self.onscreen, chosen, strict=True) if s]
+        return out
 
     def _parts(self, kind: str) -> list[np.ndarray]:
         if kind not in ("maps", "class_maps"):

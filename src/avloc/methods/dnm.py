@@ -44,7 +44,9 @@ Training-only levers (issue 7) are config fields too, applied by
 --method dnm key=value`` trains what ``bench/paper/dnm/run.py`` trains:
 ``sound_draws`` / ``pixels_once`` (:class:`RedrawnSoundTracks`),
 ``neg_other_time`` (:class:`OtherTimeNegatives`), ``audio_init_from`` /
-``audio_pretrain_steps`` with ``freeze_audio``, ``init_seed``.
+``audio_pretrain_steps`` with ``freeze_audio``, ``init_seed``. The DigitScenes data
+wrappers live in :mod:`avloc.data.digitscenes.wrappers`, the audio pretraining in
+:mod:`avloc.data.digitscenes.audio_pretrain`.
 
 ``localize(images, audio)``: ``images`` (B, T, 3, H, W) segments or single
 frames (B, 3, H, W), which are taken as a still segment (the frame repeated T
@@ -59,7 +61,6 @@ import functools
 import logging
 import math
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,11 +71,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from avloc.data.digitscenes.audio_pretrain import pretrain_audio_backbone
+from avloc.data.digitscenes.wrappers import OtherTimeNegatives, RedrawnSoundTracks
 from avloc.encoders import AudioEncoder, create_encoder
 from avloc.errors import ConfigError, DataError
 from avloc.frontends.audio import AudioFrontend, AudioFrontendConfig
-from avloc.frontends.image import ImageConfig, segment_times, transform_boxes
-from avloc.io.audio import window_at
+from avloc.frontends.image import ImageConfig, segment_times
 from avloc.methods import register_method
 from avloc.methods.base import Capability, LocalizationMethod, MethodConfig
 from avloc.methods.blocks import build_visual_encoder
@@ -420,7 +422,7 @@ class DNM(SegmentMethod):
         if "neg_audio" not in batch:
             raise DataError(
                 f"dnm neg_other_time={p} needs batch['neg_audio'] (same clip, another time): "
-                "wrap the training set in avloc.methods.dnm.OtherTimeNegatives"
+                "wrap the training set in avloc.data.digitscenes.wrappers.OtherTimeNegatives"
             )
         s_other_time = self.avsm(st, audio=self.audio_streams(batch["neg_audio"]))
         pick = torch.rand(b, device=s_other_clip.device) < p  # (B,) True -> same clip, another time
@@ -470,233 +472,6 @@ class DNM(SegmentMethod):
         return torch.sigmoid(s.flatten(1).amax(1))
 
 
-# ---------------------------------------------------------------------------------------------
-# training data: redrawn sound tracks, negatives from the same clip at another time (Sec. 5.1)
-
-
-def _video_boxes(ds: Any, boxes: list[list[int]]) -> torch.Tensor:
-    """Pixel boxes of a DigitScenes video frame -> the dataset's item boxes (K, 4) (its image config, else normalised)."""
-    side = ds.config.scene.size
-    b = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-    if ds.image_cfg is not None:
-        return transform_boxes(b, (side, side), ds.image_cfg)
-    return b / side
-
-
-class RedrawnSoundTracks(Dataset):
-    """A DigitScenes ``video`` set seen with ``draws`` sound tracks per clip (the still variants' ``pool`` for video).
-
-    Item ``k * len(dataset) + r`` shows item r's frames with sound track k of its clip:
-    k = 0 is the clip as drawn, k > 0 a new draw of who speaks, when, which utterance and
-    which ambient sound (``DigitScenesSampler.clip(c, audio_draw=k)``), with the
-    annotation (sounding boxes, labels, AVE flags) of that track. The pictures, hence the
-    frozen features, are shared by the ``draws`` versions (``scene_index`` = r), so the
-    engine encodes ``len(dataset)`` segments and trains on ``draws`` times as many
-    distinct audio-visual pairs; the per-clip ambient sound no longer identifies a clip.
-    Clip ``k * n_clips + c`` of :meth:`video_clip` is clip c with track k.
-
-    ``pixels_once=True`` (training with the engine's frozen-feature cache only): the
-    engine reads item r < ``len(dataset)`` once, to encode its pictures (key r); every
-    later read returns the item without ``image``, since the engine replaces it by the
-    cached features anyway. This skips composing 4 frames per item per step (the
-    bulk of a training step's CPU time here); without the cache such items would fail.
-    """
-
-    def __init__(self, dataset: Any, draws: int, pixels_once: bool = False) -> None:
-        if not callable(getattr(dataset, "video_clip", None)) or not hasattr(getattr(dataset, "config", None), "fps"):
-            raise ConfigError(f"RedrawnSoundTracks needs a DigitScenes video dataset, got {type(dataset).__name__}")
-        if draws < 1:
-            raise ConfigError(f"draws must be >= 1, got {draws}")
-        self.dataset, self.draws = dataset, int(draws)
-        self.config, self.audio_cfg, self.image_cfg = dataset.config, dataset.audio_cfg, dataset.image_cfg
-        self.frames = dataset.config.annotated_frames()
-        self.n_clips = len(dataset) // len(self.frames)
-        self._clips: OrderedDict[int, Any] = OrderedDict()
-        self.pixels_once = pixels_once
-        self._served: set[int] = set()  # items already given with their pictures (pixels_once)
-
-    def __len__(self) -> int:
-        return self.draws * len(self.dataset)
-
-    def scene_index(self, i: int) -> int:
-        return i % len(self.dataset)  # the pictures of item i: those of the wrapped item
-
-    def video_clip(self, g: int) -> Any:
-        k, c = divmod(g, self.n_clips)
-        if k == 0:
-            return self.dataset.video_clip(c)
-        clip = self._clips.get(g)
-        if clip is None:
-            clip = self._clips[g] = self.dataset.sampler.clip(c, audio_draw=k)
-            if len(self._clips) > 1024:
-                self._clips.popitem(last=False)
-        self._clips.move_to_end(g)
-        return clip
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        if not 0 <= i < len(self):
-            raise IndexError(f"index {i} out of range for {len(self)} items")
-        k, r = divmod(i, len(self.dataset))
-        c, f = divmod(r, len(self.frames))
-        if not self.pixels_once or (k == 0 and r not in self._served):
-            self._served.add(r)
-            item = dict(self.dataset[r])  # with the rendered segment
-            if k == 0:
-                return item
-        else:  # no pixels: the engine reads features from its cache by the index
-            base = self.dataset.video_clip(c)
-            ann0 = base.annotation(self.frames[f])
-            item = {
-                "id": f"digitscenes-video-{self.dataset.split}-{self.dataset.seed}-{c:07d}-f{self.frames[f]:04d}",
-                "visible_labels": sorted(ann0["box_labels"] + ann0["silent_labels"]),
-                "scene_index": c, "time": ann0["time"],
-            }
-        clip = self.video_clip(k * self.n_clips + c)
-        ann = clip.annotation(self.frames[f])
-        item.update(
-            id=f"{item['id']}-a{k}" if k else item["id"],
-            audio=torch.from_numpy(window_at(clip.audio, clip.sample_rate, ann["time"], self.audio_cfg.window_seconds)),
-            boxes=_video_boxes(self.dataset, ann["boxes"]),
-            silent_boxes=_video_boxes(self.dataset, ann["silent_boxes"]),
-            box_labels=torch.tensor(ann["box_labels"], dtype=torch.long),
-            labels=ann["labels"],
-            onscreen=ann["onscreen"],
-            audible=ann["audible"],
-            out_of_view=ann["out_of_view"],
-        )
-        return item
-
-
-
-class OtherTimeNegatives(Dataset):
-    """A DigitScenes ``video`` training set whose items also carry ``neg_audio`` (N,): same clip, another time.
-
-    Item i (clip c, annotated frame at time t) gets the ``audio_cfg.window_seconds``
-    window of clip c's sound track centred on another annotated time t' with
-    |t' - t| >= ``min_sep`` s (default: the window, so the two windows do not
-    overlap), drawn uniformly with the torch RNG on every access -- re-drawn every
-    epoch as in the paper ("the video is combined with the audio of a different clip
-    or time ... shuffled for each training epoch"). No labels are used: it stays
-    self-supervised. :class:`DNM` uses it when ``neg_other_time`` > 0. The frozen
-    feature cache keys are the wrapped set's (``scene_index``).
-    """
-
-    def __init__(self, dataset: Any, min_sep: float | None = None) -> None:
-        if not callable(getattr(dataset, "video_clip", None)) or not hasattr(getattr(dataset, "config", None), "fps"):
-            raise ConfigError(f"OtherTimeNegatives needs a DigitScenes video dataset, got {type(dataset).__name__}")
-        self.dataset = dataset
-        self.window = float(dataset.audio_cfg.window_seconds)
-        self.min_sep = self.window if min_sep is None else float(min_sep)
-        fps = dataset.config.fps
-        self.times = [j / fps for j in dataset.config.annotated_frames()]  # annotated times of a clip, s
-        self.others = [[u for u in self.times if abs(u - t) >= self.min_sep - 1e-9] for t in self.times]
-        if not all(self.others):
-            raise ConfigError(
-                f"clips of {dataset.config.seconds} s have annotated times with no other time >= {self.min_sep} s away; "
-                "lower min_sep or use longer clips"
-            )
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def scene_index(self, i: int) -> int:
-        return int(self.dataset.scene_index(i))
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        item = dict(self.dataset[i])
-        c, f = divmod(i, len(self.times))
-        clip = self.dataset.video_clip(c)
-        cands = self.others[f]
-        t_neg = cands[int(torch.randint(len(cands), (1,)))]
-        item["neg_audio"] = torch.from_numpy(window_at(clip.audio, clip.sample_rate, t_neg, self.window))
-        item["neg_time"] = t_neg
-        return item
-
-
-# ---------------------------------------------------------------------------------------------
-# a pretrained audio backbone (the paper's VGGish stand-in)
-
-
-def pretrain_audio_backbone(
-    raw: Any, cfg: DNMConfig, steps: int = 300, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-    log: Any = None,
-) -> tuple[dict[str, torch.Tensor], float]:
-    """Train ``cfg.audio_encoder`` on FSDD digit classification; return its state dict and the last accuracy.
-
-    The paper freezes an audio backbone pretrained on labelled audio (VGGish, AudioSet;
-    Sec. 5.1). No such weights exist here, so the stand-in is the same small CNN trained,
-    before DNM, to name the spoken digit of a ``window_seconds`` log-mel window: FSDD
-    utterances of the DigitScenes *train* speakers only, placed at a random offset, at a
-    random speech level, under ESC-10 ambient sound of the train folds (probability 0.5,
-    SNR 0-15 dB) as in the ``video`` mixes; a time-averaged linear head, Adam, cross-entropy.
-    ``raw``: a :class:`avloc.data.sources.RawSources` or its directory.
-    """
-    import numpy as np
-
-    from avloc.data.digitscenes.config import SplitConfig
-    from avloc.data.sources import RawSources
-
-    src = raw if isinstance(raw, RawSources) else RawSources(raw)
-    split = SplitConfig()
-    utts = [u for u in src.fsdd if u.speaker in split.speakers["train"]]
-    ambients = [c for c in src.esc10 if c.fold in split.esc_folds["train"]]
-    if not utts:
-        raise DataError("no FSDD utterances of the train speakers: cannot pretrain the audio backbone")
-    rng = np.random.default_rng(seed)
-    with torch.random.fork_rng(devices=[]):  # seeded by ``seed`` alone; the caller's torch RNG is left as it was
-        torch.manual_seed(seed)
-        return _pretrain_loop(src, cfg, utts, ambients, rng, steps, batch_size, lr, log)
-
-
-def _pretrain_loop(
-    src: Any, cfg: DNMConfig, utts: list[Any], ambients: list[Any], rng: Any, steps: int, batch_size: int, lr: float,
-    log: Any,
-) -> tuple[dict[str, torch.Tensor], float]:
-    """The body of :func:`pretrain_audio_backbone` (torch RNG already seeded)."""
-    import numpy as np
-
-    from avloc.data.digitscenes.mixing import ambient_segment, at_level, mix
-
-    sr, n = cfg.audio.sample_rate, cfg.audio.num_samples
-    enc = create_encoder(cfg.audio_encoder, **cfg.audio_encoder_kwargs)
-    if not isinstance(enc, AudioEncoder):
-        raise ConfigError(f"audio_encoder {cfg.audio_encoder!r} is not an audio encoder")
-    frontend = AudioFrontend(cfg.audio)
-    head = nn.Linear(enc.out_channels, 10)
-    opt = torch.optim.Adam([*enc.parameters(), *head.parameters()], lr=lr)
-
-    def example() -> tuple[np.ndarray, int]:
-        u = utts[int(rng.integers(len(utts)))]
-        wav = at_level(src.audio(u.path, sr), float(rng.uniform(-26.0, -18.0)))
-        if wav.size > n:  # a long utterance: a random n-sample crop
-            o = int(rng.integers(wav.size - n + 1))
-            wav, start = wav[o : o + n], 0
-        else:
-            start = int(rng.integers(n - wav.size + 1))
-        amb = None
-        if ambients and rng.random() < 0.5:
-            c = ambients[int(rng.integers(len(ambients)))]
-            amb = ambient_segment(src.audio(c.path, sr), n, rng)
-        return mix(n, [(wav, start)], amb, float(rng.uniform(0.0, 15.0)), None, 0.99), u.digit
-
-    enc.train()
-    acc = 0.0
-    for step in range(1, steps + 1):
-        xs, ys = zip(*(example() for _ in range(batch_size)))
-        x = torch.from_numpy(np.stack(xs))
-        y = torch.tensor(ys)
-        logits = head(enc.forward_time(frontend(x)).mean(dim=-1))  # (B, 10)
-        loss = F.cross_entropy(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        acc = float((logits.argmax(1) == y).float().mean())
-        if log is not None and (step % 25 == 0 or step == steps):
-            log(f"audio pretraining step {step}/{steps}: loss {float(loss.detach()):.3f} accuracy {acc:.3f}")
-    enc.eval()
-    return {k: v.detach().clone() for k, v in enc.state_dict().items()}, acc
-
-
 def load_audio_backbone(model: SegmentMethod, source: str) -> None:
     """Set ``model``'s audio backbone from ``source`` (``DNMConfig.audio_init_from``).
 
@@ -741,7 +516,7 @@ def _raw_sources(dataset: Any) -> Any:
         d = getattr(d, "dataset", None)
     raise ConfigError(
         f"audio_pretrain_steps needs a DigitScenes training set (its FSDD / ESC-10 sources), not {type(dataset).__name__}; "
-        "pretrain with avloc.methods.dnm.pretrain_audio_backbone and pass the file as audio_init_from"
+        "pretrain with avloc.data.digitscenes.audio_pretrain.pretrain_audio_backbone and pass the file as audio_init_from"
     )
 
 

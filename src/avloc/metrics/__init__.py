@@ -7,6 +7,7 @@ NumPy (and OpenCV); torch only for resizing when it is already imported (see :fu
 from __future__ import annotations
 
 from avloc.metrics import ops
+from avloc.metrics.avc import avc_accuracy, roc_auc
 from avloc.metrics.avsol import AVSOLMetrics, avsol_summary, masked_max, peak_in_box, pixel_average_precision
 from avloc.metrics.base import Accumulator, gather
 from avloc.metrics.classaware import ClassAwareCIoU, class_average, no_sound_area
@@ -37,6 +38,7 @@ __all__ = [
     "ThresholdSweep",
     "adaptive_ciou",
     "auc_thresholds",
+    "avc_accuracy",
     "avsol_summary",
     "ciou",
     "class_average",
@@ -53,6 +55,7 @@ __all__ = [
     "peak_in_box",
     "pixel_average_precision",
     "precision_recall",
+    "roc_auc",
     "success_summary",
     "targets_from_batch",
     "to_target",
