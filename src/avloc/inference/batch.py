@@ -30,7 +30,7 @@ others; the run ends with a summary and the CLI exits 2 if any failed.
      "finished": "2025-01-01T12:01:00+00:00" | null, # null while running (or when killed)
      "inputs": [{"input": "clips/a.mp4",             # as given / listed
                  "stem": "a",                        # outputs are DIR/STEM.avloc.json, ...
-                 "status": "done" | "failed" | "skipped" | "running" | "pending",
+                 "status": "done" | "failed" | "skipped" | "pending",  # pending: queued or running
                  "error": "one-line reason" | null,
                  "outputs": {"json": "a.avloc.json", "sheet": "a.sheet.png", ...},  # relative to DIR
                  "seconds": 1.23 | null}]}           # processing time (null unless done)
@@ -198,7 +198,7 @@ def collect_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[tuple[str, s
 class InputState:
     input: str
     stem: str
-    status: str = "pending"  # done | failed | skipped | running | pending
+    status: str = "pending"  # done | failed | skipped | pending (queued or running)
     error: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
     seconds: float | None = None
@@ -224,7 +224,12 @@ class RunLog:
         self.finished: str | None = None
 
     def document(self) -> dict[str, Any]:
-        return {"version": RUN_VERSION, "command": self.command, "config": self.config, "started": self.started,
+        from avloc import __version__
+
+        # avloc/report/run_schema.json (what ``avloc report`` reads): schema_version and tool; ``version`` kept
+        # for this module's own resume check
+        return {"schema_version": "1.0", "tool": {"name": "avloc localize", "version": str(__version__)},
+                "version": RUN_VERSION, "command": self.command, "config": self.config, "started": self.started,
                 "finished": self.finished, "inputs": [s.to_dict() for s in self.states]}
 
     def write(self) -> None:
@@ -431,7 +436,7 @@ def run_collection(
                     log.error("avloc localize: error: %s", st.error)
 
             def started(i: int) -> None:
-                states[i].status = "running"
+                states[i].status = "pending"  # run_schema.json: pending = queued or running
                 run_log.write()
 
             if batch.workers:
