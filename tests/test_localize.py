@@ -300,9 +300,11 @@ def test_class_aware_model_reports_one_map_per_detected_class(tmp_path) -> None:
         assert (panel.max() > 24) == (i <= n_det)
 
 
-def test_analyse_in_memory_then_write_equals_localize_video(tmp_path) -> None:
+def test_analyse_in_memory_then_write_equals_localize_video(tmp_path, monkeypatch) -> None:
     """``analyse_video`` (nothing written) + ``write_outputs`` gives the files ``localize_video`` writes: the same
-    frames, heatmaps and sheet (only the creation time and the processing time differ)."""
+    frames, heatmaps and sheet (only the creation time and the processing time differ). ``localize_video`` probes
+    the input once (its check's probe is passed on to the analysis)."""
+    from avloc.inference import pipeline
     from avloc.inference.config import LocalizeConfig
     from avloc.inference.pipeline import analyse_video, localize_video, write_outputs
     from avloc.methods.zoo import load_model
@@ -310,7 +312,11 @@ def test_analyse_in_memory_then_write_equals_localize_video(tmp_path) -> None:
     _clip(tmp_path / "c.mp4", seconds=2.0)
     model = load_model("avsync-objectness")
     cfg = LocalizeConfig(save_heatmaps=True, overlay=False)
+    probes: list[object] = []
+    real_probe = pipeline.probe
+    monkeypatch.setattr(pipeline, "probe", lambda p: probes.append(p) or real_probe(p))
     direct = localize_video(tmp_path / "c.mp4", model, cfg, tmp_path / "a", model_name="avsync-objectness", progress=False)
+    assert len(probes) == 1
     analysis = analyse_video(tmp_path / "c.mp4", model, cfg, model_name="avsync-objectness", progress=False)
     assert not (tmp_path / "b").exists() and len(analysis.records) == direct.frames == analysis.maps.shape[0]
     written = write_outputs(analysis, tmp_path / "b")

@@ -286,3 +286,40 @@ def test_avc_accuracy_and_roc_auc() -> None:
         assert roc_auc(p, n) == pytest.approx(u / (len(p) * len(n)), abs=1e-12)
         assert roc_auc(p, n) == float((p[:, None] > n[None, :]).mean() + 0.5 * (p[:, None] == n[None, :]).mean())
     assert np.isnan(roc_auc(np.array([]), neg))
+
+
+def test_box_iou_number_and_torch_paths_agree() -> None:
+    """The one box_iou: two boxes of numbers -> float; (N, 4), (M, 4) tensors -> the pairwise (N, M) tensor."""
+    from avloc.errors import DataError
+    from avloc.metrics.ops import box_iou
+
+    rng = np.random.default_rng(3)
+    lo = rng.random((6, 2))
+    boxes = np.concatenate([lo, lo + 0.05 + rng.random((6, 2)) * 0.5], 1)
+    pair = box_iou(torch.from_numpy(boxes), torch.from_numpy(boxes[:4]))
+    assert isinstance(pair, torch.Tensor) and pair.shape == (6, 4) and pair.dtype == torch.float64
+    ref = np.array([[box_iou(a, b) for b in boxes[:4]] for a in boxes])
+    np.testing.assert_allclose(pair.numpy(), ref, rtol=1e-12, atol=0)
+    assert box_iou([0, 0, 2, 2], [1, 1, 3, 3]) == pytest.approx(1 / 7)
+    with pytest.raises(DataError):
+        box_iou(torch.zeros(4), torch.zeros(1, 4))
+
+
+def test_pointing_edges_and_peak_places() -> None:
+    """One pointing rule on normalised boxes: closed edges by default, half-open when asked; peak = top cell centre."""
+    from avloc.errors import DataError
+    from avloc.metrics.ops import in_boxes, peak_places, peak_points
+
+    m = np.zeros((2, 4, 4), dtype=np.float32)
+    m[0, 1, 2] = 1.0  # centre (0.625, 0.375)
+    m[1, 3, 0] = 1.0  # centre (0.125, 0.875)
+    np.testing.assert_array_equal(peak_points(m), [[0.625, 0.375], [0.125, 0.875]])
+    edge = [[0.0, 0.0, 0.625, 0.5]]  # the first peak on the right edge
+    assert in_boxes((0.625, 0.375), edge) and not in_boxes((0.625, 0.375), edge, edges="half-open")
+    assert not in_boxes((0.5, 0.5), np.zeros((0, 4)))
+    snd = [np.array(edge), np.zeros((0, 4))]
+    sil = [np.zeros((0, 4)), np.array([[0.0, 0.75, 0.25, 1.0]])]
+    assert peak_places(m, snd, sil) == {"sounding": 0.5, "silent": 0.5, "background": 0.0}
+    assert peak_places(m, snd, sil, edges="half-open") == {"sounding": 0.0, "silent": 0.5, "background": 0.5}
+    with pytest.raises(DataError):
+        in_boxes((0, 0), edge, edges="open")  # type: ignore[arg-type]

@@ -28,13 +28,13 @@ from avloc.methods.proposals import (
     ProposalCache,
     ProposalCacheError,
     ProposalConfig,
-    box_iou,
     box_pixel_bounds,
     box_sums,
     nms,
     spp_bins,
     spp_pool,
 )
+from avloc.metrics.ops import box_iou
 
 
 @pytest.fixture(autouse=True)

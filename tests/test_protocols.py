@@ -251,13 +251,19 @@ class CornerMethod(LocalizationMethod):
         return F.adaptive_avg_pool2d(images[:, :1] * self.scale, 7)[:, 0]  # (B, 7, 7)
 
 
-def test_evaluate_model_matches_evaluate_predictions() -> None:
-    rng = np.random.default_rng(4)
-    samples = []
-    for i in range(9):
+def image_samples(n: int, seed: int) -> list[dict[str, object]]:
+    """``n`` random 32x32 images with one or two random boxes each (and silent audio)."""
+    rng = np.random.default_rng(seed)
+    samples: list[dict[str, object]] = []
+    for i in range(n):
         img = torch.from_numpy(rng.random((3, 32, 32)).astype(np.float32))
         boxes = torch.from_numpy(random_boxes(rng, int(rng.integers(1, 3))).astype(np.float32))
         samples.append({"id": f"s{i}", "image": img, "audio": torch.zeros(160), "boxes": boxes})
+    return samples
+
+
+def test_evaluate_model_matches_evaluate_predictions() -> None:
+    samples = image_samples(9, 4)
     model = CornerMethod().train()
     res = evaluate_model(model, SamplesDataset(samples), "ezvsl-vggss", progress=False, batch_size=4)
     assert model.training  # mode restored
@@ -505,12 +511,7 @@ def test_predictions_subset_scores_as_the_subset_alone() -> None:
     """Predictions.subset keeps the order and the batches: scoring it = evaluate_predictions on those samples."""
     from avloc.engine.predict import predict
 
-    rng = np.random.default_rng(5)
-    samples = []
-    for i in range(11):
-        img = torch.from_numpy(rng.random((3, 32, 32)).astype(np.float32))
-        boxes = torch.from_numpy(random_boxes(rng, int(rng.integers(1, 3))).astype(np.float32))
-        samples.append({"id": f"s{i}", "image": img, "audio": torch.zeros(160), "boxes": boxes})
+    samples = image_samples(11, 5)
     preds = predict(CornerMethod(), SamplesDataset(samples), batch_size=4)
     sub = preds.subset(lambda t: len(t.boxes) == 1)
     keep = [s for s in samples if len(s["boxes"]) == 1]

@@ -31,8 +31,8 @@ Everything goes through the library paths the CLIs use:
   quarters of the run): the memorisation check -- a loss far below the ~2.0 class-level floor
   (10 digits, same-class negatives in a batch of 64) means the LVS tells its fixed pairs apart;
 * evaluation: one forward pass per model over the first ``--count`` samples of ``--data``
-  (default ``digitscenes:single:test``), scored by
-  :func:`avloc.engine.evaluate.evaluate_predictions` for every protocol (what ``avloc eval``
+  (default ``digitscenes:single:test``, :func:`avloc.engine.predict.predict`), scored by
+  :meth:`~avloc.engine.predict.Predictions.score` for every protocol (what ``avloc eval``
   runs; ``avsol`` gives PiBR = pointing).
 
 Usage::
@@ -55,70 +55,30 @@ from torch.utils.data import Dataset
 
 from avloc.data.clips import DigitScenesClips
 from avloc.data.collate import collate_samples
-from avloc.data.datasets import dataset_from_spec
+from avloc.data.datasets import KeyedSubset, dataset_from_spec
 from avloc.data.digitscenes.config import VideoConfig, variant_config
 from avloc.data.moments import MomentFrames, middle_moments, select_moments
 from avloc.data.pseudo_boxes import pseudo_box, semi_supervised
-from avloc.engine.evaluate import evaluate_predictions
+from avloc.engine.predict import predict
 from avloc.engine.train import OptimConfig, TrainConfig, train
 from avloc.methods import create_method
 from avloc.methods.lvs import LVS, LVSConfig
 from avloc.methods.zoo import load_model
 from avloc.metrics.ops import box_iou
-from avloc.metrics.targets import targets_from_batch
 
 
-class WithBoxes(Dataset):
-    """Items of ``base`` whose ``boxes`` are replaced by given boxes (normalised, model input frame)."""
-
-    def __init__(self, base: MomentFrames, indices: list[int], boxes: list[list[float]]) -> None:
-        self.base, self.indices, self.boxes = base, indices, boxes
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def feature_cache_keys(self) -> list[str]:
-        return [self.base.image_key(i) for i in self.indices]
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        s = self.base[self.indices[i]]
-        s["boxes"] = torch.tensor([self.boxes[i]], dtype=torch.float32)
-        return s
+def test_batches(test: Dataset, count: int, batch: int = 50) -> list[dict[str, Any]]:
+    """The test samples, collated once (every LVS model sees the same batches)."""
+    return [collate_samples([test[i] for i in range(s, min(s + batch, count))]) for s in range(0, count, batch)]
 
 
-class Subset(Dataset):
-    """A subset keeping feature-cache keys."""
-
-    def __init__(self, base: MomentFrames, indices: list[int]) -> None:
-        self.base, self.indices = base, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def feature_cache_keys(self) -> list[str]:
-        return [self.base.image_key(i) for i in self.indices]
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.base[self.indices[i]]
+def score(model: LVS, batches: list[dict[str, Any]], protocols: list[str]) -> dict[str, Any]:
+    """One forward pass (:func:`avloc.engine.predict.predict`), every protocol scored on its maps (``avloc eval``'s scoring)."""
+    preds = predict(model, batches)
+    return {p: {k: v for k, v in preds.score(p).items() if k != "curve"} for p in protocols}
 
 
-def test_batches(test: Dataset, count: int, batch: int = 50) -> tuple[list[dict[str, Any]], list[Any]]:
-    """The test samples, collated once (every LVS model sees the same batches), and their targets."""
-    batches = [collate_samples([test[i] for i in range(s, min(s + batch, count))]) for s in range(0, count, batch)]
-    return batches, [t for b in batches for t in targets_from_batch(b)]
-
-
-def score(model: LVS, batches: list[dict[str, Any]], targets: list[Any], protocols: list[str]) -> dict[str, Any]:
-    """One forward pass, every protocol scored on the saved maps (``avloc eval``'s scoring)."""
-    model.eval()
-    preds: dict[str, np.ndarray] = {}
-    with torch.no_grad():
-        for b in batches:
-            preds.update(zip(map(str, b["id"]), model.localize(b["image"], b["audio"]).float().numpy()))
-    return {p: {k: v for k, v in evaluate_predictions(preds, targets, p).items() if k != "curve"} for p in protocols}
-
-
-def run_lvs(name: str, data: Dataset, out: Path, args: argparse.Namespace, test: tuple[list[Any], list[Any]], **lvs_kw: Any) -> dict[str, Any]:
+def run_lvs(name: str, data: Dataset, out: Path, args: argparse.Namespace, test: list[dict[str, Any]], **lvs_kw: Any) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     model = create_method("lvs", LVSConfig(**lvs_kw))
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch, optim=OptimConfig(lr=args.lr, warmup_steps=args.warmup), val_every=0,
@@ -127,7 +87,7 @@ def run_lvs(name: str, data: Dataset, out: Path, args: argparse.Namespace, test:
     train(model, data, out / name, cfg, force=True)
     secs = time.perf_counter() - t0
     assert model.name == "lvs"
-    res = score(model, *test, args.protocols)
+    res = score(model, test, args.protocols)
     end = train_end(out / name / "metrics.jsonl", args.steps)
     print(f"{name}: trained in {secs:.0f} s; end of training {json.dumps(end)}; {json.dumps(res)}", flush=True)
     return {"train_seconds": round(secs, 1), "train_samples": len(data), "train_end": end, **res}  # type: ignore[arg-type]
@@ -238,16 +198,16 @@ def main(argv: list[str] | None = None) -> int:
     if 4 in args.tables:
         idx = sorted(boxes)
         lab_items = [first[c] for c in idx]  # the top-1 frames of the pseudo-boxed clips
-        labelled = WithBoxes(top_frames, lab_items, [boxes[c] for c in idx])
+        labelled = KeyedSubset(top_frames, lab_items, replace=[{"boxes": torch.tensor([boxes[c]], dtype=torch.float32)} for c in idx])
         boxless = {first[c] for c in range(n_lab) if c not in boxes}  # top-1 frames of labelled clips that got no box: left out
         rest = [i for i in range(len(top_frames)) if i not in set(lab_items) and i not in boxless]
-        unlabelled = Subset(top_frames, rest)
+        unlabelled = KeyedSubset(top_frames, rest)
         semi = semi_supervised(unlabelled, labelled)
         t4: dict[str, Any] = {"labelled": len(idx), "unlabelled": len(rest)}
         if len(idx) == n_lab and "table3" in res:
             t4["w/o bbox"] = {"same_as": "table3 top-k (the same frames, no box term)", **res["table3"]["top-k"]}
         else:
-            plain = Subset(top_frames, lab_items + rest)  # the same frames, no box term
+            plain = KeyedSubset(top_frames, lab_items + rest)  # the same frames, no box term
             t4["w/o bbox"] = run_lvs("lvs_nobox", plain, out, args, test)
         t4["w/ bbox"] = run_lvs("lvs_box", semi, out, args, test, box_weight=args.box_weight)
         res["table4"] = t4

@@ -5,8 +5,8 @@ Checkpoints are trained beforehand with the one training loop (``avloc train --m
 classif ...``, see docs/_pending/issue8_results.md); this script only measures:
 
 1. localization of every ``--ckpt`` (classif) and ``--lvs`` checkpoint on
-   ``--data`` (default ``digitscenes:single:test``) under ``--protocols``, each with
-   :func:`avloc.engine.evaluate.evaluate_model` -- what ``avloc eval --model CKPT
+   ``--data`` (default ``digitscenes:single:test``) under ``--protocols``: one
+   :func:`avloc.engine.predict.predict` pass scored by each protocol -- what ``avloc eval --model CKPT
    --data SPEC --protocol P`` prints;
 2. informative moments on ``--video-clips`` clips of ``digitscenes-clips:video:test``
    with the first ``--ckpt``: videos/s, and how often the top-1 moment vs the middle
@@ -47,10 +47,11 @@ from avloc.data.collate import collate_samples
 from avloc.data.datasets import dataset_from_spec
 from avloc.data.moments import select_moments
 from avloc.data.pseudo_boxes import PseudoBoxConfig, clip_pseudo_boxes
-from avloc.engine.evaluate import evaluate_model
+from avloc.engine.predict import predict
 from avloc.methods.base import LocalizationMethod
 from avloc.methods.classif import HEADS, Classif
 from avloc.methods.zoo import load_labelled_models, load_model
+from avloc.metrics import ops
 from avloc.metrics.ops import box_iou
 
 
@@ -59,7 +60,8 @@ def localization(models: dict[str, LocalizationMethod], spec: str, raw: str, cou
     for name, m in models.items():
         ds = dataset_from_spec(spec, raw=raw, image_cfg=m.cfg.image, audio_cfg=m.cfg.audio, count=count)
         t0 = time.perf_counter()
-        out[name] = {p: {k: v for k, v in evaluate_model(m, ds, p, progress=False, batch_size=25).items() if k != "curve"} for p in protocols}
+        preds = predict(m, ds, batch_size=25)  # one forward pass, scored by every protocol
+        out[name] = {p: {k: v for k, v in preds.score(p).items() if k != "curve"} for p in protocols}
         out[name]["seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
@@ -126,19 +128,12 @@ def still_boxes(m: Classif, spec: str, raw: str, n: int, pcfg: PseudoBoxConfig) 
 def peak_landing(m: Classif, samples: list[dict[str, Any]]) -> dict[str, float]:
     """Does the peak of the Eq. 4 map fall on the sounding digit, or on a visible silent one?"""
     m.eval()
-    hits, silent_hits = [], []
     with torch.no_grad():
-        for s in samples:
-            amap = m.localize(s["image"][None], s["audio"][None])[0]  # (h, w)
-            h, w = amap.shape
-            u, v = divmod(int(amap.argmax()), w)
-            y, x = (u + 0.5) / h, (v + 0.5) / w
-
-            def inside(boxes: torch.Tensor, x: float = x, y: float = y) -> bool:
-                return any(b[0] <= x < b[2] and b[1] <= y < b[3] for b in boxes.reshape(-1, 4).tolist())
-
-            hits.append(inside(s["boxes"]))
-            silent_hits.append(inside(s["silent_boxes"]))
+        maps = np.stack([m.localize(s["image"][None], s["audio"][None])[0].numpy() for s in samples])  # (n, h, w)
+    snd, sil = [s["boxes"] for s in samples], [s["silent_boxes"] for s in samples]
+    pts = ops.peak_points(maps)  # the centre of the top cell; half-open box edges, as this table always used
+    hits = [ops.in_boxes(p, b, edges="half-open") for p, b in zip(pts, snd, strict=True)]
+    silent_hits = [ops.in_boxes(p, b, edges="half-open") for p, b in zip(pts, sil, strict=True)]
     return {"peak_on_sounding_digit": round(float(np.mean(hits)), 3), "peak_on_silent_digit": round(float(np.mean(silent_hits)), 3)}
 
 

@@ -220,10 +220,10 @@ def box_landing(model: Any, batches: list[dict[str, Any]]) -> dict[str, float]:
     """Where the top proposal (highest ``d_n^k``) lands, by its centre: on a sounding box, a silent box or the
     background; and how often the K-proposal bag holds a box centred on a sounding box (an upper bound on the choice)."""
 
-    def inside(c: torch.Tensor, boxes: torch.Tensor) -> bool:  # (2,), (n, 4) normalised
-        return bool(
-            ((boxes[:, 0] <= c[0]) & (c[0] <= boxes[:, 2]) & (boxes[:, 1] <= c[1]) & (c[1] <= boxes[:, 3])).any()
-        )
+    from avloc.metrics.ops import in_boxes
+
+    def inside(c: torch.Tensor, boxes: torch.Tensor) -> bool:  # (2,), (n, 4) normalised; closed edges
+        return in_boxes(c.double().numpy(), boxes.double().numpy(), edges="closed")
 
     counts = {"sounding": 0, "silent": 0, "background": 0, "bag_has_sounding": 0}
     n = 0

@@ -49,6 +49,7 @@ from avloc.engine.evaluate import evaluate_predictions
 from avloc.engine.train import OptimConfig, TrainConfig, train
 from avloc.methods.twostage import PRESETS, TwoStage, TwoStageConfig
 from avloc.methods.zoo import load_model
+from avloc.metrics import ops
 from avloc.metrics.protocols import create_protocol
 
 LEVELS = (1, 2, 3)
@@ -179,27 +180,14 @@ def topk_recall(prob: dict[str, np.ndarray], items: list[dict[str, Any]], row: i
     return float(np.mean(rec))
 
 
-def _contains(boxes: Any, x: float, y: float) -> bool:
-    """Is the point ``(x, y)`` (normalised) inside any of ``boxes`` (normalised ``x1, y1, x2, y2``)?"""
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    return bool(((b[:, 0] <= x) & (x <= b[:, 2]) & (b[:, 1] <= y) & (y <= b[:, 3])).any())
-
-
 def peak_places(maps: dict[str, np.ndarray], items: list[dict[str, Any]]) -> dict[str, float]:
-    """Where the class-agnostic map peaks (centre of its top cell, at feature resolution): fraction of clips
-    with the peak in a sounding digit's box, else in a silent digit's box, else on the background."""
-    counts = {"sounding": 0, "silent": 0, "background": 0}
-    for it in items:
-        m = maps[it["id"]]
-        py, px = np.unravel_index(int(np.argmax(m)), m.shape)
-        x, y = (px + 0.5) / m.shape[1], (py + 0.5) / m.shape[0]
-        place = "background"
-        if _contains(it["boxes"], x, y):
-            place = "sounding"
-        elif _contains(it.get("silent_boxes", []), x, y):
-            place = "silent"
-        counts[place] += 1
-    return {k: v / len(items) for k, v in counts.items()}
+    """Where the class-agnostic map peaks (centre of its top cell, at feature resolution): fraction of clips with the
+    peak in a sounding digit's box, else in a silent digit's box, else on the background
+    (:func:`avloc.metrics.ops.peak_places`, closed box edges)."""
+    return ops.peak_places(
+        np.stack([maps[it["id"]] for it in items]), [it["boxes"] for it in items], [it.get("silent_boxes", []) for it in items],
+        edges="closed",
+    )
 
 
 def run_eval(a: argparse.Namespace) -> None:

@@ -98,10 +98,9 @@ class Predictions:
             if not sel.any():
                 continue
             out.targets.append([t for t, s in zip(batch, sel, strict=True) if s])
-            for kind in ("maps", "class_maps"):
-                parts = getattr(self, kind)
+            for parts, into in ((self.maps, out.maps), (self.class_maps, out.class_maps)):
                 if len(parts) == len(self.targets):
-                    getattr(out, kind).append(parts[b][sel])
+                    into.append(parts[b][sel])
         if len(self.boxes) == len(chosen):
             out.boxes = [x for x, s in zip(self.boxes, chosen, strict=True) if s]
         if len(self.onscreen) == len(chosen):

@@ -427,19 +427,22 @@ def analyse_video(
     scratch: Path | None = None,
     decoded: DecodedVideo | None = None,
     source: Any = None,
+    info: MediaInfo | None = None,
 ) -> VideoAnalysis:
     """Analyse one video (pass 1 of the module doc) -> :class:`VideoAnalysis`, writing no output.
 
     ``scratch``: a folder for the maps (memory-mapped files), so memory stays flat in the video's length;
     ``None`` keeps them in memory. ``decoded``: the frames and audio windows :func:`decode_video` read
     elsewhere (a Ray decode task, :mod:`avloc.inference.batch`), used instead of decoding here; ``source``: the
-    map source to use instead of one made from ``model`` (the batch runner's frames-across-videos source).
+    map source to use instead of one made from ``model`` (the batch runner's frames-across-videos source);
+    ``info``: what :func:`check_video` returned for ``path`` (the probe is then not repeated).
     Raises :class:`avloc.errors.MediaError` for unreadable inputs, a missing
     audio track (unless ``cfg.visual_only``) or a video without frames at ``cfg.fps``.
     """
     t_start = time.perf_counter()
     path = Path(path)
-    info = check_video(path, model, cfg, tagger, info=None if decoded is None else decoded.info)
+    if info is None:
+        info = check_video(path, model, cfg, tagger, info=None if decoded is None else decoded.info)
     if source is None:
         source = make_source(model, cfg)
     image_cfg: ImageConfig = source.model.cfg.image
@@ -701,14 +704,16 @@ def localize_video(
     ``cfg.visual_only``), :class:`OutputExistsError` when an output exists and ``cfg.force`` is false.
     """
     path = Path(path)
-    check_video(path, model, cfg, tagger)
+    info = check_video(path, model, cfg, tagger)  # probed once, passed on to analyse_video
     outs = wanted_outputs(path, out_dir, cfg)
     tx = OutputTransaction(out_dir, path.stem, OUTPUT_SUFFIXES, outs, force=cfg.force)
     tx.check()  # before any work: a writable folder, and no previous set unless cfg.force
     tx.begin()  # lock this stem's outputs, clean what killed runs left, open the temporary folder
     try:
         assert tx.dir is not None
-        analysis = analyse_video(path, model, cfg, model_name=model_name, tagger=tagger, progress=progress, scratch=tx.dir)
+        analysis = analyse_video(
+            path, model, cfg, model_name=model_name, tagger=tagger, progress=progress, scratch=tx.dir, info=info
+        )
         _write_into(tx, analysis, outs, progress)
         tx.commit()  # the whole set replaces the previous one, JSON last
     except BaseException:

@@ -11,7 +11,7 @@ Sec. 3.1-3.4):
   structured-edge model file that we do not ship, so it is not offered.
 * :func:`nms` — greedy non-maximum suppression in torch (used for the
   "top non-overlapping proposals" output of the multi-source setting, Sec. 4.3).
-* :func:`box_iou` — pairwise IoU.
+* pairwise IoU: :func:`avloc.metrics.ops.box_iou` (its torch path).
 * :func:`box_sums` — sum of a map inside each box through a summed-area table
   (the proposal confidence of Sec. 3.3, "accumulating the corresponding pixel
   value in the GRM").
@@ -55,6 +55,7 @@ import torch
 
 from avloc.errors import AvlocError, ConfigError
 from avloc.io.atomic import atomic_path, write_text_atomic
+from avloc.metrics.ops import box_iou
 
 #: Bump when the stored layout or the extraction post-processing changes.
 PROPOSAL_CACHE_VERSION = 1
@@ -75,20 +76,6 @@ def check_boxes(boxes: torch.Tensor, what: str = "boxes") -> None:
         raise ConfigError(f"{what} must be (..., 4) as (x0, y0, x1, y1), got shape {tuple(boxes.shape)}")
     if boxes.numel() and ((boxes[..., 2] <= boxes[..., 0]).any() or (boxes[..., 3] <= boxes[..., 1]).any()):
         raise ConfigError(f"{what} must satisfy x1 > x0 and y1 > y0 (normalised (x0, y0, x1, y1))")
-
-
-def box_area(boxes: torch.Tensor) -> torch.Tensor:
-    """(..., 4) -> (...) area."""
-    return (boxes[..., 2] - boxes[..., 0]).clamp_min(0) * (boxes[..., 3] - boxes[..., 1]).clamp_min(0)
-
-
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pairwise IoU: (N, 4), (M, 4) -> (N, M)."""
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])  # (N, M, 2)
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])  # (N, M, 2)
-    inter = (rb - lt).clamp_min(0).prod(dim=-1)  # (N, M)
-    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
-    return inter / union.clamp_min(torch.finfo(inter.dtype).tiny)
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_keep: int | None = None) -> torch.Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from avloc.metrics import ops
 from avloc.metrics.avc import avc_accuracy, roc_auc
-from avloc.metrics.avsol import AVSOLMetrics, avsol_summary, masked_max, peak_in_box, pixel_average_precision
+from avloc.metrics.avsol import AVSOLMetrics, avsol_summary, masked_max, pixel_average_precision
 from avloc.metrics.base import Accumulator, gather
 from avloc.metrics.classaware import ClassAwareCIoU, class_average, no_sound_area
 from avloc.metrics.extended import ExtendedAP, extended_ap, precision_recall, top_fraction_confidence
@@ -22,6 +22,7 @@ from avloc.metrics.localization import (
     success_summary,
 )
 from avloc.metrics.onscreen import OnscreenAccuracy, median_distance_threshold, onscreen_accuracy
+from avloc.metrics.ops import in_boxes, peak_in_box, peak_places, peak_points
 from avloc.metrics.protocols import Protocol, ProtocolAccumulator, create_protocol, list_protocols
 from avloc.metrics.targets import Target, targets_from_batch, to_target
 
@@ -46,6 +47,7 @@ __all__ = [
     "extended_ap",
     "gather",
     "iiou",
+    "in_boxes",
     "list_protocols",
     "masked_max",
     "median_distance_threshold",
@@ -53,6 +55,8 @@ __all__ = [
     "onscreen_accuracy",
     "ops",
     "peak_in_box",
+    "peak_places",
+    "peak_points",
     "pixel_average_precision",
     "precision_recall",
     "roc_auc",

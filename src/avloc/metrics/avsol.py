@@ -27,6 +27,7 @@ import numpy as np
 
 from avloc.errors import DataError
 from avloc.metrics.base import Accumulator
+from avloc.metrics.ops import peak_in_box
 
 FRAME_KINDS = ("ave", "visible", "audible", "noise")
 
@@ -54,13 +55,6 @@ def pixel_average_precision(maps: np.ndarray, gt: np.ndarray) -> np.ndarray:
     contrib = np.where(last, (tp / n_pred) * (tp - prev), 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return contrib.sum(1) / pos
-
-
-def peak_in_box(maps: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """Whether each map's first arg-max pixel lies in the mask -> ``(B,)`` bool."""
-    flat = maps.reshape(len(maps), -1)
-    idx = flat.argmax(1)
-    return gt.reshape(len(gt), -1)[np.arange(len(gt)), idx] > 0
 
 
 def masked_max(maps: np.ndarray, mask: np.ndarray) -> np.ndarray:

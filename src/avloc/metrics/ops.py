@@ -14,7 +14,14 @@ the arithmetic of the public evaluation code named in ``docs/protocols.md``
   adaptive top-K;
 * ground truth: box masks on the evaluation grid with boxes truncated to
   integer pixels (``int(224 * x)``), as a union (VGG-SS) or the Flickr
-  consensus (per-pixel box count / 2, clipped at 1).
+  consensus (per-pixel box count / 2, clipped at 1);
+* pointing (is the map's peak in a box): :func:`peak_in_box` on a painted
+  ground-truth mask (the protocols' rule: the first arg-max *pixel* lies in the
+  pixels :func:`box_pixels` painted), and :func:`in_boxes` / :func:`peak_places`
+  on normalised boxes, where the peak is the centre of the first arg-max cell.
+  Boundary rule of :func:`in_boxes`: ``edges="closed"`` (default; a point on an
+  edge is inside, ``x1 <= x <= x2``) or ``edges="half-open"`` (``x1 <= x < x2``,
+  the rule of pixel slices ``[x1:x2]``), passed explicitly by callers that need it.
 
 Nothing here imports torch unless it is already imported or asked for (``backend='torch'``).
 """
@@ -23,7 +30,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -33,6 +40,7 @@ ResizeMode = Literal["cv2", "align_corners", "bicubic_align_corners"]
 ResizeBackend = Literal["auto", "numpy", "torch"]
 NormalizeMode = Literal["minmax", "lvs", "fixed", "fixed_minmax", "relu", "none"]
 BoxNegative = Literal["clip", "wrap"]
+BoxEdges = Literal["closed", "half-open"]
 
 
 def as_map_batch(maps: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
@@ -348,9 +356,28 @@ def binarize_adaptive(maps: np.ndarray, gt_pixels: np.ndarray, strict: bool) -> 
     return compare(maps, kth_smallest(maps, n - np.clip(k, 1, n)), strict)
 
 
-def box_iou(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
-    """IoU of two ``[x1, y1, x2, y2]`` boxes (0 when either is empty); the one box IoU of numbers
-    (the pairwise torch one for proposals is :func:`avloc.methods.proposals.box_iou`)."""
+def box_iou(a: Any, b: Any) -> Any:
+    """IoU of ``[x1, y1, x2, y2]`` boxes: the one box IoU, two paths by input type.
+
+    * numbers (two boxes: sequences or 1-D arrays) -> ``float``: 0 when the union is empty
+      (pseudo boxes, the demo check, the benchmarks);
+    * torch tensors ``(N, 4)`` and ``(M, 4)`` -> the pairwise ``(N, M)`` tensor, differentiable, in
+      the inputs' dtype and device; box areas clamped at 0 and the union at the dtype's ``tiny``
+      (proposal NMS, :func:`avloc.methods.proposals.nms`). torch is not imported for the number path.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        if a.dim() != 2 or b.dim() != 2 or a.shape[-1] != 4 or b.shape[-1] != 4:
+            raise DataError(f"pairwise box_iou needs (N, 4) and (M, 4) tensors, got {tuple(a.shape)} and {tuple(b.shape)}")
+        lt = torch.maximum(a[:, None, :2], b[None, :, :2])  # (N, M, 2)
+        rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])  # (N, M, 2)
+        inter = (rb - lt).clamp_min(0).prod(dim=-1)  # (N, M)
+
+        def area(x: Any) -> Any:  # (K, 4) -> (K,)
+            return (x[..., 2] - x[..., 0]).clamp_min(0) * (x[..., 3] - x[..., 1]).clamp_min(0)
+
+        union = area(a)[:, None] + area(b)[None, :] - inter
+        return inter / union.clamp_min(torch.finfo(inter.dtype).tiny)
     iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = iw * ih
@@ -464,3 +491,58 @@ def consensus_gt(
     """
     counts = box_count_maps(boxes, size, annotators)
     return np.minimum(counts / divisor, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# pointing: is the map's peak in a box
+
+
+def peak_in_box(maps: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Whether each map's first arg-max pixel lies in the painted mask ``gt`` (same grid) -> ``(B,)`` bool.
+
+    The published protocols' pointing (AVSOL PiBR, real-footage pointing): the boundary rule is the
+    painting's (:func:`box_pixels`), so this stays bit-exact with their code.
+    """
+    flat = maps.reshape(len(maps), -1)
+    idx = flat.argmax(1)
+    return gt.reshape(len(gt), -1)[np.arange(len(gt)), idx] > 0  # type: ignore[no-any-return]
+
+
+def peak_points(maps: np.ndarray) -> np.ndarray:
+    """Centre of each map's first arg-max cell, normalised ``(x, y)`` in [0, 1] -> ``(B, 2)`` float64."""
+    maps = np.asarray(maps)
+    b, h, w = maps.shape
+    py, px = np.divmod(maps.reshape(b, -1).argmax(1), w)
+    return np.stack([(px + 0.5) / w, (py + 0.5) / h], axis=1)
+
+
+def in_boxes(point: Sequence[float] | np.ndarray, boxes: Sequence[Sequence[float]] | np.ndarray, edges: BoxEdges = "closed") -> bool:
+    """Whether the normalised point ``(x, y)`` lies in any of ``boxes`` (normalised ``x1, y1, x2, y2``; none -> False).
+
+    ``edges="closed"``: ``x1 <= x <= x2`` and ``y1 <= y <= y2``; ``"half-open"``: ``x1 <= x < x2``, ``y1 <= y < y2``.
+    """
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    x, y = float(point[0]), float(point[1])
+    if edges == "closed":
+        hit = (b[:, 0] <= x) & (x <= b[:, 2]) & (b[:, 1] <= y) & (y <= b[:, 3])
+    elif edges == "half-open":
+        hit = (b[:, 0] <= x) & (x < b[:, 2]) & (b[:, 1] <= y) & (y < b[:, 3])
+    else:
+        raise DataError(f"unknown box edges {edges!r}; use 'closed' or 'half-open'")
+    return bool(hit.any())
+
+
+def peak_places(
+    maps: np.ndarray, sounding: Sequence[np.ndarray], silent: Sequence[np.ndarray], edges: BoxEdges = "closed"
+) -> dict[str, float]:
+    """Where each map's peak (:func:`peak_points`) falls: the fraction of maps with it in a ``sounding`` box, else in
+    a ``silent`` box, else on the background (per map: normalised boxes ``(K, 4)``; :func:`in_boxes` with ``edges``)."""
+    pts = peak_points(maps)
+    if not len(pts) == len(sounding) == len(silent):
+        raise DataError(f"peak_places: {len(pts)} maps, {len(sounding)} sounding and {len(silent)} silent box sets")
+    if len(pts) == 0:
+        raise DataError("peak_places of no maps")
+    counts = {"sounding": 0, "silent": 0, "background": 0}
+    for p, snd, sil in zip(pts, sounding, silent, strict=True):
+        counts["sounding" if in_boxes(p, snd, edges) else "silent" if in_boxes(p, sil, edges) else "background"] += 1
+    return {k: v / len(pts) for k, v in counts.items()}

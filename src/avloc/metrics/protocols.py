@@ -23,7 +23,7 @@ import numpy as np
 
 from avloc.errors import ConfigError, DataError
 from avloc.metrics import ops
-from avloc.metrics.avsol import FRAME_KINDS, AVSOLMetrics, peak_in_box
+from avloc.metrics.avsol import FRAME_KINDS, AVSOLMetrics
 from avloc.metrics.base import Accumulator
 from avloc.metrics.classaware import ClassAwareCIoU, class_average, no_sound_area
 from avloc.metrics.extended import ExtendedAP, top_fraction_confidence
@@ -328,7 +328,7 @@ class ProtocolAccumulator:
         adapt = self.score_maps(adaptive.predict(m, counts), counts)
         return [("realworld", {
             "ids": [t.id for t in kept], "clips": [t.image_id for t in kept], "median": median, "adaptive": adapt,
-            "pointing": peak_in_box(m, counts > 0),
+            "pointing": ops.peak_in_box(m, counts > 0),
         })]
 
     def _score_classaware(self, arr: np.ndarray, targets: Sequence[Target]) -> Scored:
