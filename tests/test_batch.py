@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from avloc.cli.main import main
 from avloc.data.synthetic import write_test_clip
@@ -42,6 +43,9 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def sequential(clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("seq")
+    # the thread count the Ray actors will use (conftest's one thread): a module fixture is built before the
+    # function-scoped autouse fixture sets it, and CPU kernels sum in another order with another thread count
+    torch.set_num_threads(1)
     assert main(["localize", str(clips), "--out", str(out), "--save-heatmaps", *FAST]) == 0
     return out
 
