@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,15 @@ MAX_NAMED = 4
 StateDict = dict[str, torch.Tensor]
 Rule = tuple[str, str]
 
+
+
+def _swap_prefix(key: str, pairs: Sequence[tuple[str, str]]) -> str | None:
+    """``key`` with its longest matching prefix ``a`` of ``pairs`` replaced by ``b`` (``None``: none matches)."""
+    best: tuple[str, str] | None = None
+    for a, b in pairs:
+        if key.startswith(a) and (best is None or len(a) > len(best[0])):
+            best = (a, b)
+    return None if best is None else best[1] + key[len(best[0]) :]
 
 @dataclass(frozen=True)
 class ImportFamily:
@@ -79,19 +88,12 @@ class ImportFamily:
 
     def rename(self, key: str) -> str | None:
         """The avloc key for published ``key`` (``None``: no rule matches)."""
-        best: Rule | None = None
-        for src, dst in self.rules:
-            if key.startswith(src) and (best is None or len(src) > len(best[0])):
-                best = (src, dst)
-        return None if best is None else best[1] + key[len(best[0]) :]
+        return _swap_prefix(key, self.rules)
 
     def published_name(self, key: str) -> str:
         """The published key an avloc ``key`` comes from (inverse of :meth:`rename`; ``key`` if no rule)."""
-        best: Rule | None = None
-        for src, dst in self.rules:
-            if key.startswith(dst) and (best is None or len(dst) > len(best[1])):
-                best = (src, dst)
-        return key if best is None else best[0] + key[len(best[1]) :]
+        back = _swap_prefix(key, [(dst, src) for src, dst in self.rules])
+        return key if back is None else back
 
     def is_ignored(self, key: str) -> bool:
         return key.startswith(self.ignored) if self.ignored else False
