@@ -254,3 +254,27 @@ def test_ddp_two_cpu_processes_agree(tmp_path: Path) -> None:
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["world_size"] == 2
     assert any(not torch.equal(w0[k], v) for k, v in init.state_dict().items() if v.is_floating_point())
+
+
+def test_train_end_is_the_mean_of_the_last_logged_steps(tmp_path: Path) -> None:
+    """train_end (the memorisation check): hand-worked means over the last steps, the curve at quarters, errors."""
+    from avloc.engine.train import METRICS_FILE, read_metrics, train_end
+    from avloc.errors import DataError
+
+    rows = [{"step": s, "split": "train", "lr": 1e-3, "loss": 10.0 - s, "acc": s / 10, "samples_per_s": 5.0}
+            for s in range(1, 9)]
+    rows.insert(4, {"step": 4, "split": "val", "auc": 0.5})
+    (tmp_path / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    end = train_end(tmp_path, last=3)  # steps 6, 7, 8
+    assert end["steps"] == "6-8" and end["logged"] == 3
+    assert end["loss"] == pytest.approx((4 + 3 + 2) / 3) and end["acc"] == pytest.approx(0.7)
+    assert set(end) == {"steps", "logged", "loss", "acc", "loss_at"}  # lr and samples_per_s are not terms
+    assert end["loss_at"] == {"2": 8.0, "4": 6.0, "6": 4.0, "8": 2.0}
+    assert set(train_end(tmp_path, last=100, keys=["acc"])) == {"steps", "logged", "acc", "loss_at"}
+    assert train_end(tmp_path, last=100)["steps"] == "1-8"
+    assert [r["step"] for r in read_metrics(tmp_path, "val")] == [4]
+    with pytest.raises(DataError, match="not a training run directory"):
+        train_end(tmp_path / "nowhere")
+    (tmp_path / METRICS_FILE).write_text('{"step": 1, "split": "train"\n')
+    with pytest.raises(DataError, match="malformed line 1"):
+        train_end(tmp_path)

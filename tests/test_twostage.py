@@ -432,11 +432,45 @@ def test_bench_peak_places() -> None:
     spec.loader.exec_module(mod)
     m = np.zeros((4, 4))
     m[0, 3] = 1.0  # peak cell centre at (x, y) = (0.875, 0.125)
-    items = [
-        {"id": "a", "boxes": [[0.7, 0.0, 1.0, 0.3]], "silent_boxes": [[0.0, 0.0, 0.3, 0.3]]},
-        {"id": "b", "boxes": [[0.0, 0.0, 0.3, 0.3]], "silent_boxes": [[0.7, 0.0, 1.0, 0.3]]},
-        {"id": "c", "boxes": [[0.0, 0.0, 0.3, 0.3]], "silent_boxes": []},
-        {"id": "d", "boxes": [[0.8, 0.1, 0.9, 0.2]], "silent_boxes": [[0.7, 0.0, 1.0, 0.3]]},  # sounding wins
-    ]
-    got = mod.peak_places({k: m for k in "abcd"}, items)
+    from avloc.engine.predict import Predictions
+    from avloc.metrics.targets import Target
+
+    def t(i: str, snd: list[list[float]], sil: list[list[float]]) -> Target:
+        return Target(i, boxes=np.array(snd).reshape(-1, 4), silent_boxes=np.array(sil).reshape(-1, 4))
+
+    preds = Predictions("twostage", targets=[
+        [t("a", [[0.7, 0.0, 1.0, 0.3]], [[0.0, 0.0, 0.3, 0.3]]), t("b", [[0.0, 0.0, 0.3, 0.3]], [[0.7, 0.0, 1.0, 0.3]])],
+        [t("c", [[0.0, 0.0, 0.3, 0.3]], []), t("d", [[0.8, 0.1, 0.9, 0.2]], [[0.7, 0.0, 1.0, 0.3]])],  # d: sounding wins
+    ], maps=[np.stack([m, m]), np.stack([m, m])])
+    got = mod.peak_places(preds)
     assert got == {"sounding": 0.5, "silent": 0.25, "background": 0.25}
+
+
+def test_predict_class_maps_are_probability_scaled_and_keep_the_probabilities() -> None:
+    """The prediction layer stores ``localize_classes(...).scaled()`` (what the class-aware protocols score) and the
+    probabilities; a silent class (low probability) is dark for DSOL's NSA, as in the two-stage bench."""
+    from avloc.engine.evaluate import evaluate_predictions
+    from avloc.engine.predict import predict
+
+    torch.manual_seed(0)
+    model = tiny(localization="cam").eval()  # an untrained Eq. 8 read-out is all zeros
+    b = batch(4)
+    ids = [f"s{i}" for i in range(4)]
+    boxes = [[[0.1, 0.1, 0.5, 0.5]]] * 4
+    box_labels = [[lab[0]] for lab in b["labels"]]
+    data = [{"id": ids, "image": b["image"], "audio": b["audio"], "boxes": boxes, "box_labels": box_labels,
+             "labels": b["labels"]}]
+    preds = predict(model, data, outputs=("class_maps",))
+    with torch.no_grad():
+        cm = model.localize_classes(b["image"], b["audio"])
+    want = (cm.maps * cm.probabilities[:, :, None, None]).numpy()
+    np.testing.assert_allclose(preds.class_maps[0], want, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(preds.class_probs[0], cm.probabilities.numpy(), rtol=1e-6)
+    assert not np.allclose(preds.class_maps[0], cm.maps.numpy())  # the scaling is applied
+    sub = preds.subset(lambda t: t.id != "s1")
+    assert sub.ids == ["s0", "s2", "s3"] and sub.class_probs[0].shape == (3, model.cfg.num_classes)
+    gts = [{"id": i, "boxes": bx, "box_labels": bl, "labels": lab}
+           for i, bx, bl, lab in zip(ids, boxes, box_labels, b["labels"], strict=True)]
+    ref = evaluate_predictions(dict(zip(ids, want, strict=True)), gts, "dsol-classaware")
+    got = preds.score("dsol-classaware")
+    assert got["nsa"] == pytest.approx(ref["nsa"]) and got["auc"] == pytest.approx(ref["auc"])

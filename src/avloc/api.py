@@ -142,7 +142,7 @@ def localize(
         name = str(model or DEFAULT_MODEL)
         model = load_model(name, device=cfg.device)
     else:
-        name = getattr(model, "name", None)
+        name = model.name or type(model).__name__
     tagger = None
     if audio_tagger is not None:
         from avloc.inference.semantic import SemanticMapper

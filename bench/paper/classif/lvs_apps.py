@@ -60,7 +60,7 @@ from avloc.data.digitscenes.config import VideoConfig, variant_config
 from avloc.data.moments import MomentFrames, middle_moments, select_moments
 from avloc.data.pseudo_boxes import pseudo_box, semi_supervised
 from avloc.engine.predict import predict
-from avloc.engine.train import OptimConfig, TrainConfig, train
+from avloc.engine.train import OptimConfig, TrainConfig, train, train_end
 from avloc.methods import create_method
 from avloc.methods.lvs import LVS, LVSConfig
 from avloc.methods.zoo import load_model
@@ -88,24 +88,11 @@ def run_lvs(name: str, data: Dataset, out: Path, args: argparse.Namespace, test:
     secs = time.perf_counter() - t0
     assert model.name == "lvs"
     res = score(model, test, args.protocols)
-    end = train_end(out / name / "metrics.jsonl", args.steps)
+    end = train_end(out / name, last=100, keys=("loss", "acc", "box"))
+    end = {k: round(v, 3) if isinstance(v, float) else v for k, v in end.items()}
+    end["loss_at"] = {k: round(v, 3) for k, v in end["loss_at"].items()}
     print(f"{name}: trained in {secs:.0f} s; end of training {json.dumps(end)}; {json.dumps(res)}", flush=True)
     return {"train_seconds": round(secs, 1), "train_samples": len(data), "train_end": end, **res}  # type: ignore[arg-type]
-
-
-def train_end(metrics: Path, steps: int, last: int = 100) -> dict[str, Any]:
-    """The memorisation check: mean of the logged training ``loss`` / in-batch ``acc`` (and the
-    box term, if any) over the last ``last`` steps of the run, and the number of logged batches."""
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    tail = [r for r in rows if r.get("split") == "train" and r["step"] > steps - last]
-    out: dict[str, Any] = {"steps": f"{steps - last + 1}-{steps}" if steps > last else f"1-{steps}", "logged": len(tail)}
-    for k in ("loss", "acc", "box"):
-        vals = [float(r[k]) for r in tail if k in r]
-        if vals:
-            out[k] = round(float(np.mean(vals)), 3)
-    marks = {steps * q // 4 for q in (1, 2, 3, 4)}  # the learning curve at quarters of the run
-    out["loss_at"] = {str(r["step"]): round(float(r["loss"]), 3) for r in rows if r.get("split") == "train" and r["step"] in marks}
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,6 +48,7 @@ from avloc.data.datasets import dataset_from_spec
 from avloc.data.moments import select_moments
 from avloc.data.pseudo_boxes import PseudoBoxConfig, clip_pseudo_boxes
 from avloc.engine.predict import predict
+from avloc.engine.train import METRICS_FILE, train_end
 from avloc.methods.base import LocalizationMethod
 from avloc.methods.classif import HEADS, Classif
 from avloc.methods.zoo import load_labelled_models, load_model
@@ -152,16 +153,13 @@ def head_accuracy(m: Classif, samples: list[dict[str, Any]], batch: int = 50) ->
 
 
 def logged_train_accuracy(ckpt: str, last_steps: int) -> dict[str, float] | None:
-    """Mean logged training accuracy per head over the last ``last_steps`` steps of the run holding ``ckpt``."""
-    log = Path(ckpt).parent / "metrics.jsonl"
-    if not log.is_file():
+    """Mean logged training accuracy per head over the last ``last_steps`` steps of the run holding ``ckpt``
+    (:func:`avloc.engine.train.train_end`; ``None`` for a checkpoint outside a run directory, e.g. the zoo's)."""
+    run = Path(ckpt).parent
+    if not (run / METRICS_FILE).is_file():
         return None
-    rows = [r for r in map(json.loads, log.read_text().splitlines()) if r.get("split") == "train"]
-    if not rows:
-        return None
-    end = rows[-1]["step"]
-    rows = [r for r in rows if r["step"] > end - last_steps]
-    return {h: round(float(np.mean([r[f"acc_{h}"] for r in rows])), 3) for h in HEADS if f"acc_{h}" in rows[-1]}
+    end = train_end(run, last=last_steps, keys=[f"acc_{h}" for h in HEADS])
+    return {h: round(end[f"acc_{h}"], 3) for h in HEADS if f"acc_{h}" in end}
 
 
 def heads_table(models: dict[str, Classif], paths: dict[str, str], spec: str, raw: str, n_acc: int, n_point: int,

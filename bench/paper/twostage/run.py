@@ -2,13 +2,12 @@
 
 Three steps, each reading the previous step's files in ``--work``:
 
-1. ``prepare``: draw the training set once and the test sets, with the frozen
-   EfficientNet-Lite0 features of every distinct image computed once (``vfeat``).
-   Training: DigitScenes ``multi`` with 1, 2 and 3 sounding digits (4 visible),
-   per level ``--pool`` distinct scenes (scene seed ``--seed`` + level, so the
-   levels do not share images) and ``--train-per-level`` draws over them (the
-   sounding digits and their utterances re-drawn per draw). Test: ``single`` and
-   ``multi`` with 1, 2, 3 sounding digits (levels 1-3).
+1. ``prepare``: draw the training set once, with the frozen EfficientNet-Lite0
+   features of every distinct image computed once (``vfeat``): DigitScenes
+   ``multi`` with 1, 2 and 3 sounding digits (4 visible), per level ``--pool``
+   distinct scenes (scene seed ``--seed`` + level, so the levels do not share
+   images) and ``--train-per-level`` draws over them (the sounding digits and
+   their utterances re-drawn per draw).
 2. ``train``: stage 1 (= the "multi-task" baseline), stage 2 initialised from
    stage 1, the AVC-only baseline, and (an addition, not the paper's method)
    ``stage2-projpool``, stage 2 with ``class_pooling="projections"``, each with :func:`avloc.engine.train.train`
@@ -16,14 +15,19 @@ Three steps, each reading the previous step's files in ``--work``:
    spoken digits as ``labels`` and the digits in view as ``visible_labels``;
    ``--visual-labels`` picks the image classifier's targets). Training speed
    (samples/s, whole loop) is merged into ``train_speed.json``.
-3. ``eval``: per-class maps and class probabilities from the cached features,
-   scored with :func:`avloc.engine.evaluate.evaluate_predictions` (the harness's
-   one scoring path): ``lvs-vggss``, ``sslalign-adaptive`` and ``avsol``
-   (PiBR = pointing: map peak inside the sounding box) on ``single``;
-   the stage-2 model under each ``--readouts`` (Eq. 8 with each ``map_norm``,
-   and its own visual Grad-CAMs); runs without a checkpoint are skipped;
-   ``qian-classaware`` (Eq. 9) and ``dsol-classaware`` at levels 1-3; plus the
-   classifiers' top-k recall. Prints a markdown table, writes ``results.json``.
+3. ``eval``: the test sets (the first ``--single-count`` draws of ``single:test``
+   and ``--test-count`` of ``multi:test`` at levels 1-3, rendered once) through
+   :func:`avloc.engine.predict.predict` (class-agnostic maps, probability-scaled
+   class maps and audio class probabilities; frozen features from one disk
+   cache in ``WORK/features`` shared by every model), each prediction scored by
+   several protocols with :meth:`~avloc.engine.predict.Predictions.score`:
+   ``lvs-vggss``, ``sslalign-adaptive`` and ``avsol`` (PiBR = pointing: map peak
+   inside the sounding box) on ``single``; ``qian-classaware`` (Eq. 9) and
+   ``dsol-classaware`` at levels 1-3; plus the classifiers' top-k recall and
+   where the map peaks. The stage-2 model is read out under each ``--readouts``
+   (Eq. 8 with each ``map_norm``, and its own visual Grad-CAMs); runs without a
+   checkpoint are skipped; ``--extra LABEL=CKPT`` adds checkpoints or zoo names
+   (``twostage-digitscenes``). Prints a markdown table, writes ``results.json``.
 
 Nothing derived from the data is written outside ``--work``.
 """
@@ -32,11 +36,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
-import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -45,16 +49,18 @@ from torch.utils.data import DataLoader, Dataset
 from avloc.config import config_from_dict
 from avloc.data.collate import collate_samples
 from avloc.data.datasets import dataset_from_spec
-from avloc.engine.evaluate import evaluate_predictions
+from avloc.encoders.cache import FeatureCache
+from avloc.engine.predict import Predictions, predict
 from avloc.engine.train import OptimConfig, TrainConfig, train
 from avloc.methods.twostage import PRESETS, TwoStage, TwoStageConfig
-from avloc.methods.zoo import load_model
+from avloc.methods.zoo import list_zoo, load_model
 from avloc.metrics import ops
 from avloc.metrics.protocols import create_protocol
 
 LEVELS = (1, 2, 3)
 GT_KEYS = ("id", "boxes", "box_labels", "labels", "silent_boxes", "onscreen", "audible")
 SINGLE_PROTOCOLS = ("lvs-vggss", "sslalign-adaptive", "avsol")
+log = logging.getLogger("bench.twostage")
 
 
 class Materialised(Dataset):
@@ -90,27 +96,22 @@ def _draw(spec: str, raw: str, cfg: TwoStageConfig, count: int, enc: torch.nn.Mo
         for i in range(len(b["id"])):
             keep = {k: b[k][i] for k in GT_KEYS if k in b}
             out.append(keep | {"vfeat": feats[scenes[i]], "audio": b["audio"][i], "visible_labels": b["visible_labels"][i]})
-        print(f"  {spec} {kw}: {len(out)}/{count} ({len(feats)} scenes)", file=sys.stderr, flush=True)
+        log.info("  %s %s: %d/%d (%d scenes)", spec, kw, len(out), count, len(feats))
     return out
 
 
 def prepare(a: argparse.Namespace) -> None:
+    """The training set (``train.pt``: cached frozen features, sounds and labels of every draw)."""
     cfg = config_from_dict(TwoStageConfig, PRESETS["digitscenes-stage1"])
     enc = TwoStage(cfg).visual_encoder.eval()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    if a.only in (None, "train"):
-        tr: list[dict[str, Any]] = []
-        for lv in LEVELS:
-            tr += _draw("digitscenes:multi:train", a.raw, cfg, a.train_per_level, enc, pool=a.pool, n_sounding=lv, seed=a.seed + lv)
-        torch.save(tr, work / "train.pt")
-    if a.only in (None, "test"):
-        test = {"single": _draw("digitscenes:single:test", a.raw, cfg, a.single_count, enc)}
-        for lv in LEVELS:
-            test[f"multi-{lv}"] = _draw("digitscenes:multi:test", a.raw, cfg, a.test_count, enc, n_sounding=lv)
-        torch.save(test, work / "test.pt")
-    print(f"prepared {a.only or 'train and test'} in {time.time() - t0:.0f} s", file=sys.stderr)
+    tr: list[dict[str, Any]] = []
+    for lv in LEVELS:
+        tr += _draw("digitscenes:multi:train", a.raw, cfg, a.train_per_level, enc, pool=a.pool, n_sounding=lv, seed=a.seed + lv)
+    torch.save(tr, work / "train.pt")
+    log.info("prepared the training set in %.0f s", time.time() - t0)
 
 
 RUNS: dict[str, tuple[str, str | None, dict[str, Any]]] = {  # run name -> (preset, init from run, config overrides)
@@ -144,55 +145,51 @@ def run_train(a: argparse.Namespace) -> None:
         dt = time.time() - t0
         speeds[name] = {"steps": res.step, "batch_size": a.batch_size, "seconds": round(dt, 1),
                         "samples_per_s": round(res.step * a.batch_size / dt, 1), "threads": torch.get_num_threads()}
-        print(f"{name}: {res.step} steps in {dt:.0f} s", file=sys.stderr)
+        log.info("%s: %d steps in %.0f s", name, res.step, dt)
         speed_file.write_text(json.dumps(speeds, indent=1))
 
 
+def test_batches(spec: str, raw: str, cfg: TwoStageConfig, count: int, batch_size: int = 32, **kw: Any) -> list[dict[str, Any]]:
+    """The first ``count`` draws of ``spec`` as collated batches, rendered once and scored by every model."""
+    ds = dataset_from_spec(spec, raw=raw, image_cfg=cfg.image, audio_cfg=cfg.audio, count=count, **kw)
+    return list(DataLoader(ds, batch_size=batch_size, num_workers=0, collate_fn=collate_samples))
+
+
 @torch.no_grad()
-def predict(model: TwoStage, items: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Class-agnostic maps, probability-scaled class maps and (audio, visual) class probabilities (id -> array)."""
-    agn: dict[str, np.ndarray] = {}
-    cls: dict[str, np.ndarray] = {}
-    prob: dict[str, np.ndarray] = {}
-    for s in range(0, len(items), 32):
-        part = items[s : s + 32]
-        fa = model.audio_map(torch.stack([it["audio"] for it in part]))
-        fv = model.visual_map(torch.stack([it["vfeat"] for it in part]).float())
-        maps, probs = model.class_maps(fa, fv), model.class_probs(fa)
-        heat = model.combine(maps, probs)
-        scaled = maps * probs[:, :, None, None]  # a silent class's map is scaled down by its probability
-        pv = torch.sigmoid(model.visual_logits(fv))
-        for i, it in enumerate(part):
-            agn[it["id"]] = heat[i].numpy()
-            cls[it["id"]] = scaled[i].numpy()
-            prob[it["id"]] = np.stack([torch.sigmoid(model.audio_logits(fa[i : i + 1]))[0].numpy(), pv[i].numpy()])
-    return agn, cls, prob
+def visual_probs(model: TwoStage, batches: list[dict[str, Any]], cache: FeatureCache) -> np.ndarray:
+    """The image classifier's class probabilities ``(N, C)`` (method-specific, read from the same feature cache)."""
+    out = []
+    with model.use_feature_cache(cache):
+        for b in batches:
+            out.append(torch.sigmoid(model.visual_logits(model.visual_map(model.encode_images(b["image"])))).numpy())
+    return np.concatenate(out)
 
 
-def topk_recall(prob: dict[str, np.ndarray], items: list[dict[str, Any]], row: int, key: str) -> float:
-    """Mean fraction of a clip's k classes (``key``) among its k most probable (``row`` 0 audio, 1 visual)."""
+def topk_recall(prob: np.ndarray, wanted: list[list[int]]) -> float:
+    """Mean fraction of a clip's k classes (``wanted``) among its k most probable (``prob`` ``(N, C)``)."""
     rec = []
-    for it in items:
-        want = {int(c) for c in it[key]}
+    for p, want_list in zip(prob, wanted, strict=True):
+        want = {int(c) for c in want_list}
         if want:
-            top = set(np.argsort(-prob[it["id"]][row])[: len(want)].tolist())
+            top = set(np.argsort(-p)[: len(want)].tolist())
             rec.append(len(top & want) / len(want))
     return float(np.mean(rec))
 
 
-def peak_places(maps: dict[str, np.ndarray], items: list[dict[str, Any]]) -> dict[str, float]:
+def peak_places(preds: Predictions) -> dict[str, float]:
     """Where the class-agnostic map peaks (centre of its top cell, at feature resolution): fraction of clips with the
     peak in a sounding digit's box, else in a silent digit's box, else on the background
     (:func:`avloc.metrics.ops.peak_places`, closed box edges)."""
+    targets = [t for batch in preds.targets for t in batch]
     return ops.peak_places(
-        np.stack([maps[it["id"]] for it in items]), [it["boxes"] for it in items], [it.get("silent_boxes", []) for it in items],
-        edges="closed",
+        np.concatenate(preds.maps), [t.boxes for t in targets], [t.silent_boxes for t in targets], edges="closed"
     )
 
 
 def run_eval(a: argparse.Namespace) -> None:
+    """Every model's predictions once per test set (:func:`avloc.engine.predict.predict`, frozen features from one
+    disk cache shared by all models), each scored by several protocols (:meth:`Predictions.score`)."""
     work = Path(a.work)
-    test = torch.load(work / "test.pt", weights_only=False)
     # label -> (checkpoint, read-out override: a map_norm value, "cam", or None = the checkpoint's own)
     models: dict[str, tuple[Any, str | None]] = {}
     if not a.only_extra:
@@ -206,37 +203,45 @@ def run_eval(a: argparse.Namespace) -> None:
     for spec in a.extra:
         label, _, path = spec.rpartition("=")
         models[label] = (path, None)
+    ref = config_from_dict(TwoStageConfig, PRESETS["digitscenes-stage1"])  # the test sets' front ends
+    test: dict[str, list[dict[str, Any]]] = {}
     results: dict[str, Any] = {}
     for mname, (path, readout) in models.items():
-        if not Path(path).is_file():
-            print(f"{mname}: no checkpoint {path}, skipped", file=sys.stderr, flush=True)
+        if not Path(path).is_file() and str(path) not in list_zoo():
+            log.warning("%s: no checkpoint %s, skipped", mname, path)
             continue
-        model = load_model(path)
-        assert model.name == "twostage"
+        loaded = load_model(path)
+        if loaded.name != TwoStage.name:
+            raise SystemExit(f"{path}: not a twostage checkpoint ({loaded.name!r})")
+        model = cast(TwoStage, loaded)
+        if (model.cfg.image, model.cfg.audio) != (ref.image, ref.audio):
+            raise SystemExit(f"{mname}: front-end settings differ from the test sets'; compare like with like")
         if readout == "cam":
             model.cfg.localization = "cam"
         elif readout is not None:
             model.cfg.map_norm = readout  # type: ignore[assignment]
-        model.eval()
+        if not test:
+            test["single"] = test_batches("digitscenes:single:test", a.raw, ref, a.single_count)
+            for lv in LEVELS:
+                test[f"multi-{lv}"] = test_batches("digitscenes:multi:test", a.raw, ref, a.test_count, n_sounding=lv)
+        cache = model.feature_cache_at(work / "features")
         t0 = time.time()
         r: dict[str, Any] = {"checkpoint": str(path), "localization": model.cfg.localization, "map_norm": model.cfg.map_norm}
-        gts = [{k: it[k] for k in GT_KEYS if k in it} for it in test["single"]]
-        agn, _, prob = predict(model, test["single"])
+        single = predict(model, test["single"], outputs=("maps", "class_maps"), feature_cache=cache)
         for proto in SINGLE_PROTOCOLS:
-            r[f"single/{proto}"] = evaluate_predictions(agn, gts, proto, workers=1)
-        r["single/recall_audio"] = topk_recall(prob, test["single"], 0, "labels")
-        r["single/peak_places"] = peak_places(agn, test["single"])
+            r[f"single/{proto}"] = single.score(proto)
+        r["single/recall_audio"] = topk_recall(np.concatenate(single.class_probs), [t.labels for b in single.targets for t in b])
+        r["single/peak_places"] = peak_places(single)
         for lv in LEVELS:
-            items = test[f"multi-{lv}"]
-            gts = [{k: it[k] for k in GT_KEYS if k in it} for it in items]
-            _, cls, prob = predict(model, items)
-            qian = create_protocol("qian-classaware", n_sources=lv, extra_thresholds=(0.3,))
-            r[f"multi-{lv}/qian"] = evaluate_predictions(cls, gts, qian, workers=1)
-            r[f"multi-{lv}/dsol"] = evaluate_predictions(cls, gts, "dsol-classaware", workers=1)
-            r[f"multi-{lv}/recall_audio"] = topk_recall(prob, items, 0, "labels")
-            r[f"multi-{lv}/recall_visual_visible"] = topk_recall(prob, items, 1, "visible_labels")
+            batches = test[f"multi-{lv}"]
+            multi = predict(model, batches, outputs=("class_maps",), feature_cache=cache)
+            r[f"multi-{lv}/qian"] = multi.score(create_protocol("qian-classaware", n_sources=lv, extra_thresholds=(0.3,)))
+            r[f"multi-{lv}/dsol"] = multi.score("dsol-classaware")
+            r[f"multi-{lv}/recall_audio"] = topk_recall(np.concatenate(multi.class_probs), [t.labels for b in multi.targets for t in b])
+            visible = [list(v) for b in batches for v in b["visible_labels"]]
+            r[f"multi-{lv}/recall_visual_visible"] = topk_recall(visual_probs(model, batches, cache), visible)
         results[mname] = r
-        print(f"{mname}: evaluated in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+        log.info("%s: evaluated in %.0f s", mname, time.time() - t0)
     out = Path(a.out) if a.out else work / "results.json"
     out.write_text(json.dumps(results, indent=1, default=float))
     print_table(results)
@@ -280,7 +285,6 @@ def main() -> None:
     p.add_argument("--train-per-level", type=int, default=4000, help="training draws per level over its --pool scenes")
     p.add_argument("--test-count", type=int, default=300, help="test clips per multi level")
     p.add_argument("--single-count", type=int, default=500, help="test clips of single")
-    p.add_argument("--only", choices=["train", "test"], default=None, help="prepare only this part")
     p.add_argument("--runs", nargs="+", default=["stage1", "stage2", "avc"], choices=list(RUNS))
     p.add_argument("--steps", type=int, default=1000, help="training steps per run")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (overrides --steps)")
@@ -298,6 +302,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="results JSON (default WORK/results.json); 'table' reads it")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: on a loaded machine 2 threads ran 10x slower)")
     a = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(a.threads)
     if a.step == "table":
         print_table(json.loads(Path(a.out or Path(a.work) / "results.json").read_text()))

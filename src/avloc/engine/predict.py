@@ -4,7 +4,9 @@
 an iterable of collated batches and keeps what was asked for:
 
 * ``maps``: ``localize(images, audio)`` ``(B, h, w)`` per batch;
-* ``class_maps``: ``localize_classes(...).maps`` ``(B, C, h, w)`` (``Capability.CLASSES``);
+* ``class_maps``: ``localize_classes(...).scaled()`` ``(B, C, h, w)``, each class's map times its audio class
+  probability (``Capability.CLASSES``; the reading the class-aware protocols score, so a silent class's map is dark
+  for DSOL's NSA), with the probabilities themselves in ``class_probs`` ``(B, C)``;
 * ``boxes``: ``boxes(images, audio)`` per sample ``(K, 5)`` (``Capability.BOXES``);
 * ``onscreen``: ``onscreen(images, audio)`` per sample (``Capability.ONSCREEN``);
 
@@ -65,7 +67,8 @@ class Predictions:
     model: str
     targets: list[list[Target]] = field(default_factory=list)  # per batch, each sample's ground truth
     maps: list[np.ndarray] = field(default_factory=list)  # per batch (B, h, w) float32
-    class_maps: list[np.ndarray] = field(default_factory=list)  # per batch (B, C, h, w) float32
+    class_maps: list[np.ndarray] = field(default_factory=list)  # per batch (B, C, h, w) float32, probability-scaled
+    class_probs: list[np.ndarray] = field(default_factory=list)  # per batch (B, C) audio class probabilities
     boxes: list[np.ndarray] = field(default_factory=list)  # per sample (K, 5) model-input pixels + score
     onscreen: list[float] = field(default_factory=list)  # per sample P(source visible)
 
@@ -77,7 +80,8 @@ class Predictions:
         return sum(len(b) for b in self.targets)
 
     def map_dict(self, kind: str = "maps") -> dict[str, np.ndarray]:
-        """``id -> map`` (``kind`` = ``maps`` or ``class_maps``), e.g. for :func:`evaluate_predictions` or saving."""
+        """``id -> array`` (``kind`` = ``maps``, ``class_maps`` or ``class_probs``), e.g. for
+        :func:`evaluate_predictions` or saving."""
         parts = self._parts(kind)
         return {t.id: m for batch, arr in zip(self.targets, parts, strict=True) for t, m in zip(batch, arr, strict=True)}
 
@@ -98,7 +102,8 @@ class Predictions:
             if not sel.any():
                 continue
             out.targets.append([t for t, s in zip(batch, sel, strict=True) if s])
-            for parts, into in ((self.maps, out.maps), (self.class_maps, out.class_maps)):
+            for parts, into in ((self.maps, out.maps), (self.class_maps, out.class_maps),
+                                (self.class_probs, out.class_probs)):
                 if len(parts) == len(self.targets):
                     into.append(parts[b][sel])
         if len(self.boxes) == len(chosen):
@@ -108,8 +113,8 @@ class Predictions:
         return out
 
     def _parts(self, kind: str) -> list[np.ndarray]:
-        if kind not in ("maps", "class_maps"):
-            raise DataError(f"unknown map kind {kind!r}; use 'maps' or 'class_maps'")
+        if kind not in ("maps", "class_maps", "class_probs"):
+            raise DataError(f"unknown prediction kind {kind!r}; use 'maps', 'class_maps' or 'class_probs'")
         parts: list[np.ndarray] = getattr(self, kind)
         if len(parts) != len(self.targets):
             raise DataError(f"{self.model}: predicted without {kind!r} (pass outputs=... to predict)")
@@ -181,7 +186,9 @@ def predict(
                 if "maps" in outputs:
                     preds.maps.append(_check(model.localize(images, audio), n, 3, model, "localize"))
                 if "class_maps" in outputs:
-                    preds.class_maps.append(_check(model.localize_classes(images, audio).maps, n, 4, model, "localize_classes"))
+                    cm = model.localize_classes(images, audio)
+                    preds.class_maps.append(_check(cm.scaled(), n, 4, model, "localize_classes"))
+                    preds.class_probs.append(cm.probabilities.detach().float().cpu().numpy())
                 if "boxes" in outputs:
                     preds.boxes += [np.asarray(b.detach().cpu(), dtype=np.float64).reshape(-1, 5) for b in model.boxes(images, audio)]
                 if "onscreen" in outputs:

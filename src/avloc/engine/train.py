@@ -73,7 +73,7 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -539,6 +539,45 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_metrics(run_dir: str | Path, split: str | None = None) -> list[dict[str, Any]]:
+    """A run directory's ``metrics.jsonl`` rows in order (only ``split`` = ``"train"`` / ``"val"`` when given)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise DataError(f"{run_dir}: not a training run directory (no {METRICS_FILE})")
+    try:
+        rows = _read_metrics(path)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: malformed line {e.lineno}: {e.msg}") from None
+    return [r for r in rows if split is None or r.get("split") == split]
+
+
+#: logged training fields that are bookkeeping, not loss terms or accuracies
+_NOT_TERMS = frozenset({"step", "split", "lr", "samples_per_s", "seconds", "epoch"})
+
+
+def train_end(run_dir: str | Path, last: int = 100, keys: Sequence[str] | None = None, points: int = 4) -> dict[str, Any]:
+    """The memorisation check of a finished run: the mean of each logged training term (``keys``, default every
+    loss term and accuracy logged) over its last ``last`` steps, how many logged batches that mean covers, and the
+    loss at ``points`` evenly spaced steps (the learning curve, e.g. quarters). A training loss far below what the
+    held-out data reaches, with held-out scores at chance, says the model memorised its training clips."""
+    rows = read_metrics(run_dir, "train")
+    if not rows:
+        raise DataError(f"{run_dir}: no training rows in {METRICS_FILE}")
+    end = int(rows[-1]["step"])
+    tail = [r for r in rows if int(r["step"]) > end - last]
+    names = list(keys) if keys is not None else sorted(
+        {k for r in tail for k, v in r.items() if k not in _NOT_TERMS and isinstance(v, int | float) and not isinstance(v, bool)}
+    )
+    out: dict[str, Any] = {"steps": f"{max(end - last + 1, 1)}-{end}", "logged": len(tail)}
+    for k in names:
+        vals = [float(r[k]) for r in tail if k in r]
+        if vals:
+            out[k] = float(np.mean(vals))
+    marks = {end * q // points for q in range(1, points + 1)}
+    out["loss_at"] = {str(r["step"]): float(r["loss"]) for r in rows if int(r["step"]) in marks and "loss" in r}
+    return out
 
 
 def plot_curves(metrics: list[dict[str, Any]], out: Path, title: str = "") -> None:

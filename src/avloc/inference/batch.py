@@ -55,7 +55,7 @@ import numpy as np
 
 from avloc.errors import REPORT_LINE, ConfigError, DataError, describe_error
 from avloc.inference.config import LocalizeConfig
-from avloc.inference.sources import SourceOutput
+from avloc.inference.sources import ModelSource, SourceOutput, VisualOnlySource
 
 log = logging.getLogger("avloc")
 
@@ -302,10 +302,9 @@ def existing_set(json_path: Path, cfg: LocalizeConfig, model_name: str | None) -
 # frames batched across videos (the Ray actors)
 
 
-def batchable(source: Any, tagger: Any) -> bool:
+def batchable(source: ModelSource | VisualOnlySource, tagger: Any) -> bool:
     """Whether a map source's frames can be batched across videos: per-frame, no context, no tagger."""
-    return (tagger is None and float(getattr(source, "context_seconds", 0.0)) == 0.0
-            and not getattr(source, "is_clip", False) and not getattr(source, "analyses_sources", False))
+    return tagger is None and source.context_seconds == 0.0 and not source.is_clip and not source.analyses_sources
 
 
 def _cat(outs: list[SourceOutput]) -> SourceOutput:

@@ -57,6 +57,7 @@ from avloc.io.audio import rms_db
 from avloc.io.media import MediaInfo, fit_size, iter_frames, probe
 from avloc.io.outputs import OutputTransaction
 from avloc.methods.base import LocalizationMethod
+from avloc.metrics.ops import peak_points
 
 #: class-aware methods: the contact sheet shows each frame next to its most probable detected classes' maps
 SHEET_CLASS_PANELS = 3
@@ -191,9 +192,9 @@ def _analyse(
 
 
 def _peak(m: np.ndarray, src_wh: tuple[int, int]) -> dict[str, float]:
-    """Peak of a full-frame map in source pixels (cell centre)."""
-    py, px = np.unravel_index(int(np.argmax(m)), m.shape)
-    return {"x": round((px + 0.5) * src_wh[0] / m.shape[1], 2), "y": round((py + 0.5) * src_wh[1] / m.shape[0], 2)}
+    """Peak of a full-frame map in source pixels: the centre of its first arg-max cell (:func:`peak_points`)."""
+    x, y = peak_points(np.asarray(m)[None])[0]
+    return {"x": round(float(x) * src_wh[0], 2), "y": round(float(y) * src_wh[1], 2)}
 
 
 def _record(r: FrameResult, cfg: LocalizeConfig, work_wh: tuple[int, int], src_wh: tuple[int, int]) -> dict[str, Any]:

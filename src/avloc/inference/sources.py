@@ -142,6 +142,8 @@ class VisualOnlySource:
     """``--visual-only``: the object prior of the default model alone (no audio is read)."""
 
     context_seconds = 0.0
+    is_clip = False  # per-frame maps
+    analyses_sources = False
 
     def __init__(self) -> None:
         from avloc.methods.avsync_prior import AVSyncPrior, AVSyncPriorConfig

@@ -128,6 +128,11 @@ class ClassMaps:
     maps: torch.Tensor  # (B, C, h, w) one map per class
     probabilities: torch.Tensor  # (B, C) audio class probabilities (ones when the method has none)
 
+    def scaled(self) -> torch.Tensor:
+        """``(B, C, h, w)``: each class's map times its probability, the class-aware reading the evaluation scores
+        (thresholds relative to a map's max are unchanged; a silent class's map is dark for DSOL's NSA)."""
+        return self.maps * self.probabilities[:, :, None, None]
+
 
 @dataclass
 class DetectedClasses(ClassMaps):
