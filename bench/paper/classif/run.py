@@ -128,10 +128,10 @@ def still_boxes(m: Classif, spec: str, raw: str, n: int, pcfg: PseudoBoxConfig) 
 
 def peak_landing(m: Classif, samples: list[dict[str, Any]]) -> dict[str, float]:
     """Does the peak of the Eq. 4 map fall on the sounding digit, or on a visible silent one?"""
-    m.eval()
-    with torch.no_grad():
-        maps = np.stack([m.localize(s["image"][None], s["audio"][None])[0].numpy() for s in samples])  # (n, h, w)
-    snd, sil = [s["boxes"] for s in samples], [s["silent_boxes"] for s in samples]
+    preds = predict(m, [collate_samples([s]) for s in samples])  # one sample a batch, as this table always ran
+    maps = np.concatenate(preds.maps)  # (n, h, w)
+    targets = [t for batch in preds.targets for t in batch]
+    snd, sil = [t.boxes for t in targets], [t.silent_boxes for t in targets]
     pts = ops.peak_points(maps)  # the centre of the top cell; half-open box edges, as this table always used
     hits = [ops.in_boxes(p, b, edges="half-open") for p, b in zip(pts, snd, strict=True)]
     silent_hits = [ops.in_boxes(p, b, edges="half-open") for p, b in zip(pts, sil, strict=True)]
