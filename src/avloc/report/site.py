@@ -41,6 +41,8 @@ from avloc.report.html import index_page, index_row, page, url, video_page
 
 log = logging.getLogger(__name__)
 
+#: threads decoding the index thumbnails (each holds one decoder; decoding and scaling release the GIL)
+THUMB_THREADS = min(8, os.cpu_count() or 1)
 #: long side of the index thumbnails (pixels)
 THUMB_SIZE = 256
 ASSETS = ("report.js", "report.css")
@@ -100,6 +102,29 @@ def thumbnail(e: VideoEntry) -> bytes | None:
     return buf.getvalue()
 
 
+def _thumbnails(entries: list[VideoEntry]) -> list[bytes | None]:
+    """Every entry's :func:`thumbnail`, decoded in threads (PyAV and Pillow release the GIL), in ``entries``' order;
+    a video that cannot be decoded gets ``None`` and the error in its entry."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(e: VideoEntry) -> bytes | MediaError | None:
+        try:
+            return thumbnail(e)
+        except MediaError as err:
+            return err
+
+    with ThreadPoolExecutor(max_workers=max(1, min(THUMB_THREADS, len(entries)))) as pool:
+        got = list(pool.map(one, entries))
+    out: list[bytes | None] = []
+    for e, g in zip(entries, got, strict=True):
+        if isinstance(g, MediaError):
+            e.errors.append(str(g))
+            log.warning("%s", g)
+            g = None
+        out.append(g)
+    return out
+
+
 def write_site(coll: Collection, site: Path, final: Path, thumbnails: bool = True) -> int:
     """Write the site for ``coll`` into ``site`` (a new folder), with links valid once it is moved to ``final``.
 
@@ -112,19 +137,14 @@ def write_site(coll: Collection, site: Path, final: Path, thumbnails: bool = Tru
     videos = final / "videos"
     rows: list[str] = []
     pages = 0
-    for e in sorted(coll.entries, key=lambda e: e.stem):
+    entries = sorted(coll.entries, key=lambda e: e.stem)
+    thumbs = _thumbnails(entries) if thumbnails else [None] * len(entries)
+    for e, jpg in zip(entries, thumbs, strict=True):
         s = slug(e.stem)
         thumb_url = None
-        if thumbnails:
-            try:
-                jpg = thumbnail(e)
-            except MediaError as err:
-                e.errors.append(str(err))
-                log.warning("%s", err)
-                jpg = None
-            if jpg is not None:
-                (site / "thumbs" / f"{s}.jpg").write_bytes(jpg)
-                thumb_url = f"thumbs/{s}.jpg"
+        if jpg is not None:
+            (site / "thumbs" / f"{s}.jpg").write_bytes(jpg)
+            thumb_url = f"thumbs/{s}.jpg"
         page_url = None
         if e.doc is not None:
             tl = timeline(e.doc)
