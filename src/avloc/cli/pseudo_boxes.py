@@ -44,6 +44,9 @@ def add_parser(sub: Any, name: str) -> None:
     c.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT", help="join this Ray cluster (default: local)")
     c.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
                    help="GPUs per Ray model worker (the model then runs on CUDA)")
+    c.add_argument("--threads-per-worker", type=int, default=0, metavar="T",
+                   help="torch threads per Ray model worker; 0 (default): --threads, so OUT matches the sequential "
+                        "path byte for byte")
     out = p.add_argument_group("output")
     out.add_argument("--out", required=True, help="output manifest (jsonl)")
     out.add_argument("--force", action="store_true", help="overwrite OUT and redo every entry")
@@ -61,10 +64,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     batch = BatchConfig(workers=args.workers, ray_address=args.ray_address, gpus_per_worker=args.gpus_per_worker,
-                        force=args.force, progress=not args.quiet)
+                        threads_per_worker=args.threads_per_worker, force=args.force, progress=not args.quiet)
     batch.validate()
-    if args.ray_address and not args.workers:
-        raise ConfigError("--ray-address needs --workers N (the Ray model workers)")
     import torch
 
     from avloc.data.pseudo_box_run import run_pseudo_boxes

@@ -13,7 +13,10 @@ rounding, see :class:`BatchConfig`; without it each video's frames run in the se
 outputs are byte-identical); each actor then writes each video's outputs exactly as the sequential
 path does (:func:`~avloc.inference.pipeline.write_outputs`, one transaction per video). Ray is started
 locally (``ray.init(num_cpus=..., include_dashboard=False, log_to_driver=False)``) unless ``ray_address``
-(``auto`` or ``HOST:PORT``) names a cluster to join, whose nodes must have avloc installed.
+(``auto`` or ``HOST:PORT``) names a cluster to join, whose nodes must have avloc installed. Each actor uses
+``threads_per_worker`` torch threads (``--threads-per-worker``; 0: as many as this process, see
+:class:`BatchConfig`). The pipeline (:func:`ray_pipeline`), the run record (:class:`RunLog`) and the progress
+bar (:class:`Tracker`) also serve ``avloc pseudo-boxes`` (:mod:`avloc.data.pseudo_box_run`).
 
 **Resuming**: without ``force`` an input whose ``NAME.avloc.json`` is complete and valid (schema-checked
 against ``schema.json``, every output it lists present, made with the same model and configuration) is
@@ -96,6 +99,12 @@ class BatchConfig:
             raise ConfigError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
         if self.gpus_per_worker and not self.workers:
             raise ConfigError("--gpus-per-worker needs --workers N (the GPUs go to the Ray model actors)")
+        if self.threads_per_worker < 0:
+            raise ConfigError(f"--threads-per-worker must be >= 0, got {self.threads_per_worker}")
+        if self.threads_per_worker and not self.workers:
+            raise ConfigError("--threads-per-worker needs --workers N (the threads of each Ray model actor)")
+        if self.ray_address and not self.workers:
+            raise ConfigError("--ray-address needs --workers N (the Ray model actors run on that cluster)")
         if self.videos_per_call < 1:
             raise ConfigError(f"videos_per_call must be >= 1, got {self.videos_per_call}")
 
@@ -453,7 +462,8 @@ def run_collection(
                 log.info("%s: redoing its partial outputs (%s)", f, why)
             todo.append(_Todo(len(states) - 1, f, force=batch.force or kind == "partial"))
     config = {**asdict(cfg), "model": spec.name, "audio_tagger": spec.tagger, "workers": batch.workers,
-              "ray_address": batch.ray_address, "gpus_per_worker": batch.gpus_per_worker}
+              "ray_address": batch.ray_address, "gpus_per_worker": batch.gpus_per_worker,
+              "threads_per_worker": batch.threads_per_worker}
     run_log = RunLog(out / RUN_FILE, list(command if command is not None else sys.argv), config, states)
     run_log.write()
     if todo:
