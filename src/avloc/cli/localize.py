@@ -22,6 +22,9 @@ def add_parser(sub: Any, name: str) -> None:
     c.add_argument("--batch-across-videos", action="store_true",
                    help="fill the model's batches with frames of several videos (GPU; equal to float rounding)")
     c.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G", help="GPUs per Ray model worker")
+    c.add_argument("--threads-per-worker", type=int, default=0, metavar="T",
+                   help="torch threads per Ray model worker; 0 (default): as many as this process, so outputs match "
+                        "the sequential path byte for byte (N workers then oversubscribe a small machine)")
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help="checkpoint path, zoo name or training-free method (default: embedded default)")
     g.add_argument("--combine", choices=["none", "synchrony"], default="none",
@@ -59,14 +62,23 @@ def is_collection(args: argparse.Namespace) -> bool:
     return is_input_list(p) or (p.is_dir() and len(expand_inputs([str(p)])[0]) > 1)
 
 
-def run_collection(args: argparse.Namespace, cfg: Any) -> int:
-    from avloc.inference import DEFAULT_MODEL
-    from avloc.inference.batch import BatchConfig, ModelSpec, exit_status
-    from avloc.inference.batch import run_collection as run_all
+def batch_config(args: argparse.Namespace) -> Any:
+    """The collection options as a validated :class:`avloc.inference.batch.BatchConfig` (also for one video)."""
+    from avloc.inference.batch import BatchConfig
 
     batch = BatchConfig(workers=args.workers or 0, ray_address=args.ray_address, gpus_per_worker=args.gpus_per_worker,
-                        across_videos=args.batch_across_videos, force=args.force, progress=not args.quiet)
+                        threads_per_worker=args.threads_per_worker, across_videos=args.batch_across_videos,
+                        force=args.force, progress=not args.quiet)
     batch.validate()
+    return batch
+
+
+def run_collection(args: argparse.Namespace, cfg: Any) -> int:
+    from avloc.inference import DEFAULT_MODEL
+    from avloc.inference.batch import ModelSpec, exit_status
+    from avloc.inference.batch import run_collection as run_all
+
+    batch = batch_config(args)
     spec = ModelSpec(None if args.visual_only else (args.model or DEFAULT_MODEL), args.audio_tagger, args.device)
     states = run_all(args.inputs, args.out, cfg, spec, batch, command=["avloc", *getattr(args, "argv", sys.argv[1:])])
     return exit_status(states)
@@ -87,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     cfg.validate()
     if args.visual_only and (args.model is not None or args.audio_tagger is not None):
         raise ConfigError("--visual-only uses the object prior alone: do not combine it with --model or --audio-tagger")
+    batch_config(args)  # --workers options are checked for one video too
     if is_collection(args):
         return run_collection(args, cfg)
     model = None

@@ -36,12 +36,17 @@ from avloc.io.atomic import atomic_path
 Entry = dict[str, Any]
 
 
+def manifest_line(e: Entry) -> str:
+    """One entry as a manifest line (sorted keys, compact, so output is byte-stable)."""
+    return json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n"
+
+
 def write_manifest(path: str | Path, entries: Iterable[Entry]) -> int:
-    """Write entries as jsonl atomically (sorted keys, so output is byte-stable)."""
+    """Write entries as jsonl atomically (:func:`manifest_line`)."""
     n = 0
     with atomic_path(path) as tmp, tmp.open("w") as f:
         for e in entries:
-            f.write(json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n")
+            f.write(manifest_line(e))
             n += 1
     return n
 

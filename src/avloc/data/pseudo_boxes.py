@@ -41,7 +41,7 @@ from torch.utils.data import Dataset
 from avloc.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
-    from avloc.methods.classif import Classif
+    from avloc.methods.classif import Classif, ClassifConfig
 
 
 @dataclass
@@ -158,8 +158,21 @@ def to_frame_pixels(box: Sequence[float], frame_hw: tuple[int, int], image_cfg: 
     return [round(min(max(v, 0.0), lim), 2) for v, lim in ((x1, w), (y1, h), (x2, w), (y2, h))]
 
 
-def _entry_clip(model: Classif, manifest: Path, entry: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-    """Decode one manifest entry as a clip: frames ``(T, 3, H, W)`` at ``model.cfg.fps`` + audio ``(N,)``, frame (H, W)."""
+@dataclass
+class EntryClip:
+    """One decoded manifest entry: ``frames`` ``(T, 3, S, S)`` model input, ``audio`` ``(N,)``, the frame ``hw``."""
+
+    frames: torch.Tensor
+    audio: torch.Tensor
+    hw: tuple[int, int]
+
+
+def decode_entry(model_cfg: ClassifConfig, manifest: str | Path, entry: dict[str, Any]) -> EntryClip:
+    """Decode one manifest entry as a clip at ``model_cfg.fps`` (no model needed: a decoding worker can run it).
+
+    Video entries: their frames from the first step time on (the last repeated if the video ends a frame
+    before the audio); image entries: the still repeated over the steps its audio spans (a fixed-frame clip).
+    """
     from avloc.data.clips import step_time
     from avloc.data.datasets import load_image
     from avloc.data.manifest import resolve_media
@@ -170,10 +183,10 @@ def _entry_clip(model: Classif, manifest: Path, entry: dict[str, Any]) -> tuple[
     audio_rel = entry.get("audio") or entry.get("video")
     if audio_rel is None:
         raise DataError(f"{manifest}: entry {entry.get('id')!r} has no 'audio' (nor a 'video')")
-    wav, _ = load_audio(resolve_media(manifest, audio_rel), model.cfg.audio.sample_rate)
-    steps = model.steps_for(wav.size)
+    wav, _ = load_audio(resolve_media(manifest, audio_rel), model_cfg.audio.sample_rate)
+    steps = model_cfg.steps_for(wav.size)
     if "video" in entry:
-        fps = model.cfg.fps
+        fps = model_cfg.fps
         imgs = [fr.image for fr in iter_frames(resolve_media(manifest, entry["video"]), fps=fps, start=step_time(0, fps))]
         if not imgs:
             raise DataError(f"{manifest}: entry {entry['id']!r}: no frames decoded")
@@ -184,10 +197,44 @@ def _entry_clip(model: Classif, manifest: Path, entry: dict[str, Any]) -> tuple[
     else:
         raise DataError(f"{manifest}: entry {entry.get('id')!r} needs 'image' or 'video'")
     hw = (int(arr.shape[1]), int(arr.shape[2]))
-    frames = preprocess_image(torch.from_numpy(arr).permute(0, 3, 1, 2), model.cfg.image)  # (T|1, 3, S, S)
+    frames = preprocess_image(torch.from_numpy(arr).permute(0, 3, 1, 2), model_cfg.image)  # (T|1, 3, S, S)
     if frames.shape[0] == 1:
         frames = frames.expand(steps, -1, -1, -1)
-    return frames, torch.from_numpy(np.ascontiguousarray(wav)), hw
+    return EntryClip(frames, torch.from_numpy(np.ascontiguousarray(wav)), hw)
+
+
+def boxes_to_entries(entry: dict[str, Any], boxes: Sequence[ClipBox], hw: tuple[int, int], model_cfg: ClassifConfig,
+                     cfg: PseudoBoxConfig, manifest: str | Path, out_dir: str | Path) -> list[dict[str, Any]]:
+    """The pseudo-box manifest entries of one source ``entry`` (:func:`pseudo_box_entries`) from its clip's boxes."""
+    from avloc.data.clips import step_time
+    from avloc.data.manifest import resolve_media
+
+    h, w = hw
+    out: list[dict[str, Any]] = []
+    for k, cb in enumerate(boxes):
+        if cb.box is None:
+            continue
+        t = round(step_time(cb.step, model_cfg.fps), 6)
+        new: dict[str, Any] = {
+            "id": entry["id"] if cfg.top_k == 1 else f"{entry['id']}-m{k}",
+            "size": [w, h],
+            "boxes": [to_frame_pixels(cb.box, (h, w), model_cfg.image)],
+            "labels": list(entry.get("labels") or []),
+            "pseudo_box": True,
+            "moment_step": cb.step,
+            "moment_time": t,
+            "moment_score": round(cb.score, 6),
+            "source_id": entry["id"],
+        }
+        for key in ("image", "video", "audio"):
+            if key in entry:
+                new[key] = os.path.relpath(resolve_media(manifest, entry[key]), Path(out_dir).resolve())
+        if "video" in entry:
+            new["time"] = t
+        if "split" in entry:
+            new["split"] = entry["split"]
+        out.append(new)
+    return out
 
 
 def pseudo_box_entries(model: Classif, manifest: str | Path, cfg: PseudoBoxConfig, out_dir: str | Path, limit: int | None = None) -> Iterator[dict[str, Any]]:
@@ -198,39 +245,18 @@ def pseudo_box_entries(model: Classif, manifest: str | Path, cfg: PseudoBoxConfi
     entries get ``time`` = the moment's time (the frame and the audio window
     centred there are what :class:`~avloc.data.datasets.ManifestDataset` reads);
     ``pseudo_box`` true, ``moment_step``, ``moment_time``, ``moment_score``,
-    ``source_id``. Clips whose map is flat (no box) are skipped.
+    ``source_id``. Clips whose map is flat (no box) are skipped. The first bad
+    entry raises; ``avloc pseudo-boxes`` (:mod:`avloc.data.pseudo_box_run`) goes on past it.
     """
-    from avloc.data.clips import step_time
-    from avloc.data.manifest import read_manifest, resolve_media
+    from avloc.data.manifest import read_manifest
 
     src = Path(manifest)
     entries = read_manifest(src)
     model.eval()
     for e in entries[:limit] if limit else entries:
-        frames, wav, (h, w) = _entry_clip(model, src, e)
-        for k, cb in enumerate(clip_pseudo_boxes(model, frames, wav, cfg)):
-            if cb.box is None:
-                continue
-            t = round(step_time(cb.step, model.cfg.fps), 6)
-            new: dict[str, Any] = {
-                "id": e["id"] if cfg.top_k == 1 else f"{e['id']}-m{k}",
-                "size": [w, h],
-                "boxes": [to_frame_pixels(cb.box, (h, w), model.cfg.image)],
-                "labels": list(e.get("labels") or []),
-                "pseudo_box": True,
-                "moment_step": cb.step,
-                "moment_time": t,
-                "moment_score": round(cb.score, 6),
-                "source_id": e["id"],
-            }
-            for key in ("image", "video", "audio"):
-                if key in e:
-                    new[key] = os.path.relpath(resolve_media(src, e[key]), Path(out_dir).resolve())
-            if "video" in e:
-                new["time"] = t
-            if "split" in e:
-                new["split"] = e["split"]
-            yield new
+        clip = decode_entry(model.cfg, src, e)
+        yield from boxes_to_entries(e, clip_pseudo_boxes(model, clip.frames, clip.audio, cfg), clip.hw, model.cfg, cfg,
+                                    src, out_dir)
 
 
 def pseudo_box_manifest(

@@ -13,7 +13,10 @@ rounding, see :class:`BatchConfig`; without it each video's frames run in the se
 outputs are byte-identical); each actor then writes each video's outputs exactly as the sequential
 path does (:func:`~avloc.inference.pipeline.write_outputs`, one transaction per video). Ray is started
 locally (``ray.init(num_cpus=..., include_dashboard=False, log_to_driver=False)``) unless ``ray_address``
-(``auto`` or ``HOST:PORT``) names a cluster to join, whose nodes must have avloc installed.
+(``auto`` or ``HOST:PORT``) names a cluster to join, whose nodes must have avloc installed. Each actor uses
+``threads_per_worker`` torch threads (``--threads-per-worker``; 0: as many as this process, see
+:class:`BatchConfig`). The pipeline (:func:`ray_pipeline`), the run record (:class:`RunLog`) and the progress
+bar (:class:`Tracker`) also serve ``avloc pseudo-boxes`` (:mod:`avloc.data.pseudo_box_run`).
 
 **Resuming**: without ``force`` an input whose ``NAME.avloc.json`` is complete and valid (schema-checked
 against ``schema.json``, every output it lists present, made with the same model and configuration) is
@@ -38,6 +41,7 @@ others; the run ends with a summary and the CLI exits 2 if any failed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -45,7 +49,7 @@ import os
 import pickle
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,6 +99,12 @@ class BatchConfig:
             raise ConfigError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
         if self.gpus_per_worker and not self.workers:
             raise ConfigError("--gpus-per-worker needs --workers N (the GPUs go to the Ray model actors)")
+        if self.threads_per_worker < 0:
+            raise ConfigError(f"--threads-per-worker must be >= 0, got {self.threads_per_worker}")
+        if self.threads_per_worker and not self.workers:
+            raise ConfigError("--threads-per-worker needs --workers N (the threads of each Ray model actor)")
+        if self.ray_address and not self.workers:
+            raise ConfigError("--ray-address needs --workers N (the Ray model actors run on that cluster)")
         if self.videos_per_call < 1:
             raise ConfigError(f"videos_per_call must be >= 1, got {self.videos_per_call}")
 
@@ -215,10 +225,11 @@ def _now() -> str:
 
 
 class RunLog:
-    """``DIR/run.json`` (module doc), rewritten atomically whenever an input changes."""
+    """``DIR/run.json`` (module doc) or another run record at ``path``, rewritten atomically whenever an input changes."""
 
-    def __init__(self, out_dir: Path, command: list[str], config: dict[str, Any], states: list[InputState]) -> None:
-        self.path = out_dir / RUN_FILE
+    def __init__(self, path: Path, command: list[str], config: dict[str, Any], states: list[InputState],
+                 tool: str = "avloc localize") -> None:
+        self.path, self.tool = path, tool
         self.command, self.config, self.states = command, config, states
         self.started: str = _now()
         self.finished: str | None = None
@@ -228,7 +239,7 @@ class RunLog:
 
         # avloc/report/run_schema.json (what ``avloc report`` reads): schema_version and tool; ``version`` kept
         # for this module's own resume check
-        return {"schema_version": "1.0", "tool": {"name": "avloc localize", "version": str(__version__)},
+        return {"schema_version": "1.0", "tool": {"name": self.tool, "version": str(__version__)},
                 "version": RUN_VERSION, "command": self.command, "config": self.config, "started": self.started,
                 "finished": self.finished, "inputs": [s.to_dict() for s in self.states]}
 
@@ -365,10 +376,49 @@ class _Todo:
     force: bool  # replace what is there (a partial set, or --force)
 
 
-def _failure(e: BaseException) -> tuple[str, bool]:
-    """(one-line reason, is a bug)."""
+def failure(e: BaseException, traceback_lines: int = 0) -> tuple[str, bool]:
+    """(one-line reason, is a bug); a bug's reason ends with the last ``traceback_lines`` of its traceback
+    (for Ray workers, whose log does not reach the driver)."""
     msg = describe_error(e)
-    return (msg, False) if msg is not None else (f"{REPORT_LINE} ({type(e).__name__}: {e})", True)
+    if msg is not None:
+        return msg, False
+    msg = f"{REPORT_LINE} ({type(e).__name__}: {e})"
+    if traceback_lines:
+        import traceback
+
+        msg += " | " + " ".join(traceback.format_exception(e)[-traceback_lines:]).replace("\n", " ")
+    return msg, True
+
+
+class Tracker:
+    """A run's record and its progress bar, updated as inputs start and finish (localize and pseudo-boxes)."""
+
+    def __init__(self, states: list[InputState], run_log: RunLog, total: int, tool: str, unit: str, progress: bool,
+                 done_line: Callable[[InputState], str], frame_rate: bool = False) -> None:
+        from tqdm import tqdm
+
+        self.states, self.run_log, self.tool, self.done_line, self.frame_rate = states, run_log, tool, done_line, frame_rate
+        self.bar = tqdm(total=total, unit=unit, desc=tool, disable=not progress, file=sys.stderr)
+        self.t0, self.frames = time.perf_counter(), 0
+
+    def started(self, i: int) -> None:
+        self.states[i].status = "pending"  # run_schema.json: pending = queued or running
+        self.run_log.write()
+
+    def finished(self, i: int, st: InputState) -> None:
+        self.states[i] = st
+        self.run_log.write()
+        self.bar.update(1)
+        if self.frame_rate:
+            self.frames += st.frames
+            self.bar.set_postfix_str(f"{self.frames / max(time.perf_counter() - self.t0, 1e-9):.1f} frames/s")
+        if st.status == "done":
+            log.info("%s", self.done_line(st))
+        else:
+            log.error("%s: error: %s", self.tool, st.error)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def run_collection(
@@ -411,37 +461,21 @@ def run_collection(
                 log.info("%s: redoing its partial outputs (%s)", f, why)
             todo.append(_Todo(len(states) - 1, f, force=batch.force or kind == "partial"))
     config = {**asdict(cfg), "model": spec.name, "audio_tagger": spec.tagger, "workers": batch.workers,
-              "ray_address": batch.ray_address, "gpus_per_worker": batch.gpus_per_worker}
-    run_log = RunLog(out, list(command if command is not None else sys.argv), config, states)
+              "ray_address": batch.ray_address, "gpus_per_worker": batch.gpus_per_worker,
+              "threads_per_worker": batch.threads_per_worker}
+    run_log = RunLog(out / RUN_FILE, list(command if command is not None else sys.argv), config, states)
     run_log.write()
     if todo:
-        from tqdm import tqdm
-
-        t0, frames = time.perf_counter(), 0
-        with tqdm(total=len(todo), unit="video", desc="avloc localize", disable=not batch.progress,
-                  file=sys.stderr) as bar:
-
-            def finished(i: int, st: InputState) -> None:
-                nonlocal frames
-                states[i] = st
-                run_log.write()
-                frames += st.frames
-                bar.update(1)
-                bar.set_postfix_str(f"{frames / max(time.perf_counter() - t0, 1e-9):.1f} frames/s")
-                if st.status == "done":
-                    log.info("%s: %d frames in %.1f s -> %s", st.input, st.frames, st.seconds or 0.0,
-                             ", ".join(st.outputs.values()))
-                else:
-                    log.error("avloc localize: error: %s", st.error)
-
-            def started(i: int) -> None:
-                states[i].status = "pending"  # run_schema.json: pending = queued or running
-                run_log.write()
-
+        tracker = Tracker(states, run_log, len(todo), "avloc localize", "video", batch.progress, frame_rate=True,
+                          done_line=lambda st: f"{st.input}: {st.frames} frames in {st.seconds or 0.0:.1f} s -> "
+                                               + ", ".join(st.outputs.values()))
+        try:
             if batch.workers:
-                _run_ray(todo, states, out, cfg, spec, batch, finished)
+                _run_ray(todo, states, out, cfg, spec, batch, tracker.finished)
             else:
-                _run_sequential(todo, states, out, cfg, spec, batch, started, finished)
+                _run_sequential(todo, states, out, cfg, spec, batch, tracker.started, tracker.finished)
+        finally:
+            tracker.close()
     run_log.finish()
     summarize(states)
     return states
@@ -464,7 +498,7 @@ def _run_sequential(todo: list[_Todo], states: list[InputState], out: Path, cfg:
             raise
         except Exception as e:  # per-input isolation: the other inputs still run
             st.status, st.seconds = "failed", None
-            st.error, st.bug = _failure(e)
+            st.error, st.bug = failure(e)
             if st.bug:
                 log.error("%s: unexpected error", st.input, exc_info=e)
             if st.input not in st.error:
@@ -476,11 +510,11 @@ def _run_sequential(todo: list[_Todo], states: list[InputState], out: Path, cfg:
         finished(t.index, st)
 
 
-def summarize(states: list[InputState]) -> None:
+def summarize(states: list[InputState], tool: str = "avloc localize", noun: str = "input(s)") -> None:
     """Log the summary line (done / skipped / failed) and one line per failed input."""
     count = {k: sum(s.status == k for s in states) for k in ("done", "skipped", "failed")}
-    log.info("avloc localize: %d input(s): %d done, %d skipped, %d failed",
-             len(states), count["done"], count["skipped"], count["failed"])
+    log.info("%s: %d %s: %d done, %d skipped, %d failed",
+             tool, len(states), noun, count["done"], count["skipped"], count["failed"])
     for s in states:
         if s.status == "failed":
             log.info("  failed: %s", s.error)
@@ -504,7 +538,7 @@ def _decode_task(row: dict[str, Any], model_cfg: Any, cfg: LocalizeConfig) -> di
     try:
         payload, error, bug = pickle.dumps(decode_video(row["input"], model_cfg, cfg), protocol=5), "", False
     except Exception as e:
-        (error, bug), payload = _failure(e), b""
+        (error, bug), payload = failure(e), b""
     return {**row, "payload": payload, "error": error, "bug": bug, "decode_seconds": time.perf_counter() - t0}
 
 
@@ -546,12 +580,8 @@ class _LocalizeActor:
                     lr = write_outputs(analysis, self.out_dir, force=bool(r["force"]))
                     status, error, frames = "done", "", lr.frames
                     outputs = json.dumps({k: p.name for k, p in lr.outputs.items()})
-                except Exception as e:
-                    error, bug = _failure(e)
-                    if bug:  # the traceback, since the actor's log does not reach the driver
-                        import traceback
-
-                        error += " | " + " ".join(traceback.format_exception(e)[-3:]).replace("\n", " ")
+                except Exception as e:  # a bug's traceback travels in the reason: the actor's log does not reach the driver
+                    error, bug = failure(e, traceback_lines=3)
             for k, v in zip(res, (int(r["index"]), status, error, bug, outputs,
                                   round(float(r["decode_seconds"]) + time.perf_counter() - t0, 3), frames)):
                 res[k].append(v)
@@ -572,39 +602,65 @@ def start_ray(batch: BatchConfig) -> bool:
     return True
 
 
-def _run_ray(todo: list[_Todo], states: list[InputState], out: Path, cfg: LocalizeConfig, spec: ModelSpec,
-             batch: BatchConfig, finished: Callable[[int, InputState], None]) -> None:
+def require_ray() -> None:
+    """Raise :class:`ConfigError` (what to install) unless Ray Data can be imported."""
     try:
-        import ray
-        import ray.data
+        import ray.data  # noqa: F401
     except ImportError:
         raise ConfigError("--workers needs Ray: pip install 'avloc[ray]' (or run without --workers)") from None
-    from avloc.inference.pipeline import make_source
 
-    model, _ = ModelSpec(spec.name).load()  # the driver only reads the preprocessing the decode tasks need
-    model_cfg = make_source(model, cfg).model.cfg
-    del model
+
+def actor_threads(batch: BatchConfig) -> int:
+    """Torch threads of each Ray model actor: ``threads_per_worker``, or this process's count (0)."""
+    import torch
+
+    return batch.threads_per_worker or torch.get_num_threads()
+
+
+def ray_pipeline(rows: list[dict[str, Any]], decode: Callable[..., dict[str, Any]], decode_kwargs: dict[str, Any],
+                 actor: type, actor_kwargs: dict[str, Any], batch: BatchConfig) -> Generator[dict[str, Any], None, None]:
+    """One Ray Data pipeline (module doc): each row through ``decode`` in a CPU task, then ``actor`` (an
+    actor pool of ``batch.workers``, ``batch.videos_per_call`` rows a call); yields the actors' rows as they
+    come. Ray is started here (and shut down at the end) unless it is already running."""
+    require_ray()
+    import ray
+    import ray.data
+
     ours = start_ray(batch)
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
-        import torch
-
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # its own progress lines: the run has one bar
-        threads = batch.threads_per_worker or torch.get_num_threads()
-        rows = [{"index": t.index, "input": str(t.path), "force": t.force} for t in todo]
         ds: Any = ray.data.from_items(rows, override_num_blocks=len(rows))
         # max_retries only differs from the actors' options so that Ray Data does not fuse decoding into the
         # actors: decode tasks and model actors then run side by side (decode overlaps the model)
-        ds = ds.map(_decode_task, fn_kwargs={"model_cfg": model_cfg, "cfg": cfg}, num_cpus=1, max_retries=1)
+        ds = ds.map(decode, fn_kwargs=decode_kwargs, num_cpus=1, max_retries=1)
         ds = ds.map_batches(
-            _LocalizeActor, fn_constructor_kwargs={"spec": spec, "cfg": cfg, "out_dir": str(out), "threads": threads,
-                                                    "across_videos": batch.across_videos},
-            compute=ray.data.ActorPoolStrategy(size=batch.workers), batch_size=batch.videos_per_call,
-            num_cpus=1, num_gpus=batch.gpus_per_worker or None, batch_format="numpy",
+            actor, fn_constructor_kwargs=actor_kwargs, compute=ray.data.ActorPoolStrategy(size=batch.workers),
+            batch_size=batch.videos_per_call, num_cpus=1, num_gpus=batch.gpus_per_worker or None, batch_format="numpy",
         )
-        for row in ds.iter_rows():
+        yield from ds.iter_rows()
+    finally:
+        if ours:
+            ray.shutdown()
+
+
+def _run_ray(todo: list[_Todo], states: list[InputState], out: Path, cfg: LocalizeConfig, spec: ModelSpec,
+             batch: BatchConfig, finished: Callable[[int, InputState], None]) -> None:
+    from avloc.inference.pipeline import make_source
+
+    require_ray()
+    model, _ = ModelSpec(spec.name).load()  # the driver only reads the preprocessing the decode tasks need
+    model_cfg = make_source(model, cfg).model.cfg
+    del model
+    rows = [{"index": t.index, "input": str(t.path), "force": t.force} for t in todo]
+    actor_kwargs = {"spec": spec, "cfg": cfg, "out_dir": str(out), "threads": actor_threads(batch),
+                    "across_videos": batch.across_videos}
+    pipeline = ray_pipeline(rows, _decode_task, {"model_cfg": model_cfg, "cfg": cfg}, _LocalizeActor, actor_kwargs,
+                            batch)
+    with contextlib.closing(pipeline):  # Ray shut down on the way out, also on an error or Ctrl-C
+        for row in pipeline:
             i = int(row["index"])
             st = dataclasses.replace(states[i], status=str(row["status"]), frames=int(row["frames"]),
                                      bug=bool(row["bug"]))
@@ -615,6 +671,3 @@ def _run_ray(todo: list[_Todo], states: list[InputState], out: Path, cfg: Locali
                 err = str(row["error"])
                 st.error = err if st.input in err else f"{st.input}: {err}"
             finished(i, st)
-    finally:
-        if ours:
-            ray.shutdown()

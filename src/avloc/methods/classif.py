@@ -233,11 +233,8 @@ class Classif(LocalizationMethod):
 
     # -- inputs
     def steps_for(self, num_samples: int) -> int:
-        """Video steps T spanned by ``num_samples`` of audio at ``cfg.fps``."""
-        t = round(num_samples / self.cfg.audio.sample_rate * self.cfg.fps)
-        if t < 1:
-            raise DataError(f"{num_samples} audio samples span no video frame at {self.cfg.fps} fps")
-        return t
+        """Video steps T spanned by ``num_samples`` of audio at ``cfg.fps`` (:meth:`ClassifConfig.steps_for`)."""
+        return self.cfg.steps_for(num_samples)
 
     def frame_features(self, feats: torch.Tensor, steps: int) -> torch.Tensor:
         """Encoder features of a clip ``(B, T, C, h, w)`` or a still ``(B, C, h, w)`` (repeated) -> ``(B, T, C, h, w)``."""
@@ -374,6 +371,13 @@ class ClassifConfig(MethodConfig):
     audio_channels: tuple[int, ...] = (16, 32, 64, 64)
     heads: Literal["individual", "shared", "single"] = "individual"
     loc_window_seconds: float = 3.0
+
+    def steps_for(self, num_samples: int) -> int:
+        """Video steps T spanned by ``num_samples`` of audio at ``fps`` (no model needed: decoding workers)."""
+        t = round(num_samples / self.audio.sample_rate * self.fps)
+        if t < 1:
+            raise DataError(f"{num_samples} audio samples span no video frame at {self.fps} fps")
+        return t
 
     def validate(self) -> None:
         if self.fps <= 0 or self.loc_window_seconds <= 0:

@@ -1,0 +1,225 @@
+"""Issue 20: ``avloc pseudo-boxes`` as a collection (one bad entry, resume, --force, Ray = sequential byte for byte),
+the Ray path of ``avloc localize`` killed midway, and the --workers options of both commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from avloc.cli.main import main
+from test_batch import FAST, HAS_RAY, N_CLIPS, _clip
+from test_classif import tiny_classif_config
+
+N = 4  # good entries
+NEEDS_RAY = pytest.mark.skipif(not HAS_RAY, reason="Ray is not installed (pip install 'avloc[ray]')")
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny classif checkpoint, N clips and ``in.jsonl`` naming them."""
+    from avloc.methods import create_method
+    from avloc.methods.zoo import save_model
+
+    d = tmp_path_factory.mktemp("pbmedia")
+    torch.manual_seed(0)
+    save_model(create_method("classif", tiny_classif_config()), d / "m.safetensors")
+    for k in range(N):
+        _clip(d / f"c{k}.mp4", k)
+    _write(d / "in.jsonl", [f"c{k}" for k in range(N)], d)
+    return d
+
+
+def _write(manifest: Path, ids: list[str], media: Path) -> Path:
+    """A manifest of video entries ``ID -> media/ID.mp4`` (``bad`` -> a junk file beside the manifest)."""
+    rows = []
+    for i in ids:
+        video = manifest.parent / "bad.mp4" if i == "bad" else media / f"{i}.mp4"
+        rows.append({"id": i, "video": str(video), "size": [96, 72], "labels": [1]})
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest
+
+
+def _args(media: Path, manifest: Path, out: Path, *more: str) -> list[str]:
+    return ["pseudo-boxes", "--model", str(media / "m.safetensors"), "--manifest", str(manifest), "--out", str(out),
+            "--quiet", *more]
+
+
+def _record(out: Path) -> dict:
+    return json.loads(out.with_name(out.name + ".run.json").read_text())
+
+
+def _statuses(out: Path) -> dict[str, str]:
+    return {s["input"]: s["status"] for s in _record(out)["inputs"]}
+
+
+def _ids(out: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in out.read_text().splitlines()]
+
+
+def _parts(out: Path) -> Path:
+    return out.with_name(out.name + ".parts")
+
+
+def test_sequential_order_record_and_no_overwrite(media: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out.jsonl"
+    args = _args(media, media / "in.jsonl", out)
+    assert main(args) == 0
+    assert _ids(out) == [f"c{k}" for k in range(N)]  # the manifest's order
+    rec = _record(out)
+    assert rec["tool"]["name"] == "avloc pseudo-boxes" and rec["finished"] and rec["config"]["workers"] == 0
+    assert set(_statuses(out).values()) == {"done"} and not _parts(out).exists()  # complete: work area removed
+    before = out.read_bytes()
+    assert main(args) == 2 and "exists; pass --force" in capsys.readouterr().err  # a finished OUT is not ours to replace
+    assert main([*args, "--force"]) == 0
+    assert out.read_bytes() == before and set(_statuses(out).values()) == {"done"}
+
+
+def test_a_bad_entry_fails_alone_and_a_rerun_redoes_only_it(media: Path, tmp_path: Path, capsys, caplog) -> None:
+    man = _write(tmp_path / "in.jsonl", ["c0", "c1", "bad", "c2", "c3"], media)
+    (tmp_path / "bad.mp4").write_bytes(b"not a video at all" * 100)
+    out = tmp_path / "out.jsonl"
+    args = _args(media, man, out)
+    assert main(args) == 2
+    err = capsys.readouterr().err + caplog.text
+    assert "5 entries: 4 done, 0 skipped, 1 failed" in err
+    rec = {s["input"]: s for s in _record(out)["inputs"]}
+    assert rec["bad"]["status"] == "failed" and "bad.mp4" in rec["bad"]["error"] and "\n" not in rec["bad"]["error"]
+    assert _ids(out) == ["c0", "c1", "c2", "c3"]  # written without the failed entry
+    parts = sorted(p for p in _parts(out).iterdir() if p.name not in ("config.json", "written.json"))
+    assert len(parts) == 4
+    mtimes = {p.name: p.stat().st_mtime_ns for p in parts}
+    first = out.read_bytes()
+
+    # the same command again: the finished entries are skipped (their parts untouched), the bad one retried
+    assert main(args) == 2
+    assert _statuses(out) == {"c0": "skipped", "c1": "skipped", "bad": "failed", "c2": "skipped", "c3": "skipped"}
+    assert {p.name: p.stat().st_mtime_ns for p in parts} == mtimes and out.read_bytes() == first
+
+    # another configuration over the work area is refused; an OUT edited since is not replaced
+    assert main([*args, "--threshold", "0.6"]) == 2
+    assert "threshold=0.5, not 0.6; pass --force" in capsys.readouterr().err
+    out.write_bytes(first + b"\n")
+    assert main(args) == 2 and "exists; pass --force" in capsys.readouterr().err
+    out.write_bytes(first)
+
+    # the bad clip repaired: only it runs, OUT is complete and the work area goes
+    shutil.copy(media / "c0.mp4", tmp_path / "bad.mp4")
+    assert main(args) == 0
+    assert _statuses(out) == {"c0": "skipped", "c1": "skipped", "bad": "done", "c2": "skipped", "c3": "skipped"}
+    assert _ids(out) == ["c0", "c1", "bad", "c2", "c3"] and not _parts(out).exists()
+    assert main(args) == 2  # complete now: a re-run needs --force ...
+    assert main([*args, "--force"]) == 0  # ... which redoes every entry
+    assert set(_statuses(out).values()) == {"done"}
+
+
+@NEEDS_RAY
+def test_ray_two_workers_equals_sequential(media: Path, tmp_path: Path) -> None:
+    man = _write(tmp_path / "in.jsonl", ["c0", "c1", "bad", "c2", "c3"], media)
+    (tmp_path / "bad.mp4").write_bytes(b"junk" * 50)
+    seq, ray = tmp_path / "seq" / "out.jsonl", tmp_path / "ray" / "out.jsonl"
+    assert main(_args(media, man, seq)) == 2
+    assert main(_args(media, man, ray, "--workers", "2", "--threads-per-worker", "1")) == 2
+    assert ray.read_bytes() == seq.read_bytes()  # same lines, same order (the manifest's), same bytes
+    a, b = _record(seq), _record(ray)
+    assert b["config"]["workers"] == 2 and b["config"]["threads_per_worker"] == 1
+    assert [(s["input"], s["status"], s["error"]) for s in a["inputs"]] == \
+        [(s["input"], s["status"], s["error"]) for s in b["inputs"]]
+    for name in sorted(p.name for p in _parts(seq).iterdir() if p.name not in ("config.json", "written.json")):
+        assert (_parts(ray) / name).read_bytes() == (_parts(seq) / name).read_bytes()  # every finished entry's part
+
+
+def _session_pids(sid: int) -> list[int]:
+    """The processes of session ``sid`` (a run started with ``start_new_session``: the driver and its Ray)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if os.getsid(int(d.name)) == sid:
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL what the killed run left running (Ray's workers outlive their driver a while), and wait for it."""
+    deadline = time.monotonic() + 30
+    while pids := _session_pids(sid):
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        assert time.monotonic() < deadline, f"processes of the killed run still alive: {pids}"
+        time.sleep(0.2)
+
+
+@NEEDS_RAY
+@pytest.mark.slow
+def test_ray_sigkill_midway_then_rerun_completes_without_redoing(tmp_path: Path) -> None:
+    from avloc.inference.batch import existing_set
+    from avloc.inference.config import LocalizeConfig
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for k in range(N_CLIPS):
+        _clip(clips / f"c{k}.mp4", k)
+    out = tmp_path / "o"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    cmd = [sys.executable, "-m", "avloc.cli.main", "localize", str(clips), "--out", str(out), "--workers", "2", *FAST]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "c0.avloc.json").exists():
+            assert p.poll() is None and time.monotonic() < deadline, "the run ended before its first output"
+            time.sleep(0.05)
+        p.send_signal(signal.SIGKILL)  # the driver, midway
+        p.wait()
+    finally:
+        if p.poll() is None:
+            p.kill()
+        _kill_session(p.pid)
+    killed = json.loads((out / "run.json").read_text())
+    assert killed["finished"] is None
+    cfg = LocalizeConfig(overlay=False)
+    # finished = a complete, valid output set on disk (the actors write them; run.json may lag behind)
+    finished = {f"c{k}" for k in range(N_CLIPS)
+                if existing_set(out / f"c{k}.avloc.json", cfg, "avsync-objectness")[0] == "complete"}
+    assert "c0" in finished and len(finished) < N_CLIPS
+    mtimes = {s: (out / f"{s}.avloc.json").stat().st_mtime_ns for s in finished}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    run = json.loads((out / "run.json").read_text())
+    st = {s["stem"]: s["status"] for s in run["inputs"]}
+    assert run["finished"] is not None
+    assert all(st[s] == "skipped" for s in finished) and all(st[s] == "done" for s in st if s not in finished)
+    assert {s: (out / f"{s}.avloc.json").stat().st_mtime_ns for s in finished} == mtimes
+    assert not any(e.name.startswith(".") for e in out.iterdir())  # the killed run's temporaries and locks are gone
+
+
+@pytest.mark.parametrize("command", ["localize", "pseudo-boxes"])
+@pytest.mark.parametrize(("options", "message"), [
+    (["--threads-per-worker", "2"], "--threads-per-worker needs --workers"),
+    (["--workers", "1", "--threads-per-worker", "-1"], "--threads-per-worker must be >= 0, got -1"),
+    (["--gpus-per-worker", "1"], "--gpus-per-worker needs --workers"),
+    (["--ray-address", "auto"], "--ray-address needs --workers"),
+])
+def test_workers_options_are_checked(command: str, options: list[str], message: str, media: Path, tmp_path: Path,
+                                     capsys) -> None:
+    if command == "localize":
+        args = ["localize", str(media / "c0.mp4"), "--out", str(tmp_path / "o"), *FAST, *options]
+    else:
+        args = _args(media, media / "in.jsonl", tmp_path / "out.jsonl", *options)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # refused before anything is written
