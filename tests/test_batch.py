@@ -207,3 +207,13 @@ def test_ray_two_workers_equals_sequential(sequential: Path, clips: Path, tmp_pa
 def test_workers_options_are_checked(clips: Path, tmp_path: Path, capsys) -> None:
     assert main(["localize", str(clips), "--out", str(tmp_path / "o"), "--gpus-per-worker", "1", *FAST]) == 2
     assert "--gpus-per-worker needs --workers" in capsys.readouterr().err
+
+
+def test_across_videos_default_follows_the_gpus() -> None:
+    """Batching frames across videos is on by default only where the workers have GPUs; an explicit choice wins."""
+    from avloc.inference.batch import BatchConfig
+
+    assert not BatchConfig(workers=2).batch_across_videos()
+    assert BatchConfig(workers=2, gpus_per_worker=1).batch_across_videos()
+    assert not BatchConfig(workers=2, gpus_per_worker=1, across_videos=False).batch_across_videos()
+    assert BatchConfig(workers=2, across_videos=True).batch_across_videos()

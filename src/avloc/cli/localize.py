@@ -19,8 +19,9 @@ def add_parser(sub: Any, name: str) -> None:
     c.add_argument("--workers", type=int, default=None, metavar="N",
                    help="N model workers on Ray (pip install 'avloc[ray]'); 0: one after another, no Ray")
     c.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT", help="join this Ray cluster (default: local)")
-    c.add_argument("--batch-across-videos", action="store_true",
-                   help="fill the model's batches with frames of several videos (GPU; equal to float rounding)")
+    c.add_argument("--batch-across-videos", action=argparse.BooleanOptionalAction, default=None,
+                   help="fill the model's batches with frames of several videos (equal to float rounding, not byte for "
+                        "byte); default: on with --gpus-per-worker, off on CPU")
     c.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G", help="GPUs per Ray model worker")
     c.add_argument("--threads-per-worker", type=int, default=0, metavar="T",
                    help="torch threads per Ray model worker; 0 (default): as many as this process, so outputs match "

@@ -87,10 +87,15 @@ class BatchConfig:
     #: batch frames across the videos of a call (per-frame sources): fuller batches (a GPU's gain), but a
     #: frame then shares its batch with other videos' frames and CPU kernels may round differently, so the
     #: maps agree with the sequential path to float precision, not byte for byte; off: each video's frames
-    #: in the sequential path's chunks (byte-identical outputs)
-    across_videos: bool = False
+    #: in the sequential path's chunks (byte-identical outputs); None (default): on when the workers have GPUs
+    #: (where full batches are the gain and GPU kernels differ from the CPU path anyway), off on CPU
+    across_videos: bool | None = None
     force: bool = False  # redo every input
     progress: bool = True
+
+    def batch_across_videos(self) -> bool:
+        """``across_videos`` resolved: as set, else on exactly when the Ray workers have GPUs."""
+        return self.gpus_per_worker > 0 if self.across_videos is None else self.across_videos
 
     def validate(self) -> None:
         if self.workers < 0:
@@ -462,7 +467,7 @@ def run_collection(
             todo.append(_Todo(len(states) - 1, f, force=batch.force or kind == "partial"))
     config = {**asdict(cfg), "model": spec.name, "audio_tagger": spec.tagger, "workers": batch.workers,
               "ray_address": batch.ray_address, "gpus_per_worker": batch.gpus_per_worker,
-              "threads_per_worker": batch.threads_per_worker}
+              "threads_per_worker": batch.threads_per_worker, "batch_across_videos": batch.batch_across_videos()}
     run_log = RunLog(out / RUN_FILE, list(command if command is not None else sys.argv), config, states)
     run_log.write()
     if todo:
@@ -656,7 +661,7 @@ def _run_ray(todo: list[_Todo], states: list[InputState], out: Path, cfg: Locali
     del model
     rows = [{"index": t.index, "input": str(t.path), "force": t.force} for t in todo]
     actor_kwargs = {"spec": spec, "cfg": cfg, "out_dir": str(out), "threads": actor_threads(batch),
-                    "across_videos": batch.across_videos}
+                    "across_videos": batch.batch_across_videos()}
     pipeline = ray_pipeline(rows, _decode_task, {"model_cfg": model_cfg, "cfg": cfg}, _LocalizeActor, actor_kwargs,
                             batch)
     with contextlib.closing(pipeline):  # Ray shut down on the way out, also on an error or Ctrl-C
