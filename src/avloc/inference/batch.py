@@ -638,9 +638,10 @@ def ray_pipeline(rows: list[dict[str, Any]], decode: Callable[..., dict[str, Any
         ctx.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # its own progress lines: the run has one bar
         ds: Any = ray.data.from_items(rows, override_num_blocks=len(rows))
-        # max_retries only differs from the actors' options so that Ray Data does not fuse decoding into the
+        # max_calls=0 is a task's default (a worker serves any number of calls); given explicitly it makes the
+        # decode step's remote arguments differ from the actors', so Ray Data does not fuse decoding into the
         # actors: decode tasks and model actors then run side by side (decode overlaps the model)
-        ds = ds.map(decode, fn_kwargs=decode_kwargs, num_cpus=1, max_retries=1)
+        ds = ds.map(decode, fn_kwargs=decode_kwargs, num_cpus=1, max_calls=0)
         ds = ds.map_batches(
             actor, fn_constructor_kwargs=actor_kwargs, compute=ray.data.ActorPoolStrategy(size=batch.workers),
             batch_size=batch.videos_per_call, num_cpus=1, num_gpus=batch.gpus_per_worker or None, batch_format="numpy",
