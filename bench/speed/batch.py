@@ -8,6 +8,7 @@ Ray's start-up cost is timed apart (``ray.init`` + an empty task). Other workloa
 absolute numbers; the ratio is what to read.
 
     python bench/speed/batch.py [--clips 20] [--seconds 4] [--model avsync-objectness] [--workers 0 1 2]
+        [--threads-per-worker T] [--overlay]
 """
 
 from __future__ import annotations
@@ -89,9 +90,14 @@ def peak_rss_mb(pid: int, stop: threading.Event, peak: dict[str, float]) -> None
         time.sleep(0.5)
 
 
-def run_mode(clips: list[Path], workers: int, model: str, out: Path) -> dict[str, float]:
+def run_mode(clips: list[Path], workers: int, model: str, out: Path, threads_per_worker: int = 0,
+             overlay: bool = False) -> dict[str, float]:
     cmd = [sys.executable, "-m", "avloc.cli.main", "localize", *map(str, clips), "--out", str(out),
-           "--model", model, "--no-overlay", "--quiet", "--workers", str(workers)]
+           "--model", model, "--quiet", "--workers", str(workers)]
+    if not overlay:
+        cmd.append("--no-overlay")
+    if workers and threads_per_worker:
+        cmd += ["--threads-per-worker", str(threads_per_worker)]
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     stop, peak = threading.Event(), dict[str, float]()
@@ -126,14 +132,18 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--model", default="avsync-objectness")
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--threads-per-worker", type=int, default=0,
+                    help="torch threads per Ray actor (0: as many as the sequential run, byte-identical outputs)")
+    ap.add_argument("--overlay", action="store_true", help="also encode the overlay videos (default: off)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="avloc-bench-batch-") as tmp:
         clips = cut_clips(Path(a.data), a.clips, a.seconds, Path(tmp))
-        print(f"{len(clips)} clips of {a.seconds:g} s, model {a.model}, {os.cpu_count()} cores, overlay off")
+        print(f"{len(clips)} clips of {a.seconds:g} s, model {a.model}, {os.cpu_count()} cores, "
+              f"overlay {'on' if a.overlay else 'off'}, threads per Ray worker {a.threads_per_worker or 'default'}")
         print(f"Ray start-up (init + first task): {ray_startup():.1f} s")
         base = None
         for w in a.workers:
-            r = run_mode(clips, w, a.model, Path(tmp) / f"out{w}")
+            r = run_mode(clips, w, a.model, Path(tmp) / f"out{w}", a.threads_per_worker, a.overlay)
             base = base or r["seconds"]
             label = "sequential" if w == 0 else f"Ray, {w} worker(s)"
             print(f"{label:18s} {r['seconds']:7.1f} s  {r['videos_per_s']:.2f} videos/s  {r['frames_per_s']:.1f} frames/s  "
