@@ -223,3 +223,46 @@ def test_workers_options_are_checked(command: str, options: list[str], message: 
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())  # refused before anything is written
+
+
+@NEEDS_RAY
+@pytest.mark.slow
+def test_ray_pseudo_boxes_sigkill_midway_then_rerun_completes_without_redoing(media: Path, tmp_path: Path) -> None:
+    """``avloc pseudo-boxes --workers 2`` killed (SIGKILL) after its first finished entry: the same command then
+    skips every entry whose part was written, runs the rest, and OUT equals a sequential run's byte for byte."""
+    n = 16
+    man = tmp_path / "in.jsonl"
+    man.write_text("".join(json.dumps({"id": f"e{k:02d}", "video": str(media / f"c{k % N}.mp4"), "size": [96, 72],
+                                       "labels": [1]}) + "\n" for k in range(n)))
+    seq = tmp_path / "seq" / "out.jsonl"
+    assert main(_args(media, man, seq, "--threads", "1")) == 0
+    out = tmp_path / "ray" / "out.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    cmd = [sys.executable, "-m", "avloc.cli.main",
+           *_args(media, man, out, "--threads", "1", "--workers", "2", "--threads-per-worker", "1")]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def parts() -> set[str]:
+        d = _parts(out)
+        return {q.name for q in d.iterdir() if q.name not in ("config.json", "written.json")} if d.is_dir() else set()
+
+    try:
+        deadline = time.monotonic() + 180
+        while not parts():
+            assert p.poll() is None and time.monotonic() < deadline, "the run ended before its first finished entry"
+            time.sleep(0.02)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    finally:
+        if p.poll() is None:
+            p.kill()
+        _kill_session(p.pid)
+    assert not out.exists()  # OUT is assembled only at the end
+    finished = parts()
+    assert 1 <= len(finished) < n, f"{len(finished)} of {n} entries finished before the kill"
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    st = _statuses(out)
+    assert sum(v == "skipped" for v in st.values()) == len(finished)  # the killed run's entries are not redone
+    assert sum(v == "done" for v in st.values()) == n - len(finished)
+    assert out.read_bytes() == seq.read_bytes() and not _parts(out).exists()
