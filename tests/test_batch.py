@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -120,21 +121,30 @@ def test_txt_and_jsonl_lists(clips: Path, tmp_path: Path) -> None:
     assert main(["localize", str(bad), "--out", str(tmp_path / "o2"), *FAST]) == 2
 
 
-def test_sigkill_midway_then_rerun_completes_without_redoing(clips: Path, tmp_path: Path) -> None:
-    out = tmp_path / "o"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    cmd = [sys.executable, "-m", "avloc.cli.main", "localize", str(clips), "--out", str(out), *FAST]
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def kill_when(p: subprocess.Popen, ready: Callable[[], bool], what: str, timeout: float = 180,
+              after: Callable[[], None] | None = None) -> None:
+    """SIGKILL the run ``p`` as soon as ``ready()`` (polled), failing if it ends or times out first; ``after``
+    runs in any case (e.g. to kill what the run left behind)."""
     try:
-        deadline = time.monotonic() + 120
-        while not (out / "c0.avloc.json").exists():
-            assert p.poll() is None and time.monotonic() < deadline, "the run ended before its first output"
-            time.sleep(0.05)
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert p.poll() is None and time.monotonic() < deadline, f"the run ended before {what}"
+            time.sleep(0.02)
         p.send_signal(signal.SIGKILL)
         p.wait()
     finally:
         if p.poll() is None:
             p.kill()
+        if after is not None:
+            after()
+
+
+def test_sigkill_midway_then_rerun_completes_without_redoing(clips: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    cmd = [sys.executable, "-m", "avloc.cli.main", "localize", str(clips), "--out", str(out), *FAST]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_when(p, (out / "c0.avloc.json").exists, "its first output")
     killed = _run(out)
     assert killed["finished"] is None
     first = (out / "c0.avloc.json").stat().st_mtime_ns

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from avloc.cli.main import main
-from test_batch import FAST, HAS_RAY, N_CLIPS, _clip
+from test_batch import FAST, HAS_RAY, N_CLIPS, _clip, kill_when
 from test_classif import tiny_classif_config
 
 N = 4  # good entries
@@ -177,17 +177,7 @@ def test_ray_sigkill_midway_then_rerun_completes_without_redoing(tmp_path: Path)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     cmd = [sys.executable, "-m", "avloc.cli.main", "localize", str(clips), "--out", str(out), "--workers", "2", *FAST]
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while not (out / "c0.avloc.json").exists():
-            assert p.poll() is None and time.monotonic() < deadline, "the run ended before its first output"
-            time.sleep(0.05)
-        p.send_signal(signal.SIGKILL)  # the driver, midway
-        p.wait()
-    finally:
-        if p.poll() is None:
-            p.kill()
-        _kill_session(p.pid)
+    kill_when(p, (out / "c0.avloc.json").exists, "its first output", after=lambda: _kill_session(p.pid))  # midway
     killed = json.loads((out / "run.json").read_text())
     assert killed["finished"] is None
     cfg = LocalizeConfig(overlay=False)
@@ -246,17 +236,7 @@ def test_ray_pseudo_boxes_sigkill_midway_then_rerun_completes_without_redoing(me
         d = _parts(out)
         return {q.name for q in d.iterdir() if q.name not in ("config.json", "written.json")} if d.is_dir() else set()
 
-    try:
-        deadline = time.monotonic() + 180
-        while not parts():
-            assert p.poll() is None and time.monotonic() < deadline, "the run ended before its first finished entry"
-            time.sleep(0.02)
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-    finally:
-        if p.poll() is None:
-            p.kill()
-        _kill_session(p.pid)
+    kill_when(p, lambda: bool(parts()), "its first finished entry", after=lambda: _kill_session(p.pid))
     assert not out.exists()  # OUT is assembled only at the end
     finished = parts()
     assert 1 <= len(finished) < n, f"{len(finished)} of {n} entries finished before the kill"
