@@ -149,7 +149,7 @@ def run_train(a: argparse.Namespace) -> None:
         speed_file.write_text(json.dumps(speeds, indent=1))
 
 
-def test_batches(spec: str, raw: str, cfg: TwoStageConfig, count: int, batch_size: int = 32, **kw: Any) -> list[dict[str, Any]]:
+def render_test_set(spec: str, raw: str, cfg: TwoStageConfig, count: int, batch_size: int = 32, **kw: Any) -> list[dict[str, Any]]:
     """The first ``count`` draws of ``spec`` as collated batches, rendered once and scored by every model."""
     ds = dataset_from_spec(spec, raw=raw, image_cfg=cfg.image, audio_cfg=cfg.audio, count=count, **kw)
     return list(DataLoader(ds, batch_size=batch_size, num_workers=0, collate_fn=collate_samples))
@@ -221,9 +221,9 @@ def run_eval(a: argparse.Namespace) -> None:
         elif readout is not None:
             model.cfg.map_norm = readout  # type: ignore[assignment]
         if not test:
-            test["single"] = test_batches("digitscenes:single:test", a.raw, ref, a.single_count)
+            test["single"] = render_test_set("digitscenes:single:test", a.raw, ref, a.single_count)
             for lv in LEVELS:
-                test[f"multi-{lv}"] = test_batches("digitscenes:multi:test", a.raw, ref, a.test_count, n_sounding=lv)
+                test[f"multi-{lv}"] = render_test_set("digitscenes:multi:test", a.raw, ref, a.test_count, n_sounding=lv)
         cache = model.feature_cache_at(work / "features")
         t0 = time.time()
         r: dict[str, Any] = {"checkpoint": str(path), "localization": model.cfg.localization, "map_norm": model.cfg.map_norm}

@@ -44,6 +44,7 @@ import pickle
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,6 +72,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("avloc")
 
 TOOL = "avloc pseudo-boxes"
+#: what the runners call when an entry has run: (entry index, its state, its boxes and frame size, or None if it failed)
+Keep = Callable[[int, InputState, "list[ClipBox] | None", "tuple[int, int] | None"], None]
 PARTS_SUFFIX = ".parts"
 RUN_SUFFIX = ".run.json"
 _CONFIG = "config.json"
@@ -275,7 +278,7 @@ def run_pseudo_boxes(
 
 
 def _run_sequential(todo: list[int], entries: list[dict[str, Any]], states: list[InputState], model: Classif,
-                    src: Path, cfg: PseudoBoxConfig, tracker: Tracker, keep: Any) -> None:
+                    src: Path, cfg: PseudoBoxConfig, tracker: Tracker, keep: Keep) -> None:
     for i in todo:
         tracker.started(i)
         st = dataclasses.replace(states[i])
@@ -344,7 +347,7 @@ class _PseudoBoxActor:
 
 
 def _run_ray(todo: list[int], entries: list[dict[str, Any]], states: list[InputState], model_cfg: ClassifConfig,
-             src: Path, cfg: PseudoBoxConfig, spec: ModelSpec, batch: BatchConfig, keep: Any) -> None:
+             src: Path, cfg: PseudoBoxConfig, spec: ModelSpec, batch: BatchConfig, keep: Keep) -> None:
     rows = [{"index": i, "entry": json.dumps(entries[i])} for i in todo]
     pipeline = ray_pipeline(rows, _decode_entry_task, {"model_cfg": model_cfg, "manifest": str(src.resolve())},
                             _PseudoBoxActor, {"spec": spec, "cfg": cfg, "threads": actor_threads(batch)}, batch)

@@ -16,9 +16,12 @@ pixels, and 2) draw a bounding box around the single largest segment":
 * :func:`mask_box` -- its tight box ``[x1, y1, x2, y2]``, exclusive ends (the
   DigitScenes / manifest convention).
 
-:func:`clip_pseudo_boxes` runs it on one clip with a classification model;
-:func:`pseudo_box_manifest` writes a manifest of pseudo-labelled frames
-(``avloc pseudo-boxes``). :class:`BoxSupervised` and :func:`semi_supervised`
+:func:`clip_pseudo_boxes` runs it on one clip with a classification model,
+:func:`decode_entry` decodes a manifest entry into such a clip and
+:func:`boxes_to_entries` turns its boxes into pseudo-labelled manifest entries;
+:func:`avloc.data.pseudo_box_run.run_pseudo_boxes` runs them over a manifest
+(``avloc pseudo-boxes``: resumable, one bad entry never stops the others, on Ray
+with ``workers``). :class:`BoxSupervised` and :func:`semi_supervised`
 turn such a manifest plus unlabelled data into one training set whose batches
 carry ``sup_boxes`` and ``box_supervised`` (the supervised part of LVS's optional
 box term, ``LVSConfig.box_weight``).
@@ -27,8 +30,7 @@ box term, ``LVSConfig.box_weight``).
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -205,7 +207,11 @@ def decode_entry(model_cfg: ClassifConfig, manifest: str | Path, entry: dict[str
 
 def boxes_to_entries(entry: dict[str, Any], boxes: Sequence[ClipBox], hw: tuple[int, int], model_cfg: ClassifConfig,
                      cfg: PseudoBoxConfig, manifest: str | Path, out_dir: str | Path) -> list[dict[str, Any]]:
-    """The pseudo-box manifest entries of one source ``entry`` (:func:`pseudo_box_entries`) from its clip's boxes."""
+    """The pseudo-box manifest entries of one source ``entry`` from its clip's boxes: one per moment with a box
+    (``id``, or ``ID-mK`` with ``top_k`` > 1), ``boxes`` in frame pixels, media paths relative to ``out_dir``; video
+    entries get ``time`` = the moment's time (the frame and the audio window centred there are what
+    :class:`~avloc.data.datasets.ManifestDataset` reads); ``pseudo_box`` true, ``moment_step``, ``moment_time``,
+    ``moment_score``, ``source_id``. A clip whose map is flat (no box) gives none."""
     from avloc.data.clips import step_time
     from avloc.data.manifest import resolve_media
 
@@ -235,48 +241,6 @@ def boxes_to_entries(entry: dict[str, Any], boxes: Sequence[ClipBox], hw: tuple[
             new["split"] = entry["split"]
         out.append(new)
     return out
-
-
-def pseudo_box_entries(model: Classif, manifest: str | Path, cfg: PseudoBoxConfig, out_dir: str | Path, limit: int | None = None) -> Iterator[dict[str, Any]]:
-    """Entries of a pseudo-box manifest for the clips of ``manifest`` (one per clip and moment).
-
-    Each entry keeps the source's media (paths relative to ``out_dir``), ``size``,
-    ``labels`` and ``split``; ``boxes`` = the pseudo box in frame pixels; video
-    entries get ``time`` = the moment's time (the frame and the audio window
-    centred there are what :class:`~avloc.data.datasets.ManifestDataset` reads);
-    ``pseudo_box`` true, ``moment_step``, ``moment_time``, ``moment_score``,
-    ``source_id``. Clips whose map is flat (no box) are skipped. The first bad
-    entry raises; ``avloc pseudo-boxes`` (:mod:`avloc.data.pseudo_box_run`) goes on past it.
-    """
-    from avloc.data.manifest import read_manifest
-
-    src = Path(manifest)
-    entries = read_manifest(src)
-    model.eval()
-    for e in entries[:limit] if limit else entries:
-        clip = decode_entry(model.cfg, src, e)
-        yield from boxes_to_entries(e, clip_pseudo_boxes(model, clip.frames, clip.audio, cfg), clip.hw, model.cfg, cfg,
-                                    src, out_dir)
-
-
-def pseudo_box_manifest(
-    model: Classif, manifest: str | Path, out: str | Path, cfg: PseudoBoxConfig, force: bool = False, limit: int | None = None
-) -> tuple[int, float]:
-    """Write the pseudo-box manifest ``out`` atomically; refuses to overwrite without ``force``.
-
-    Returns ``(entries written, clips per second)``.
-    """
-    from avloc.data.manifest import write_manifest
-    from avloc.io.atomic import check_writable
-
-    check_writable(out, force)
-    cfg.validate()
-    t0 = time.perf_counter()
-    n = write_manifest(out, pseudo_box_entries(model, manifest, cfg, Path(out).parent, limit))
-    if n == 0:
-        Path(out).unlink(missing_ok=True)
-        raise DataError(f"no pseudo box from {manifest}: every attention map was flat")
-    return n, n / cfg.top_k / max(time.perf_counter() - t0, 1e-9)
 
 
 # ---------------------------------------------------------------------------------------------
