@@ -317,7 +317,7 @@ def test_serve_resolves_the_video_links(run_dir: Path, tmp_path: Path) -> None:
     from avloc.report.site import make_server, slug
 
     res = build_report(run_dir, tmp_path / "site", thumbnails=False)
-    httpd, address = make_server(res.out, run_dir, port=0)
+    httpd, address = make_server(res, port=0)
     worker = threading.Thread(target=httpd.serve_forever, daemon=True)
     worker.start()
     try:
@@ -331,6 +331,96 @@ def test_serve_resolves_the_video_links(run_dir: Path, tmp_path: Path) -> None:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def _status(url: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+def test_serve_serves_the_site_and_its_media_only(run_dir: Path, tmp_path: Path) -> None:
+    """A site far from the reported folder (the server's URL root is then a common ancestor, here ``/``-like):
+    files beside the site, above it, a planted link inside it and folder listings are all refused."""
+    import threading
+
+    from avloc.report.site import make_server, slug
+
+    d = tmp_path / "a" / "b" / "run"
+    shutil.copytree(run_dir, d)
+    (d / "secret.txt").write_text("not part of the report")
+    (tmp_path / "a" / "private.txt").write_text("a file beside the two folders")
+    res = build_report(d, tmp_path / "x" / "site", thumbnails=False)
+    os.symlink(tmp_path / "a" / "private.txt", res.out / "assets" / "planted.css")
+    (d / "link.avloc.mp4").symlink_to(tmp_path / "a" / "private.txt")
+    httpd, address = make_server(res, port=0)
+    worker = threading.Thread(target=httpd.serve_forever, daemon=True)
+    worker.start()
+    try:
+        site_url = address.rsplit("/", 1)[0]
+        assert _status(address) == 200 and _status(f"{site_url}/assets/report.js") == 200
+        assert _status(f"{site_url}/videos/{slug('plain')}.html") == 200
+        assert _status(urllib_join(site_url, "../../a/b/run/plain.avloc.mp4")) == 200  # linked media
+        assert _status(urllib_join(site_url, "../../a/b/run/plain.avloc.json")) == 404  # not linked
+        for bad in ("../../a/b/run/secret.txt", "../../a/private.txt", "../../a/b/run/link.avloc.mp4", "../../a/b/run/",
+                    "../", "assets/planted.css", "assets/", "/etc/passwd", "../../../../../../etc/passwd"):
+            assert _status(urllib_join(site_url, bad)) == 404, bad
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def urllib_join(base: str, rel: str) -> str:
+    """``base/rel`` without the client normalising ``..`` away (the server must refuse it, not the client)."""
+    return f"{base}/{rel}" if not rel.startswith("/") else base.split("/", 3)[0] + "//" + base.split("/", 3)[2] + rel
+
+
+@pytest.mark.parametrize("what", ["folder", "file", "json-in-dir", "symlink"])
+def test_force_never_replaces_what_avloc_did_not_write(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], what: str
+) -> None:
+    d = tmp_path / "run"
+    shutil.copytree(run_dir, d)
+    target = {"folder": tmp_path / "photos", "file": tmp_path / "notes.txt",
+              "json-in-dir": d / "plain.avloc.json", "symlink": tmp_path / "link"}[what]
+    if what == "folder":
+        target.mkdir()
+        (target / "holiday.jpg").write_bytes(b"jpeg")
+        (target / "index.html").write_text("mine")
+    elif what == "file":
+        target.write_text("mine")
+    elif what == "symlink":
+        site = build_report(d, tmp_path / "real-site", thumbnails=False).out
+        target.symlink_to(site)
+        capsys.readouterr()
+    before = {p: p.read_bytes() for p in [target, *target.rglob("*")] if p.is_file()} if target.exists() else {}
+    assert main(["report", str(d), "--out", str(target), "--force", "--no-thumbnails"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not written by avloc" in err, err
+    assert {p: p.read_bytes() for p in before} == before and target.exists() or target.is_symlink()
+
+
+def test_force_replaces_a_report_avloc_wrote_old_and_new(run_dir: Path, tmp_path: Path) -> None:
+    from avloc.report.site import SITE_MARKER, is_report_site
+
+    d = tmp_path / "run"
+    shutil.copytree(run_dir, d)
+    site = build_report(d, tmp_path / "site", thumbnails=False).out
+    assert is_report_site(site) and (site / SITE_MARKER).is_file()
+    assert main(["report", str(d), "--out", str(site), "--force", "--no-thumbnails"]) == 0
+    (site / SITE_MARKER).unlink()  # a site written before the marker existed: exactly the site's own entries
+    assert is_report_site(site)
+    assert main(["report", str(d), "--out", str(site), "--force", "--no-thumbnails"]) == 0
+    (site / SITE_MARKER).unlink()
+    (site / "mine.txt").write_text("a user's file in it: no longer only a site")
+    assert not is_report_site(site)
+    assert main(["report", str(d), "--out", str(site), "--force", "--no-thumbnails"]) == 2
+    assert (site / "mine.txt").read_text().startswith("a user's")
 
 
 # -- in a real browser ----------------------------------------------------------------------------

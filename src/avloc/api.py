@@ -168,6 +168,8 @@ def _load_one(json_path: Path) -> Result:
         raise DataError(f"{json_path}: not a readable avloc JSON output ({e})") from None
     maps = None
     name = doc.get("outputs", {}).get("heatmaps")
+    if name and Path(name).name != name:  # outputs are file names in the JSON's folder: never read outside it
+        raise DataError(f"{json_path}: outputs.heatmaps {name!r} is not a file name in {json_path.parent}")
     if name and (json_path.parent / name).is_file():
         with np.load(json_path.parent / name) as z:
             maps = z["maps"]
@@ -184,8 +186,12 @@ def load_results(path: str | Path) -> list[Result]:
         return [_load_one(p)]
     if (p / RUN_FILE).is_file():
         run = read_run(p)
-        return [_load_one(p / s["outputs"]["json"]) for s in run["inputs"]
-                if s["status"] in ("done", "skipped") and "json" in s.get("outputs", {})]
+        names = [s["outputs"]["json"] for s in run["inputs"]
+                 if s["status"] in ("done", "skipped") and "json" in s.get("outputs", {})]
+        outside = [n for n in names if not isinstance(n, str) or Path(n).name != n]
+        if outside:
+            raise DataError(f"{p / RUN_FILE}: outputs.json {outside[0]!r} is not a file name in {p}")
+        return [_load_one(p / n) for n in names]
     found = sorted(p.glob(f"*{OUTPUT_SUFFIXES['json']}"))
     if not found:
         raise DataError(f"{p}: no run.json and no *{OUTPUT_SUFFIXES['json']} output here")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 
@@ -33,6 +32,6 @@ def run(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{n} {s}" for s, n in res.collection.counts().items())
     print(f"{res.index}: {len(res.collection.entries)} video(s) ({counts}); open it in a browser")
     if args.serve:
-        serve(res.out, Path(args.folder), args.host, args.port,
+        serve(res, args.host, args.port,
               announce=lambda address: print(f"serving {address} (Ctrl-C to stop)", flush=True))
     return 0

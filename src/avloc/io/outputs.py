@@ -39,7 +39,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -148,6 +148,8 @@ class OutputTransaction:
     set, also kinds this run does not write); ``wanted`` the kinds this run
     writes; ``marker`` the kind whose presence means the set is complete. An
     output may be a file or a folder (``avloc report`` writes its site as one).
+    ``owned(kind, path)`` tells whether an existing output is one avloc wrote:
+    ``force`` replaces only those, and any other is refused (never deleted).
     """
 
     def __init__(
@@ -158,6 +160,7 @@ class OutputTransaction:
         wanted: Iterable[str],
         force: bool = False,
         marker: str = "json",
+        owned: Callable[[str, Path], bool] | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.stem = stem
@@ -169,6 +172,7 @@ class OutputTransaction:
         self.wanted = [k for k in self.finals if k in want]
         self.force = force
         self.marker = marker
+        self.owned = owned
         self.dir: Path | None = None
         self.cleaned: list[Path] = []  # leftovers of killed runs that begin() removed
         self._lock_fd: int | None = None
@@ -183,11 +187,17 @@ class OutputTransaction:
     def check(self) -> None:
         """Cheap checks before any work (module doc, step 1)."""
         check_output_folder(self.out_dir)
-        if not self.force:
-            self._refuse_existing()
+        self._refuse_existing()
 
     def _refuse_existing(self) -> None:
         existing = [p for p in self.finals.values() if p.exists() or p.is_symlink()]
+        if self.force:
+            foreign = [p for k, p in self.finals.items() if p in existing and self.owned is not None
+                       and not self.owned(k, p)]
+            if foreign:
+                raise OutputExistsError(f"{foreign[0]} exists and was not written by avloc: --force replaces only "
+                                        "avloc's own outputs; move it away yourself or choose another output location")
+            return
         if existing:
             more = f" (and {len(existing) - 1} more file(s) of its output set)" if len(existing) > 1 else ""
             raise OutputExistsError(f"{existing[0]} exists{more}; pass --force to replace the whole set")
@@ -202,8 +212,7 @@ class OutputTransaction:
         self._lock()
         try:
             self._clean_leftovers()
-            if not self.force:
-                self._refuse_existing()
+            self._refuse_existing()
             self.dir = Path(tempfile.mkdtemp(prefix=f".{self.stem}{TEMP_TAG}", dir=self.out_dir))
         except BaseException:
             self._unlock()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import re
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 from avloc.errors import ConfigError, MediaError
 from avloc.report.collect import Collection, VideoEntry, collect, timeline
@@ -46,6 +48,10 @@ THUMB_THREADS = min(8, os.cpu_count() or 1)
 #: long side of the index thumbnails (pixels)
 THUMB_SIZE = 256
 ASSETS = ("report.js", "report.css")
+#: written into every site: ``--force`` replaces a folder only when it holds this (a site avloc wrote)
+SITE_MARKER = ".avloc-report.json"
+#: what a site held before the marker existed (reports of avloc 0.1 up to 2026-12-02)
+_LEGACY_SITE = frozenset({"index.html", "videos", "thumbs", "assets"})
 
 
 @dataclass
@@ -130,8 +136,12 @@ def write_site(coll: Collection, site: Path, final: Path, thumbnails: bool = Tru
 
     Returns the number of video pages.
     """
+    from avloc import __version__
+
     for sub in ("videos", "thumbs", "assets"):
         (site / sub).mkdir(parents=True)
+    marker = {"tool": "avloc report", "version": __version__, "folder": os.path.abspath(coll.folder)}
+    (site / SITE_MARKER).write_text(json.dumps(marker, ensure_ascii=True) + "\n")
     for name in ASSETS:
         (site / "assets" / name).write_bytes(files("avloc.report").joinpath("assets", name).read_bytes())
     videos = final / "videos"
@@ -168,12 +178,29 @@ def _write_html(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8", errors="replace")
 
 
+def is_report_site(path: Path) -> bool:
+    """Whether ``path`` is a report site avloc wrote: a real folder holding :data:`SITE_MARKER` (or, for sites
+    written before the marker, exactly the site's own entries with its script)."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    marker = path / SITE_MARKER
+    if marker.is_file():
+        try:
+            return bool(json.loads(marker.read_text(encoding="utf-8")).get("tool") == "avloc report")
+        except (OSError, ValueError, AttributeError):
+            return False
+    names = {p.name for p in path.iterdir()}
+    return names <= _LEGACY_SITE and (path / "index.html").is_file() and (path / "assets" / "report.js").is_file()
+
+
 def build_report(folder: str | Path, out: str | Path | None = None, force: bool = False, thumbnails: bool = True) -> ReportResult:
     """Write the report of the ``avloc localize`` outputs in ``folder`` to ``out`` (default ``folder/report``).
 
     Raises :class:`avloc.errors.DataError` when ``folder`` holds no outputs,
     :class:`avloc.errors.OutputExistsError` when ``out`` exists and ``force``
-    is false, :class:`ConfigError` when ``out`` would replace ``folder`` itself.
+    is false or it is not a report site (:func:`is_report_site`: ``force`` never
+    deletes another folder or file), :class:`ConfigError` when ``out`` would
+    replace ``folder`` itself.
     """
     from avloc.io.outputs import OutputTransaction
 
@@ -181,7 +208,8 @@ def build_report(folder: str | Path, out: str | Path | None = None, force: bool 
     o = Path(out) if out is not None else d / "report"
     if d.exists() and (o.resolve() == d.resolve() or o.resolve() in d.resolve().parents):
         raise ConfigError(f"--out {o}: would replace the folder being reported on ({d}); choose another --out")
-    tx = OutputTransaction(o.parent, o.name, {"site": ""}, ["site"], force=force, marker="site")
+    tx = OutputTransaction(o.parent, o.name, {"site": ""}, ["site"], force=force, marker="site",
+                           owned=lambda _kind, p: is_report_site(p))
     tx.check()  # before reading anything: a writable place, and no report there unless force
     coll = collect(d)
     with tx:
@@ -190,34 +218,60 @@ def build_report(folder: str | Path, out: str | Path | None = None, force: bool 
     return ReportResult(out=o, index=o / "index.html", pages=pages, collection=coll)
 
 
-def make_server(site: Path, folder: Path, host: str = "127.0.0.1", port: int = 8000) -> tuple[ThreadingHTTPServer, str]:
-    """An HTTP server for the report, and the URL of its index (not yet serving: call ``serve_forever``).
+def _inside(path: str, folder: str) -> bool:
+    """Whether the resolved ``path`` is ``folder`` or lies inside it (both already resolved)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
-    The server's root is the deepest folder holding both the site and the
-    reported folder, so the pages' relative links to the videos resolve.
-    ``port`` 0 picks a free port.
+
+def served_files(res: ReportResult) -> frozenset[str]:
+    """The files outside the site that its pages link: each video's overlay and contact sheet, resolved, and only
+    those that resolve inside the reported folder (a link planted in it never lets the server read elsewhere)."""
+    folder = os.path.realpath(res.collection.folder)
+    media = (p for e in res.collection.entries for p in (e.video_path, e.sheet_path) if p is not None)
+    return frozenset(r for r in (os.path.realpath(p) for p in media) if _inside(r, folder) and os.path.isfile(r))
+
+
+def make_server(res: ReportResult, host: str = "127.0.0.1", port: int = 8000) -> tuple[ThreadingHTTPServer, str]:
+    """An HTTP server for the report ``res``, and the URL of its index (not yet serving: call ``serve_forever``).
+
+    It serves the site folder and, of everything else, only the media its pages link (:func:`served_files`):
+    any other path, a folder listing, or a link inside the site that resolves outside it gets 404. URLs keep
+    the files' layout below the deepest folder holding the site and the reported folder, so the pages'
+    relative links resolve unchanged. ``port`` 0 picks a free port.
     """
     import functools
     from http.server import SimpleHTTPRequestHandler
 
-    root = Path(os.path.commonpath([os.path.abspath(site), os.path.abspath(folder)]))
+    site = os.path.realpath(res.out)
+    media = served_files(res)
+    root = Path(os.path.commonpath([site, os.path.realpath(res.collection.folder)]))
 
-    class Quiet(SimpleHTTPRequestHandler):
+    class SiteHandler(SimpleHTTPRequestHandler):
+        def send_head(self) -> Any:
+            target = os.path.realpath(self.translate_path(self.path))
+            if not (_inside(target, site) or target in media):
+                self.send_error(404, "Not part of this report")
+                return None
+            return super().send_head()
+
+        def list_directory(self, path: str | os.PathLike[str]) -> None:
+            self.send_error(404, "No listing")
+            return None
+
         def log_message(self, format: str, *args: object) -> None:
             log.debug("%s - %s", self.address_string(), format % args)
 
-    httpd = ThreadingHTTPServer((host, port), functools.partial(Quiet, directory=str(root)))
+    httpd = ThreadingHTTPServer((host, port), functools.partial(SiteHandler, directory=str(root)))
     return httpd, f"http://{host}:{httpd.server_address[1]}/{_rel(Path(site) / 'index.html', root)}"
 
 
-def serve(
-    site: Path, folder: Path, host: str = "127.0.0.1", port: int = 8000, announce: Callable[[str], None] | None = None
-) -> None:
-    """Serve the report over HTTP (:func:`make_server`) until interrupted (Ctrl-C).
+def serve(res: ReportResult, host: str = "127.0.0.1", port: int = 8000,
+          announce: Callable[[str], None] | None = None) -> None:
+    """Serve the report ``res`` over HTTP (:func:`make_server`) until interrupted (Ctrl-C).
 
     ``announce`` is called with the index's URL once the server listens.
     """
-    httpd, address = make_server(site, folder, host, port)
+    httpd, address = make_server(res, host, port)
     with httpd:
         log.info("serving %s", address)
         if announce is not None:
