@@ -36,7 +36,7 @@ def test_noise_with_nothing_to_see_is_offscreen_without_boxes(tmp_path: Path, mo
         assert not rec["silent"]
         assert rec["grounded"] is False, rec["sources"]  # nothing heard can be seen on a flat grey picture
         assert rec["onscreen"] is False and rec["boxes"] == [], rec
-        assert all(s.get("box") is None for s in rec["sources"])
+        assert all(s["boxes"] == [] for s in rec["sources"])
         kinds = {s["kind"] for s in rec["sources"]}
         assert "none" in kinds  # YAMNet hears noise / static: sounds with no visual counterpart
 
@@ -45,7 +45,7 @@ def test_silence_is_offscreen(tmp_path: Path, model) -> None:
     clip = _clip(tmp_path / "silent.mp4", np.zeros(48000, np.float32))
     res = localize_video(clip, model, LocalizeConfig(overlay=False, fps=4), tmp_path / "out", progress=False)
     for rec in res.records:
-        assert rec["silent"] and rec["onscreen"] is False and rec["boxes"] == [] and rec["onscreen_confidence"] == 0.0
+        assert rec.silent and rec.onscreen is False and rec.boxes == () and rec.onscreen_confidence == 0.0
 
 
 def test_no_audio_track_is_an_error(tmp_path: Path, model) -> None:
@@ -69,20 +69,22 @@ def test_real_clip_grounds_the_heard_dog(tmp_path: Path, model, shared_data: Pat
     cfg = LocalizeConfig(overlay=False, fps=2, save_heatmaps=True)
     res = localize_video(short, model, cfg, tmp_path / "out", progress=False)
     rec = res.records[2]  # t = 1.0 s of the excerpt = 5.0 s of the clip
-    heard = {s["label"]: s for s in rec["sources"]}
+    assert rec.sources is not None
+    heard = {s.label: s for s in rec.sources}
     assert "Dog" in heard or "Bark" in heard, list(heard)
     dog = heard.get("Dog") or heard["Bark"]
-    assert dog["grounding"].startswith("imagenet:") and 151 <= int(dog["grounding"].split(":")[1]) <= 268
+    assert dog.grounding.startswith("imagenet:") and 151 <= int(dog.grounding.split(":")[1]) <= 268
+    assert dog.peak is not None
     # the npz keeps each grounded source's own map; its peak is the JSON's peak of that source
     with np.load(res.outputs["heatmaps"]) as z:
-        sel = np.flatnonzero((z["source_frames"] == 2) & (z["source_labels"] == dog["label"]))
+        sel = np.flatnonzero((z["source_frames"] == 2) & (z["source_labels"] == dog.label))
         assert len(sel) == 1 and z["source_maps"].shape[1:] == z["maps"].shape[1:]
         m = z["source_maps"][sel[0]].astype(np.float32)
-        assert abs(float(z["source_scores"][sel[0]]) - dog["score"]) < 1e-3
+        assert abs(float(z["source_scores"][sel[0]]) - dog.score) < 1e-3
     py, px = np.unravel_index(int(np.argmax(m)), m.shape)
-    assert abs((px + 0.5) * 320 / m.shape[1] - dog["peak"]["x"]) < 320 / m.shape[1]
-    assert abs((py + 0.5) * 180 / m.shape[0] - dog["peak"]["y"]) < 180 / m.shape[0]
-    assert rec["boxes"] and "label" in rec["boxes"][0]
+    assert abs((px + 0.5) * 320 / m.shape[1] - dog.peak.x) < 320 / m.shape[1]
+    assert abs((py + 0.5) * 180 / m.shape[0] - dog.peak.y) < 180 / m.shape[0]
+    assert rec.boxes and rec.boxes[0].label
 
 
 def test_cli_default_is_avsemantic(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import torch
 
 from avloc.cli.main import main
 from avloc.data.synthetic import write_test_clip
-from avloc.inference.schema_check import validate
+from avloc.formats.localize import validate_document as validate
 
 FAST = ["--model", "avsync-objectness", "--no-overlay", "--quiet"]
 N_CLIPS = 6
@@ -163,7 +163,8 @@ def test_api_round_trip(clips: Path, tmp_path: Path) -> None:
 
     res = avloc.localize(clips / "c0.mp4", model="avsync-objectness", fps=5, save_heatmaps=True, overlay=False)
     assert len(res.times) == len(res.frames) == res.maps.shape[0] == 10 and len(res.boxes) == 10
-    assert json.loads(res.to_json()) == res.document and res.summary["analysed_frames"] == 10
+    assert json.loads(res.to_json()) == res.document.to_dict() and res.summary["analysed_frames"] == 10
+    assert "10 frames" in repr(res) and len(repr(res)) < 300 and "<img" in res._repr_html_()
     paths = res.save(tmp_path / "o")
     assert set(paths) == {"json", "sheet", "heatmaps"}
     [back] = avloc.load_results(tmp_path / "o")
@@ -173,6 +174,7 @@ def test_api_round_trip(clips: Path, tmp_path: Path) -> None:
     arr = avloc.localize(np.zeros((10, 48, 64, 3), np.uint8), model="avsync-objectness", video_fps=10,
                          audio=np.zeros(16000, np.float32))
     assert len(arr.frames) == 5
+    assert [f.source_time for f in arr.frames] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8])
     with pytest.raises(Exception, match="unknown option"):
         avloc.localize(clips / "c0.mp4", model="avsync-objectness", no_such_option=1)
 

@@ -11,11 +11,12 @@ import pytest
 
 from avloc.cli.main import main
 from avloc.data.synthetic import DemoClip, DemoClipConfig, write_demo_clip, write_test_clip
+from avloc.formats.localize import read_document
 from avloc.inference.check import score_records
 from avloc.io.jsonschema import validate
 from avloc.io.media import probe, write_video
 
-SCHEMA = Path(__file__).resolve().parents[1] / "src" / "avloc" / "inference" / "schema.json"
+SCHEMA = Path(__file__).resolve().parents[1] / "src" / "avloc" / "formats" / "localize_schema.json"
 
 def check_schema(doc: dict[str, Any]) -> None:
     errs = validate(doc, json.loads(SCHEMA.read_text()))
@@ -38,7 +39,8 @@ def test_end_to_end_finds_the_sounding_object(demo_run) -> None:
     d, clip, rc = demo_run
     assert rc == 0
     doc = json.loads((d / "out" / "demo.avloc.json").read_text())
-    s = score_records(doc["frames"], clip.cfg.fps, clip.sounding_boxes, clip.silent_boxes)
+    s = score_records(read_document(d / "out" / "demo.avloc.json").frames, clip.cfg.fps, clip.sounding_boxes,
+                      clip.silent_boxes)
     assert s.frames == 40
     assert s.peak_in_sounding >= 0.6 and s.peak_in_silent <= 0.1, s
     assert s.mean_iou > 0.2, s
@@ -63,7 +65,8 @@ def test_json_schema_and_heatmaps(demo_run) -> None:
     del bad["summary"]
     bad["frames"][1]["onscreen_confidence"] = 1.5
     errs = validate(bad, json.loads(SCHEMA.read_text()))
-    assert any("summary" in e for e in errs) and any("'y1'" in e for e in errs) and any("1.5 > 1" in e for e in errs)
+    assert any("summary" in e for e in errs) and any("'y1'" in e for e in errs)
+    assert any("1.5 is greater than the maximum of 1" in e for e in errs)
 
 
 def test_overlay_decodes_with_audio_and_sheet(demo_run) -> None:
@@ -304,7 +307,7 @@ def test_analyse_in_memory_then_write_equals_localize_video(tmp_path, monkeypatc
     """``analyse_video`` (nothing written) + ``write_outputs`` gives the files ``localize_video`` writes: the same
     frames, heatmaps and sheet (only the creation time and the processing time differ). ``localize_video`` probes
     the input once (its check's probe is passed on to the analysis)."""
-    from avloc.inference import pipeline
+    from avloc.inference import decode
     from avloc.inference.config import LocalizeConfig
     from avloc.inference.pipeline import analyse_video, localize_video, write_outputs
     from avloc.methods.zoo import load_model
@@ -313,8 +316,8 @@ def test_analyse_in_memory_then_write_equals_localize_video(tmp_path, monkeypatc
     model = load_model("avsync-objectness")
     cfg = LocalizeConfig(save_heatmaps=True, overlay=False)
     probes: list[object] = []
-    real_probe = pipeline.probe
-    monkeypatch.setattr(pipeline, "probe", lambda p: probes.append(p) or real_probe(p))
+    real_probe = decode.probe
+    monkeypatch.setattr(decode, "probe", lambda p: probes.append(p) or real_probe(p))
     direct = localize_video(tmp_path / "c.mp4", model, cfg, tmp_path / "a", model_name="avsync-objectness", progress=False)
     assert len(probes) == 1
     analysis = analyse_video(tmp_path / "c.mp4", model, cfg, model_name="avsync-objectness", progress=False)

@@ -136,18 +136,18 @@ def test_failed_force_rerun_keeps_the_previous_overlay(tmp_path, clip, capsys, m
     out = tmp_path / "o"
     assert main(["localize", str(clip), "--out", str(out), "--quiet", *FAST]) == 0
     before = _snapshot(out)
-    import avloc.inference.pipeline as pl
+    import avloc.inference.analyse as pl
 
-    real = pl.build_json
+    real = pl.build_document
 
     def broken(*a, **k):  # fails after the new overlay and sheet are complete (in the temporary folder)
         raise OSError(errno.EIO, "Input/output error", "x")
 
-    monkeypatch.setattr(pl, "build_json", broken)
+    monkeypatch.setattr(pl, "build_document", broken)
     rc, err = _run(capsys, "localize", str(clip), "--out", str(out), "--quiet", *FAST, "--force", "--fps", "3")
     assert rc == 2 and len(err) == 1
     assert _snapshot(out) == before
-    monkeypatch.setattr(pl, "build_json", real)
+    monkeypatch.setattr(pl, "build_document", real)
     _no_leftovers(out)
 
 
@@ -170,7 +170,7 @@ def test_os_error_and_bug_on_some_inputs_do_not_stop_the_batch(tmp_path, capsys,
     src.mkdir()
     for n in "abcd":
         _clip(src / f"{n}.mp4", seconds=1.0)
-    import avloc.inference.pipeline as pl
+    import avloc.inference.decode as pl
 
     real = pl.probe
 

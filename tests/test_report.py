@@ -25,6 +25,7 @@ import pytest
 from avloc.cli.main import main
 from avloc.data.synthetic import DemoClipConfig, write_demo_clip
 from avloc.errors import DataError
+from avloc.formats.localize import LocalizeDocument
 from avloc.report import RunInput, RunRecord, build_report, collect, heard_classes, read_run, timeline, write_run
 from avloc.report.html import json_block, timeline_svg, url
 
@@ -49,6 +50,10 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert main([*base, "--model", "avsync-objectness", str(d / "plain.mp4"), str(d / f"{HOSTILE}.mp4")]) == 0
     assert main([*base, "--model", "avsemantic", str(d / "heard.mp4")]) == 0  # real per-frame `sources`
     return out
+
+
+def _typed(doc: dict[str, Any]) -> LocalizeDocument:
+    return LocalizeDocument.from_dict(doc)
 
 
 def _doc(run_dir: Path, stem: str) -> dict[str, Any]:
@@ -112,24 +117,24 @@ def test_heard_classes_match_a_numpy_free_reference(run_dir: Path) -> None:
         scores = [max(s["score"] for s in f["sources"] if s["label"] == lab) for f in frames if any(s["label"] == lab for s in f["sources"])]
         ref.append((lab, len(scores), sum(scores) / len(frames), max(scores)))
     ref.sort(key=lambda r: (-r[2], -r[1], r[0]))
-    got = heard_classes(doc, top=None)
+    got = heard_classes(_typed(doc), top=None)
     assert [(h.label, h.frames) for h in got] == [(r[0], r[1]) for r in ref]
     assert [h.mean_score for h in got] == pytest.approx([r[2] for r in ref])
     assert [h.max_score for h in got] == pytest.approx([r[3] for r in ref])
     assert [h.fraction for h in got] == pytest.approx([r[1] / len(frames) for r in ref])
-    assert heard_classes(doc) == got[:5]
+    assert heard_classes(_typed(doc)) == got[:5]
 
 
 def test_timeline_series(run_dir: Path) -> None:
     doc = _doc(run_dir, "heard")
-    tl = timeline(doc)
+    tl = timeline(_typed(doc))
     n = len(doc["frames"])
     assert tl.times == [f["time"] for f in doc["frames"]] and tl.step == pytest.approx(1 / doc["config"]["fps"])
     assert tl.duration == pytest.approx(doc["input"]["duration"])
     assert tl.confidence_label == "on-screen confidence"
     assert tl.confidence == [f["onscreen_confidence"] for f in doc["frames"]]
     assert tl.silent == [f["silent"] for f in doc["frames"]]
-    assert list(tl.classes) == [h.label for h in heard_classes(doc)]
+    assert list(tl.classes) == [h.label for h in heard_classes(_typed(doc))]
     for label, series in tl.classes.items():
         assert len(series) == n
         for f, v in zip(doc["frames"], series):
@@ -142,12 +147,12 @@ def test_timeline_without_onscreen_estimate_or_sources(run_dir: Path) -> None:
     doc = copy.deepcopy(_doc(run_dir, "plain"))
     for f in doc["frames"]:
         f["onscreen_confidence"] = f["onscreen"] = None  # as --visual-only writes it
-    tl = timeline(doc)
+    tl = timeline(_typed(doc))
     assert tl.confidence_label == "top box score" and tl.classes == {}
     assert tl.confidence == [f["boxes"][0]["score"] if f["boxes"] else None for f in doc["frames"]]
     # the --audio-tagger layout is read when there are no `sources`
     doc["frames"][0]["semantic"] = {"audioset": [{"label": "Dog", "score": 0.8}], "imagenet": [], "used": True}
-    assert [(h.label, h.frames) for h in heard_classes(doc)] == [("Dog", 1)]
+    assert [(h.label, h.frames) for h in heard_classes(_typed(doc))] == [("Dog", 1)]
 
 
 # -- errors and statuses --------------------------------------------------------------------------
@@ -158,7 +163,7 @@ def test_malformed_outputs_are_index_errors_not_crashes(mixed_dir: Path, tmp_pat
     by = {e.stem: e for e in coll.entries}
     assert by["plain"].status == "done"
     assert by["notjson"].status == "invalid" and "not valid JSON" in by["notjson"].errors[0]
-    assert by["schema"].status == "invalid" and "$: missing 'summary' (and 4 more problem(s))" in by["schema"].errors[0]
+    assert by["schema"].status == "invalid" and "$: 'summary' is a required property (and 4 more problem(s))" in by["schema"].errors[0]
     assert by["nan"].status == "invalid" and "NaN" in by["nan"].errors[0]
     assert by["orphan"].status == "incomplete" and "orphan.avloc.json missing" in by["orphan"].errors[0]
     res = build_report(mixed_dir, tmp_path / "site")
@@ -195,16 +200,20 @@ def test_run_json_gives_statuses_and_errors(run_dir: Path, tmp_path: Path) -> No
 def test_run_json_output_names_stay_in_the_folder(run_dir: Path, tmp_path: Path) -> None:
     d = tmp_path / "out"
     shutil.copytree(run_dir, d)
-    write_run(d, RunRecord(tool={"name": "avloc localize", "version": "0"}, started="s", finished="f",
-                           inputs=[RunInput("x.mp4", "done", outputs={"json": "../../etc/x.avloc.json"})]))
-    (e,) = [e for e in collect(d).entries if e.stem == "x"]
-    assert e.status == "invalid" and "is not a file name" in e.errors[0] and e.doc is None
+    rec = RunRecord(tool={"name": "avloc localize", "version": "0"}, started="s", finished="f",
+                    inputs=[RunInput("x.mp4", "done", outputs={"json": "../../etc/x.avloc.json"})])
+    with pytest.raises(DataError, match="is not a file name"):  # never written ...
+        write_run(d, rec)
+    (d / "run.json").write_text(json.dumps(rec.to_dict()))  # ... and never followed when found
+    coll = collect(d)
+    assert "is not a file name" in coll.errors[0] and "inferred from the files" in coll.errors[0]
+    assert not [e for e in coll.entries if e.stem == "x"] and {e.status for e in coll.entries} == {"done"}
 
 
 @pytest.mark.parametrize(("change", "message"), [
     (lambda r: r["inputs"][0].update(status="failed", error=None), "needs its one-line error"),
     (lambda r: r["inputs"][0].update(status="exploded"), "not one of"),
-    (lambda r: r.pop("inputs"), "missing 'inputs'"),
+    (lambda r: r.pop("inputs"), "'inputs' is a required property"),
 ])
 def test_run_json_is_checked(tmp_path: Path, change: Any, message: str) -> None:
     doc = RunRecord(tool={"name": "avloc localize", "version": "0"}, started="s", finished="f",
@@ -265,7 +274,7 @@ def test_site_is_offline(run_dir: Path, tmp_path: Path) -> None:
 
 
 def test_timeline_svg_geometry(run_dir: Path) -> None:
-    tl = timeline(_doc(run_dir, "heard"))
+    tl = timeline(_typed(_doc(run_dir, "heard")))
     svg = timeline_svg(tl)
     assert svg.startswith('<svg id="timeline"') and 'id="timeline-hit"' in svg and 'id="cursor"' in svg
     heard_cells = sum(1 for series in tl.classes.values() for v in series if v > 0)

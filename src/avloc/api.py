@@ -1,21 +1,19 @@
 """The in-memory Python API: ``avloc.localize(...) -> Result`` and ``avloc.load_results(dir)``.
 
 ``localize`` runs :func:`avloc.inference.pipeline.analyse_video` and writes nothing unless asked
-(:meth:`Result.save`, :meth:`Result.overlay`). An array input (frames ``(T, H, W, 3)`` uint8 plus an
-optional mono audio array) is first encoded to a temporary H.264/AAC mp4 (constant quality ``crf=0``; the
-picture still goes through yuv420p, so colours are subsampled as in any mp4) that lives as long as the
-result: the pipeline has one decoding path, the same the CLI uses, so an array and the same clip as a file
-give the same answer.
+(:meth:`Result.save`, :meth:`Result.overlay`). An array input (frames ``(T, H, W, 3)`` uint8 at
+``video_fps`` plus an optional mono audio array) goes through the same stages as a file, read from memory
+(:class:`avloc.inference.decode.ArrayVideo`: no encoding round trip).
 
-``load_results(dir)`` reads a finished run back: a collection's ``DIR/run.json`` (its done and skipped
-inputs, in order), or every ``NAME.avloc.json`` of a folder, or one such file; each with its heatmaps when
+``load_results(dir)`` reads a finished run back through the one reader of ``NAME.avloc.json``
+(:func:`avloc.formats.localize.read_document`): a collection's ``DIR/run.json`` (its done and skipped inputs,
+in order), or every ``NAME.avloc.json`` of a folder, or one such file; each with its heatmaps when
 ``NAME.heatmaps.npz`` is there.
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
+import html
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,52 +21,76 @@ from typing import Any
 import numpy as np
 
 from avloc.errors import ConfigError, DataError
+from avloc.formats.localize import Box, FrameRecord, LocalizeDocument, Source, read_document
 
 
 @dataclass
 class Result:
-    """One video's localization: the ``NAME.avloc.json`` document (``schema.json``) and the heatmaps."""
+    """One video's localization: its document (typed frame records, :mod:`avloc.formats.localize`) and the
+    heatmaps."""
 
-    document: dict[str, Any]
-    maps: np.ndarray | None  # (n, H, W) float16 full-frame heatmaps; None when loaded without heatmaps.npz
+    document: LocalizeDocument
+    maps: np.ndarray | None = field(repr=False)  # (n, H, W) float16 full-frame heatmaps; None without heatmaps.npz
     analysis: Any = field(default=None, repr=False)  # the VideoAnalysis behind save() and overlay()
-    _scratch: Any = field(default=None, repr=False)  # the temporary folder of an array input
+    sheet: Path | None = field(default=None, repr=False)  # the contact sheet of a loaded result
 
     @property
     def input(self) -> str | None:
-        return self.document["input"].get("path")
+        return self.document.input.get("path")
 
     @property
-    def frames(self) -> list[dict[str, Any]]:
-        """The per-frame records (time, peak, boxes, on-screen, classes / sources where the method gives them)."""
-        return list(self.document["frames"])
+    def frames(self) -> list[FrameRecord]:
+        """The per-frame records (time, peak, boxes, on-screen, sources / classes where the method gives them)."""
+        return list(self.document.frames)
 
     @property
     def times(self) -> np.ndarray:
-        return np.array([f["time"] for f in self.document["frames"]], np.float64)  # (n,) s
+        return np.array(self.document.times, np.float64)  # (n,) s
 
     @property
-    def boxes(self) -> list[list[dict[str, Any]]]:
-        return [f["boxes"] for f in self.document["frames"]]
+    def boxes(self) -> list[tuple[Box, ...]]:
+        return [f.boxes for f in self.document.frames]
 
     @property
-    def classes(self) -> list[list[dict[str, Any]] | None]:
-        return [f.get("classes") for f in self.document["frames"]]
-
-    @property
-    def sources(self) -> list[list[dict[str, Any]] | None]:
-        return [f.get("sources") for f in self.document["frames"]]
+    def sources(self) -> list[tuple[Source, ...] | None]:
+        return [f.sources for f in self.document.frames]
 
     @property
     def onscreen(self) -> list[bool | None]:
-        return [f["onscreen"] for f in self.document["frames"]]
+        return [f.onscreen for f in self.document.frames]
 
     @property
     def summary(self) -> dict[str, Any]:
-        return dict(self.document["summary"])
+        return dict(self.document.summary)
 
     def to_json(self, indent: int | None = 1) -> str:
-        return json.dumps(self.document, indent=indent, allow_nan=False)
+        return self.document.to_json(indent)
+
+    def __repr__(self) -> str:
+        s = self.document.summary
+        on = s.get("onscreen_fraction")
+        heard = _top_heard(self.document)
+        return (f"Result({self.input!r}, {s['analysed_frames']} frames, on-screen "
+                f"{'-' if on is None else f'{on:.0%}'}, model {self.document.model.get('name')!r}"
+                f"{', heard ' + ', '.join(heard) if heard else ''})")
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: the summary, the heard classes and the contact sheet (when there is one)."""
+        from avloc.inference.render import png_data_url
+
+        rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                       for k, v in self.document.summary.items())
+        heard = ", ".join(_top_heard(self.document)) or "-"
+        img = None
+        if self.analysis is not None:
+            from avloc.inference.render import contact_sheet
+
+            img = png_data_url(contact_sheet(self.analysis.thumbs, self.analysis.cfg.sheet_columns))
+        elif self.sheet is not None and self.sheet.is_file():
+            img = png_data_url(self.sheet)
+        pic = f'<img src="{img}" style="max-width:100%">' if img else ""
+        return (f"<div><b>avloc result</b>: {html.escape(str(self.input))}<table>{rows}"
+                f"<tr><th>heard</th><td>{html.escape(heard)}</td></tr></table>{pic}</div>")
 
     def save(self, out_dir: str | Path, force: bool = False) -> dict[str, Path]:
         """Write the outputs its configuration asks for into ``out_dir`` (as ``avloc localize``); their paths."""
@@ -91,16 +113,12 @@ class Result:
         return Path(path)
 
 
-def _write_array_input(folder: Path, frames: np.ndarray, fps: float, audio: np.ndarray | None, sample_rate: int) -> Path:
-    from avloc.io.media import write_video
-
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ConfigError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
-    if audio is not None and audio.ndim != 1:
-        raise ConfigError(f"audio must be mono (N,) float, got shape {audio.shape}")
-    path = folder / "array.mp4"
-    write_video(path, iter(frames), fps, None if audio is None else audio.astype(np.float32), sample_rate, crf=0)
-    return path
+def _top_heard(doc: LocalizeDocument, top: int = 3) -> list[str]:
+    total: dict[str, float] = {}
+    for f in doc.frames:
+        for label, score in f.heard().items():
+            total[label] = total.get(label, 0.0) + score
+    return sorted(total, key=lambda k: -total[k])[:top]
 
 
 def localize(
@@ -125,6 +143,7 @@ def localize(
     from dataclasses import fields
 
     from avloc.inference import DEFAULT_MODEL, LocalizeConfig
+    from avloc.inference.decode import ArrayVideo
     from avloc.inference.pipeline import analyse_video
 
     known = {f.name for f in fields(LocalizeConfig)}
@@ -133,6 +152,13 @@ def localize(
         raise ConfigError(f"unknown option(s) {bad}; valid: {sorted(known)}")
     cfg = LocalizeConfig(fps=fps, **options)
     cfg.validate()
+    media: Path | ArrayVideo
+    if isinstance(source, np.ndarray):
+        if video_fps is None:
+            raise ConfigError("an array input needs video_fps (the frames' rate)")
+        media = ArrayVideo(source, video_fps, audio, sample_rate if audio is not None else None)
+    else:
+        media = Path(source)
     name: str | None = None
     if cfg.visual_only:
         model = None
@@ -148,50 +174,46 @@ def localize(
         from avloc.inference.semantic import SemanticMapper
 
         tagger = SemanticMapper(audio_tagger, device=cfg.device)
-    scratch = None
-    if isinstance(source, np.ndarray):
-        if video_fps is None:
-            raise ConfigError("an array input needs video_fps (the frames' rate)")
-        scratch = tempfile.TemporaryDirectory(prefix="avloc-array-")
-        path = _write_array_input(Path(scratch.name), source, video_fps, audio, sample_rate)
-    else:
-        path = Path(source)
-    analysis = analyse_video(path, model, cfg, model_name=name, tagger=tagger, progress=False)
-    doc = analysis.document({})
-    return Result(doc, np.asarray(analysis.maps), analysis, scratch)
+    analysis = analyse_video(media, model, cfg, model_name=name, tagger=tagger, progress=False)
+    return Result(analysis.document({}), np.asarray(analysis.maps), analysis)
 
 
 def _load_one(json_path: Path) -> Result:
-    try:
-        doc = json.loads(json_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"{json_path}: not a readable avloc JSON output ({e})") from None
+    doc = read_document(json_path)  # refuses output names that leave the folder
     maps = None
-    name = doc.get("outputs", {}).get("heatmaps")
-    if name and Path(name).name != name:  # outputs are file names in the JSON's folder: never read outside it
-        raise DataError(f"{json_path}: outputs.heatmaps {name!r} is not a file name in {json_path.parent}")
+    name = doc.outputs.get("heatmaps")
     if name and (json_path.parent / name).is_file():
-        with np.load(json_path.parent / name) as z:
-            maps = z["maps"]
-    return Result(doc, maps)
+        maps = _load_maps(json_path.parent / name)
+    sheet = doc.outputs.get("sheet")
+    return Result(doc, maps, sheet=None if sheet is None else json_path.parent / sheet)
+
+
+def _load_maps(path: Path) -> np.ndarray:
+    """``maps`` of a ``NAME.heatmaps.npz`` (no pickles); :class:`DataError` when it is not such an archive."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            maps = np.asarray(z["maps"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"{path}: not a readable avloc heatmaps archive ({e})") from None
+    if maps.ndim != 3 or maps.dtype.kind != "f":
+        raise DataError(f"{path}: maps must be (n, H, W) floats, got {maps.shape} {maps.dtype}")
+    return maps
 
 
 def load_results(path: str | Path) -> list[Result]:
     """The results of a finished run (module doc), in the run's order."""
-    from avloc.inference.batch import RUN_FILE, read_run
-    from avloc.inference.pipeline import OUTPUT_SUFFIXES
+    from avloc.formats.localize import OUTPUT_SUFFIXES
+    from avloc.formats.runfile import RUN_FILE, read_run
 
     p = Path(path)
     if p.is_file():
         return [_load_one(p)]
-    if (p / RUN_FILE).is_file():
-        run = read_run(p)
-        names = [s["outputs"]["json"] for s in run["inputs"]
-                 if s["status"] in ("done", "skipped") and "json" in s.get("outputs", {})]
-        outside = [n for n in names if not isinstance(n, str) or Path(n).name != n]
-        if outside:
-            raise DataError(f"{p / RUN_FILE}: outputs.json {outside[0]!r} is not a file name in {p}")
-        return [_load_one(p / n) for n in names]
+    run = read_run(p) if (p / RUN_FILE).is_file() else None  # output names checked: file names in the folder
+    if run is not None:
+        return [_load_one(p / r.outputs["json"]) for r in run.inputs
+                if r.status in ("done", "skipped") and "json" in r.outputs]
     found = sorted(p.glob(f"*{OUTPUT_SUFFIXES['json']}"))
     if not found:
         raise DataError(f"{p}: no run.json and no *{OUTPUT_SUFFIXES['json']} output here")

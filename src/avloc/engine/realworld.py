@@ -17,6 +17,7 @@ import numpy as np
 
 from avloc.data.realclips import AnnotatedClip
 from avloc.engine.evaluate import evaluate_predictions
+from avloc.formats.localize import FrameRecord
 from avloc.inference.config import LocalizeConfig
 from avloc.methods.base import LocalizationMethod
 
@@ -31,7 +32,7 @@ class RealClipsRun:
 
     preds: dict[str, np.ndarray] = field(default_factory=dict)
     onscreen: dict[str, float] = field(default_factory=dict)
-    records: dict[str, dict[str, Any]] = field(default_factory=dict)  # the JSON record of each annotated frame
+    records: dict[str, FrameRecord] = field(default_factory=dict)  # the record of each annotated frame
     scores: dict[str, Any] = field(default_factory=dict)
 
 
@@ -60,7 +61,7 @@ def run_on_clips(
             k = int(np.argmin(np.abs(times - f.t)))
             fid = clip.frame_id(f)
             run.preds[fid] = maps[k]
-            conf = res.records[k]["onscreen_confidence"]
+            conf = res.records[k].onscreen_confidence
             run.onscreen[fid] = 1.0 if conf is None else float(conf)
             run.records[fid] = res.records[k]
     targets = [t for c in clips for t in c.targets()]

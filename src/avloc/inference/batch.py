@@ -283,29 +283,26 @@ def expected_model_name(spec: ModelSpec, cfg: LocalizeConfig) -> str | None:
 def existing_set(json_path: Path, cfg: LocalizeConfig, model_name: str | None) -> tuple[str, str | None]:
     """State of the output set whose marker is ``json_path``: ``("complete", None)``, ``("none", None)``,
     ``("partial", why)`` (to redo) or ``("other", why)`` (complete, from another configuration)."""
-    from avloc.inference.pipeline import OUTPUT_SUFFIXES, wanted_outputs
-    from avloc.inference.schema_check import validate
+    from avloc.formats.localize import OUTPUT_SUFFIXES, read_document
+    from avloc.inference.pipeline import wanted_outputs
 
     stem = json_path.name[: -len(OUTPUT_SUFFIXES["json"])]
     siblings = [json_path.parent / f"{stem}{s}" for s in OUTPUT_SUFFIXES.values()]
     if not json_path.exists():
         return ("partial", "no JSON output") if any(p.exists() for p in siblings) else ("none", None)
     try:
-        doc = json.loads(json_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return "partial", f"unreadable JSON ({e})"
-    errs = validate(doc)
-    if errs:
-        return "partial", f"JSON does not match schema.json ({errs[0]})"
-    for name in doc["outputs"].values():
+        doc = read_document(json_path)
+    except DataError as e:
+        return "partial", str(e)
+    for name in doc.outputs.values():
         if not (json_path.parent / name).is_file():
             return "partial", f"{name} is missing"
     want = set(wanted_outputs(json_path, json_path.parent, cfg))
-    if not want <= set(doc["outputs"]):
-        return "other", f"made without {', '.join(sorted(want - set(doc['outputs'])))}"
-    if doc["model"].get("name") != model_name:
-        return "other", f"made with model {doc['model'].get('name')!r}, not {model_name!r}"
-    have = doc.get("config", {})
+    if not want <= set(doc.outputs):
+        return "other", f"made without {', '.join(sorted(want - set(doc.outputs)))}"
+    if doc.model.get("name") != model_name:
+        return "other", f"made with model {doc.model.get('name')!r}, not {model_name!r}"
+    have = doc.config
     for k, v in asdict(cfg).items():
         if k in _FREE_KEYS or (k == "window_seconds" and v is None):
             continue

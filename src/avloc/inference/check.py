@@ -12,10 +12,10 @@ Ground truth of the frame shown at time ``t`` is that of source frame ``floor(t 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from avloc.formats.localize import FrameRecord, Point
 from avloc.metrics.ops import box_iou
 
 
@@ -32,19 +32,20 @@ class DemoScore:
         return self.peak_in_sounding >= min_peak and self.peak_in_sounding > self.peak_in_silent
 
 
-def _inside(p: dict[str, float], b: np.ndarray) -> bool:
-    return bool(b[0] <= p["x"] <= b[2] and b[1] <= p["y"] <= b[3])
+def _inside(p: Point, b: np.ndarray) -> bool:
+    return bool(b[0] <= p.x <= b[2] and b[1] <= p.y <= b[3])
 
 
-def score_records(records: list[dict[str, Any]], fps: float, sounding: np.ndarray, silent: np.ndarray) -> DemoScore:
-    """Score JSON frame records against per-source-frame boxes (T, 4) of the sounding and silent objects."""
+def score_records(records: list[FrameRecord], fps: float, sounding: np.ndarray, silent: np.ndarray) -> DemoScore:
+    """Score frame records against per-source-frame boxes (T, 4) of the sounding and silent objects."""
     hit, miss_silent, ious, on = [], [], [], []
     for r in records:
-        i = min(int(np.floor(r["time"] * fps + 1e-6)), len(sounding) - 1)
-        hit.append(_inside(r["peak"], sounding[i]))
-        miss_silent.append(_inside(r["peak"], silent[i]))
-        ious.append(box_iou(np.array([r["boxes"][0][k] for k in ("x1", "y1", "x2", "y2")]), sounding[i]) if r["boxes"] else 0.0)
-        on.append(bool(r["onscreen"]))
+        i = min(int(np.floor(r.time * fps + 1e-6)), len(sounding) - 1)
+        hit.append(_inside(r.peak, sounding[i]))
+        miss_silent.append(_inside(r.peak, silent[i]))
+        b = r.top_box
+        ious.append(box_iou(np.array([b.x1, b.y1, b.x2, b.y2]), sounding[i]) if b is not None else 0.0)
+        on.append(bool(r.onscreen))
     n = len(records)
     return DemoScore(n, float(np.mean(hit)) if n else 0.0, float(np.mean(miss_silent)) if n else 0.0,
                      float(np.mean(ious)) if n else 0.0, float(np.mean(on)) if n else 0.0)

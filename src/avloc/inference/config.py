@@ -6,10 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from avloc.errors import ConfigError
-
-#: Version of the ``NAME.avloc.json`` layout (``schema.json``); bump on any incompatible change.
-SCHEMA_VERSION = "1.0"
-
+from avloc.formats.localize import SCHEMA_VERSION  # noqa: F401  (the JSON layout's version, owned by formats)
 
 #: libx264's presets, fastest first
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")

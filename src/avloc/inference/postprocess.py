@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -13,6 +13,7 @@ import numpy as np
 
 from avloc.frontends.image import ImageConfig, crop_geometry
 from avloc.inference.config import LocalizeConfig
+from avloc.methods.base import FrameDetails, HeardSource
 
 #: box-search grid (cells on the long side) the full-frame map is upsampled to before labelling
 BOX_GRID_LONG_SIDE = 256
@@ -106,6 +107,25 @@ def onscreen_statistic(m: np.ndarray, rms_db: float, cfg: LocalizeConfig) -> flo
 
 
 @dataclass
+class FrameClasses:
+    """Class-aware methods: one frame's class probabilities, detections and per-class full-frame maps."""
+
+    probabilities: np.ndarray  # (C,)
+    detected: np.ndarray  # (C,) bool
+    maps: np.ndarray  # (C, h, w) full frame; zero for classes not detected
+
+
+@dataclass
+class FrameSource:
+    """A heard source of one frame in source geometry: the method's :class:`HeardSource`, its own map over the
+    whole frame, and its instances' boxes in source pixels (K, 4)."""
+
+    heard: HeardSource
+    map: np.ndarray | None  # (h, w) full frame
+    boxes: np.ndarray  # (K, 4) source pixels, one per heard.instances
+
+
+@dataclass
 class FrameResult:
     """One analysed frame flowing through the post-processing stages."""
 
@@ -118,7 +138,10 @@ class FrameResult:
     model_onscreen: float | None = None
     model_boxes: np.ndarray | None = None  # (K, 5) source pixels + score, from a method's boxes()
     semantic: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    classes: FrameClasses | None = None  # class-aware methods
+    sources: list[FrameSource] | None = None  # methods grounding heard sources
+    details: FrameDetails | None = None  # methods grounding heard sources
+    speaker_box: np.ndarray | None = None  # (4,) source pixels of details.speaker's head box
 
 
 def smooth(results: Iterator[FrameResult], cfg: LocalizeConfig) -> Iterator[FrameResult]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
 import cv2
 import numpy as np
+
+from avloc.formats.localize import FrameRecord
 
 #: banner colours (RGB)
 ON_COLOUR = (40, 200, 70)
@@ -21,13 +23,14 @@ def display_heat(m: np.ndarray, strength: float) -> np.ndarray:
     return (n * strength).astype(np.float32)
 
 
-def banner_text(record: dict[str, Any]) -> tuple[str, tuple[int, int, int]]:
-    if record.get("silent"):
+def banner_text(record: FrameRecord) -> tuple[str, tuple[int, int, int]]:
+    """The overlay's banner: silent, visual only, or the on/off-screen decision with its confidence."""
+    if record.silent:
         return "silent: no sound source", NEUTRAL_COLOUR
-    conf = record.get("onscreen_confidence")
+    conf = record.onscreen_confidence
     if conf is None:
         return "visual only (no audio): object prior", NEUTRAL_COLOUR
-    if record.get("onscreen"):
+    if record.onscreen:
         return f"ON-SCREEN {conf:.2f}", ON_COLOUR
     return f"OFF-SCREEN {conf:.2f}", OFF_COLOUR
 
@@ -47,17 +50,19 @@ def heat_layer(heat: np.ndarray, size_wh: tuple[int, int], alpha: float) -> tupl
 def draw_overlay(
     img: np.ndarray,
     heat: np.ndarray,
-    record: dict[str, Any],
+    record: FrameRecord,
     src_wh: tuple[int, int],
     alpha: float,
     layer: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     banner: tuple[str, tuple[int, int, int]] | None = None,
+    boxes: bool = True,
 ) -> np.ndarray:
-    """RGB uint8 frame (H, W, 3) + display heat (h, w) in [0, 1] + JSON frame record -> new frame.
+    """RGB uint8 frame (H, W, 3) + display heat (h, w) in [0, 1] + its frame record -> new frame.
 
     ``src_wh`` is the source resolution the record's boxes are in (the frame may be downscaled). ``layer``:
     :func:`heat_layer` of ``heat`` at this frame's size, when the caller already has it. ``banner``: (text,
-    colour) instead of the record's on/off-screen banner (e.g. one class's map).
+    colour) instead of the record's on/off-screen banner (e.g. one class's map); ``boxes``: draw the record's
+    boxes (each captioned with its label and score).
     """
     h, w = img.shape[:2]
     if layer is None:
@@ -71,17 +76,16 @@ def draw_overlay(
     thick = max(1, round(2 * scale))
     font = 0.5 * max(scale, 0.3)
     sx, sy = w / src_wh[0], h / src_wh[1]
-    if record.get("onscreen") is not False:
-        for b in record.get("boxes", []):
-            p1 = (round(b["x1"] * sx), round(b["y1"] * sy))
-            p2 = (round(b["x2"] * sx), round(b["y2"] * sy))
-            cv2.rectangle(out, p1, p2, BOX_COLOUR, thick)
-            cv2.putText(out, b.get("label", f"{b['score']:.2f}"), (p1[0] + 2, max(p1[1] - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, font,
-                        BOX_COLOUR, max(1, thick // 2), cv2.LINE_AA)
+    for b in record.boxes if boxes else ():
+        p1 = (round(b.x1 * sx), round(b.y1 * sy))
+        p2 = (round(b.x2 * sx), round(b.y2 * sy))
+        cv2.rectangle(out, p1, p2, BOX_COLOUR, thick)
+        cv2.putText(out, b.caption(), (p1[0] + 2, max(p1[1] - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, font,
+                    BOX_COLOUR, max(1, thick // 2), cv2.LINE_AA)
     text, banner_colour = banner if banner is not None else banner_text(record)
     bh = max(8, round(24 * scale))
     cv2.rectangle(out, (0, 0), (w, bh), banner_colour, -1)
-    cv2.putText(out, f"{record['time']:.1f}s  {text}", (4, bh - max(2, bh // 4)), cv2.FONT_HERSHEY_SIMPLEX, font,
+    cv2.putText(out, f"{record.time:.1f}s  {text}", (4, bh - max(2, bh // 4)), cv2.FONT_HERSHEY_SIMPLEX, font,
                 (255, 255, 255), max(1, thick // 2), cv2.LINE_AA)
     return out
 
@@ -113,3 +117,17 @@ def contact_sheet(thumbs: list[np.ndarray], columns: int) -> np.ndarray:
         y, x = pad + r * (th + pad), pad + c * (tw + pad)
         sheet[y : y + t.shape[0], x : x + t.shape[1]] = t
     return sheet
+
+
+def png_data_url(picture: np.ndarray | str | Path) -> str:
+    """An RGB picture (H, W, 3) uint8, or a PNG file, as a ``data:image/png;base64,...`` URL (notebooks)."""
+    import base64
+
+    if isinstance(picture, np.ndarray):
+        ok, buf = cv2.imencode(".png", np.ascontiguousarray(picture[..., ::-1]))
+        if not ok:
+            raise ValueError("cannot encode the picture as PNG")
+        data = buf.tobytes()
+    else:
+        data = Path(picture).read_bytes()
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")

@@ -8,7 +8,7 @@ centred on each frame, ``times (T,)`` s -> :class:`SourceOutput`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from avloc.errors import ConfigError
-from avloc.methods.base import Capability, LocalizationMethod, supports
+from avloc.methods.base import Capability, FrameDetails, HeardSource, LocalizationMethod, supports
 
 
 @dataclass
@@ -28,11 +28,11 @@ class SourceOutput:
     #: per frame, for methods declaring ``Capability.DETECTED`` (class-aware, e.g. twostage): ``probabilities`` (C,),
     #: ``detected`` (C,) bool and ``maps`` (C, h, w) model-input geometry; empty for other sources
     classes: list[dict[str, np.ndarray] | None] = field(default_factory=list)
-    #: per frame, for methods declaring ``Capability.SOURCES`` (``avsemantic``): every heard source as a dict
-    #: (label, score, kind, grounding, detail, ``map`` (h, w) model-input geometry or None), and the
-    #: method's per-frame details (on-screen features, chosen speaker); empty for other sources
-    sources: list[list[dict[str, Any]] | None] = field(default_factory=list)
-    details: list[dict[str, Any] | None] = field(default_factory=list)
+    #: per frame, for methods declaring ``Capability.SOURCES`` (``avsemantic``): every heard source (maps in
+    #: model-input geometry, on the CPU) and the method's per-frame details (on-screen evidence, speaker);
+    #: empty for other sources
+    sources: list[list[HeardSource]] = field(default_factory=list)
+    details: list[FrameDetails] = field(default_factory=list)
 
 
 def minmax(x: torch.Tensor) -> torch.Tensor:
@@ -94,14 +94,8 @@ class ModelSource:
         """``analyse_clip`` of a method declaring ``Capability.SOURCES``: maps, on-screen and heard sources."""
         res = self.model.analyse_clip(images, audio, times, keep=keep)
         t = res.maps.shape[0]
-        srcs: list[list[dict[str, Any]] | None] = [
-            [
-                {"label": h.label, "score": h.score, "kind": h.kind, "grounding": h.grounding, "detail": h.detail,
-                 "map": None if h.map is None else h.map.detach().float().cpu().numpy()}
-                for h in frame
-            ]
-            for frame in res.sources
-        ]
+        srcs = [[replace(h, map=None if h.map is None else h.map.detach().float().cpu()) for h in frame]
+                for frame in res.sources]
         return SourceOutput(
             res.maps.detach().float().cpu().numpy(), [float(v) for v in res.onscreen.reshape(-1).tolist()],
             [None] * t, [None] * t, [None] * t, srcs, list(res.details),

@@ -71,6 +71,16 @@ if TYPE_CHECKING:
     from avloc.encoders.cache import FeatureCache
 
 
+@dataclass(frozen=True)
+class Instance:
+    """One visible instance a heard source is grounded on: a box in model-input pixels (x1, y1, x2, y2), how sure
+    the grounding is (in [0, 1]) and what it is (``"coco:dog"``, ``"face 1"``, ``"person"``, ``"segment"``)."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    name: str
+
+
 @dataclass
 class HeardSource:
     """One sound heard in a frame and where the method grounds it (``analyse_clip``)."""
@@ -78,9 +88,32 @@ class HeardSource:
     label: str  # what is heard (e.g. an AudioSet class name)
     score: float  # the audio tagger's score in [0, 1]
     kind: str  # "object" | "human" | "none"
-    grounding: str  # how it was grounded ("imagenet:207", "face 1", "no face", "not visible", ...)
+    grounding: str  # how it was grounded ("coco:dog", "face 1", "no face", "not visible", ...)
     map: torch.Tensor | None  # (h, w) its own map in model-input geometry; None when not seen
-    detail: dict[str, Any] = field(default_factory=dict)  # JSON-able extras (visible mass, faces, ...)
+    detail: dict[str, Any] = field(default_factory=dict)  # JSON-able evidence (visible mass, faces, ...)
+    #: the visible instances it is grounded on, best first (empty: its boxes come from its map)
+    instances: list[Instance] = field(default_factory=list)
+    #: P(this source is visible), when the method decides per source
+    onscreen: float | None = None
+
+
+@dataclass
+class SpeakerChoice:
+    """The face chosen as the one speaking: its track, head box (model-input pixels) and confidence in [0, 1]."""
+
+    track: int
+    box: tuple[float, float, float, float]
+    confidence: float
+
+
+@dataclass
+class FrameDetails:
+    """What a method grounding heard sources reports per frame beside its sources."""
+
+    onscreen_features: dict[str, float] = field(default_factory=dict)  # the evidence its on-screen model reads
+    grounded: bool = False  # some heard source was grounded (else the map is a fallback cue)
+    faces: int = 0  # faces found in the frame
+    speaker: SpeakerChoice | None = None
 
 
 @dataclass
@@ -90,7 +123,7 @@ class ClipAnalysis:
     maps: torch.Tensor  # (T, h, w) combined maps
     onscreen: torch.Tensor  # (T,) P(source visible)
     sources: list[list[HeardSource]]  # per frame, most probable first
-    details: list[dict[str, Any]]  # per frame JSON-able extras (on-screen features, chosen speaker, ...)
+    details: list[FrameDetails]  # per frame
 
 
 class Capability(StrEnum):

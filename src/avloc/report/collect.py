@@ -2,9 +2,9 @@
 
 :func:`collect` turns ``DIR`` into a :class:`Collection`: one
 :class:`VideoEntry` per video, from ``DIR/run.json`` when present
-(:mod:`avloc.report.runfile`) and from the files otherwise:
+(:mod:`avloc.formats.runfile`) and from the files otherwise:
 
-* ``STEM.avloc.json`` present and valid (``avloc/inference/schema.json``) -> ``done``
+* ``STEM.avloc.json`` present and valid (:func:`avloc.formats.localize.read_document`) -> ``done``
   (or the status run.json gives: ``done``/``skipped``);
 * present but not JSON, or not matching the schema -> ``invalid``, with the
   first problem as its error (the index shows it; nothing crashes);
@@ -27,11 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from avloc.errors import AvlocError, DataError
+from avloc.formats.localize import OUTPUT_SUFFIXES, Box, LocalizeDocument, read_document, stem_of
 
 log = logging.getLogger(__name__)
-
-#: suffixes of the files ``avloc localize`` writes per input ``STEM`` (avloc.inference.pipeline.OUTPUT_SUFFIXES)
-OUTPUT_SUFFIXES = {"json": ".avloc.json", "video": ".avloc.mp4", "heatmaps": ".heatmaps.npz", "sheet": ".sheet.png"}
 #: every status an entry can have: run.json's (runfile.RUN_STATUSES) and the two only the files can tell
 STATUSES = ("done", "skipped", "failed", "pending", "invalid", "incomplete")
 #: heard classes kept per video on the index, and lanes of the timeline
@@ -66,7 +64,7 @@ class VideoEntry:
     onscreen_fraction: float | None = None
     model: str | None = None
     heard: list[HeardClass] = field(default_factory=list)
-    doc: dict[str, Any] | None = field(default=None, repr=False)
+    doc: LocalizeDocument | None = field(default=None, repr=False)
 
     @property
     def has_page(self) -> bool:
@@ -88,53 +86,16 @@ class Collection:
         return {s: n for s, n in c.items() if n}
 
 
-def _schema() -> dict[str, Any]:
-    from avloc.io.jsonschema import load_schema
-
-    return load_schema("avloc.inference", "schema.json")
-
-
-def load_localize_json(path: Path, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A ``NAME.avloc.json`` document, schema-checked; raises :class:`DataError` with its first problem."""
-    from avloc.io.jsonschema import load_json_strict, validate
-
-    try:
-        doc = load_json_strict(path)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise DataError(f"{path.name}: not valid JSON ({e})") from None
-    errs = validate(doc, schema if schema is not None else _schema())
-    if errs:
-        more = f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""
-        raise DataError(f"{path.name}: does not match the avloc localize schema: {errs[0]}{more}")
-    if not isinstance(doc, dict):  # for the type checker: the schema's top-level type is object
-        raise DataError(f"{path.name}: not a JSON object")
-    return doc
-
-
-def _frame_classes(frame: dict[str, Any]) -> dict[str, float]:
-    """Label -> score of the classes heard in one frame record (module doc); a label listed twice keeps its best."""
-    if "sources" in frame:
-        pairs = [(s["label"], float(s["score"])) for s in frame["sources"]]
-    elif isinstance(frame.get("semantic"), dict):
-        pairs = [(str(a.get("label", "")), float(a.get("score", 0.0))) for a in frame["semantic"].get("audioset", [])]
-    else:
-        pairs = []
-    out: dict[str, float] = {}
-    for label, score in pairs:
-        out[label] = max(out.get(label, 0.0), score)
-    return out
-
-
-def heard_classes(doc: dict[str, Any], top: int | None = TOP_CLASSES) -> list[HeardClass]:
+def heard_classes(doc: LocalizeDocument, top: int | None = TOP_CLASSES) -> list[HeardClass]:
     """Classes heard in a video, at most ``top``, by mean score over all analysed frames (how often x how
     strongly; so a class heard weakly in every frame does not outrank one heard clearly for half the video).
     Ties: more frames, then the label."""
-    frames = doc["frames"]
+    frames = doc.frames
     count: dict[str, int] = {}
     best: dict[str, float] = {}
     total: dict[str, float] = {}
     for f in frames:
-        for label, score in _frame_classes(f).items():
+        for label, score in f.heard().items():
             count[label] = count.get(label, 0) + 1
             best[label] = max(best.get(label, 0.0), score)
             total[label] = total.get(label, 0.0) + score
@@ -142,16 +103,6 @@ def heard_classes(doc: dict[str, Any], top: int | None = TOP_CLASSES) -> list[He
     out = [HeardClass(k, count[k], count[k] / n, best[k], total[k] / n) for k in count]
     out.sort(key=lambda h: (-h.mean_score, -h.frames, h.label))
     return out if top is None else out[:top]
-
-
-def video_duration(doc: dict[str, Any]) -> float:
-    """Length of the video the JSON describes (s): the probed duration, else the last analysed frame's end."""
-    d = float(doc["input"].get("duration") or 0.0)
-    if d > 0:
-        return d
-    frames = doc["frames"]
-    fps = float(doc["config"]["fps"])
-    return float(frames[-1]["time"]) + 1.0 / fps if frames else 0.0
 
 
 @dataclass
@@ -165,54 +116,57 @@ class Timeline:
     confidence_label: str  # "on-screen confidence" or "top box score" (visual-only)
     silent: list[bool]
     classes: dict[str, list[float]]  # top heard classes: label -> score per frame (0 when not heard)
-    boxes: list[list[dict[str, Any]]]
+    boxes: list[list[dict[str, Any]]]  # per frame: x1 y1 x2 y2 score and the caption the page shows
 
 
-def timeline(doc: dict[str, Any], top: int = TOP_CLASSES) -> Timeline:
+def timeline(doc: LocalizeDocument, top: int = TOP_CLASSES) -> Timeline:
     """The series a video page draws and lists (module doc)."""
-    frames = doc["frames"]
-    conf: list[float | None] = [f["onscreen_confidence"] for f in frames]
+    frames = doc.frames
+    conf: list[float | None] = [f.onscreen_confidence for f in frames]
     label = "on-screen confidence"
     if all(c is None for c in conf):  # visual-only: no on-screen estimate, show how sure the top box is
-        conf = [float(f["boxes"][0]["score"]) if f["boxes"] else None for f in frames]
+        conf = [f.boxes[0].score if f.boxes else None for f in frames]
         label = "top box score"
     classes: dict[str, list[float]] = {}
-    per_frame = [_frame_classes(f) for f in frames]
+    per_frame = [f.heard() for f in frames]
     for h in heard_classes(doc, top):
         classes[h.label] = [float(p.get(h.label, 0.0)) for p in per_frame]
-    boxes = [
-        [{k: b[k] for k in ("x1", "y1", "x2", "y2", "score", "label") if k in b} for b in f["boxes"]] for f in frames
-    ]
+    boxes = [[{"x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2, "score": b.score, "label": _what(b)} for b in f.boxes]
+             for f in frames]
     return Timeline(
-        duration=video_duration(doc), times=[float(f["time"]) for f in frames], step=1.0 / float(doc["config"]["fps"]),
-        confidence=conf, confidence_label=label, silent=[bool(f["silent"]) for f in frames], classes=classes, boxes=boxes,
+        duration=doc.duration, times=[f.time for f in frames], step=1.0 / doc.fps,
+        confidence=conf, confidence_label=label, silent=[f.silent for f in frames], classes=classes, boxes=boxes,
     )
 
 
-def _fill_from_doc(e: VideoEntry, doc: dict[str, Any], folder: Path) -> None:
+def _what(b: Box) -> str:
+    """A box's label column: the heard class and what it was grounded on (``"Dog (coco:dog)"``)."""
+    if b.label and b.instance:
+        return f"{b.label} ({b.instance})"
+    return b.label or b.instance or ""
+
+
+def _fill_from_doc(e: VideoEntry, doc: LocalizeDocument, folder: Path) -> None:
     e.doc = doc
-    e.input = e.input or doc["input"]["path"]
-    e.duration = video_duration(doc)
-    e.frames = int(doc["summary"]["analysed_frames"])
-    e.fps = float(doc["config"]["fps"])
-    e.onscreen_fraction = doc["summary"]["onscreen_fraction"]
-    e.model = doc["model"]["name"]
+    e.input = e.input or doc.input["path"]
+    e.duration = doc.duration
+    e.frames = int(doc.summary["analysed_frames"])
+    e.fps = doc.fps
+    e.onscreen_fraction = doc.summary["onscreen_fraction"]
+    e.model = doc.model["name"]
     e.heard = heard_classes(doc)
-    outs = doc["outputs"]
     for kind, attr in (("video", "video_path"), ("sheet", "sheet_path")):
-        name = outs.get(kind)
+        name = doc.outputs.get(kind)
         if name is None:
             continue
-        p = folder / name
-        if Path(name).name != name:  # the schema says file names in the folder: refuse a path that leaves it
-            e.errors.append(f"{e.stem}: outputs.{kind} {name!r} is not a file name in the output folder")
-        elif p.is_file():
+        p = folder / name  # read_document refuses names that leave the folder
+        if p.is_file():
             setattr(e, attr, p)
         else:
             e.errors.append(f"{name}: listed in {e.stem}.avloc.json but missing")
 
 
-def _entry(stem: str, folder: Path, status: str | None, schema: dict[str, Any], json_name: str | None = None) -> VideoEntry:
+def _entry(stem: str, folder: Path, status: str | None, json_name: str | None = None) -> VideoEntry:
     """An entry from the files of ``stem`` (module doc); ``status``: what run.json says, if anything."""
     js = folder / (json_name or f"{stem}{OUTPUT_SUFFIXES['json']}")
     e = VideoEntry(stem=stem, status=status or "done")
@@ -220,7 +174,7 @@ def _entry(stem: str, folder: Path, status: str | None, schema: dict[str, Any], 
         if js.is_file():
             e.json_path = js  # outputs of an earlier run may still be there: shown, status unchanged
             try:
-                _fill_from_doc(e, load_localize_json(js, schema), folder)
+                _fill_from_doc(e, read_document(js), folder)
             except AvlocError as err:
                 e.errors.append(str(err))
         return e
@@ -231,10 +185,10 @@ def _entry(stem: str, folder: Path, status: str | None, schema: dict[str, Any], 
         return e
     e.json_path = js
     try:
-        doc = load_localize_json(js, schema)
-    except (AvlocError, OSError) as err:
+        doc = read_document(js)
+    except AvlocError as err:
         e.status = "invalid"
-        e.errors.append(str(err) if isinstance(err, AvlocError) else f"{js.name}: {err}")
+        e.errors.append(str(err))
         return e
     _fill_from_doc(e, doc, folder)
     return e
@@ -242,13 +196,12 @@ def _entry(stem: str, folder: Path, status: str | None, schema: dict[str, Any], 
 
 def collect(folder: str | Path) -> Collection:
     """Read ``folder`` (module doc); raises :class:`DataError` when it holds no avloc localize output at all."""
+    from avloc.formats.runfile import RUN_FILE, read_run
     from avloc.io.outputs import is_temporary_name
-    from avloc.report.runfile import RUN_FILE, read_run
 
     d = Path(folder)
     if not d.is_dir():
         raise DataError(f"{d}: not a folder: give the --out folder of an avloc localize run")
-    schema = _schema()
     coll = Collection(folder=d, entries=[])
     try:
         coll.run = read_run(d)
@@ -266,20 +219,18 @@ def collect(folder: str | Path) -> Collection:
                 e = VideoEntry(stem=r.stem, status="invalid",
                                errors=[f"{RUN_FILE}: outputs.json {js!r} of {r.input} is not a file name in {d}"])
             else:
-                e = _entry(r.stem, d, r.status, schema, js)
+                e = _entry(r.stem, d, r.status, js)
             e.input = r.input
             if r.error:
                 e.errors.insert(0, r.error)
             coll.entries.append(e)
     stems: set[str] = set()
     for p in d.iterdir():
-        if is_temporary_name(p.name) or not p.is_file():
-            continue
-        for suffix in OUTPUT_SUFFIXES.values():
-            if p.name.endswith(suffix) and len(p.name) > len(suffix):
-                stems.add(p.name[: -len(suffix)])
+        stem = None if is_temporary_name(p.name) or not p.is_file() else stem_of(p.name)
+        if stem is not None:
+            stems.add(stem)
     for stem in sorted(stems - seen):
-        coll.entries.append(_entry(stem, d, None, schema))
+        coll.entries.append(_entry(stem, d, None))
     if not coll.entries:
         raise DataError(f"{d}: no avloc localize outputs (STEM.avloc.json) and no run.json: "
                         "give the --out folder of an avloc localize run")

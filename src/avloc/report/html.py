@@ -244,16 +244,16 @@ def video_page(e: VideoEntry, tl: Timeline, video_url: str | None, sheet_url: st
              "avsemantic, or --audio-tagger report them)</p>"
     )
     errors = "".join(f'<p class="run-error">{esc(m)}</p>' for m in e.errors)
-    inp = doc["input"]
+    inp = doc.input
     details = [
         ("input", inp["path"]),
         ("size", f"{inp['width']}x{inp['height']}"),
         ("duration", _fmt_seconds(e.duration)),
         ("analysed", f"{e.frames} frames at {e.fps:g} fps"),
-        ("model", f"{doc['model']['name']} ({doc['model']['method']})"),
+        ("model", f"{doc.model['name']} ({doc.model['method']})"),
         ("on-screen", _fmt_pct(e.onscreen_fraction)),
         ("status", e.status),
-        ("created", doc["created"]),
+        ("created", doc.created),
     ]
     dl = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in details)
     sheet = (f'<h2>contact sheet</h2><img class="sheet" src="{sheet_url}" alt="contact sheet of {esc(e.stem)}">'

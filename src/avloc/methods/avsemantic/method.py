@@ -44,7 +44,15 @@ from avloc.frontends.image import ImageConfig
 from avloc.methods import register_method
 from avloc.methods.avsemantic import onscreen as onscreen_model
 from avloc.methods.avsync_prior import frame_envelope, synchrony_maps
-from avloc.methods.base import Capability, ClipAnalysis, HeardSource, LocalizationMethod, MethodConfig
+from avloc.methods.base import (
+    Capability,
+    ClipAnalysis,
+    FrameDetails,
+    HeardSource,
+    LocalizationMethod,
+    MethodConfig,
+    SpeakerChoice,
+)
 
 log = logging.getLogger(__name__)
 
@@ -298,12 +306,13 @@ class AVSemantic(LocalizationMethod):
             maps.append(m)
             onscreen.append(p)
             sources.append(frame_sources)
-            details.append({
-                "onscreen_features": {a: round(b, 5) for a, b in feats.items()},
-                "grounded": bool(weighted),
-                "faces": len(rows),
-                "speaker": None if speaker.get(j) is None else int(speaker[j][0]),
-            })
+            who = speaker.get(j)
+            chosen = None
+            if who is not None:
+                from avloc.methods.avsemantic.faces import head_box
+
+                chosen = SpeakerChoice(who[2], head_box(rows[who[0]], (s_img, s_img)), float(who[1]))
+            details.append(FrameDetails({a: round(b, 5) for a, b in feats.items()}, bool(weighted), len(rows), chosen))
         return ClipAnalysis(torch.stack(maps), torch.tensor(onscreen, dtype=torch.float32), sources, details)
 
     def _fallback(
@@ -334,9 +343,9 @@ class AVSemantic(LocalizationMethod):
 
     def _faces_and_speaker(
         self, frames: torch.Tensor, audio: torch.Tensor, times: torch.Tensor, idx: list[int]
-    ) -> tuple[dict[int, np.ndarray], dict[int, tuple[int, float]]]:
-        """Faces on every frame of the buffer (cached by time), and per kept frame (face index, synchrony) of the
-        speaker when a face's mouth moves with the audio (:func:`.faces.choose_speaker`)."""
+    ) -> tuple[dict[int, np.ndarray], dict[int, tuple[int, float, int]]]:
+        """Faces on every frame of the buffer (cached by time), and per kept frame (face index, synchrony, track) of
+        the speaker when a face's mouth moves with the audio (:func:`.faces.choose_speaker`)."""
         from avloc.methods.avsemantic.faces import choose_speaker, speaker_scores, track_faces
 
         det = self._parts["faces"]
@@ -354,7 +363,7 @@ class AVSemantic(LocalizationMethod):
         if len(self._face_cache) > 4 * len(ts) + 64:  # keep only this buffer's frames
             self._face_cache = {k: self._face_cache[k] for k in keys}
         faces = {j: rows[j] for j in idx}
-        speaker: dict[int, tuple[int, float]] = {}
+        speaker: dict[int, tuple[int, float, int]] = {}
         if not self.cfg.choose_speaker or max((len(r) for r in rows), default=0) == 0 or len(ts) < 3:
             return faces, speaker
         tracks = track_faces(rows)
@@ -371,5 +380,5 @@ class AVSemantic(LocalizationMethod):
             # the speaker's face in frame j: the detection nearest the track's box
             centres = rows[j][:, :2] + rows[j][:, 2:4] / 2
             bc = np.asarray(box[:2]) + np.asarray(box[2:4]) / 2
-            speaker[j] = (int(np.argmin(((centres - bc) ** 2).sum(1))), float(sc[best]))
+            speaker[j] = (int(np.argmin(((centres - bc) ** 2).sum(1))), float(sc[best]), int(best))
         return faces, speaker

@@ -103,11 +103,13 @@ class RunRecord:
         """Check ``doc`` against ``run_schema.json`` and the rules it cannot say; raises :class:`DataError`."""
         from avloc.io.jsonschema import load_schema, validate
 
-        errs = validate(doc, load_schema("avloc.report", "run_schema.json"))
+        errs = validate(doc, load_schema("avloc.formats", "run_schema.json"))
         if not errs:
             for i, r in enumerate(doc["inputs"]):
                 if r["status"] == "failed" and not (r["error"] or "").strip():
                     errs.append(f"$.inputs[{i}]: status 'failed' needs its one-line error")
+                errs += [f"$.inputs[{i}].outputs.{k}: {v!r} is not a file name in the run's folder"
+                         for k, v in r.get("outputs", {}).items() if Path(v).name != v or v in ("", ".", "..")]
         if errs:
             more = f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""
             raise DataError(f"{where}: does not match run_schema.json: {errs[0]}{more}")
