@@ -95,5 +95,5 @@ def test_load_results_never_crashes_or_leaves_the_folder(tmp_path: Path) -> None
         with pytest.raises(DataError):
             avloc.load_results(js)
     (out / "run.json").write_text('{"schema_version": "1.0"}')
-    with pytest.raises(DataError, match="run.json"):
+    with pytest.raises(DataError, match=r"run\.json"):
         avloc.load_results(out)

@@ -411,7 +411,7 @@ def test_force_never_replaces_what_avloc_did_not_write(
     assert main(["report", str(d), "--out", str(target), "--force", "--no-thumbnails"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not written by avloc" in err, err
-    assert {p: p.read_bytes() for p in before} == before and target.exists() or target.is_symlink()
+    assert {p: p.read_bytes() for p in before} == before and (target.exists() or target.is_symlink())
 
 
 def test_force_replaces_a_report_avloc_wrote_old_and_new(run_dir: Path, tmp_path: Path) -> None:
