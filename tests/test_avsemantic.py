@@ -85,13 +85,15 @@ def test_face_cache_does_not_leak_between_videos() -> None:
             calls.append(float(rgb.mean()))
             return np.zeros((0, 15), np.float32)
 
-    model._parts["faces"] = Stub()
+    from avloc.methods.avsemantic.faces import FaceSession
+
+    model._parts["faces"] = FaceSession(Stub(), model.cfg.speaker)  # type: ignore[arg-type]
     times = torch.arange(4) / 5.0
     audio = torch.zeros(4, 15600)
     a = torch.full((4, 3, 64, 64), 0.2)
     b = torch.full((4, 3, 64, 64), 0.8)
-    model._faces_and_speaker(a, audio, times, [0, 1, 2, 3])
-    model._faces_and_speaker(a, audio, times, [0, 1, 2, 3])  # same clip again: cached
+    model._faces_and_speaker(a, audio, times, slice(None))
+    model._faces_and_speaker(a, audio, times, slice(None))  # same clip again: cached
     assert len(calls) == 4
-    model._faces_and_speaker(b, audio, times, [0, 1, 2, 3])  # another clip at the same times: detected anew
+    model._faces_and_speaker(b, audio, times, slice(None))  # another clip at the same times: detected anew
     assert len(calls) == 8 and calls[-1] > calls[0]

@@ -11,8 +11,10 @@ Per analysed frame ``t`` with its 0.975 s audio window:
      map = multi-scale CAM of ``I_c`` (:mod:`.cam`). Generic parents without an ImageNet set of their own
      (``borrow``: "Music" -> the instruments of "Musical instrument") use another class's set.
    * *human* (speech, singing, laughter, crying ...): faces (YuNet, :mod:`.faces`) spread to the head (and
-     upper body, ``body_weight``); with several faces the speaker is the face whose mouth region moves with
-     the audio envelope (Hershey & Movellan 1999 synchrony restricted to mouths), reported per frame.
+     upper body, ``body_weight``); the speaker is the face whose mouth region moves with the sound (Hershey &
+     Movellan 1999 synchrony restricted to mouths, over a window of seconds, :mod:`.faces.speaker`), tracked
+     across the pipeline's chunks (:mod:`.faces.session`); with no face in sync there is no speaker and the
+     map spreads over all faces.
    * *none* (music with no instrument in view, wind, rain, hum, narration ...) and anything not visible:
      no map of its own.
 
@@ -43,6 +45,8 @@ from avloc.frontends.audio import AudioFrontendConfig
 from avloc.frontends.image import ImageConfig
 from avloc.methods import register_method
 from avloc.methods.avsemantic import onscreen as onscreen_model
+from avloc.methods.avsemantic.faces.session import FrameFaces
+from avloc.methods.avsemantic.faces.speaker import SpeakerConfig
 from avloc.methods.avsync_prior import frame_envelope, synchrony_maps
 from avloc.methods.base import (
     Capability,
@@ -135,6 +139,8 @@ class AVSemanticConfig(MethodConfig):
     support: float = 0.3
     #: several faces: pick the speaker by mouth-region synchrony with the audio
     choose_speaker: bool = True
+    #: the active speaker: synchrony window, calibration (:mod:`.faces.speaker`)
+    speaker: SpeakerConfig = field(default_factory=SpeakerConfig)
     #: fallback when nothing heard is grounded: synchrony x objectness (``False``: objectness alone, ablation)
     use_synchrony: bool = True
     context_seconds: float = 2.0
@@ -172,8 +178,7 @@ class AVSemantic(LocalizationMethod):
         super().__init__(cfg)
         cfg.validate()
         self.cfg: AVSemanticConfig = cfg
-        self._parts: dict[str, Any] = {}  # built on first use: tagger, sound map, evidence net, face detector
-        self._face_cache: dict[tuple[float, int], np.ndarray] = {}
+        self._parts: dict[str, Any] = {}  # built on first use: tagger, sound map, evidence net, face session
 
     # -- parts ---------------------------------------------------------------------------
     def checkpoint_exclude_prefixes(self) -> list[str]:
@@ -206,14 +211,17 @@ class AVSemantic(LocalizationMethod):
                 kinds[names.index(child)] = "object"
         self._parts = {"names": names, "map": smap, "sets": sets, "kinds": kinds}
         if self.cfg.use_faces:
-            from avloc.methods.avsemantic.faces import FaceConfig, FaceDetector
+            from avloc.methods.avsemantic.faces.detect import FaceConfig, FaceDetector
+            from avloc.methods.avsemantic.faces.session import FaceSession
 
-            self._parts["faces"] = FaceDetector(FaceConfig())
+            # one video at a time: tracks and synchrony persist across the pipeline's chunks (.faces.session)
+            self._parts["faces"] = FaceSession(FaceDetector(FaceConfig()), self.cfg.speaker)
 
     # -- the contract --------------------------------------------------------------------
     @property
     def clip_context_seconds(self) -> float:
-        return self.cfg.context_seconds
+        """The synchrony fallback's context, or half the speaker's synchrony window when that is longer."""
+        return max(self.cfg.context_seconds, self.cfg.speaker.window_s / 2)
 
     def localize(self, images: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """Single frames (B, 3, S, S), windows (B, N) -> (B, h, w): each frame analysed on its own (no synchrony)."""
@@ -253,7 +261,7 @@ class AVSemantic(LocalizationMethod):
         heard_all = [[int(c) for c in np.argsort(-s)[: cfg.top_k] if s[c] >= cfg.min_score] for s in scores]
         hears_people = any(kinds[c] == "human" for h in heard_all for c in h)
         # faces only where a human sound is heard (YuNet also fires on animal faces, and costs time)
-        faces, speaker = self._faces_and_speaker(frames, audio, times, idx) if cfg.use_faces and hears_people else ({}, {})
+        faces = self._faces_and_speaker(frames, audio, times, keep) if cfg.use_faces and hears_people else {}
         maps, onscreen, sources, details = [], [], [], []
         for k, j in enumerate(idx):
             s = scores[k]
@@ -261,7 +269,9 @@ class AVSemantic(LocalizationMethod):
             frame_sources: list[HeardSource] = []
             weighted: list[tuple[float, torch.Tensor]] = []
             feats = {"object": 0.0, "human": 0.0, "speaker": 0.0, "unseen": 0.0, "narration": 0.0}
-            rows = faces.get(j, np.zeros((0, 15), np.float32))
+            ff = faces.get(j)
+            rows = ff.rows if ff is not None else np.zeros((0, 15), np.float32)
+            who = ff.speaker if ff is not None else None
             person: torch.Tensor | None = None
             for c in heard:
                 kind, sc = kinds[c], float(s[c])
@@ -278,17 +288,15 @@ class AVSemantic(LocalizationMethod):
                         continue
                     frame_sources.append(HeardSource(names[c], sc, kind, "not visible", None, {"visible": round(v, 4)}))
                 elif kind == "human" and cfg.use_faces:
-                    if len(rows):
+                    if ff is not None and len(rows):
                         face_score = float(rows[:, 14].max())
                         feats["human"] = max(feats["human"], sc * face_score)
-                        who = speaker.get(j)
-                        feats["speaker"] = max(feats["speaker"], float(who[1]) if who is not None else 0.0)
+                        feats["speaker"] = max(feats["speaker"], who.sync if who is not None else 0.0)
                         if person is None:
-                            person = self._person_map(rows, None if who is None else who[0], out_hw, s_img)
-                        face_id = "all faces" if who is None else f"face {who[0]}"
-                        frame_sources.append(
-                            HeardSource(names[c], sc, kind, face_id, person, {"faces": len(rows), "face_score": round(face_score, 4)})
-                        )
+                            person = self._person_map(rows, None if who is None else who.index, out_hw, s_img)
+                        face_id = "all faces" if who is None else f"face {int(ff.tracks[who.index])}"
+                        detail = {"faces": len(rows), "face_score": round(face_score, 4), **_sync_detail(ff)}
+                        frame_sources.append(HeardSource(names[c], sc, kind, face_id, person, detail))
                         weighted.append((sc * face_score, person))
                         continue
                     frame_sources.append(HeardSource(names[c], sc, kind, "no face", None, {}))
@@ -306,12 +314,11 @@ class AVSemantic(LocalizationMethod):
             maps.append(m)
             onscreen.append(p)
             sources.append(frame_sources)
-            who = speaker.get(j)
             chosen = None
-            if who is not None:
-                from avloc.methods.avsemantic.faces import head_box
+            if ff is not None and who is not None:
+                from avloc.methods.avsemantic.faces.geometry import head_box
 
-                chosen = SpeakerChoice(who[2], head_box(rows[who[0]], (s_img, s_img)), float(who[1]))
+                chosen = SpeakerChoice(int(ff.tracks[who.index]), head_box(rows[who.index], (s_img, s_img)), who.confidence)
             details.append(FrameDetails({a: round(b, 5) for a, b in feats.items()}, bool(weighted), len(rows), chosen))
         return ClipAnalysis(torch.stack(maps), torch.tensor(onscreen, dtype=torch.float32), sources, details)
 
@@ -341,44 +348,48 @@ class AVSemantic(LocalizationMethod):
         m = person_map(rows, weights, (out_hw[1], out_hw[0]), (s_img, s_img), body_weight=self.cfg.body_weight)
         return centre_map(torch.as_tensor(np.asarray(m, np.float32)), self.cfg.support)
 
-    def _faces_and_speaker(
-        self, frames: torch.Tensor, audio: torch.Tensor, times: torch.Tensor, idx: list[int]
-    ) -> tuple[dict[int, np.ndarray], dict[int, tuple[int, float, int]]]:
-        """Faces on every frame of the buffer (cached by time), and per kept frame (face index, synchrony, track) of
-        the speaker when a face's mouth moves with the audio (:func:`.faces.choose_speaker`)."""
-        from avloc.methods.avsemantic.faces import choose_speaker, speaker_scores, track_faces
+    def _faces_and_speaker(self, frames: torch.Tensor, audio: torch.Tensor, times: torch.Tensor, keep: slice) -> dict[int, FrameFaces]:
+        """Per kept frame (by buffer index) its faces, their tracks and synchrony, and the speaker: the video's
+        :class:`.faces.session.FaceSession` (tracks and synchrony windows reach across the pipeline's chunks)."""
+        idx = range(frames.shape[0])[keep]
+        out = self._parts["faces"].analyse(_TensorFrames(frames), audio.float().cpu().numpy(), self.cfg.audio.sample_rate,
+                                           times.cpu().numpy(), idx, choose=self.cfg.choose_speaker)
+        return dict(zip(idx, out))
 
-        det = self._parts["faces"]
-        ts = [round(float(t), 4) for t in times]
-        # cache key: the time and a fingerprint of the picture (the same model serves many videos)
-        keys = [(t, hash(frames[j, :, ::16, ::16].cpu().numpy().tobytes())) for j, t in enumerate(ts)]
-        imgs = None
-        rows: list[np.ndarray] = []
-        for j, key in enumerate(keys):
-            if key not in self._face_cache:
-                if imgs is None:
-                    imgs = (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-                self._face_cache[key] = det.detect(imgs[j])
-            rows.append(self._face_cache[key])
-        if len(self._face_cache) > 4 * len(ts) + 64:  # keep only this buffer's frames
-            self._face_cache = {k: self._face_cache[k] for k in keys}
-        faces = {j: rows[j] for j in idx}
-        speaker: dict[int, tuple[int, float, int]] = {}
-        if not self.cfg.choose_speaker or max((len(r) for r in rows), default=0) == 0 or len(ts) < 3:
-            return faces, speaker
-        tracks = track_faces(rows)
-        grey = (frames * torch.tensor([0.299, 0.587, 0.114], device=frames.device).view(1, 3, 1, 1)).sum(1)
-        env = frame_envelope(audio, times, self.cfg.audio.sample_rate).cpu().numpy()
-        sc = np.asarray(speaker_scores(grey.cpu().numpy(), np.asarray(ts), tracks, env))
-        best = choose_speaker(sc)
-        for j in idx:
-            if best is None:
-                continue
-            box = tracks[best].rows[j] if j < tracks[best].n_frames else None
-            if box is None or not len(rows[j]):
-                continue
-            # the speaker's face in frame j: the detection nearest the track's box
-            centres = rows[j][:, :2] + rows[j][:, 2:4] / 2
-            bc = np.asarray(box[:2]) + np.asarray(box[2:4]) / 2
-            speaker[j] = (int(np.argmin(((centres - bc) ** 2).sum(1))), float(sc[best]), int(best))
-        return faces, speaker
+
+class _TensorFrames:
+    """Model-input frames (T, 3, S, S) in [0, 1] as the face session reads them (:class:`.faces.session.Frames`):
+    one frame at a time as RGB uint8, only the frames it has not seen."""
+
+    def __init__(self, frames: torch.Tensor) -> None:
+        self.frames = frames
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
+
+    def image(self, j: int) -> np.ndarray:
+        x = self.frames[j].detach().cpu().numpy()  # (3, S, S) float32 in [0, 1]
+        return np.ascontiguousarray(np.rint(np.clip(x, 0.0, 1.0) * 255).astype(np.uint8).transpose(1, 2, 0))  # (S, S, 3)
+
+    def fingerprint(self, j: int) -> int:
+        from avloc.methods.avsemantic.faces.session import FINGERPRINT_STRIDE
+
+        return hash(self.frames[j, :, ::FINGERPRINT_STRIDE, ::FINGERPRINT_STRIDE].cpu().numpy().tobytes())
+
+
+def _sync_detail(ff: FrameFaces) -> dict[str, Any]:
+    """What a human source's ``detail`` says of the faces' synchrony (scalars, as the JSON schema wants): ``sync`` of
+    the chosen face (of the best face when none is in sync; None when no window had enough frames), ``in_sync``,
+    ``margin`` of the best face over the runner-up (None without a synchrony) and ``sync_face_<track>`` per face."""
+    known = np.isfinite(ff.sync)
+    order = np.argsort(-np.where(known, ff.sync, -np.inf), kind="stable")
+    best = float(ff.sync[order[0]]) if known.any() else None
+    rival = max(0.0, float(ff.sync[order[1]])) if known.sum() > 1 else 0.0
+    out: dict[str, Any] = {
+        "sync": None if best is None else round(best, 5),
+        "in_sync": ff.speaker is not None,
+        "margin": None if best is None else round(best - rival, 5),
+    }
+    for i, v in zip(ff.tracks, ff.sync):
+        out[f"sync_face_{int(i)}"] = round(float(v), 5) if np.isfinite(v) else None
+    return out
