@@ -4,10 +4,11 @@ Every AudioSet class that YAMNet scores (Plakal & Ellis, 2020; ontology of
 Gemmeke et al., ICASSP 2017) gets exactly one ``kind``:
 
 * ``object``: ImageNet-1k classes whose class activation map (Zhou et al.,
-  CVPR 2016) finds the sounding thing; a score vector over the AudioSet classes
-  times :meth:`SoundMap.object_matrix` gives per-ImageNet-class weights;
+  CVPR 2016) finds the sounding thing, and/or COCO-80 categories (Lin et al.,
+  ECCV 2014) an object detector finds it as; a score vector over the AudioSet
+  classes times :meth:`SoundMap.object_matrix` gives per-ImageNet-class weights;
 * ``human``: a person, grounded by a face detector on ``region`` ``"face"``
-  (vocal sounds) or ``"body"`` (hands, feet);
+  (vocal sounds) or ``"body"`` (hands, feet), and by the detector's ``person``;
 * ``none``: nothing visible that ImageNet-1k names (music genres, weather,
   acoustic scenes, generic impacts); ``why`` says so, and the method falls back
   to a class-agnostic cue.
@@ -27,7 +28,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,19 @@ NUM_IMAGENET_CLASSES = 1000
 KINDS: tuple[str, ...] = ("object", "human", "none")
 OBJECT, HUMAN, NONE = 0, 1, 2
 REGIONS: tuple[str, ...] = ("face", "body")
-_KEYS = {"audioset", "kind", "imagenet", "union_of", "region", "offscreen_prior", "why"}
+_KEYS = {"audioset", "kind", "imagenet", "coco", "union_of", "region", "offscreen_prior", "why"}
+#: COCO-80's category names in the detectors' label order (Lin et al., ECCV 2014; 80 of the 91 ids)
+COCO_NAMES: tuple[str, ...] = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+)
 
 ClassNames = Sequence[str] | str | Path | None
 
@@ -99,6 +112,8 @@ class SoundMap:
     why: list[str | None]
     imagenet_names: list[str]  # (1000,)
     source: str = ""
+    #: per AudioSet class, sorted COCO-80 label indices into :data:`COCO_NAMES` (object and human classes)
+    coco: list[tuple[int, ...]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         a = len(self.audioset_names)
@@ -106,9 +121,15 @@ class SoundMap:
             raise ValueError(f"SoundMap: per-class fields must all have {a} entries")
         for arr in (self.kind, self.offscreen_prior):
             arr.flags.writeable = False
+        if not self.coco:
+            object.__setattr__(self, "coco", [()] * a)
+        if len(self.coco) != a:
+            raise ValueError(f"SoundMap: coco must have {a} entries")
         for i, idx in enumerate(self.imagenet):
-            if (self.kind[i] == OBJECT) != bool(idx):
-                raise ValueError(f"SoundMap: {self.audioset_names[i]!r}: object classes, and only they, list ImageNet classes")
+            if bool(idx) and self.kind[i] != OBJECT:
+                raise ValueError(f"SoundMap: {self.audioset_names[i]!r}: only object classes list ImageNet classes")
+            if self.kind[i] == OBJECT and not (idx or self.coco[i]):
+                raise ValueError(f"SoundMap: {self.audioset_names[i]!r}: an object class lists ImageNet or COCO classes")
             if any(not 0 <= j < len(self.imagenet_names) for j in idx):
                 raise ValueError(f"SoundMap: {self.audioset_names[i]!r}: ImageNet index out of range")
 
@@ -179,8 +200,9 @@ class SoundMap:
                 why[i] = "old 42-group mapping"
             elif kind[i] == OBJECT:
                 kind[i], imagenet[i], why[i] = NONE, (), "not in the old 42 groups"
+        coco = [c if kind[i] != NONE else () for i, c in enumerate(new.coco)]
         return cls(new.audioset_names, kind, imagenet, region, off, why, new.imagenet_names,
-                   source=f"{legacy_path} (legacy groups) + {new.source}")
+                   source=f"{legacy_path} (legacy groups) + {new.source}", coco=coco)
 
 
 def _ranges(path: Path, where: str, value: Any, names: list[str]) -> tuple[int, ...]:
@@ -237,6 +259,7 @@ def load_sound_map(path: str | Path = DEFAULT_SOUND_MAP, class_names: ClassNames
     a = len(audioset)
     kind = np.full(a, -1, dtype=np.int8)
     imagenet: list[tuple[int, ...]] = [()] * a
+    coco: list[tuple[int, ...]] = [()] * a
     region: list[str | None] = [None] * a
     off = np.zeros(a, dtype=bool)
     why: list[str | None] = [None] * a
@@ -258,8 +281,11 @@ def load_sound_map(path: str | Path = DEFAULT_SOUND_MAP, class_names: ClassNames
         if kname not in KINDS:
             raise ConfigError(f"{p}: {where}: kind {kname!r} is not one of {list(KINDS)}")
         kind[i] = KINDS.index(kname)
+        if "coco" in e:
+            coco[i] = _coco(p, where, e["coco"], kname)
         if kname == "object":
-            imagenet[i] = _ranges(p, where, e.get("imagenet"), inet)
+            if "imagenet" in e or not coco[i]:
+                imagenet[i] = _ranges(p, where, e.get("imagenet"), inet)
             if "union_of" in e:
                 if not isinstance(e["union_of"], list) or not e["union_of"]:
                     raise ConfigError(f"{p}: {where}: 'union_of' must be a non-empty list of AudioSet class names")
@@ -299,4 +325,18 @@ def load_sound_map(path: str | Path = DEFAULT_SOUND_MAP, class_names: ClassNames
             if lost:
                 raise ConfigError(f"{p}: {where}: does not cover its child {c!r}: ImageNet {lost[:5]} "
                                   f"({', '.join(inet[x] for x in lost[:5])}) missing")
-    return SoundMap(audioset, kind, imagenet, region, off, why, inet, source=str(p))
+    return SoundMap(audioset, kind, imagenet, region, off, why, inet, source=str(p), coco=coco)
+
+
+def _coco(path: Path, where: str, value: Any, kind: str) -> tuple[int, ...]:
+    """``["dog", ...]`` -> sorted indices into :data:`COCO_NAMES` (object and human classes only)."""
+    if kind == "none":
+        raise ConfigError(f"{path}: {where}: 'coco' is only for kinds 'object' and 'human'")
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{path}: {where}: 'coco' must be a non-empty list of COCO category names")
+    bad = [v for v in value if v not in COCO_NAMES]
+    if bad:
+        raise ConfigError(f"{path}: {where}: {bad[0]!r} is not a COCO-80 category name")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{path}: {where}: a COCO category is listed twice")
+    return tuple(sorted(COCO_NAMES.index(v) for v in value))
