@@ -40,6 +40,8 @@ from avloc.errors import ConfigError
 #: The shipped map, and the ImageNet-1k class names it is checked against.
 DEFAULT_SOUND_MAP = Path(__file__).with_name("sound_map.json")
 DEFAULT_IMAGENET_NAMES = Path(__file__).with_name("imagenet_classes.txt")
+#: the old 42-group mapping of the ``--audio-tagger`` mode, for the "old 42 groups" ablation
+LEGACY_MAPPING_FILE = Path(avloc.__file__).parent / "inference" / "audioset_to_imagenet.json"
 #: YAMNet's class map (index, mid, display_name), shipped with avloc (Apache-2.0).
 DEFAULT_CLASS_MAP = Path(avloc.__file__).parent / "zoo" / "yamnet_class_map.csv"
 

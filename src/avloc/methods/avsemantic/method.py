@@ -1,27 +1,19 @@
-"""``avsemantic``: training-free grounding of *what is heard* in *what is seen* (issue 16).
+"""``avsemantic``: training-free grounding of *what is heard* in *what is seen* (issues 16, 26, 27).
 
 Per analysed frame ``t`` with its 0.975 s audio window:
 
-1. **Audio events**: YAMNet (Plakal & Ellis 2020, torch port :mod:`.yamnet`) -> 521 AudioSet scores ``s``;
-   the heard classes are the top ``top_k`` with ``s_c >= min_score``.
-2. **Grounding** by the kind of each heard class (:mod:`.mapping`, ``sound_map.json``):
-
-   * *object* (dog, piano, hammer, boat ...): its ImageNet-1k counterparts ``I_c``; visible when their
-     probability mass ``v_c = sum_{i in I_c} p_i`` (EfficientNet-Lite0 softmax) reaches ``min_visible``;
-     map = multi-scale CAM of ``I_c`` (:mod:`.cam`). Generic parents without an ImageNet set of their own
-     (``borrow``: "Music" -> the instruments of "Musical instrument") use another class's set.
-   * *human* (speech, singing, laughter, crying ...): faces (YuNet, :mod:`.faces`) spread to the head (and
-     upper body, ``body_weight``); with several faces the speaker is the face whose mouth region moves with
-     the audio envelope (Hershey & Movellan 1999 synchrony restricted to mouths), reported per frame.
-   * *none* (music with no instrument in view, wind, rain, hum, narration ...) and anything not visible:
-     no map of its own.
-
-   Every source map is centred on its mean and ReLU'd (exact zeros where nothing stands out) and scaled to
-   a peak of 1. The frame's map is the score-weighted mean ``sum_c w_c M_c / sum_c w_c``, ``w_c = s_c``
-   (objects) or ``s_c * face score`` (humans). When nothing heard is grounded the map falls back to the
-   default method's cue, synchrony x objectness (:mod:`avloc.methods.avsync_prior`), and the frame is an
-   off-screen candidate.
-3. **On/off-screen**: a logistic model of the evidence (:mod:`.onscreen`), calibrated on real footage.
+1. **Audio events**: YAMNet (Plakal & Ellis 2020, torch port :mod:`.yamnet`) -> 521 AudioSet scores ``a``;
+   the heard classes are the top ``top_k`` with ``a_c >= min_score``.
+2. **Grounding** of each heard class by its kind (:mod:`.grounding`, :mod:`.mapping`, ``sound_map.json``):
+   *objects* on the detector's instances of their COCO categories (Lin et al., ECCV 2014) or the class
+   activation maps (Zhou et al., CVPR 2016) of their ImageNet classes, each with its descendants in the
+   AudioSet hierarchy (:mod:`.hierarchy`: "Music" grounds on the visible instruments); *human* sounds on
+   faces (YuNet, :mod:`.faces`), the speaker chosen by audio-mouth synchrony (Hershey & Movellan 1999);
+   sounds with *no visual counterpart* on the synchrony x objectness fallback cue.
+3. **On/off-screen** (:mod:`.onscreen`): each source's own P(visible) from the evidence for it (monotone:
+   more evidence never lowers it), and the frame's as their noisy-OR by relative audibility.
+4. **The frame's map**: the sources' maps weighted by ``a_s * P(s visible)``; the fallback cue when no heard
+   source is grounded.
 
 The pipeline calls :meth:`AVSemantic.analyse_clip` (declared by ``Capability.SOURCES``) with runs of
 consecutive frames plus ``clip_context_seconds`` of context each side (synchrony and speaker choice need
@@ -30,6 +22,7 @@ time); ``localize`` (single frames) runs the same analysis on a one-frame clip.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +36,14 @@ from avloc.frontends.audio import AudioFrontendConfig
 from avloc.frontends.image import ImageConfig
 from avloc.methods import register_method
 from avloc.methods.avsemantic import onscreen as onscreen_model
+from avloc.methods.avsemantic.grounding import (
+    FrameInputs,
+    GroundingConfig,
+    centre_map,
+    ground_human,
+    ground_none,
+    ground_object,
+)
 from avloc.methods.avsync_prior import frame_envelope, synchrony_maps
 from avloc.methods.base import (
     Capability,
@@ -60,8 +61,6 @@ log = logging.getLogger(__name__)
 YAMNET_WINDOW_SECONDS = 0.975
 YAMNET_RATE = 16000
 YAMNET_SAMPLES = 15600
-#: map-centring floor: a source map whose peak does not exceed its mean by this is empty
-MAP_EPS = 1e-6
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -75,37 +74,14 @@ def fit_window(audio: torch.Tensor, n: int) -> torch.Tensor:
     return F.pad(audio, (left, n - have - left))
 
 
-def visible_mass(probs: np.ndarray, indices: list[int]) -> float:
-    """How visible a set of ImageNet classes is: its softmax mass above what a uniform guess gives it,
-    ``max(0, P(I) - |I| / C) / (1 - |I| / C)`` -- 0 for a picture that says nothing about the set (a flat
-    grey frame gives "every vehicle" its chance share), comparable between one class and a union of hundreds."""
-    prior = len(indices) / probs.shape[-1]
-    return max(0.0, float(probs[indices].sum()) - prior) / max(1.0 - prior, 1e-6)
-
-
-def centre_map(m: torch.Tensor, support: float = 0.0) -> torch.Tensor:
-    """The part of a map that stands out, peak 1, exact zeros elsewhere; (h, w).
-
-    ``c = relu(m - mean(m))``, then cells below ``support`` x its peak are zeroed (the rest keeps its value):
-    a tight support matters for median binarisation (VGG-SS protocol), which predicts every non-zero cell of a
-    map that is zero on more than half the frame.
-    """
-    c = F.relu(m - m.mean())
-    peak = c.max()
-    if not float(peak) > MAP_EPS:
-        return torch.zeros_like(m)
-    c = c / peak
-    return torch.where(c >= support, c, torch.zeros_like(c)) if support > 0 else c
-
-
-@dataclass
-class _Faces:
-    """Faces of one frame in model-input pixels: rows ``[x, y, w, h, 10 landmarks, score]``."""
-
-    rows: np.ndarray  # (K, 15)
-
-
 # --------------------------------------------------------------------------- the model
+#: on-screen model fitted by ``python -m avloc.methods.avsemantic.fit_onscreen`` (docs/RESULTS.md, "On/off-screen")
+DEFAULT_ONSCREEN_BIAS: dict[str, float] = {"object": -1.0, "human": -1.0, "narration": -1.0, "none": -1.0}
+DEFAULT_ONSCREEN_WEIGHTS: dict[str, tuple[float, ...]] = {
+    "object": (8.0, 8.0), "human": (2.0, 4.0, 2.0), "narration": (1.0, 4.0, 1.0), "none": (2.0,),
+}
+
+
 @dataclass
 class AVSemanticConfig(MethodConfig):
     """Audio-event grounding (module doc). Defaults: docs/localize.md, fitted values in docs/RESULTS.md."""
@@ -125,8 +101,12 @@ class AVSemanticConfig(MethodConfig):
     cam_strides: tuple[int, ...] = (16, 32)
     #: sound map: "v2" (every AudioSet class, sound_map.json) or "legacy" (the old 42 object groups)
     mapping: str = "v2"
-    #: generic classes grounded through another class's ImageNet set
-    borrow: dict[str, str] = field(default_factory=lambda: {"Music": "Musical instrument"})
+    #: generic classes ground on their descendants' visible instances (AudioSet hierarchy); ``False``: ablation
+    use_hierarchy: bool = True
+    #: object instances: at most this many per heard class; a CAM instance's box is its map's connected
+    #: support above ``box_support`` x its peak
+    max_instances: int = 4
+    box_support: float = 0.5
     #: human sounds -> faces (YuNet); ``False``: human sounds are not grounded (ablation)
     use_faces: bool = True
     #: weight of the upper body next to the head in a person's map (the sound comes from the head)
@@ -143,21 +123,27 @@ class AVSemanticConfig(MethodConfig):
     sync_spread: int = 13
     sync_w_motion: float = 0.5
     sync_floor: float = 0.1
-    #: on-screen logistic model over (object, human, speaker, unseen, narration), see :mod:`.onscreen`
-    #: fitted on the 39 labelled frames of realclips_dev (5 off-screen), class-balanced IRLS, 2026-12-02:
-    #: ``python bench/paper/avsemantic/realclips.py --fit-onscreen`` (leave-one-clip-out balanced accuracy 0.650, docs/RESULTS.md)
-    onscreen_weights: tuple[float, ...] = (0.672, 0.086, -0.248, 0.635, 0.056)
-    onscreen_bias: float = 4.125
+    #: the on-screen model (:mod:`.onscreen`): per evidence group a bias and non-negative weights
+    onscreen_bias: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_ONSCREEN_BIAS))
+    onscreen_weights: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(DEFAULT_ONSCREEN_WEIGHTS))
 
-    def validate(self) -> None:
-        if self.top_k < 1:
-            raise ConfigError(f"avsemantic top_k must be >= 1, got {self.top_k}")
-        if not 0 <= self.min_score < 1 or not 0 <= self.min_visible < 1:
-            raise ConfigError("avsemantic min_score and min_visible must be in [0, 1)")
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or self.max_instances < 1:
+            raise ConfigError(f"avsemantic top_k and max_instances must be >= 1, got {self.top_k}, {self.max_instances}")
+        for k in ("min_score", "min_visible", "support", "box_support", "sync_floor"):
+            v = getattr(self, k)
+            if not (isinstance(v, int | float) and 0 <= v < 1):
+                raise ConfigError(f"avsemantic {k} must be in [0, 1), got {v!r}")
         if self.mapping not in ("v2", "legacy"):
             raise ConfigError(f"avsemantic mapping must be v2 or legacy, got {self.mapping!r}")
-        if len(self.onscreen_weights) != len(onscreen_model.FEATURES):
-            raise ConfigError(f"onscreen_weights needs {len(onscreen_model.FEATURES)} values")
+        self.onscreen_model()  # checks the groups, and the weights' signs
+
+    def validate(self) -> None:
+        """Re-check after fields were changed in place (construction already checks)."""
+        self.__post_init__()
+
+    def onscreen_model(self) -> onscreen_model.OnscreenModel:
+        return onscreen_model.OnscreenModel(self.onscreen_bias, self.onscreen_weights)
 
 
 @register_method("avsemantic")
@@ -183,28 +169,12 @@ class AVSemantic(LocalizationMethod):
         if self._parts:
             return
         from avloc.methods.avsemantic.cam import ImageNetEvidence
-        from avloc.methods.avsemantic.mapping import SoundMap, load_sound_map
         from avloc.methods.avsemantic.yamnet import load_yamnet, yamnet_class_names
 
         # float arithmetic (not the bit-level emulation of TFLite's int8 kernels the port is tested with)
         self._tagger = load_yamnet(device, match_tflite=False)
-        names = yamnet_class_names()
-        smap = load_sound_map(class_names=names)
-        if self.cfg.mapping == "legacy":  # ablation: the 42 object groups of the old --audio-tagger mode
-            from avloc.inference.semantic import MAPPING_FILE
-
-            smap = SoundMap.from_legacy_groups(MAPPING_FILE, class_names=names)
         self._evidence = ImageNetEvidence(self.cfg.cam_strides).to(device).eval()
-        sets: list[list[int]] = [list(smap.imagenet[i]) for i in range(len(names))]
-        for child, parent in self.cfg.borrow.items():
-            if child not in names or parent not in names:
-                raise ConfigError(f"avsemantic borrow: {child!r} -> {parent!r}: not an AudioSet class of YAMNet")
-            sets[names.index(child)] = list(smap.imagenet[names.index(parent)])
-        kinds = [str(k) for k in smap.kind_names]
-        for child in self.cfg.borrow:
-            if sets[names.index(child)]:
-                kinds[names.index(child)] = "object"
-        self._parts = {"names": names, "map": smap, "sets": sets, "kinds": kinds}
+        self._parts = {"classes": _visual_sets(yamnet_class_names(), self.cfg)}
         if self.cfg.use_faces:
             from avloc.methods.avsemantic.faces import FaceConfig, FaceDetector
 
@@ -237,109 +207,81 @@ class AVSemantic(LocalizationMethod):
     ) -> ClipAnalysis:
         """Frames (T, 3, S, S) in [0, 1], centred windows (T, N) at 16 kHz, times (T,) s -> analysis of ``frames[keep]``."""
         keep = keep if keep is not None else slice(None)
-        device = frames.device
-        self._build(device)
-        names, sets, kinds = self._parts["names"], self._parts["sets"], self._parts["kinds"]
-        smap = self._parts["map"]
-        cfg = self.cfg
+        self._build(frames.device)
+        cfg, classes = self.cfg, self._parts["classes"]
         idx = list(range(frames.shape[0]))[keep]
-        kf, ka = frames[keep], audio[keep]
-        scores = self._tagger(fit_window(ka.float(), YAMNET_SAMPLES)).cpu().numpy()  # (T', 521)
-        ev = self._evidence(kf)
-        probs = ev.probs.cpu().numpy()  # (T', 1000)
+        scores = self._tagger(fit_window(audio[keep].float(), YAMNET_SAMPLES)).cpu().numpy()  # (T', 521)
+        heard_all = [[int(c) for c in np.argsort(-s)[: cfg.top_k] if s[c] >= cfg.min_score] for s in scores]
+        ev = self._evidence(frames[keep])
         s_img = frames.shape[-1]
         out_hw = (s_img // 8, s_img // 8)  # stride-8 output grid (finer than either CAM)
-        fallback = self._fallback(frames, audio, times, keep, ev.objectness, out_hw)  # (T', h, w)
-        heard_all = [[int(c) for c in np.argsort(-s)[: cfg.top_k] if s[c] >= cfg.min_score] for s in scores]
-        hears_people = any(kinds[c] == "human" for h in heard_all for c in h)
+        fallback, motion = self._fallback(frames, audio, times, keep, ev.objectness, out_hw)  # (T', h, w), (T',)
+        hears_people = any(classes.kinds[c] == "human" for h in heard_all for c in h)
         # faces only where a human sound is heard (YuNet also fires on animal faces, and costs time)
         faces, speaker = self._faces_and_speaker(frames, audio, times, idx) if cfg.use_faces and hears_people else ({}, {})
+        probs = ev.probs.cpu().numpy()  # (T', 1000)
+        model = cfg.onscreen_model()
         maps, onscreen, sources, details = [], [], [], []
         for k, j in enumerate(idx):
-            s = scores[k]
-            heard = heard_all[k]
-            frame_sources: list[HeardSource] = []
-            weighted: list[tuple[float, torch.Tensor]] = []
-            feats = {"object": 0.0, "human": 0.0, "speaker": 0.0, "unseen": 0.0, "narration": 0.0}
-            rows = faces.get(j, np.zeros((0, 15), np.float32))
-            person: torch.Tensor | None = None
-            for c in heard:
-                kind, sc = kinds[c], float(s[c])
-                if bool(smap.offscreen_prior[c]):
-                    feats["narration"] = max(feats["narration"], sc)
-                if kind == "object" and sets[c]:
-                    v = visible_mass(probs[k], sets[c])
-                    feats["object"] = max(feats["object"], sc * v)
-                    if v >= cfg.min_visible:
-                        m = centre_map(self._evidence.cam(ev, k, sets[c], out_hw), cfg.support)
-                        top = int(np.asarray(sets[c])[np.argmax(probs[k, sets[c]])])
-                        frame_sources.append(HeardSource(names[c], sc, kind, f"imagenet:{top}", m, {"visible": round(v, 4)}))
-                        weighted.append((sc, m))
-                        continue
-                    frame_sources.append(HeardSource(names[c], sc, kind, "not visible", None, {"visible": round(v, 4)}))
-                elif kind == "human" and cfg.use_faces:
-                    if len(rows):
-                        face_score = float(rows[:, 14].max())
-                        feats["human"] = max(feats["human"], sc * face_score)
-                        who = speaker.get(j)
-                        feats["speaker"] = max(feats["speaker"], float(who[1]) if who is not None else 0.0)
-                        if person is None:
-                            person = self._person_map(rows, None if who is None else who[0], out_hw, s_img)
-                        face_id = "all faces" if who is None else f"face {who[0]}"
-                        frame_sources.append(
-                            HeardSource(names[c], sc, kind, face_id, person, {"faces": len(rows), "face_score": round(face_score, 4)})
-                        )
-                        weighted.append((sc * face_score, person))
-                        continue
-                    frame_sources.append(HeardSource(names[c], sc, kind, "no face", None, {}))
-                elif kind == "human":  # faces switched off (ablation)
-                    frame_sources.append(HeardSource(names[c], sc, kind, "faces off", None, {}))
-                else:
-                    feats["unseen"] = max(feats["unseen"], sc)
-                    frame_sources.append(HeardSource(names[c], sc, kind, "no visual counterpart", None, {}))
-            if weighted:
-                wts = torch.tensor([w for w, _ in weighted], dtype=torch.float32, device=device)
-                m = torch.einsum("k,khw->hw", wts / wts.sum(), torch.stack([mm.to(device) for _, mm in weighted]))
-            else:
-                m = fallback[k]
-            p = onscreen_model.onscreen_probability(feats, cfg.onscreen_weights, cfg.onscreen_bias)
-            maps.append(m)
+            f = FrameInputs(
+                probs=probs[k], cam=functools.partial(self._cam, ev, k, out_hw), detections=[],
+                faces=faces.get(j, np.zeros((0, 15), np.float32)), speaker=speaker.get(j), fallback=fallback[k],
+                motion=float(motion[k]), out_hw=out_hw, side=s_img,
+            )
+            srcs = [self._ground(f, int(c), float(scores[k, c])) for c in heard_all[k]]
+            for h in srcs:
+                h.onscreen = model.source_probability(_evidence_of(h, classes))
+            p = model.frame_probability([_evidence_of(h, classes) for h in srcs], float(motion[k]))
+            maps.append(_frame_map(srcs, fallback[k]))
             onscreen.append(p)
-            sources.append(frame_sources)
-            who = speaker.get(j)
-            chosen = None
-            if who is not None:
-                from avloc.methods.avsemantic.faces import head_box
+            sources.append(srcs)
+            details.append(_details(srcs, f, s_img))
+        return ClipAnalysis(torch.stack(maps).to(frames.device), torch.tensor(onscreen, dtype=torch.float32), sources,
+                            details)
 
-                chosen = SpeakerChoice(who[2], head_box(rows[who[0]], (s_img, s_img)), float(who[1]))
-            details.append(FrameDetails({a: round(b, 5) for a, b in feats.items()}, bool(weighted), len(rows), chosen))
-        return ClipAnalysis(torch.stack(maps), torch.tensor(onscreen, dtype=torch.float32), sources, details)
+    def _cam(self, ev: Any, k: int, out_hw: tuple[int, int], indices: list[int]) -> torch.Tensor:
+        return self._evidence.cam(ev, k, indices, out_hw).cpu()
+
+    def _ground(self, f: FrameInputs, c: int, score: float) -> HeardSource:
+        """One heard class in one frame, by its kind (:mod:`.grounding`)."""
+        from avloc.methods.avsemantic.faces import head_box
+
+        cls, cfg = self._parts["classes"], self.cfg
+        name, kind = cls.names[c], cls.kinds[c]
+        g = GroundingConfig(cfg.min_visible, cfg.support, 0.0, cfg.max_instances, cfg.box_support)
+        if kind == "object":
+            return ground_object(f, g, name, score, cls.imagenet[c], cls.parts[c], cls.coco[c])
+        if kind == "human":
+            if not cfg.use_faces:
+                return HeardSource(name, score, "human", "faces off", None, {})
+            return ground_human(f, g, name, score, functools.partial(self._person_weights, out_hw=f.out_hw, s_img=f.side),
+                                lambda row: head_box(row, (f.side, f.side)), None)
+        return ground_none(f, name, score)
 
     def _fallback(
         self, frames: torch.Tensor, audio: torch.Tensor, times: torch.Tensor, keep: slice, objectness: torch.Tensor,
         out_hw: tuple[int, int],
-    ) -> torch.Tensor:
-        """Synchrony x objectness (the default method's cue) for ``frames[keep]``, centred: (T', h, w)."""
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """Synchrony x objectness (the default method's cue) for ``frames[keep]``, centred: (T', h, w); and the
+        motion evidence of each kept frame: the peak of its motion-audio synchrony map (T',) in [0, 1]."""
         obj = F.interpolate(objectness[:, None], size=out_hw, mode="bilinear", align_corners=False)[:, 0]
+        motion = np.zeros(obj.shape[0])
         if self.cfg.use_synchrony and frames.shape[0] > 2:
             env = frame_envelope(audio, times, self.cfg.audio.sample_rate)
             dt = float(torch.median(times[1:] - times[:-1]).clamp_min(1e-3))
             half = max(1, round(self.cfg.context_seconds / dt))
             sync = synchrony_maps(frames, env, half, self.cfg.sync_grid, self.cfg.sync_w_motion, self.cfg.sync_blur,
                                   self.cfg.sync_spread)[keep]
+            motion = sync.flatten(1).amax(1).clamp(0, 1).cpu().numpy()
             sync = F.interpolate(sync[:, None], size=out_hw, mode="bilinear", align_corners=False)[:, 0]
             obj = obj * (self.cfg.sync_floor + sync)
-        return torch.stack([centre_map(m, self.cfg.support) for m in obj])
+        return torch.stack([centre_map(m, self.cfg.support) for m in obj]).cpu(), motion
 
-    def _person_map(self, rows: np.ndarray, who: int | None, out_hw: tuple[int, int], s_img: int) -> torch.Tensor:
+    def _person_weights(self, rows: np.ndarray, weights: np.ndarray, out_hw: tuple[int, int], s_img: int) -> np.ndarray:
+        """Soft person map (h, w) of faces ``rows`` weighted by ``weights`` (:func:`.faces.person_map`)."""
         from avloc.methods.avsemantic.faces import person_map
 
-        weights = rows[:, 14].astype(np.float64)
-        if who is not None:
-            weights = np.zeros(len(rows))
-            weights[who] = 1.0
-        m = person_map(rows, weights, (out_hw[1], out_hw[0]), (s_img, s_img), body_weight=self.cfg.body_weight)
-        return centre_map(torch.as_tensor(np.asarray(m, np.float32)), self.cfg.support)
+        return person_map(rows, weights, (out_hw[1], out_hw[0]), (s_img, s_img), body_weight=self.cfg.body_weight)
 
     def _faces_and_speaker(
         self, frames: torch.Tensor, audio: torch.Tensor, times: torch.Tensor, idx: list[int]
@@ -382,3 +324,80 @@ class AVSemantic(LocalizationMethod):
             bc = np.asarray(box[:2]) + np.asarray(box[2:4]) / 2
             speaker[j] = (int(np.argmin(((centres - bc) ** 2).sum(1))), float(sc[best]), int(best))
         return faces, speaker
+
+
+
+# --------------------------------------------------------------------------- helpers of the analysis
+@dataclass(frozen=True)
+class _ClassSets:
+    """Per YAMNet class: name, kind, and the visual sets grounding uses (module doc of :mod:`.grounding`)."""
+
+    names: list[str]
+    kinds: list[str]
+    narration: list[bool]
+    imagenet: list[list[int]]  # its own ImageNet classes and its descendants'
+    coco: list[list[int]]  # its own COCO labels and its descendants'
+    parts: list[list[tuple[str, list[int]]]]  # CAM instance candidates: itself and its descendants with their sets
+
+
+def _visual_sets(names: list[str], cfg: AVSemanticConfig) -> _ClassSets:
+    """The sound map (``cfg.mapping``) widened by the AudioSet hierarchy (``cfg.use_hierarchy``)."""
+    from avloc.methods.avsemantic.hierarchy import AudioSetHierarchy
+    from avloc.methods.avsemantic.mapping import SoundMap, load_sound_map
+
+    smap = load_sound_map(class_names=names)
+    if cfg.mapping == "legacy":  # ablation: the 42 object groups of the old --audio-tagger mode
+        from avloc.methods.avsemantic.mapping import LEGACY_MAPPING_FILE
+
+        smap = SoundMap.from_legacy_groups(LEGACY_MAPPING_FILE, class_names=names)
+    kinds = [str(k) for k in smap.kind_names]
+    own_in = [list(smap.imagenet[i]) for i in range(len(names))]
+    own_co = [list(smap.coco[i]) if kinds[i] == "object" else [] for i in range(len(names))]
+    below = [[] for _ in names] if not cfg.use_hierarchy else [
+        [j for j in AudioSetHierarchy.load(names).descendant_indices(n) if kinds[j] == "object"] for n in names]
+    imagenet = [sorted(set(own_in[i]).union(*(own_in[j] for j in below[i]))) for i in range(len(names))]
+    coco = [sorted(set(own_co[i]).union(*(own_co[j] for j in below[i]))) for i in range(len(names))]
+    parts = []
+    for i, n in enumerate(names):
+        cand = [(n, own_in[i])] + [(names[j], own_in[j]) for j in below[i]]
+        seen: set[tuple[int, ...]] = set()
+        parts.append([(nm, s) for nm, s in cand if s and not (tuple(s) in seen or seen.add(tuple(s)))])  # type: ignore[func-returns-value]
+    for i in range(len(names)):  # a generic class with visible descendants is an object class
+        if kinds[i] == "none" and (imagenet[i] or coco[i]):
+            kinds[i] = "object"
+    return _ClassSets(names, kinds, [bool(v) for v in smap.offscreen_prior], imagenet, coco, parts)
+
+
+def _evidence_of(h: HeardSource, classes: _ClassSets) -> onscreen_model.HeardEvidence:
+    """A grounded source as the on-screen model reads it (its group: narration for offscreen-prior classes)."""
+    group = h.kind
+    if h.kind == "human" and classes.narration[classes.names.index(h.label)]:
+        group = "narration"
+    ev = {k: float(v) for k, v in h.detail.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return onscreen_model.HeardEvidence(group, h.score, ev)
+
+
+def _frame_map(srcs: list[HeardSource], fallback: torch.Tensor) -> torch.Tensor:
+    """The sources' maps weighted by ``score * P(visible)`` (module doc, step 4); the fallback when none is grounded."""
+    weighted = [(h.score * (h.onscreen if h.onscreen is not None else 1.0), h.map) for h in srcs
+                if h.map is not None and h.kind != "none"]
+    total = sum(w for w, _ in weighted)
+    if not weighted or total <= 0:
+        return fallback
+    return sum((w / total) * m for w, m in weighted)  # type: ignore[return-value]
+
+
+def _details(srcs: list[HeardSource], f: FrameInputs, s_img: int) -> FrameDetails:
+    """The frame's per-group evidence summary, faces and chosen speaker."""
+    from avloc.methods.avsemantic.faces import head_box
+
+    feats: dict[str, float] = {"motion": round(f.motion, 5)}
+    for h in srcs:
+        for k, v in h.detail.items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                feats[f"{h.kind}.{k}"] = max(feats.get(f"{h.kind}.{k}", 0.0), round(float(v), 5))
+    chosen = None
+    if f.speaker is not None:
+        chosen = SpeakerChoice(f.speaker[2], head_box(f.faces[f.speaker[0]], (s_img, s_img)), float(f.speaker[1]))
+    grounded = any(h.map is not None and h.kind != "none" for h in srcs)
+    return FrameDetails(feats, grounded, len(f.faces), chosen)
