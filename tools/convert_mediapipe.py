@@ -8,16 +8,17 @@ Without ``--wheel`` the wheel is fetched with ``pip download mediapipe==0.10.21 
 temporary folder (the last version that ships the ``.tflite`` files). From the wheel: the licence
 (``*.dist-info/LICENSE``, Apache-2.0, and ``License: Apache 2.0`` in its METADATA, both checked), and
 
-==========================================================================  ===========================================
+==========================================================================  =================================================
 path in the wheel                                                           written (``avloc/zoo``)
-==========================================================================  ===========================================
-mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite            mediapipe_selfie_segmentation.safetensors
-mediapipe/modules/selfie_segmentation/selfie_segmentation_landscape.tflite  mediapipe_selfie_segmentation_landscape...
-mediapipe/modules/pose_detection/pose_detection.tflite                      mediapipe_pose_detection.safetensors
-mediapipe/modules/pose_landmark/pose_landmark_full.tflite                   mediapipe_pose_landmark_full.safetensors
-==========================================================================  ===========================================
+==========================================================================  =================================================
+mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite            mediapipe/selfie_segmentation.safetensors
+mediapipe/modules/selfie_segmentation/selfie_segmentation_landscape.tflite  mediapipe/selfie_segmentation_landscape.safetensors
+mediapipe/modules/pose_detection/pose_detection.tflite                      mediapipe/pose_detection.safetensors
+mediapipe/modules/pose_landmark/pose_landmark_full.tflite                   mediapipe/pose_landmark_full.safetensors
+==========================================================================  =================================================
 
 plus ``LICENSE-mediapipe.txt`` (where each file came from: package==version, path, sha256; then the licence).
+The weights sit in ``zoo/mediapipe/``, apart from the method checkpoints that ``avloc.methods.zoo`` lists.
 
 The flatbuffers are read with the schema module of ``ai-edge-litert``; no interpreter is run. Every op of a
 graph must be one the torch ports implement (:data:`SUPPORTED`), with the attributes they assume (2x
@@ -75,13 +76,13 @@ class Source:
 
 SOURCES = (
     Source("mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite",
-           "mediapipe_selfie_segmentation.safetensors", SelfieSegmentationNet),
+           "mediapipe/selfie_segmentation.safetensors", SelfieSegmentationNet),
     Source("mediapipe/modules/selfie_segmentation/selfie_segmentation_landscape.tflite",
-           "mediapipe_selfie_segmentation_landscape.safetensors", SelfieSegmentationNet),
+           "mediapipe/selfie_segmentation_landscape.safetensors", SelfieSegmentationNet),
     Source("mediapipe/modules/pose_detection/pose_detection.tflite",
-           "mediapipe_pose_detection.safetensors", PoseDetectorNet),
+           "mediapipe/pose_detection.safetensors", PoseDetectorNet),
     Source("mediapipe/modules/pose_landmark/pose_landmark_full.tflite",
-           "mediapipe_pose_landmark_full.safetensors", PoseLandmarkNet),
+           "mediapipe/pose_landmark_full.safetensors", PoseLandmarkNet),
 )  # fmt: skip
 #: ops the torch ports implement (builtin names; the custom op by its custom code)
 SUPPORTED = {

@@ -233,8 +233,8 @@ def to_range(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- zoo
 def zoo_file(name: str) -> Path:
-    """Path of ``avloc/zoo/NAME`` in the installed package (it may not exist)."""
-    res = importlib.resources.files("avloc") / "zoo" / name
+    """Path of ``avloc/zoo/NAME`` (``NAME`` may hold a ``/``) in the installed package (it may not exist)."""
+    res = importlib.resources.files("avloc").joinpath("zoo", *name.split("/"))
     return Path(str(res))
 
 

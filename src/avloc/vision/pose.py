@@ -20,12 +20,15 @@ the ``mediapipe==0.10.21`` wheel (Apache-2.0; converted by ``tools/convert_media
    heatmap that refines each landmark (``RefineLandmarksFromHeatmapCalculator``); landmarks and mask are
    projected back to the image (``LandmarkProjectionCalculator``, ``WarpAffineCalculator``).
 
-MediaPipe's ``PoseLandmarkCpu`` keeps only the best detection and tracks it over frames; here each image is
-processed on its own and the landmark model runs on up to :attr:`PoseConfig.max_people` detections.
 Coordinates are MediaPipe's: a normalised x times the image width, so the image spans [0, W] x [0, H].
 
-Differences with MediaPipe (all below the networks' own float error): MediaPipe warps 8-bit pixels with
-OpenCV's fixed-point bilinear weights; here float pixels are sampled with ``grid_sample``.
+Differences with MediaPipe's ``PoseLandmarkCpu`` graph, by design: it keeps only the best detection and then
+tracks it over frames from the landmarks (``PoseLandmarksToRoi``), smoothing landmarks and mask over time
+(``PoseLandmarkFiltering``, ``PoseSegmentationFiltering``); here every image is processed on its own
+(detection each time, no temporal filter) and the landmark model runs on up to
+:attr:`PoseConfig.max_people` detections, each person with its own mask. In the arithmetic: MediaPipe warps
+8-bit pixels with OpenCV's fixed-point bilinear weights and rounds the crop to 8 bits; here float pixels are
+sampled with ``grid_sample`` and not rounded (differences of the order of one 8-bit level in the crop).
 """
 
 from __future__ import annotations
@@ -54,8 +57,9 @@ from avloc.vision._tflite import (
     warp_rois,
 )
 
-DETECTOR_FILE = "mediapipe_pose_detection.safetensors"
-LANDMARK_FILE = "mediapipe_pose_landmark_full.safetensors"
+#: zoo files (under avloc/zoo)
+DETECTOR_FILE = "mediapipe/pose_detection.safetensors"
+LANDMARK_FILE = "mediapipe/pose_landmark_full.safetensors"
 #: BlazePose's 33 landmarks (MediaPipe ``PoseLandmark``)
 LANDMARK_NAMES = (
     "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye", "right_eye_outer",

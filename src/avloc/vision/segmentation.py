@@ -41,10 +41,10 @@ from avloc.vision._tflite import (
     warp_rois,
 )
 
-#: zoo file and input (height, width) of each variant (MediaPipe's ``model_selection`` 0 and 1)
+#: zoo file (under avloc/zoo) and input (height, width) of each variant (MediaPipe's ``model_selection`` 0 and 1)
 VARIANTS = {
-    "general": ("mediapipe_selfie_segmentation.safetensors", (256, 256)),
-    "landscape": ("mediapipe_selfie_segmentation_landscape.safetensors", (144, 256)),
+    "general": ("mediapipe/selfie_segmentation.safetensors", (256, 256)),
+    "landscape": ("mediapipe/selfie_segmentation_landscape.safetensors", (144, 256)),
 }
 
 
