@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from avloc.errors import ConfigError
 from avloc.frontends.image import PAD_VALUE, ImageConfig, crop_geometry, preprocess_image, transform_boxes
 from avloc.inference.postprocess import boxes_to_source, unwarp_map
-from avloc.errors import ConfigError
 from avloc.methods.avsemantic.grounding import centre_map
 from avloc.methods.avsemantic.method import fit_window
 from avloc.methods.avsemantic.onscreen import (
@@ -108,7 +108,7 @@ def test_onscreen_loss_gradient_matches_finite_differences() -> None:
     terms = _frame_terms(frames, list(rng.random(30)))
     theta = _model(5).vector()
     w = np.full(30, 1 / 30)
-    f0, g = _loss(theta, terms, y, w, 0.1)
+    _f0, g = _loss(theta, terms, y, w, 0.1)
     num = np.zeros_like(theta)
     for i in range(len(theta)):
         d = np.zeros_like(theta)
