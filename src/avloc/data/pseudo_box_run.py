@@ -204,7 +204,6 @@ def run_pseudo_boxes(
     from avloc.data.manifest import read_manifest
     from avloc.io.atomic import write_text_atomic
 
-    cfg.validate()
     batch.validate()
     src, dst = Path(manifest), Path(out)
     check_out(dst, batch.force)  # before loading anything

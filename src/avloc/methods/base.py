@@ -63,6 +63,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from avloc.config import ConfigValueError, check_range
 from avloc.errors import ConfigError, DataError
 from avloc.frontends.audio import AudioFrontendConfig
 from avloc.frontends.image import ImageConfig
@@ -165,9 +166,20 @@ def _methods_with(capability: Capability) -> list[str]:
     return [n for n in METHODS.names() if capability in METHODS.get(n).capabilities]
 
 
+#: widest layer a method config may ask for (channels, units): 2x the 4096-unit layers of VGG, the widest
+#: network of the field; beyond it a typo (a checkpoint header with a 2^40-wide layer is refused, not allocated)
+MAX_WIDTH = 8192
+
+
+def check_widths(low: int = 1, /, **widths: int) -> None:
+    """Each of ``widths`` (setting name -> value) lies in ``[low, MAX_WIDTH]`` (``low=0``: optional hidden layers)."""
+    for name, value in widths.items():
+        check_range(name, value, low, MAX_WIDTH)
+
+
 @dataclass
 class MethodConfig:
-    """Fields every method config has: preprocessing and encoders."""
+    """Fields every method config has: preprocessing and encoders (validated when built, ``__post_init__``)."""
 
     audio: AudioFrontendConfig = field(default_factory=AudioFrontendConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
@@ -176,6 +188,11 @@ class MethodConfig:
     audio_encoder: str = "resnet18_audio"
     audio_encoder_kwargs: dict[str, Any] = field(default_factory=dict)
     freeze_visual: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("visual_encoder", "audio_encoder"):
+            if not getattr(self, name):
+                raise ConfigValueError(name, "must name a registered encoder (see `avloc info`), got an empty name")
 
 
 class LocalizationMethod(nn.Module):
