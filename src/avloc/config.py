@@ -200,6 +200,21 @@ def config_from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
         raise ConfigError(f"{where}: {e}") from None
 
 
+def check_kwargs(fn: Any, kwargs: dict[str, Any], where: str) -> dict[str, Any]:
+    """``kwargs`` for calling ``fn``, checked like config fields against its annotated signature.
+
+    Unknown names raise listing the valid ones; each value is checked (and converted) by its annotation.
+    """
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    hints = typing.get_type_hints(fn)
+    unknown = sorted(set(kwargs) - set(params), key=str)
+    if unknown:
+        raise ConfigError(f"{where}: unknown arguments {unknown}; valid: {sorted(params)}")
+    return {k: _coerce(hints.get(k, Any), v, f"{where}.{k}") for k, v in kwargs.items()}
+
+
 def _parse_value(text: str) -> Any:
     try:
         return json.loads(text)

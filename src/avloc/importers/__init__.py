@@ -227,7 +227,7 @@ def layout_problems(state: StateDict) -> list[str]:
 
 def width_of(state: StateDict, key: str) -> int:
     """The output width (first dimension) of the weight ``state[key]``, checked before it sizes a model."""
-    from avloc.methods.base import MAX_WIDTH
+    from avloc.encoders.base import MAX_WIDTH
 
     v = state.get(key)
     if v is None:

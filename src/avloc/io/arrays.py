@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import tokenize
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,7 +147,7 @@ class NpzArchive(Mapping[str, np.ndarray]):
         try:
             with self._zip.open(info) as f:
                 data = f.read(n)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as e:
+        except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as e:
             raise DataError(f"{where}: unreadable ({_first_line(e)})") from None
         if len(data) < n:
             raise DataError(f"{where}: truncated ({len(data)} of {n} bytes)")

@@ -63,7 +63,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from avloc.config import ConfigValueError, check_range
+from avloc.config import ConfigValueError
+from avloc.encoders.base import MAX_WIDTH, check_widths  # noqa: F401  (re-exported for method configs)
 from avloc.errors import ConfigError, DataError
 from avloc.frontends.audio import AudioFrontendConfig
 from avloc.frontends.image import ImageConfig
@@ -164,17 +165,6 @@ def _methods_with(capability: Capability) -> list[str]:
     from avloc.registry import METHODS
 
     return [n for n in METHODS.names() if capability in METHODS.get(n).capabilities]
-
-
-#: widest layer a method config may ask for (channels, units): 2x the 4096-unit layers of VGG, the widest
-#: network of the field; beyond it a typo (a checkpoint header with a 2^40-wide layer is refused, not allocated)
-MAX_WIDTH = 8192
-
-
-def check_widths(low: int = 1, /, **widths: int) -> None:
-    """Each of ``widths`` (setting name -> value) lies in ``[low, MAX_WIDTH]`` (``low=0``: optional hidden layers)."""
-    for name, value in widths.items():
-        check_range(name, value, low, MAX_WIDTH)
 
 
 @dataclass
