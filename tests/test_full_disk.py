@@ -104,3 +104,32 @@ def test_cli_write_past_a_file_size_limit_is_one_line_exit_2(tmp_path: Path) -> 
     assert len(lines) == 1 and "m.safetensors" in lines[0] and "File too large" in lines[0], res.stderr
     assert out.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lvs.pth", "m.safetensors"]
+
+
+def test_wav_and_text_writers_keep_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``write_wav`` (libsndfile alone reports a full disk as "system error" and leaves half a file) and the
+    atomic text/bytes writers: ENOSPC midway is an OSError naming the file, and the previous file stays."""
+    import numpy as np
+
+    from avloc.io.atomic import write_text_atomic
+    from avloc.io.audio import write_wav
+
+    wav, txt = tmp_path / "a.wav", tmp_path / "m.jsonl"
+    write_wav(wav, np.zeros(800, np.float32), 8000)
+    write_text_atomic(txt, "previous\n")
+    before = wav.read_bytes()
+    real = Path.write_bytes
+
+    def half_then_full(self: Path, data: bytes) -> int:  # type: ignore[override]
+        real(self, bytes(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_full)
+    with pytest.raises(OSError) as info:
+        write_wav(wav, np.ones(800, np.float32), 8000)
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.setattr(Path, "write_text", lambda self, text: half_then_full(self, text.encode()))
+    with pytest.raises(OSError):
+        write_text_atomic(txt, "new\n" * 100)
+    assert wav.read_bytes() == before and txt.read_text() == "previous\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "m.jsonl"]
