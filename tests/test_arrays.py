@@ -128,18 +128,17 @@ def test_zip_bomb_is_refused_from_the_directory(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_eval_of_a_4_8_gb_zip_bomb_stays_small(tmp_path: Path) -> None:
     """The campaign's case: a ~5 MB ``.npz`` inflating to 4.8 GB; ``avloc eval`` refuses it in well under 1 GB."""
-    import resource
     import subprocess
     import sys
 
     pred = _bomb(tmp_path / "bomb.npz", 48 * 10**8)
     gt = tmp_path / "gt.json"
     gt.write_text(json.dumps([{"file": "clip", "class": "x", "bbox": [[0.1, 0.1, 0.5, 0.5]]}]))
-    code = ("import resource, sys\nfrom avloc.cli.main import main\nrc = main(sys.argv[1:])\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(rc)")
+    code = ("import sys\nfrom avloc.cli.main import main\nrc = main(sys.argv[1:])\n"
+            "hwm = [line for line in open('/proc/self/status') if line.startswith('VmHWM')][0].split()[1]\n"
+            "print(hwm, file=sys.stderr)\nsys.exit(rc)")  # VmHWM: this process's own peak (ru_maxrss counts the parent's)
     res = subprocess.run([sys.executable, "-c", code, "eval", "--gt", str(gt), "--pred", str(pred), "--protocol",
                           "ezvsl-vggss"], capture_output=True, text=True, timeout=300)
-    err, rss_kb = res.stderr.strip().splitlines()
+    err, peak_kb = res.stderr.strip().splitlines()
     assert res.returncode == 2 and "refused before reading" in err
-    assert int(rss_kb) < 2**20  # KiB: under 1 GiB
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 4 * 2**20  # and the test itself never inflated it
+    assert int(peak_kb) < 2**20  # KiB: under 1 GiB

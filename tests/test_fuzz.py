@@ -362,7 +362,7 @@ def _published_lvs() -> dict[str, torch.Tensor]:
 
 
 @st.composite
-def tensors(draw: st.DrawFn) -> torch.Tensor:
+def tensors_(draw: st.DrawFn) -> torch.Tensor:
     """A tensor that is wrong in one way or another: dtype, shape, values, layout, device."""
     kind = draw(st.sampled_from(["dense", "expanded", "strided", "sparse", "meta", "scalar", "nonfinite"]))
     shape = tuple(draw(st.lists(st.integers(0, 5), max_size=4)))
@@ -385,29 +385,52 @@ def tensors(draw: st.DrawFn) -> torch.Tensor:
 
 
 @st.composite
-def published_files(draw: st.DrawFn) -> bytes:
-    state = dict(_published_lvs())
+def published_edits(draw: st.DrawFn) -> tuple[list[tuple[str, str, Any]], bool, int]:
+    """How to damage the published LVS file: tensor edits, then (maybe) byte edits at its head and tail.
+
+    Only the small recipe goes through Hypothesis; :func:`_published_file` builds the ~90 MB file in the test
+    (Hypothesis holding several such examples at once took gigabytes).
+    """
+    keys = sorted(_published_lvs())
+    edits = []
     for _ in range(draw(st.integers(1, 3))):
         op = draw(st.sampled_from(["replace", "drop", "add"]))
-        key = draw(st.sampled_from(sorted(_published_lvs())))
-        if op == "replace":
-            state[key] = draw(tensors())
-        elif op == "drop":
+        key = draw(st.sampled_from(keys)) if op != "add" else draw(st.text(min_size=1, max_size=8))
+        edits.append((op, key, draw(tensors_()) if op != "drop" else None))
+    return edits, draw(st.booleans()), draw(st.integers(0, 2**32 - 1))
+
+
+def _published_file(recipe: tuple[list[tuple[str, str, Any]], bool, int]) -> bytes:
+    edits, damage_bytes, seed = recipe
+    state = dict(_published_lvs())
+    for op, key, tensor in edits:
+        if op == "drop":
             state.pop(key, None)
         else:
-            state[draw(st.text(min_size=1, max_size=8))] = draw(tensors())
+            state[key] = tensor
     buf = io.BytesIO()
     torch.save({"model_state_dict": state}, buf)
-    raw = buf.getvalue()
-    return draw(st.one_of(st.just(raw), mutated_bytes(raw)))
+    raw = bytearray(buf.getvalue())
+    if damage_bytes:  # the pickle and first records, and the zip directory at the end
+        rng = np.random.default_rng(seed)
+        for _ in range(int(rng.integers(1, 5))):
+            i = int(rng.choice([rng.integers(0, 8192), len(raw) - 1 - rng.integers(0, 8192)]))
+            op = int(rng.integers(0, 3))
+            if op == 0:
+                raw[i] ^= int(rng.integers(1, 256))
+            elif op == 1:
+                del raw[i : i + int(rng.integers(1, 16))]
+            else:
+                raw[i:i] = rng.bytes(int(rng.integers(1, 8)))
+    return bytes(raw)
 
 
-@two_tests(published_files(), fast=4, slow=60)
-def _import_property(raw: bytes) -> None:
+@two_tests(published_edits(), fast=4, slow=60)
+def _import_property(recipe: tuple[list[tuple[str, str, Any]], bool, int]) -> None:
     from avloc.importers import import_checkpoint
     from avloc.methods.zoo import load_model
 
-    src = _write("lvs.pth", raw)
+    src = _write("lvs.pth", _published_file(recipe))
     out = src.with_name("m.safetensors")
     try:
         import_checkpoint("lvs", src, out)
@@ -419,3 +442,52 @@ def _import_property(raw: bytes) -> None:
 
 
 test_fuzz_imports, test_fuzz_imports_slow = _import_property
+
+
+# ----------------------------------------------------------------------------- avloc checkpoints (--model)
+
+
+@functools.cache
+def _zoo_checkpoint() -> tuple[dict[str, Any], dict[str, torch.Tensor], bytes]:
+    from safetensors import safe_open
+
+    from avloc.methods.zoo import ZOO_DIR
+
+    path = ZOO_DIR / "lvs-digitscenes.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        header = json.loads(f.metadata()["avloc"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return header, tensors, path.read_bytes()
+
+
+@st.composite
+def avloc_checkpoints(draw: st.DrawFn) -> bytes:
+    from safetensors.torch import save
+
+    header, tensors, raw = _zoo_checkpoint()
+    kind = draw(st.sampled_from(["header", "tensor", "bytes"]))
+    if kind == "bytes":
+        return draw(mutated_bytes(raw[:4096])) + raw[4096:]  # the header and the first tensors
+    tensors = dict(tensors)
+    if kind == "tensor":
+        key = draw(st.sampled_from(sorted(tensors)))
+        t = draw(tensors_())
+        tensors[key] = t.contiguous() if t.layout == torch.strided and not t.is_meta and t.numel() < 2**20 \
+            else torch.zeros(3)
+    meta = json.dumps(draw(mutated(header)) if kind == "header" else header, allow_nan=True)
+    return save(tensors, metadata={"avloc": meta})
+
+
+@two_tests(avloc_checkpoints(), fast=4, slow=60)
+def _checkpoint_property(raw: bytes) -> None:
+    from avloc.methods.zoo import load_model
+
+    p = _write("m.safetensors", raw)
+    try:
+        model = load_model(str(p))
+    except AvlocError:
+        return
+    assert all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
+
+
+test_fuzz_avloc_checkpoints, test_fuzz_avloc_checkpoints_slow = _checkpoint_property

@@ -143,8 +143,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{p}: safetensors file without an avloc header (not written by avloc)")
     try:
         header = json.loads(meta[_META_KEY])
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{p}: corrupt avloc header ({e})") from None
+    except (ValueError, RecursionError) as e:  # not JSON, an integer over the digit limit, nested too deeply
+        raise CheckpointError(f"{p}: corrupt avloc header ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{p}: the avloc header must be a JSON object, got {type(header).__name__}")
     if header.get("format_version") != FORMAT_VERSION:
