@@ -82,7 +82,7 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
     "header too long": (GOOD[:6] + b"\x02\x00" + (10**6).to_bytes(4, "little") + GOOD[12:], "at most 10000"),
     "truncated data": (GOOD[:-10], "truncated or padded"),
     "padded data": (GOOD + b"\0" * 16, "truncated or padded"),
-    "tiny": (b"\x93NU", "truncated (3 of 12 bytes)"),
+    "tiny": (b"\x93NU", "no NumPy magic"),
 }
 
 

@@ -39,6 +39,10 @@ MAX_MEMBER_BYTES = 256 * 2**20
 MAX_HEADER_BYTES = 10_000
 #: dtype kinds a map may have: bool, signed and unsigned integers, floats
 NUMERIC_KINDS = frozenset("biuf")
+#: bytes read from the start of each member while indexing (its header; a whole small map, e.g. 14 x 14)...
+PREFETCH_BYTES = 4096
+#: ... and kept, up to this much in all, so that small maps are not opened twice (5,158 VGG-SS maps: 4.7 MB)
+PREFETCH_BUDGET = 64 * 2**20
 _MAGIC = b"\x93NUMPY"
 _PREFIX = len(_MAGIC) + 2  # magic, major and minor version bytes
 
@@ -112,6 +116,7 @@ class NpzArchive(Mapping[str, np.ndarray]):
             self._zip = zipfile.ZipFile(self.path)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
             raise DataError(f"{self.path}: not a readable .npz archive ({_first_line(e)})") from None
+        self._small: dict[str, bytes] = {}
         try:
             self._members = self._index()
         except BaseException:
@@ -121,6 +126,7 @@ class NpzArchive(Mapping[str, np.ndarray]):
     def _index(self) -> dict[str, tuple[zipfile.ZipInfo, ArrayInfo]]:
         headers: dict[bytes, ArrayInfo] = {}  # thousands of maps share a few headers: each parsed once
         out: dict[str, tuple[zipfile.ZipInfo, ArrayInfo]] = {}
+        kept = 0
         for info in self._zip.infolist():
             where = f"{self.path}: member {info.filename!r}"
             if not info.filename.endswith(".npy") or info.is_dir():
@@ -128,8 +134,9 @@ class NpzArchive(Mapping[str, np.ndarray]):
             if info.file_size > self.max_member_bytes + MAX_HEADER_BYTES:
                 raise DataError(f"{where} inflates to {info.file_size} bytes (at most {self.max_member_bytes} per map): "
                                 "refused before reading")
-            head = self._read(info, where, _PREFIX + 4)
-            head = self._read(info, where, npy_header_length(head, where))
+            first = self._read(info, where, min(info.file_size, PREFETCH_BYTES))
+            n = npy_header_length(first, where)
+            head = first[:n] if n <= len(first) else self._read(info, where, n)
             if head not in headers:
                 headers[head] = parse_npy_header(head, where)
             arr = headers[head]
@@ -139,7 +146,11 @@ class NpzArchive(Mapping[str, np.ndarray]):
             if arr.offset + arr.nbytes != info.file_size:
                 raise DataError(f"{where}: shape {arr.shape} needs {arr.nbytes} bytes of data, the member holds "
                                 f"{info.file_size - arr.offset} (truncated or padded)")
-            out[info.filename[: -len(".npy")]] = (info, arr)
+            name = info.filename[: -len(".npy")]
+            out[name] = (info, arr)
+            if len(first) == info.file_size and kept + len(first) <= PREFETCH_BUDGET:
+                self._small[name] = first  # the whole member, already checked: not opened again
+                kept += len(first)
         return out
 
     def _read(self, info: zipfile.ZipInfo, where: str, n: int) -> bytes:
@@ -159,7 +170,7 @@ class NpzArchive(Mapping[str, np.ndarray]):
 
     def __getitem__(self, name: str) -> np.ndarray:
         info, arr = self._members[name]
-        raw = self._read(info, f"{self.path}: member {info.filename!r}", arr.offset + arr.nbytes)
+        raw = self._small.get(name) or self._read(info, f"{self.path}: member {info.filename!r}", arr.offset + arr.nbytes)
         out = np.frombuffer(raw, dtype=arr.dtype, count=int(np.prod(arr.shape)), offset=arr.offset)
         return out.reshape(arr.shape, order="F" if arr.fortran_order else "C")
 
