@@ -64,7 +64,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from avloc.config import ConfigValueError
-from avloc.encoders.base import MAX_WIDTH, check_widths  # noqa: F401  (re-exported for method configs)
+from avloc.encoders.base import check_widths  # noqa: F401  (re-exported: the range check of method configs)
 from avloc.errors import ConfigError, DataError
 from avloc.frontends.audio import AudioFrontendConfig
 from avloc.frontends.image import ImageConfig

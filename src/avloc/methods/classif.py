@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avloc.config import ConfigValueError
 from avloc.encoders import VisualEncoder, create_encoder, freeze
 from avloc.errors import ConfigError, DataError
 from avloc.frontends.audio import AudioFrontend, AudioFrontendConfig
@@ -385,8 +386,8 @@ class ClassifConfig(MethodConfig):
         check_widths(0, video_3d_layers=self.video_3d_layers, video_2d_layers=self.video_2d_layers)
         if self.fps <= 0 or self.loc_window_seconds <= 0:
             raise ConfigError(f"classif fps and loc_window_seconds must be > 0, got {self.fps}, {self.loc_window_seconds}")
-        if self.num_classes < 2 or self.embed_dim < 1 or self.video_reduce < 1:
-            raise ConfigError(f"classif needs num_classes >= 2, embed_dim >= 1, video_reduce >= 1 (got {self.num_classes}, {self.embed_dim}, {self.video_reduce})")
+        if self.num_classes < 2:
+            raise ConfigValueError("num_classes", f"must be >= 2 (a classifier), got {self.num_classes}")
         if self.heads not in ("individual", "shared", "single"):
             raise ConfigError(f"classif heads must be individual, shared or single, got {self.heads!r}")
 

@@ -670,10 +670,6 @@ class DNMConfig(MethodConfig):
                      spatial_kernel=self.spatial_kernel, convgru_kernel=self.convgru_kernel)
         if self.dot_scale is not None:
             check_positive(dot_scale=self.dot_scale)
-        if self.image.frames < 1:
-            raise ConfigError(f"dnm needs image.frames >= 1 (T frames per segment), got {self.image.frames}")
-        if min(self.embed_dim, self.cls_dim, self.sub_hidden, self.num_classes) < 1:
-            raise ConfigError("dnm embed_dim, cls_dim, sub_hidden and num_classes must be >= 1")
         if self.convgru_kernel % 2 != 1:
             raise ConfigError(f"dnm convgru_kernel must be odd, got {self.convgru_kernel}")
         if self.fusion not in ("static", "cdf") or self.tasks not in ("cls", "avc", "dnm"):

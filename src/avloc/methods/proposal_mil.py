@@ -666,10 +666,6 @@ class ProposalMILConfig(TwoStreamConfig):
         super().__post_init__()
         check_widths(att_dim=self.att_dim, top_k=self.top_k)
         check_widths(0, head_hidden=self.head_hidden, visual_adapter_dim=self.visual_adapter_dim)
-        if self.top_k < 1 or self.embed_dim < 1 or self.att_dim < 1:
-            raise ConfigError(
-                f"top_k, embed_dim and att_dim must be >= 1, got {self.top_k}, {self.embed_dim}, {self.att_dim}"
-            )
         if self.distance_scale <= 0:
             raise ConfigError(f"distance_scale must be > 0, got {self.distance_scale}")
         if self.edu_weight < 0:
