@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 
 from avloc.data.annotations import (
-    flickr_targets,
     load_avsol_json,
     load_flickr_dir,
-    load_gt,
     load_music_json,
     load_vggss_json,
     parse_flickr_xml,
@@ -21,6 +19,7 @@ from avloc.data.annotations import (
 )
 from avloc.errors import DataError
 from avloc.metrics import ops
+from avloc.metrics.groundtruth import flickr_targets, load_gt
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("AVLOC_DATA", REPO.parent / "shared" / "data"))
@@ -93,3 +92,16 @@ def test_avsol_per_frame_annotations(tmp_path: Path) -> None:
     p.write_text(json.dumps({"videos": [{"id": "v", "frames": [{"index": 0, "objects": [{"box": [0, 0, 1, 1], "tag": "loud"}]}]}]}))
     with pytest.raises(DataError, match="unknown tag"):
         load_avsol_json(p)
+
+
+def test_importing_the_parsers_loads_neither_torch_nor_numpy() -> None:
+    """``avloc.data.annotations`` (and the manifest reader) are torch-free: ``avloc eval --gt`` stays light."""
+    import subprocess
+    import sys
+
+    code = ("import sys, avloc.data.annotations, avloc.data.manifest, avloc.metrics.groundtruth\n"
+            "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['numpy']"  # numpy: the metrics package's; the parsers themselves need neither
+    code = "import sys, avloc.data.annotations, avloc.data.manifest\nprint(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

@@ -393,7 +393,7 @@ def test_video_dataset_items(raw: RawSources) -> None:
 def test_config_errors() -> None:
     with pytest.raises(ConfigError, match="unknown DigitScenes variant 'nope'; valid: single, multi"):
         variant_config("nope")
-    with pytest.raises(ConfigError, match=r"unknown single option\(s\) \['colour'\]"):
+    with pytest.raises(ConfigError, match=r"digitscenes single: unknown keys \['colour'\]"):
         variant_config("single", colour=1)
     with pytest.raises(ConfigError, match="annot_fps 3 must divide fps 8"):
         variant_config("video", annot_fps=3)

@@ -83,6 +83,31 @@ def test_sequential_order_record_and_no_overwrite(media: Path, tmp_path: Path, c
     assert out.read_bytes() == before and set(_statuses(out).values()) == {"done"}
 
 
+@pytest.mark.parametrize("video", [3, ["c0.mp4"], {"path": "c0.mp4"}, ""])
+def test_media_fields_of_the_wrong_type_are_one_line(media: Path, tmp_path: Path, capsys, video: object) -> None:
+    man = tmp_path / "in.jsonl"
+    man.write_text(json.dumps({"id": "c0", "video": video, "size": [96, 72], "labels": [1]}) + "\n")
+    assert main(_args(media, man, tmp_path / "out.jsonl")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'video' must be a media path" in err[0] and "in.jsonl:1" in err[0], err
+
+
+def test_an_edited_part_is_redone_not_copied(media: Path, tmp_path: Path, capsys, caplog) -> None:
+    """Issue 30: a finished entry's part edited into an invalid manifest entry is redone, never copied into OUT."""
+    man = _write(tmp_path / "in.jsonl", ["c0", "bad"], media)
+    (tmp_path / "bad.mp4").write_bytes(b"junk" * 100)
+    out = tmp_path / "out.jsonl"
+    assert main(_args(media, man, out)) == 2  # "bad" fails: the work area stays
+    (part,) = (p for p in _parts(out).iterdir() if p.name not in ("config.json", "written.json"))
+    doc = json.loads(part.read_text())
+    good = doc["entries"][0]["boxes"]
+    doc["entries"][0]["boxes"] = [[50.0, 50.0, 10.0, 10.0]]  # an empty box
+    part.write_text(json.dumps(doc))
+    assert main(_args(media, man, out)) == 2
+    assert _statuses(out) == {"c0": "done", "bad": "failed"} and "empty box" in caplog.text
+    assert json.loads(out.read_text().splitlines()[0])["boxes"] == good
+
+
 def test_a_bad_entry_fails_alone_and_a_rerun_redoes_only_it(media: Path, tmp_path: Path, capsys, caplog) -> None:
     man = _write(tmp_path / "in.jsonl", ["c0", "c1", "bad", "c2", "c3"], media)
     (tmp_path / "bad.mp4").write_bytes(b"not a video at all" * 100)

@@ -47,9 +47,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.raw:
         raise DataError("no raw data dir: pass --raw DIR (shared/data) or set AVLOC_DATA")
     cfg = variant_config(args.variant)
-    if args.size is not None:
-        cfg.scene = dataclasses.replace(cfg.scene, size=args.size)
-        cfg.validate()
+    if args.size is not None:  # rebuilt, so the variant's checks see the new size with every other setting
+        cfg = dataclasses.replace(cfg, scene=dataclasses.replace(cfg.scene, size=args.size))
     man = generate(
         args.raw, args.out, args.variant, args.split, args.count, args.seed, cfg,
         force=args.force, preview=args.preview, workers=args.workers, progress=True,

@@ -15,8 +15,10 @@ def add_parser(sub: Any, name: str) -> None:
 
 def registry_listing() -> dict[str, list[str]]:
     from avloc import registry
+    from avloc.data.datasets import load_datasets
 
     registry.load_all()
+    load_datasets()  # avloc.data registers nothing on import (kept torch-free)
     return {
         "methods": registry.METHODS.names(),
         "encoders": registry.ENCODERS.names(),

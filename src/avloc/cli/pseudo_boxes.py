@@ -60,7 +60,6 @@ def run(args: argparse.Namespace) -> int:
     from avloc.inference.batch import BatchConfig, exit_status
 
     cfg = PseudoBoxConfig(top_k=args.top_k, threshold=args.threshold, connectivity=args.connectivity)
-    cfg.validate()
     if args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     batch = BatchConfig(workers=args.workers, ray_address=args.ray_address, gpus_per_worker=args.gpus_per_worker,

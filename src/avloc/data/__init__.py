@@ -1,8 +1,6 @@
-"""Data: raw-source loaders, manifests, manifest datasets and generated benchmarks (DigitScenes).
+"""Data: annotation formats, manifests, manifest datasets, prepare steps and generated benchmarks (DigitScenes).
 
-Importing this package registers the datasets it defines in
-:data:`avloc.registry.DATASETS`.
+Importing this package imports nothing else, so the torch-free parts (:mod:`avloc.data.annotations`,
+:mod:`avloc.data.manifest`) stay light. The datasets register themselves in
+:data:`avloc.registry.DATASETS` when their module is imported (:func:`avloc.data.datasets.load_datasets`).
 """
-
-import avloc.data.clips  # registers "digitscenes-clips"
-import avloc.data.digitscenes  # noqa: F401  (registers "digitscenes")

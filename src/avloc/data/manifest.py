@@ -26,14 +26,22 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from avloc.data.annotation_checks import MAX_COORD, MAX_FPS, MAX_LABEL, MAX_SECONDS, MAX_SIDE
+from avloc.data.annotation_checks import show as _show
 from avloc.errors import DataError
 from avloc.io.atomic import atomic_path
 
 Entry = dict[str, Any]
+#: entry fields that name media files (relative to the manifest's folder)
+MEDIA_KEYS = ("image", "video", "audio")
+#: entry fields holding times in seconds, and true/false fields
+TIME_KEYS = ("time", "duration", "audio_time")
+FLAG_KEYS = ("onscreen", "audible", "out_of_view")
 
 
 def manifest_line(e: Entry) -> str:
@@ -68,15 +76,17 @@ def read_manifest(path: str | Path, validate: bool = True) -> list[Entry]:
             e = json.loads(line, parse_constant=_refuse_constant)
         except json.JSONDecodeError as err:
             raise DataError(f"{p}:{i}: not valid JSON ({err})") from None
-        except ValueError as err:
-            raise DataError(f"{p}:{i}: {err}") from None
+        except RecursionError:
+            raise DataError(f"{p}:{i}: nested too deeply to be a manifest entry") from None
+        except ValueError as err:  # NaN / Infinity, an integer over Python's digit limit
+            raise DataError(f"{p}:{i}: {str(err).splitlines()[0]}") from None
         if not isinstance(e, dict):
             raise DataError(f"{p}:{i}: each line must be a JSON object")
         entries.append(e)
     if not entries:
         raise DataError(f"manifest {p} is empty: no samples to use")
     if validate:
-        problems = [f"{p}:{i + 1} (id {e.get('id')!r}): {msg}" for i, e in enumerate(entries) for msg in entry_problems(e)]
+        problems = [f"{p}:{i + 1} (id {reprlib.repr(e.get('id'))}): {msg}" for i, e in enumerate(entries) for msg in entry_problems(e)]
         ids = [e["id"] for e in entries if isinstance(e.get("id"), str)]
         if len(set(ids)) != len(ids):
             problems.append(f"{p}: duplicate ids")
@@ -90,8 +100,14 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON (a box coordinate must be a finite number)")
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def _is_number(v: Any, high: float = MAX_COORD) -> bool:
+    """A finite number (not a boolean) of magnitude at most ``high``."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(v)) and abs(v) <= high
+    except OverflowError:  # an integer beyond float range
+        return False
 
 
 def _box_problems(boxes: Any, size: Any, key: str) -> list[str]:
@@ -100,7 +116,7 @@ def _box_problems(boxes: Any, size: Any, key: str) -> list[str]:
         return [f"{key} must be a list of [x1, y1, x2, y2]"]
     for b in boxes:
         if not (isinstance(b, list) and len(b) == 4 and all(_is_number(v) for v in b)):
-            out.append(f"{key}: {b!r} is not [x1, y1, x2, y2] of finite numbers")
+            out.append(f"{key}: {_show(b)} is not [x1, y1, x2, y2] of finite coordinates")
             continue
         x1, y1, x2, y2 = b
         if x2 <= x1 or y2 <= y1:
@@ -113,39 +129,54 @@ def _box_problems(boxes: Any, size: Any, key: str) -> list[str]:
 
 
 def entry_problems(e: Entry) -> list[str]:
-    """Every problem with one entry (empty list = valid)."""
+    """Every problem with one entry (empty list = valid); the fields are those of the module's table."""
     out: list[str] = []
     if not isinstance(e.get("id"), str) or not e["id"]:
         out.append("missing string 'id'")
     if "image" not in e and "video" not in e:
         out.append("needs 'image' or 'video'")
+    for key in MEDIA_KEYS:  # paths: a wrong type would only fail deep inside a decoder
+        if key in e and e[key] is not None and (not isinstance(e[key], str) or not e[key]):
+            out.append(f"'{key}' must be a media path (a non-empty string), got {_show(e[key])}")
     size = e.get("size")
-    if size is not None and not (
-        isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)
-    ):
-        out.append(f"'size' must be [W, H] positive integers, got {size!r}")
+    if size is not None and not (isinstance(size, list) and len(size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIDE for v in size)):
+        out.append(f"'size' must be [W, H] integers in [1, {MAX_SIDE}], got {_show(size)}")
         size = None
     for key in ("boxes", "silent_boxes"):
         if key in e:
             out.extend(_box_problems(e[key], size, key))
+    out.extend(_scalar_problems(e))
     frames = e.get("frames", []) or []
     if not isinstance(frames, list):
         return [*out, "'frames' must be a list of per-frame objects"]
     for j, fr in enumerate(frames):
         if not isinstance(fr, dict):
-            out.append(f"frames[{j}] must be an object, got {fr!r}")
+            out.append(f"frames[{j}] must be an object, got {_show(fr)}")
             continue
-        if "time" in fr and not (_is_number(fr["time"]) and fr["time"] >= 0):
-            out.append(f"frames[{j}].time must be a non-negative number, got {fr['time']!r}")
+        if "time" in fr and not (_is_number(fr["time"], MAX_SECONDS) and fr["time"] >= 0):
+            out.append(f"frames[{j}].time must be a number of seconds in [0, {MAX_SECONDS:g}], got {_show(fr['time'])}")
         for key in ("boxes", "silent_boxes"):
             if key in fr:
                 out.extend(_box_problems(fr[key], size, f"frames[{j}].{key}"))
-    for key in ("time", "duration"):
-        if key in e and not (_is_number(e[key]) and e[key] >= 0):
-            out.append(f"'{key}' must be a non-negative number, got {e[key]!r}")
-    for key in ("box_labels", "labels"):
-        if key in e and not (isinstance(e[key], list) and all(isinstance(v, int) and not isinstance(v, bool) for v in e[key])):
-            out.append(f"'{key}' must be a list of integers, got {e[key]!r}")
+    return out
+
+
+def _scalar_problems(e: Entry) -> list[str]:
+    """Times, frame rate, flags and class lists of an entry."""
+    out = []
+    for key in TIME_KEYS:
+        if key in e and not (_is_number(e[key], MAX_SECONDS) and e[key] >= 0):
+            out.append(f"'{key}' must be a number of seconds in [0, {MAX_SECONDS:g}], got {_show(e[key])}")
+    if e.get("fps") is not None and not (_is_number(e["fps"], MAX_FPS) and e["fps"] > 0):
+        out.append(f"'fps' must be a frame rate in (0, {MAX_FPS:g}], got {_show(e['fps'])}")
+    for key in FLAG_KEYS:
+        if key in e and not isinstance(e[key], bool):
+            out.append(f"'{key}' must be true or false, got {_show(e[key])}")
+    for key in ("box_labels", "labels", "box_annotator"):
+        if key in e and not (isinstance(e[key], list) and all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_LABEL for v in e[key])):
+            out.append(f"'{key}' must be a list of integers in [0, {MAX_LABEL}], got {_show(e[key])}")
     return out
 
 

@@ -169,11 +169,18 @@ def _open_parts(parts: Path, key: dict[str, Any], force: bool) -> None:
 
 
 def _finished_part(path: Path, entry: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The entries a part holds when it is complete and made from ``entry``, else ``None`` (redo)."""
+    """The entries a part holds when it is complete, made from ``entry`` and valid manifest entries, else ``None``
+    (redo: a part edited or damaged since it was written is never copied into OUT unchecked)."""
+    from avloc.data.manifest import entry_problems
+
     doc = _read_json(path)
-    if isinstance(doc, dict) and doc.get("source") == entry and isinstance(doc.get("entries"), list):
-        return list(doc["entries"])
-    return None
+    if not (isinstance(doc, dict) and doc.get("source") == entry and isinstance(doc.get("entries"), list)):
+        return None
+    problems = [q for x in doc["entries"] for q in (entry_problems(x) if isinstance(x, dict) else ["not an object"])]
+    if problems:
+        log.warning("%s: %s; the entry is redone", path, problems[0])
+        return None
+    return list(doc["entries"])
 
 
 def load_classif(name: str, device: str = "cpu") -> Classif:
@@ -204,7 +211,6 @@ def run_pseudo_boxes(
     from avloc.data.manifest import read_manifest
     from avloc.io.atomic import write_text_atomic
 
-    cfg.validate()
     batch.validate()
     src, dst = Path(manifest), Path(out)
     check_out(dst, batch.force)  # before loading anything

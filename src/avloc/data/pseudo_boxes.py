@@ -57,7 +57,7 @@ class PseudoBoxConfig:
     #: 8 (pixels touching at corners are connected) or 4
     connectivity: int = 8
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if self.top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
         if not 0.0 < self.threshold <= 1.0:
@@ -136,7 +136,6 @@ def clip_pseudo_boxes(model: Classif, frames: torch.Tensor, audio: torch.Tensor,
     """
     from avloc.data.moments import top_k_moments
 
-    cfg.validate()
     with torch.no_grad():
         alpha, s_av = model.clip_attention(frames[None], audio[None])  # (1, T, h, w), (1, T)
     size = (int(frames.shape[-2]), int(frames.shape[-1]))

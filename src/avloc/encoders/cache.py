@@ -277,16 +277,17 @@ def encode_dataset(
     """
     import sys
 
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import Subset
     from tqdm import tqdm
 
     from avloc.data.collate import collate_samples
+    from avloc.data.loader import Loader
 
     first: dict[Any, int] = {}
     for i, k in enumerate(keys):
         first.setdefault(k, i)
     uniq = list(first)
-    loader = DataLoader(Subset(dataset, [first[k] for k in uniq]), batch_size=batch_size, shuffle=False,
+    loader = Loader(Subset(dataset, [first[k] for k in uniq]), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=collate_samples)
     feats: list[torch.Tensor] = []
     with torch.no_grad():

@@ -14,6 +14,7 @@ predictions stays light.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,8 +22,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from avloc.errors import DataError
+from avloc.io.arrays import NpzArchive
 from avloc.metrics.protocols import Protocol, create_protocol
 from avloc.metrics.targets import Target, to_target
+
+#: most bytes of float32 maps stacked into one scoring batch (saved predictions): memory stays bounded whatever
+#: the maps' size (512 maps of 224 x 224 are 98 MiB)
+BATCH_BYTES = 256 * 2**20
 
 if TYPE_CHECKING:
     import torch
@@ -79,7 +85,7 @@ def evaluate_predictions(
     Every ground-truth sample needs a prediction (missing ones raise with
     examples); predictions without ground truth are counted in
     ``n_unused_predictions``. Maps of different sizes are fine (grouped by shape).
-    Batches of ``batch_size`` maps are scored in chunks of ``chunk_size`` on
+    Batches of ``batch_size`` maps (fewer when they would exceed :data:`BATCH_BYTES`) are scored in chunks of ``chunk_size`` on
     ``workers`` threads (small chunks keep the 224x224 intermediates in cache).
     """
     targets = [to_target(g) for g in (gts.values() if isinstance(gts, Mapping) else gts)]
@@ -92,12 +98,14 @@ def evaluate_predictions(
             "the predictions file must hold one map per clip id"
         )
     acc = create_protocol(protocol).accumulator(workers=workers, chunk_size=chunk_size)
+    shape_of = preds.shape if isinstance(preds, NpzArchive) else (lambda key: np.shape(preds[key]))  # headers: no read
     by_shape: dict[tuple[int, ...], list[Target]] = {}
     for t in targets:
-        by_shape.setdefault(np.shape(preds[t.id]), []).append(t)
-    for group in by_shape.values():
-        for start in range(0, len(group), batch_size):
-            part = group[start : start + batch_size]
+        by_shape.setdefault(tuple(shape_of(t.id)), []).append(t)
+    for shape, group in by_shape.items():
+        step = max(1, min(batch_size, BATCH_BYTES // max(1, 4 * math.prod(shape))))  # float32 maps per batch
+        for start in range(0, len(group), step):
+            part = group[start : start + step]
             acc.update(np.stack([np.asarray(preds[t.id], dtype=np.float32) for t in part]), part)
     out = acc.compute()
     out["n_unused_predictions"] = len(set(preds) - {t.id for t in targets})

@@ -213,12 +213,13 @@ def _as_loader(data: Any, batch_size: int, num_workers: int) -> Iterable[Any]:
     anything else (a DataLoader, a list of collated batches) is iterated as it is."""
     if hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, list | tuple):
         import torch.distributed as dist
-        from torch.utils.data import DataLoader, DistributedSampler
+        from torch.utils.data import DistributedSampler
 
         from avloc.data.collate import collate_samples
+        from avloc.data.loader import Loader
 
         sampler: Any = DistributedSampler(data, shuffle=False) if dist.is_available() and dist.is_initialized() else None
-        return DataLoader(
+        return Loader(
             data, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers, collate_fn=collate_samples
         )
     return data  # type: ignore[no-any-return]  # already an iterable of collated batches (a DataLoader, a list of batches)

@@ -38,7 +38,7 @@ from collections.abc import Callable
 
 from avloc.frontends.audio import AudioFrontendConfig
 from avloc.frontends.image import ImageConfig
-from avloc.importers import ImportFamily, Rule, StateDict, register_family
+from avloc.importers import ImportFamily, Rule, StateDict, register_family, width_of
 from avloc.methods.base import MethodConfig
 from avloc.methods.ezvsl import EZVSLConfig
 from avloc.methods.lvs import LVSConfig
@@ -70,7 +70,7 @@ def _lvs_config(window: float, noverlap: int) -> Callable[[StateDict, int], Meth
             audio_encoder="resnet18_audio",
             audio_encoder_kwargs={"out_stride": 16},
             freeze_visual=False,
-            embed_dim=int(state["imgnet.layer4.1.bn2.weight"].shape[0]),
+            embed_dim=width_of(state, "imgnet.layer4.1.bn2.weight"),
             visual_proj="none",
         )
 
@@ -87,7 +87,7 @@ def _ezvsl_config(window: float, heads: int, proj: str) -> Callable[[StateDict, 
             audio_encoder="resnet18_audio",
             audio_encoder_kwargs={},
             freeze_visual=False,
-            embed_dim=int(state[f"{proj}.weight"].shape[0]),
+            embed_dim=width_of(state, f"{proj}.weight"),
             temperature=0.03,
             ogl=False,
             heads=heads,

@@ -52,6 +52,19 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def atomic_paths(*paths: str | Path) -> Iterator[tuple[Path, ...]]:
+    """:func:`atomic_path` for files that belong together (a model and the training state that produced it).
+
+    Yields one temporary path per entry of ``paths``; once the block has written every one of them they
+    are renamed over ``paths``; if it fails (a full disk on the second file), none is, so the previous
+    complete set stays as it was. A rename needs no free space, so a full disk cannot split the set.
+    """
+    with contextlib.ExitStack() as stack:
+        tmps = tuple(stack.enter_context(atomic_path(p)) for p in paths)
+        yield tmps  # on success the ExitStack renames every temporary; on an error it removes them all
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

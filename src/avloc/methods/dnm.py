@@ -71,6 +71,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from avloc.config import check_positive
 from avloc.data.digitscenes.audio_pretrain import pretrain_audio_backbone
 from avloc.data.digitscenes.wrappers import OtherTimeNegatives, RedrawnSoundTracks
 from avloc.encoders import AudioEncoder, create_encoder
@@ -78,7 +79,7 @@ from avloc.errors import ConfigError, DataError
 from avloc.frontends.audio import AudioFrontend, AudioFrontendConfig
 from avloc.frontends.image import ImageConfig, segment_times
 from avloc.methods import register_method
-from avloc.methods.base import Capability, LocalizationMethod, MethodConfig
+from avloc.methods.base import Capability, LocalizationMethod, MethodConfig, check_widths
 from avloc.methods.blocks import build_visual_encoder
 
 _log = logging.getLogger(__name__)
@@ -252,7 +253,6 @@ class SegmentMethod(LocalizationMethod):
     @_seeded_init
     def __init__(self, cfg: DNMConfig, avsm_branch: bool = True, cls_branch: bool = True) -> None:
         super().__init__(cfg)
-        cfg.validate()
         self.visual_encoder = build_visual_encoder(cfg)
         self.visual_sub = VisualSubNet(
             self.visual_encoder.feature_info.channels, cfg.sub_hidden, cfg.embed_dim if avsm_branch else 0,
@@ -663,11 +663,13 @@ class DNMConfig(MethodConfig):
     #: torch seed set just before the weights are built (None: the process's RNG as it stands)
     init_seed: int | None = None
 
-    def validate(self) -> None:
-        if self.image.frames < 1:
-            raise ConfigError(f"dnm needs image.frames >= 1 (T frames per segment), got {self.image.frames}")
-        if min(self.embed_dim, self.cls_dim, self.sub_hidden, self.num_classes) < 1:
-            raise ConfigError("dnm embed_dim, cls_dim, sub_hidden and num_classes must be >= 1")
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_widths(embed_dim=self.embed_dim, cls_dim=self.cls_dim, sub_hidden=self.sub_hidden,
+                     num_classes=self.num_classes, temporal_kernel=self.temporal_kernel,
+                     spatial_kernel=self.spatial_kernel, convgru_kernel=self.convgru_kernel)
+        if self.dot_scale is not None:
+            check_positive(dot_scale=self.dot_scale)
         if self.convgru_kernel % 2 != 1:
             raise ConfigError(f"dnm convgru_kernel must be odd, got {self.convgru_kernel}")
         if self.fusion not in ("static", "cdf") or self.tasks not in ("cls", "avc", "dnm"):

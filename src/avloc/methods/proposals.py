@@ -288,7 +288,7 @@ class ProposalConfig:
     min_size: float = 0.05
     max_proposals: int = 2000
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if self.strategy not in ("fast", "quality", "single"):
             raise ConfigError(f"proposal strategy must be fast, quality or single, got {self.strategy!r}")
         if not 0.0 <= self.min_size < 1.0:
@@ -349,7 +349,6 @@ def postprocess_rects(rects: np.ndarray, height: int, width: int, cfg: ProposalC
 def selective_search(rgb: np.ndarray, cfg: ProposalConfig) -> np.ndarray:
     """Selective Search on one (H, W, 3) uint8 RGB image -> (R, 4) float32 normalised boxes (uncached)."""
     cv2 = _cv2()
-    cfg.validate()
     h, w = rgb.shape[:2]
     img = rgb[:, :, ::-1]  # OpenCV expects BGR
     if cfg.max_side and max(h, w) > cfg.max_side:
@@ -378,7 +377,6 @@ class ProposalCache:
     """Disk (+ optional in-memory LRU) cache of per-image proposals; layout in the module docstring."""
 
     def __init__(self, cfg: ProposalConfig, root: str | Path | None = None, memory_items: int = 100_000) -> None:
-        cfg.validate()
         cv2 = _cv2()
         self.cfg = cfg
         self.meta = {"format_version": PROPOSAL_CACHE_VERSION, "opencv": str(cv2.__version__), "config": asdict(cfg)}  # type: ignore[attr-defined]
