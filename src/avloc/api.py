@@ -151,7 +151,6 @@ def localize(
     if bad:
         raise ConfigError(f"unknown option(s) {bad}; valid: {sorted(known)}")
     cfg = LocalizeConfig(fps=fps, **options)
-    cfg.validate()
     media: Path | ArrayVideo
     if isinstance(source, np.ndarray):
         if video_fps is None:

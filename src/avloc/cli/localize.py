@@ -97,7 +97,6 @@ def run(args: argparse.Namespace) -> int:
         combine=args.combine, overlay=not args.no_overlay, save_heatmaps=args.save_heatmaps, force=args.force,
         device=args.device,
     )
-    cfg.validate()
     if args.visual_only and (args.model is not None or args.audio_tagger is not None):
         raise ConfigError("--visual-only uses the object prior alone: do not combine it with --model or --audio-tagger")
     batch_config(args)  # --workers options are checked for one video too

@@ -436,7 +436,6 @@ def run_collection(
     from avloc.io.outputs import check_output_folder
 
     batch.validate()
-    cfg.validate()
     out = check_output_folder(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files, errors = collect_inputs(inputs)

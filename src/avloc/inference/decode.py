@@ -160,7 +160,6 @@ def check_video(path: Media, model: LocalizationMethod | None, cfg: LocalizeConf
                 info: MediaInfo | None = None) -> MediaInfo:
     """Probe ``path`` (unless ``info`` is given) and refuse what cannot be analysed (no pictures, too small, no
     audio, bad combination)."""
-    cfg.validate()
     if info is None:
         info = path.info() if isinstance(path, ArrayVideo) else probe(path)
     if not info.has_video or not info.width or not info.height:

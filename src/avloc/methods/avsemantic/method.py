@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avloc.errors import ConfigError
+from avloc.config import ConfigValueError, check_range
 from avloc.frontends.audio import AudioFrontendConfig
 from avloc.frontends.image import ImageConfig
 from avloc.methods import register_method
@@ -128,19 +128,15 @@ class AVSemanticConfig(MethodConfig):
     onscreen_weights: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(DEFAULT_ONSCREEN_WEIGHTS))
 
     def __post_init__(self) -> None:
-        if self.top_k < 1 or self.max_instances < 1:
-            raise ConfigError(f"avsemantic top_k and max_instances must be >= 1, got {self.top_k}, {self.max_instances}")
-        for k in ("min_score", "min_visible", "support", "box_support", "sync_floor"):
-            v = getattr(self, k)
-            if not (isinstance(v, int | float) and 0 <= v < 1):
-                raise ConfigError(f"avsemantic {k} must be in [0, 1), got {v!r}")
+        super().__post_init__()
+        for k in ("top_k", "max_instances", "sync_grid", "sync_blur", "sync_spread"):
+            check_range(k, getattr(self, k), 1)
+        for k in ("min_score", "min_visible", "support", "box_support", "sync_floor", "sync_w_motion"):
+            check_range(k, getattr(self, k), 0, 1)
+        check_range("context_seconds", self.context_seconds, 0)
         if self.mapping not in ("v2", "legacy"):
-            raise ConfigError(f"avsemantic mapping must be v2 or legacy, got {self.mapping!r}")
+            raise ConfigValueError("mapping", f"must be v2 or legacy, got {self.mapping!r}")
         self.onscreen_model()  # checks the groups, and the weights' signs
-
-    def validate(self) -> None:
-        """Re-check after fields were changed in place (construction already checks)."""
-        self.__post_init__()
 
     def onscreen_model(self) -> onscreen_model.OnscreenModel:
         return onscreen_model.OnscreenModel(self.onscreen_bias, self.onscreen_weights)
@@ -156,7 +152,6 @@ class AVSemantic(LocalizationMethod):
 
     def __init__(self, cfg: AVSemanticConfig) -> None:
         super().__init__(cfg)
-        cfg.validate()
         self.cfg: AVSemanticConfig = cfg
         self._parts: dict[str, Any] = {}  # built on first use: tagger, sound map, evidence net, face detector
         self._face_cache: dict[tuple[float, int], np.ndarray] = {}
