@@ -1035,7 +1035,6 @@ def train_from_specs(
     :data:`DRY_RUN_STEPS` steps (see :func:`dry_run_adjust`); what it changed
     is appended to ``report``.
     """
-    from avloc import methods  # noqa: F401  (fills the registry)
     from avloc.config import apply_overrides
     from avloc.data.datasets import dataset_from_spec
     from avloc.methods import create_method

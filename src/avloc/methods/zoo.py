@@ -66,8 +66,6 @@ def resolve_model_path(name_or_path: str | Path) -> Path | None:
 
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> LocalizationMethod:
     """Rebuild a method from a checkpoint path, a zoo name, or a (training-free) method name."""
-    from avloc import methods  # noqa: F401  (fills the registry)
-
     path = resolve_model_path(name_or_path)
     if path is None:
         cls = METHODS.get(str(name_or_path))
