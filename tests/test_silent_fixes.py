@@ -139,7 +139,7 @@ def test_protocol_has_no_unapplied_input_settings() -> None:
 
 
 def test_window_changes_the_dnm_segment(monkeypatch: pytest.MonkeyPatch) -> None:
-    import avloc.methods.dnm as dnm
+    import avloc.methods.dnm.method as dnm
     from avloc.inference.sources import ModelSource
 
     m = create_method("dnm", DNM_TINY).eval()  # own window 0.5 s

@@ -135,7 +135,7 @@ METHODS: Registry[Any] = Registry("method", {
     "avloc.methods.proposal_mil": ("proposal",),
     "avloc.methods.twostage": ("twostage",),
     "avloc.methods.classif": ("classif",),
-    "avloc.methods.dnm": ("dnm",),
+    "avloc.methods.dnm.method": ("dnm",),
     "avloc.methods.dnm_baselines": ("dnm-cam", "dnm-tian"),
     "avloc.methods.avsemantic.method": ("avsemantic",),
 })

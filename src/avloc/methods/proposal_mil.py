@@ -116,7 +116,7 @@ from avloc.encoders.cache import FeatureCache, content_key
 from avloc.errors import ConfigError, DataError
 from avloc.methods import register_method
 from avloc.methods.base import Capability, LocalizationMethod
-from avloc.methods.blocks import AudioPath, TwoStreamConfig, build_visual_encoder, init_audio_encoder_from, mlp_head
+from avloc.methods.blocks import AudioPath, TwoStreamConfig, build_visual_encoder, mlp_head
 from avloc.methods.proposals import (
     SPP_LEVELS,
     ProposalCache,
@@ -126,6 +126,7 @@ from avloc.methods.proposals import (
     nms,
     spp_pool,
 )
+from avloc.methods.zoo import init_audio_encoder_from
 from avloc.metrics.onscreen import median_distance_threshold
 
 # ----------------------------------------------------------------------------- building blocks

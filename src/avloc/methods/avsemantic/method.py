@@ -175,7 +175,7 @@ class AVSemantic(LocalizationMethod):
         if self._parts:
             return
         from avloc.methods.avsemantic.cam import ImageNetEvidence
-        from avloc.methods.avsemantic.mapping import SoundMap, load_sound_map
+        from avloc.methods.avsemantic.mapping import LEGACY_MAPPING_FILE, SoundMap, load_sound_map
         from avloc.methods.avsemantic.yamnet import load_yamnet, yamnet_class_names
 
         # float arithmetic (not the bit-level emulation of TFLite's int8 kernels the port is tested with)
@@ -183,9 +183,7 @@ class AVSemantic(LocalizationMethod):
         names = yamnet_class_names()
         smap = load_sound_map(class_names=names)
         if self.cfg.mapping == "legacy":  # ablation: the 42 object groups of the old --audio-tagger mode
-            from avloc.inference.semantic import MAPPING_FILE
-
-            smap = SoundMap.from_legacy_groups(MAPPING_FILE, class_names=names)
+            smap = SoundMap.from_legacy_groups(LEGACY_MAPPING_FILE, class_names=names)
         self._evidence = ImageNetEvidence(self.cfg.cam_strides).to(device).eval()
         sets: list[list[int]] = [list(smap.imagenet[i]) for i in range(len(names))]
         for child, parent in self.cfg.borrow.items():
