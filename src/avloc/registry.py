@@ -153,15 +153,18 @@ DATASETS: Registry[Any] = Registry("dataset", {
 })
 
 PROTOCOLS: Registry[Any] = Registry("protocol", {
-    "avloc.metrics.protocols": (
-        "lvs-vggss", "lvs-flickr", "realclips", "ezvsl-vggss", "ezvsl-flickr",
+    "avloc.metrics.protocols.ciou": (
+        "lvs-vggss", "lvs-flickr", "ezvsl-vggss", "ezvsl-flickr",
         *(f"sslalign-{path}{bin_}{ds}{groups}" for path in ("", "lvs-") for bin_ in ("", "adaptive-")
           for ds in ("vggss", "flickr") for groups in ("", "-namegroups")),
-        "sslalign", "sslalign-adaptive",
-        "slavc-extended", "slavc-extended-allthr", "slavc-extended-flickr", "slavc-extended-flickr-allthr",
-        "aclssl-sweep-vggss", "aclssl-sweep-flickr",
-        "dsol-music", "dsol-classaware", "dsol-duet", "qian-classaware", "avsol",
+        "sslalign", "sslalign-adaptive", "aclssl-sweep-vggss", "aclssl-sweep-flickr", "dsol-music",
     ),
+    "avloc.metrics.protocols.extended": (
+        "slavc-extended", "slavc-extended-allthr", "slavc-extended-flickr", "slavc-extended-flickr-allthr",
+    ),
+    "avloc.metrics.protocols.classaware": ("dsol-classaware", "dsol-duet", "qian-classaware"),
+    "avloc.metrics.protocols.avsol": ("avsol",),
+    "avloc.metrics.protocols.realworld": ("realclips",),
 })
 
 IMPORTERS: Registry[Any] = Registry("checkpoint family", {

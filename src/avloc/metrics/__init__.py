@@ -1,13 +1,11 @@
 """Evaluation metrics and the named protocols of the field (see ``docs/protocols.md``).
 
-The protocols are listed in :data:`avloc.registry.PROTOCOLS`, which imports a protocol's module when
-it is asked for; importing this package registers nothing.
+The protocols are listed in :data:`avloc.registry.PROTOCOLS`, which imports a protocol's task module
+when it is asked for; importing this package registers nothing.
 NumPy (and OpenCV); torch only for resizing when it is already imported (see :func:`ops.resize_maps`).
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
 
 from avloc.metrics import ops
 from avloc.metrics.avc import avc_accuracy, roc_auc
@@ -26,22 +24,8 @@ from avloc.metrics.localization import (
 )
 from avloc.metrics.onscreen import OnscreenAccuracy, median_distance_threshold, onscreen_accuracy
 from avloc.metrics.ops import in_boxes, peak_in_box, peak_places, peak_points
+from avloc.metrics.protocols import Protocol, ProtocolAccumulator, create_protocol, list_protocols
 from avloc.metrics.targets import Target, targets_from_batch, to_target
-
-if TYPE_CHECKING:
-    from avloc.metrics.protocols import Protocol, ProtocolAccumulator, create_protocol, list_protocols
-
-#: protocol names, imported from :mod:`avloc.metrics.protocols` on first use (PEP 562)
-_PROTOCOL_EXPORTS = ("Protocol", "ProtocolAccumulator", "create_protocol", "list_protocols")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _PROTOCOL_EXPORTS:
-        from avloc.metrics import protocols
-
-        return getattr(protocols, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 __all__ = [
     "AVSOLMetrics",
