@@ -123,11 +123,11 @@ from avloc.methods.proposals import (
     ProposalConfig,
     box_sums,
     default_cache_root,
-    nms,
     spp_pool,
 )
 from avloc.methods.zoo import init_audio_encoder_from
 from avloc.metrics.onscreen import median_distance_threshold
+from avloc.metrics.ops import nms
 
 # ----------------------------------------------------------------------------- building blocks
 
