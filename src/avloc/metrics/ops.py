@@ -420,7 +420,7 @@ def nms(boxes: Any, scores: Any, iou_threshold: float, max_keep: int | None = No
         raise ConfigError(f"nms expects boxes (N, 4) and scores (N,), got {tuple(boxes.shape)} and {tuple(scores.shape)}")
     if not 0.0 <= iou_threshold <= 1.0:
         raise ConfigError(f"nms iou_threshold must be in [0, 1], got {iou_threshold}")
-    torch = sys.modules.get("torch")
+    torch: Any = sys.modules.get("torch")
     is_torch = torch is not None and isinstance(boxes, torch.Tensor)
     if is_torch:
         order = torch.sort(scores, descending=True, stable=True).indices  # (N,)
