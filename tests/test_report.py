@@ -158,7 +158,7 @@ def test_malformed_outputs_are_index_errors_not_crashes(mixed_dir: Path, tmp_pat
     by = {e.stem: e for e in coll.entries}
     assert by["plain"].status == "done"
     assert by["notjson"].status == "invalid" and "not valid JSON" in by["notjson"].errors[0]
-    assert by["schema"].status == "invalid" and "$: missing 'summary' (and 4 more problem(s))" in by["schema"].errors[0]
+    assert by["schema"].status == "invalid" and "$: 'summary' is a required property (and 4 more problem(s))" in by["schema"].errors[0]
     assert by["nan"].status == "invalid" and "NaN" in by["nan"].errors[0]
     assert by["orphan"].status == "incomplete" and "orphan.avloc.json missing" in by["orphan"].errors[0]
     res = build_report(mixed_dir, tmp_path / "site")
@@ -204,7 +204,7 @@ def test_run_json_output_names_stay_in_the_folder(run_dir: Path, tmp_path: Path)
 @pytest.mark.parametrize(("change", "message"), [
     (lambda r: r["inputs"][0].update(status="failed", error=None), "needs its one-line error"),
     (lambda r: r["inputs"][0].update(status="exploded"), "not one of"),
-    (lambda r: r.pop("inputs"), "missing 'inputs'"),
+    (lambda r: r.pop("inputs"), "'inputs' is a required property"),
 ])
 def test_run_json_is_checked(tmp_path: Path, change: Any, message: str) -> None:
     doc = RunRecord(tool={"name": "avloc localize", "version": "0"}, started="s", finished="f",
