@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from avloc.cli.main import main
-from avloc.data.synthetic import write_test_clip
 from avloc.inference.schema_check import validate
+from clips import write_clip
 
 FAST = ["--model", "avsync-objectness", "--no-overlay", "--quiet"]
 N_CLIPS = 6
@@ -27,10 +27,7 @@ HAS_RAY = importlib.util.find_spec("ray") is not None and importlib.util.find_sp
 
 
 def _clip(path: Path, seed: int, frames: int = 20) -> Path:
-    rng = np.random.default_rng(seed)
-    pics = [np.clip(rng.normal(120, 40, (72, 96, 3)), 0, 255).astype(np.uint8) for _ in range(frames)]
-    wav = (0.2 * rng.standard_normal(frames * 1600)).astype(np.float32)
-    return write_test_clip(path, pics, 10, wav, 16000)
+    return write_clip(path, seconds=frames / 10, fps=10, size=(96, 72), picture="noise", audio="noise", seed=seed)
 
 
 @pytest.fixture(scope="module")
