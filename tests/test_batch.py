@@ -136,6 +136,7 @@ def kill_when(p: subprocess.Popen, ready: Callable[[], bool], what: str, timeout
             after()
 
 
+@pytest.mark.slow  # a CLI process killed midway, then a re-run: 15-30 s
 def test_sigkill_midway_then_rerun_completes_without_redoing(clips: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
@@ -182,6 +183,7 @@ def test_load_results_of_a_run(sequential: Path) -> None:
     assert all(r.maps is not None and r.maps.shape[0] == len(r.frames) for r in res)
 
 
+@pytest.mark.slow  # starts Ray three times: 80-170 s of the default run on 2 cores
 @pytest.mark.skipif(not HAS_RAY, reason="Ray is not installed (pip install 'avloc[ray]')")
 def test_ray_two_workers_equals_sequential(sequential: Path, clips: Path, tmp_path: Path) -> None:
     out = tmp_path / "ray"

@@ -59,6 +59,10 @@ SLAVC_REPO = "stoneMo/SLAVC@05b429c6f474ca6f1070d08e1d0142948d1625bf"
 SSLALIGN_REPO = "kaistmm/SSLalignment@e7ae3c5518e5a4d911c49e034d906612cf922aff"
 DSOL_REPO = "DTaoo/Discriminative-Sounding-Objects-Localization@7f402071e2d654e4ff82791bfb3d5218f19f20df"
 QIAN_REPO = "shvdiwnkozbw/Multi-Source-Sound-Localization@de67ce37f34f776112cf9b3d61e105388afc4116"
+#: how DSOL's MUSIC code reads a map (music-exp/tools.py, eval.py, eval_duet.py): cv2 resize, raw values, pixels
+#: above a fraction of the max (each protocol sets the fraction), IoU, negative box bounds wrapping as NumPy slices
+DSOL_READING: dict[str, Any] = dict(resize="cv2", normalize="none", binarize="max_fraction", strict=True, score="iou",
+                                    box_negative="wrap", published_inputs="audio 1 s at 16 kHz")
 #: a paper named with its evaluation code, ``... ({repo} `` + the file, closed by each protocol
 DSOL_SOURCE = f"Hu et al., Discriminative Sounding Objects Localization, NeurIPS 2020 ({DSOL_REPO}"
 

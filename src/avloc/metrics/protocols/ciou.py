@@ -22,6 +22,7 @@ from avloc.errors import ConfigError
 from avloc.metrics.base import Accumulator
 from avloc.metrics.localization import CIoU, ThresholdSweep, name_prefix_group, vggss_name
 from avloc.metrics.protocols.base import (
+    DSOL_READING,
     DSOL_SOURCE,
     EZVSL_REPO,
     LVS_REPO,
@@ -208,15 +209,9 @@ _register(
     CIoUProtocol(
         "dsol-music",
         source=DSOL_SOURCE + " music-exp/tools.py cal_ciou; single-source MUSIC; also the proposal paper)",
-        resize="cv2",
-        normalize="none",
-        binarize="max_fraction",
         binarize_threshold=MUSIC_MAX_FRACTION,
-        strict=True,
-        score="iou",
-        box_negative="wrap",
         skip_empty_gt=True,
-        published_inputs="audio 1 s at 16 kHz",
+        **DSOL_READING,
         notes="prediction = pixels > 0.1 x max; IoU with the union of boxes; frames without boxes skipped",
     )
 )

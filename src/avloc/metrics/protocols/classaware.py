@@ -23,6 +23,7 @@ from avloc.metrics.base import Accumulator
 from avloc.metrics.classaware import ClassAwareCIoU, class_average, no_sound_area
 from avloc.metrics.localization import ciou_from_counts
 from avloc.metrics.protocols.base import (
+    DSOL_READING,
     DSOL_SOURCE,
     MUSIC_MAX_FRACTION,
     QIAN_REPO,
@@ -143,16 +144,7 @@ class ClassAwareScorer(ProtocolAccumulator):
 ClassAwareProtocol.scorer = ClassAwareScorer
 
 _QIAN = f"Qian et al., A Two-Stage Framework for Multiple Sound-Source Localization, ECCV 2020, Eq. 9 ({QIAN_REPO}"
-_dsol_ca: dict[str, Any] = dict(
-    resize="cv2",
-    normalize="none",
-    binarize="max_fraction",
-    strict=True,
-    extra_thresholds=DSOL_EXTRA_THRESHOLDS,
-    score="iou",
-    box_negative="wrap",
-    published_inputs="audio 1 s at 16 kHz",
-)
+_dsol_ca: dict[str, Any] = dict(DSOL_READING, extra_thresholds=DSOL_EXTRA_THRESHOLDS)
 register_protocol(
     DSOLProtocol(
         "dsol-classaware",
