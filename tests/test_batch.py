@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from avloc.cli.main import main
-from avloc.data.synthetic import write_test_clip
 from avloc.formats.localize import validate_document as validate
+from clips import write_clip
 
 FAST = ["--model", "avsync-objectness", "--no-overlay", "--quiet"]
 N_CLIPS = 6
@@ -27,10 +27,7 @@ HAS_RAY = importlib.util.find_spec("ray") is not None and importlib.util.find_sp
 
 
 def _clip(path: Path, seed: int, frames: int = 20) -> Path:
-    rng = np.random.default_rng(seed)
-    pics = [np.clip(rng.normal(120, 40, (72, 96, 3)), 0, 255).astype(np.uint8) for _ in range(frames)]
-    wav = (0.2 * rng.standard_normal(frames * 1600)).astype(np.float32)
-    return write_test_clip(path, pics, 10, wav, 16000)
+    return write_clip(path, seconds=frames / 10, fps=10, size=(96, 72), picture="noise", audio="noise", seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +136,7 @@ def kill_when(p: subprocess.Popen, ready: Callable[[], bool], what: str, timeout
             after()
 
 
+@pytest.mark.slow  # a CLI process killed midway, then a re-run: 15-30 s
 def test_sigkill_midway_then_rerun_completes_without_redoing(clips: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
@@ -187,6 +185,7 @@ def test_load_results_of_a_run(sequential: Path) -> None:
     assert all(r.maps is not None and r.maps.shape[0] == len(r.frames) for r in res)
 
 
+@pytest.mark.slow  # starts Ray three times: 80-170 s of the default run on 2 cores
 @pytest.mark.skipif(not HAS_RAY, reason="Ray is not installed (pip install 'avloc[ray]')")
 def test_ray_two_workers_equals_sequential(sequential: Path, clips: Path, tmp_path: Path) -> None:
     out = tmp_path / "ray"

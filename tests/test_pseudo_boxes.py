@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from avloc.data.moments import MomentFrames, middle_moments, select_moments, top_k_moments
-from avloc.data.pseudo_boxes import (
+from avloc.applications.pseudo_boxes import (
     BoxSupervised,
     PseudoBoxConfig,
     binarize,
@@ -22,6 +21,7 @@ from avloc.data.pseudo_boxes import (
     semi_supervised,
     to_frame_pixels,
 )
+from avloc.data.moments import MomentFrames, middle_moments, select_moments, top_k_moments
 from avloc.errors import ConfigError, DataError
 from avloc.frontends.image import ImageConfig, transform_boxes
 from avloc.methods.semisup import box_attention_loss, box_cell_mask

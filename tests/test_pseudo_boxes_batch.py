@@ -146,6 +146,7 @@ def test_a_bad_entry_fails_alone_and_a_rerun_redoes_only_it(media: Path, tmp_pat
     assert set(_statuses(out).values()) == {"done"}
 
 
+@pytest.mark.slow  # starts Ray: 30-45 s on 2 cores
 @NEEDS_RAY
 def test_ray_two_workers_equals_sequential(media: Path, tmp_path: Path) -> None:
     man = _write(tmp_path / "in.jsonl", ["c0", "c1", "bad", "c2", "c3"], media)

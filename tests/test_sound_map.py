@@ -21,7 +21,7 @@ from avloc.methods.avsemantic.mapping import (
     read_imagenet_names,
 )
 
-LEGACY = Path(__file__).resolve().parents[1] / "src" / "avloc" / "inference" / "audioset_to_imagenet.json"
+LEGACY = Path(__file__).resolve().parents[1] / "src" / "avloc" / "methods" / "avsemantic" / "audioset_to_imagenet.json"
 
 #: indices every copy of the ImageNet-1k class list agrees on
 KNOWN_IMAGENET = {0: "tench", 1: "goldfish", 7: "cock", 151: "Chihuahua", 207: "golden retriever", 281: "tabby",

@@ -5,7 +5,7 @@
     python bench/paper/avsemantic/realclips.py --fit-onscreen     # fit avsemantic's on-screen model, cross-validated by clip
 
 ``--data``: a folder with ``annotations.json`` (default ``$AVLOC_DATA/realclips_dev``). Scores come from the
-``realclips`` protocol through the one evaluate function (:mod:`avloc.engine.realworld`).
+``realclips`` protocol through the one evaluate function (:mod:`avloc.applications.realworld`).
 """
 
 from __future__ import annotations
@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from dataclasses import replace
 
+    from avloc.applications.realworld import run_on_clips
     from avloc.data.realclips import load_realclips
-    from avloc.engine.realworld import run_on_clips
 
     clips = load_realclips(data)
     if args.clips:

@@ -42,11 +42,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from avloc.applications.pseudo_boxes import PseudoBoxConfig, clip_pseudo_boxes
 from avloc.data.clips import DigitScenesClips
 from avloc.data.collate import collate_samples
 from avloc.data.datasets import dataset_from_spec
 from avloc.data.moments import select_moments
-from avloc.data.pseudo_boxes import PseudoBoxConfig, clip_pseudo_boxes
 from avloc.engine.predict import predict
 from avloc.engine.train import METRICS_FILE, train_end
 from avloc.methods.base import LocalizationMethod

@@ -14,18 +14,10 @@ def add_parser(sub: Any, name: str) -> None:
 
 
 def registry_listing() -> dict[str, list[str]]:
-    from avloc import registry
-    from avloc.data.datasets import load_datasets
+    """Every registry's names, read from the registries' tables: no plugin (and not torch) is imported."""
+    from avloc.registry import REGISTRIES
 
-    registry.load_all()
-    load_datasets()  # avloc.data registers nothing on import (kept torch-free)
-    return {
-        "methods": registry.METHODS.names(),
-        "encoders": registry.ENCODERS.names(),
-        "datasets": registry.DATASETS.names(),
-        "protocols": registry.PROTOCOLS.names(),
-        "checkpoint_families": registry.IMPORTERS.names(),
-    }
+    return {kind: reg.names() for kind, reg in REGISTRIES.items()}
 
 
 def run(args: argparse.Namespace) -> int:

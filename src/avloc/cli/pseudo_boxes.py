@@ -6,7 +6,7 @@
 attention map there, and boxes the largest connected segment. OUT is a manifest of
 pseudo-labelled frames (``boxes``, ``time`` of the moment, ``pseudo_box: true``)
 that any dataset reads, e.g. as the supervised part of semi-supervised LVS
-(``box_weight > 0``, :func:`avloc.data.pseudo_boxes.semi_supervised`).
+(``box_weight > 0``, :func:`avloc.applications.pseudo_boxes.semi_supervised`).
 
 One bad entry never stops the others: the run ends with a summary (done / skipped /
 failed with the reason) and exits 2 if any failed. Finished entries are kept in
@@ -55,7 +55,7 @@ def add_parser(sub: Any, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avloc.data.pseudo_boxes import PseudoBoxConfig
+    from avloc.applications.pseudo_boxes import PseudoBoxConfig
     from avloc.errors import ConfigError
     from avloc.inference.batch import BatchConfig, exit_status
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     batch.validate()
     import torch
 
-    from avloc.data.pseudo_box_run import run_pseudo_boxes
+    from avloc.applications.pseudo_box_run import run_pseudo_boxes
 
     torch.set_num_threads(args.threads)
     res = run_pseudo_boxes(args.model, args.manifest, args.out, cfg, batch, limit=args.limit,

@@ -186,12 +186,6 @@ def _manifest(
     return ManifestDataset(path, image_cfg, audio_cfg, **kwargs)
 
 
-def load_datasets() -> None:
-    """Import every module that registers a dataset (``avloc.data`` itself imports none: it stays torch-free)."""
-    import avloc.data.clips  # registers "digitscenes-clips"
-    import avloc.data.digitscenes  # noqa: F401  (registers "digitscenes")
-
-
 def dataset_from_spec(
     spec: str,
     raw: str | Path | None = None,
@@ -219,7 +213,6 @@ def dataset_from_spec(
         factory_kwargs["split"] = parts[1]
     if raw is None:
         raise DataError(f"data spec {spec!r} generates data from raw sources: pass --raw DIR (or set AVLOC_DATA)")
-    load_datasets()
     return DATASETS.create(name, raw=raw, image_cfg=image_cfg, audio_cfg=audio_cfg, **factory_kwargs)  # type: ignore[no-any-return]
 
 

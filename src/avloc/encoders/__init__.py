@@ -1,6 +1,7 @@
 """Shared encoders (visual and audio) behind one contract, see :mod:`avloc.encoders.base`.
 
-Importing this package registers every encoder in :data:`avloc.registry.ENCODERS`.
+:data:`avloc.registry.ENCODERS` lists where each encoder lives; its module is imported when the
+encoder is asked for (:func:`create_encoder`), so importing this package loads no encoder.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from avloc.config import check_kwargs
-from avloc.encoders import efficientnet_lite, resnet, small_cnn  # noqa: F401  (registration)
 from avloc.encoders.base import AudioEncoder, FeatureInfo, VisualEncoder, freeze
 from avloc.registry import ENCODERS
 

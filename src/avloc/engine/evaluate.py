@@ -56,11 +56,11 @@ def evaluate_model(
     Under torch.distributed, each process evaluates its shard and the accumulators are merged (duplicate ids
     from sampler padding are dropped and counted).
     """
-    from avloc.engine.predict import CLASS_AWARE_TASKS, outputs_for, predict
+    from avloc.engine.predict import outputs_for, predict
     from avloc.methods.base import Capability, require
 
     proto = create_protocol(protocol)
-    if proto.task in CLASS_AWARE_TASKS:
+    if proto.prediction == "class_maps":
         require(model, Capability.CLASSES, f"protocol {proto.name} scores one map per sounding class")
     preds = predict(model, data, outputs=outputs_for([proto]), device=device, batch_size=batch_size,
                     num_workers=num_workers, max_batches=max_batches, progress=progress, feature_cache=feature_cache)

@@ -45,19 +45,12 @@ if TYPE_CHECKING:
 
 #: what :func:`predict` can keep
 OUTPUTS = ("maps", "class_maps", "boxes", "onscreen")
-#: protocol tasks scored on one map per class (``class_maps``)
-CLASS_AWARE_TASKS = ("dsol_classaware", "qian_classaware")
 
 
 def outputs_for(protocols: Iterable[str | Protocol]) -> tuple[str, ...]:
-    """The outputs :meth:`Predictions.score` needs for ``protocols`` (``maps`` and/or ``class_maps``)."""
-    tasks = {create_protocol(p).task for p in protocols}
-    out = []
-    if tasks - set(CLASS_AWARE_TASKS):
-        out.append("maps")
-    if tasks & set(CLASS_AWARE_TASKS):
-        out.append("class_maps")
-    return tuple(out)
+    """The outputs :meth:`Predictions.score` needs for ``protocols``: what each declares (``Protocol.prediction``)."""
+    needed = {create_protocol(p).prediction for p in protocols}
+    return tuple(kind for kind in ("maps", "class_maps") if kind in needed)
 
 
 @dataclass
@@ -125,8 +118,7 @@ class Predictions:
         from avloc.metrics.base import gather
 
         acc = create_protocol(protocol).accumulator(workers=workers, chunk_size=chunk_size)
-        kind = "class_maps" if acc.protocol.task in CLASS_AWARE_TASKS else "maps"
-        for maps, targets in zip(self._parts(kind), self.targets, strict=True):
+        for maps, targets in zip(self._parts(acc.protocol.prediction), self.targets, strict=True):
             acc.update(maps, targets)
         acc = gather(acc)
         if len(acc) == 0:

@@ -105,14 +105,13 @@ class ImportFamily:
         return all(k in state for k in self.signature)
 
 
-def register_family(family: ImportFamily) -> ImportFamily:
-    """Register ``family`` under its name (duplicates raise)."""
-    return IMPORTERS.register(family.name)(family)  # type: ignore[no-any-return]
+def register_family(family: ImportFamily, module: str) -> ImportFamily:
+    """Register ``family`` under its name from ``module`` (the table of :data:`IMPORTERS` lists it there)."""
+    return IMPORTERS.register(family.name, module=module)(family)  # type: ignore[no-any-return]
 
 
 def get_family(name: str) -> ImportFamily:
     """The registered family ``name``; unknown names raise listing the valid ones."""
-    _load()
     fam = IMPORTERS.get(name)
     assert isinstance(fam, ImportFamily)
     return fam
@@ -120,12 +119,7 @@ def get_family(name: str) -> ImportFamily:
 
 def list_families() -> list[str]:
     """Sorted names of the registered checkpoint families."""
-    _load()
     return IMPORTERS.names()
-
-
-def _load() -> None:
-    import avloc.importers.families  # noqa: F401  (registration)
 
 
 # ----------------------------------------------------------------------------- reading a published file

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from avloc.errors import ConfigError, MediaError
+from avloc.methods.avsemantic.mapping import LEGACY_MAPPING_FILE as MAPPING_FILE
 
-MAPPING_FILE = Path(__file__).with_name("audioset_to_imagenet.json")
 #: YAMNet's fixed input: 15,600 samples at 16 kHz (0.975 s)
 YAMNET_RATE = 16000
 YAMNET_SAMPLES = 15600

@@ -233,26 +233,3 @@ def labels_to_multihot(labels: Any, num_classes: int, device: torch.device) -> t
             out[i, c] = 1.0
     return out
 
-
-def init_audio_encoder_from(model: LocalizationMethod, source: str) -> None:
-    """Copy the audio encoder weights of checkpoint / zoo model ``source`` into ``model`` (a pretrained audio stream).
-
-    Both must use the same audio front-end settings, encoder name and encoder
-    kwargs, so the copied weights see the inputs they were trained on.
-    """
-    from avloc.errors import CheckpointError
-    from avloc.methods.zoo import load_model
-
-    src = load_model(source)
-    dst_enc, src_enc = model.audio_module(), src.audio_module()
-    if dst_enc is None or src_enc is None:
-        raise CheckpointError(
-            f"audio init from {source!r}: {type(src).__name__} or {type(model).__name__} has no audio encoder"
-        )
-    mine, theirs = model.cfg, src.cfg
-    for f in ("audio", "audio_encoder", "audio_encoder_kwargs"):
-        if getattr(mine, f, None) != getattr(theirs, f, None):
-            raise CheckpointError(
-                f"audio init from {source!r}: {f} differs ({getattr(theirs, f, None)!r} there, {getattr(mine, f, None)!r} here)"
-            )
-    dst_enc.load_state_dict(src_enc.state_dict())

@@ -24,7 +24,7 @@ In the paper's order, and the order of this module:
   (:func:`attention_maps`, :func:`window_average`).
 * Sec. 5.1, informative moments: ``S_av[t] = z^V_t . z^A_t`` (:meth:`Classif.moment_scores`);
   top-k selection and the reusable sampler live in :mod:`avloc.data.moments`,
-  pseudo boxes (Sec. 5.2) in :mod:`avloc.data.pseudo_boxes`.
+  pseudo boxes (Sec. 5.2) in :mod:`avloc.applications.pseudo_boxes`.
 
 Inputs. Training batches are whole clips -- ``image`` ``(B, T, 3, H, W)`` (or the
 cached frozen features ``vfeat`` ``(B, T, C, h, w)``) with the clip's audio

@@ -116,17 +116,18 @@ from avloc.encoders.cache import FeatureCache, content_key
 from avloc.errors import ConfigError, DataError
 from avloc.methods import register_method
 from avloc.methods.base import Capability, LocalizationMethod, check_widths
-from avloc.methods.blocks import AudioPath, TwoStreamConfig, build_visual_encoder, init_audio_encoder_from, mlp_head
+from avloc.methods.blocks import AudioPath, TwoStreamConfig, build_visual_encoder, mlp_head
 from avloc.methods.proposals import (
     SPP_LEVELS,
     ProposalCache,
     ProposalConfig,
     box_sums,
     default_cache_root,
-    nms,
     spp_pool,
 )
+from avloc.methods.zoo import init_audio_encoder_from
 from avloc.metrics.onscreen import median_distance_threshold
+from avloc.metrics.ops import nms
 
 # ----------------------------------------------------------------------------- building blocks
 

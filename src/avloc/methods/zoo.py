@@ -66,8 +66,6 @@ def resolve_model_path(name_or_path: str | Path) -> Path | None:
 
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> LocalizationMethod:
     """Rebuild a method from a checkpoint path, a zoo name, or a (training-free) method name."""
-    from avloc import methods  # noqa: F401  (fills the registry)
-
     path = resolve_model_path(name_or_path)
     if path is None:
         cls = METHODS.get(str(name_or_path))
@@ -81,6 +79,27 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
     model = model_from_checkpoint(path, ck)
     model.checkpoint_meta = ck.meta
     return model.to(device).eval()
+
+
+def init_audio_encoder_from(model: LocalizationMethod, source: str) -> None:
+    """Copy the audio encoder weights of checkpoint / zoo model ``source`` into ``model`` (a pretrained audio stream).
+
+    Both must use the same audio front-end settings, encoder name and encoder
+    kwargs, so the copied weights see the inputs they were trained on.
+    """
+    src = load_model(source)
+    dst_enc, src_enc = model.audio_module(), src.audio_module()
+    if dst_enc is None or src_enc is None:
+        raise CheckpointError(
+            f"audio init from {source!r}: {type(src).__name__} or {type(model).__name__} has no audio encoder"
+        )
+    mine, theirs = model.cfg, src.cfg
+    for f in ("audio", "audio_encoder", "audio_encoder_kwargs"):
+        if getattr(mine, f, None) != getattr(theirs, f, None):
+            raise CheckpointError(
+                f"audio init from {source!r}: {f} differs ({getattr(theirs, f, None)!r} there, {getattr(mine, f, None)!r} here)"
+            )
+    dst_enc.load_state_dict(src_enc.state_dict())
 
 
 def model_from_checkpoint(path: str | Path, ck: Checkpoint) -> LocalizationMethod:

@@ -19,7 +19,7 @@ Gemmeke et al., ICASSP 2017) gets exactly one ``kind``:
 How the file was built and how to review it: docs/localize.md, "Sound map".
 
 :meth:`SoundMap.from_legacy_groups` rebuilds the old 42-group mapping
-(``avloc/inference/audioset_to_imagenet.json``) on top of the new human/none
+(:data:`LEGACY_MAPPING_FILE`) on top of the new human/none
 entries, for the "old 42 groups" ablation.
 """
 
@@ -40,8 +40,8 @@ from avloc.errors import ConfigError
 #: The shipped map, and the ImageNet-1k class names it is checked against.
 DEFAULT_SOUND_MAP = Path(__file__).with_name("sound_map.json")
 DEFAULT_IMAGENET_NAMES = Path(__file__).with_name("imagenet_classes.txt")
-#: the old 42-group mapping of the ``--audio-tagger`` mode, for the "old 42 groups" ablation
-LEGACY_MAPPING_FILE = Path(avloc.__file__).parent / "inference" / "audioset_to_imagenet.json"
+#: The old 42-group AudioSet -> ImageNet mapping (the "old 42 groups" ablation, ``mapping="legacy"``).
+LEGACY_MAPPING_FILE = Path(__file__).with_name("audioset_to_imagenet.json")
 #: YAMNet's class map (index, mid, display_name), shipped with avloc (Apache-2.0).
 DEFAULT_CLASS_MAP = Path(avloc.__file__).parent / "zoo" / "yamnet_class_map.csv"
 
@@ -178,7 +178,7 @@ class SoundMap:
                            class_names: ClassNames = None, imagenet_names: ClassNames = None) -> SoundMap:
         """The "old 42 groups" ablation: the legacy file's groups as the only object classes.
 
-        Classes named in the legacy groups (``avloc/inference/audioset_to_imagenet.json``,
+        Classes named in the legacy groups (:data:`LEGACY_MAPPING_FILE`,
         read by its own loader) become ``object`` with the legacy ImageNet classes,
         whatever the new map says; every other class the new map calls ``object``
         becomes ``none``; the new map's ``human`` and ``none`` entries are kept.

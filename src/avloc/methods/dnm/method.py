@@ -46,7 +46,7 @@ Training-only levers (issue 7) are config fields too, applied by
 ``neg_other_time`` (:class:`OtherTimeNegatives`), ``audio_init_from`` /
 ``audio_pretrain_steps`` with ``freeze_audio``, ``init_seed``. The DigitScenes data
 wrappers live in :mod:`avloc.data.digitscenes.wrappers`, the audio pretraining in
-:mod:`avloc.data.digitscenes.audio_pretrain`.
+:mod:`avloc.methods.dnm.pretrain`.
 
 ``localize(images, audio)``: ``images`` (B, T, 3, H, W) segments or single
 frames (B, 3, H, W), which are taken as a still segment (the frame repeated T
@@ -72,7 +72,6 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from avloc.config import check_positive
-from avloc.data.digitscenes.audio_pretrain import pretrain_audio_backbone
 from avloc.data.digitscenes.wrappers import OtherTimeNegatives, RedrawnSoundTracks
 from avloc.encoders import AudioEncoder, create_encoder
 from avloc.errors import ConfigError, DataError
@@ -81,6 +80,7 @@ from avloc.frontends.image import ImageConfig, segment_times
 from avloc.methods import register_method
 from avloc.methods.base import Capability, LocalizationMethod, MethodConfig, check_widths
 from avloc.methods.blocks import build_visual_encoder
+from avloc.methods.dnm.pretrain import pretrain_audio_backbone
 
 _log = logging.getLogger(__name__)
 
@@ -478,9 +478,9 @@ def load_audio_backbone(model: SegmentMethod, source: str) -> None:
     ``source``: a safetensors file holding exactly the backbone's state dict (what
     :func:`pretrain_audio_backbone` returns; the bench saves it as ``audio_backbone.safetensors``),
     or a checkpoint / zoo model with the same audio front-end and encoder
-    (:func:`avloc.methods.blocks.init_audio_encoder_from`).
+    (:func:`avloc.methods.zoo.init_audio_encoder_from`).
     """
-    from avloc.methods.blocks import init_audio_encoder_from
+    from avloc.methods.zoo import init_audio_encoder_from
 
     enc = model.audio_module()
     if enc is None:
@@ -516,7 +516,7 @@ def _raw_sources(dataset: Any) -> Any:
         d = getattr(d, "dataset", None)
     raise ConfigError(
         f"audio_pretrain_steps needs a DigitScenes training set (its FSDD / ESC-10 sources), not {type(dataset).__name__}; "
-        "pretrain with avloc.data.digitscenes.audio_pretrain.pretrain_audio_backbone and pass the file as audio_init_from"
+        "pretrain with avloc.methods.dnm.pretrain.pretrain_audio_backbone and pass the file as audio_init_from"
     )
 
 

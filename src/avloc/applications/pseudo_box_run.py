@@ -1,15 +1,15 @@
 """``avloc pseudo-boxes --manifest IN --out OUT [--workers N]``: the resumable run over IN's entries.
 
-The procedure is :mod:`avloc.data.pseudo_boxes` (Sec. 5.2); this module runs it over a manifest the way
+The procedure is :mod:`avloc.applications.pseudo_boxes` (Sec. 5.2); this module runs it over a manifest the way
 ``avloc localize`` runs a collection (:mod:`avloc.inference.batch`): one bad entry never stops the others,
 a summary at the end (done / skipped / failed with the one-line reason), a progress bar, and a re-run of the
 same command does not redo finished entries.
 
 **Running**: ``workers=0`` decodes and runs the model entry after entry in this process (no Ray import).
 ``workers=N`` runs one Ray Data pipeline (:func:`avloc.inference.batch.ray_pipeline`): each entry decoded
-(:func:`~avloc.data.pseudo_boxes.decode_entry`) in a CPU task, the classification model in ``N`` actors
+(:func:`~avloc.applications.pseudo_boxes.decode_entry`) in a CPU task, the classification model in ``N`` actors
 (``gpus_per_worker`` GPUs each; the model then runs on CUDA) that return each clip's boxes; this process
-turns them into manifest entries (:func:`~avloc.data.pseudo_boxes.boxes_to_entries`) and writes them. With the
+turns them into manifest entries (:func:`~avloc.applications.pseudo_boxes.boxes_to_entries`) and writes them. With the
 same torch thread count (``threads_per_worker`` 0: this process's ``--threads``) OUT is byte-identical to
 the sequential path's; on a GPU the scores agree to float rounding.
 
@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from avloc.data.pseudo_boxes import ClipBox, PseudoBoxConfig, boxes_to_entries, clip_pseudo_boxes, decode_entry
+from avloc.applications.pseudo_boxes import ClipBox, PseudoBoxConfig, boxes_to_entries, clip_pseudo_boxes, decode_entry
 from avloc.errors import ConfigError, DataError, OutputExistsError
 from avloc.inference.batch import (
     BatchConfig,

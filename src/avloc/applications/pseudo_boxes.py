@@ -19,7 +19,7 @@ pixels, and 2) draw a bounding box around the single largest segment":
 :func:`clip_pseudo_boxes` runs it on one clip with a classification model,
 :func:`decode_entry` decodes a manifest entry into such a clip and
 :func:`boxes_to_entries` turns its boxes into pseudo-labelled manifest entries;
-:func:`avloc.data.pseudo_box_run.run_pseudo_boxes` runs them over a manifest
+:func:`avloc.applications.pseudo_box_run.run_pseudo_boxes` runs them over a manifest
 (``avloc pseudo-boxes``: resumable, one bad entry never stops the others, on Ray
 with ``workers``). :class:`BoxSupervised` and :func:`semi_supervised`
 turn such a manifest plus unlabelled data into one training set whose batches
@@ -268,7 +268,7 @@ class BoxSupervised(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def feature_cache_keys(self) -> list[str] | None:
-        from avloc.engine.train import dataset_image_keys
+        from avloc.data.datasets import dataset_image_keys
 
         keys = dataset_image_keys(self.dataset)
         return None if keys is None else [f"{self.tag}:{k}" for k in keys]

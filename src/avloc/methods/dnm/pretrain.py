@@ -3,7 +3,7 @@
 :func:`pretrain_audio_backbone` trains the DNM audio encoder to name the spoken FSDD digit
 of the DigitScenes *train* speakers under ESC-10 ambient sound; DNMConfig
 ``audio_pretrain_steps`` runs it inside training, ``audio_init_from`` loads a saved result
-(:func:`avloc.methods.dnm.load_audio_backbone`).
+(:func:`avloc.methods.dnm.method.load_audio_backbone`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from avloc.errors import ConfigError, DataError
 from avloc.frontends.audio import AudioFrontend
 
 if TYPE_CHECKING:
-    from avloc.methods.dnm import DNMConfig
+    from avloc.methods.dnm.method import DNMConfig
 
 
 def pretrain_audio_backbone(
