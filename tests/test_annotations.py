@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avloc.data.annotations import (
+from avloc.errors import DataError
+from avloc.formats.annotations import (
     load_avsol_json,
     load_flickr_dir,
     load_music_json,
@@ -17,7 +18,6 @@ from avloc.data.annotations import (
     parse_flickr_xml,
     vggss_problems,
 )
-from avloc.errors import DataError
 from avloc.metrics import ops
 from avloc.metrics.groundtruth import flickr_targets, load_gt
 
@@ -95,13 +95,13 @@ def test_avsol_per_frame_annotations(tmp_path: Path) -> None:
 
 
 def test_importing_the_parsers_loads_neither_torch_nor_numpy() -> None:
-    """``avloc.data.annotations`` (and the manifest reader) are torch-free: ``avloc eval --gt`` stays light."""
+    """``avloc.formats.annotations`` (and the manifest reader) are torch-free: ``avloc eval --gt`` stays light."""
     import subprocess
     import sys
 
-    code = ("import sys, avloc.data.annotations, avloc.data.manifest, avloc.metrics.groundtruth\n"
+    code = ("import sys, avloc.formats.annotations, avloc.formats.manifest, avloc.metrics.groundtruth\n"
             "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['numpy']"  # numpy: the metrics package's; the parsers themselves need neither
-    code = "import sys, avloc.data.annotations, avloc.data.manifest\nprint(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    code = "import sys, avloc.formats.annotations, avloc.formats.manifest\nprint(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

@@ -12,7 +12,7 @@ import torch
 from avloc.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from avloc.config import apply_overrides, config_from_dict, config_to_dict, load_config_file
 from avloc.errors import CheckpointError, ConfigError, OutputExistsError
-from avloc.io.atomic import atomic_path, check_writable, write_text_atomic
+from avloc.formats.atomic import atomic_path, check_writable, write_text_atomic
 from avloc.registry import Registry, RegistryError
 
 
@@ -136,7 +136,7 @@ def test_atomic_write_gets_ordinary_file_permissions(tmp_path) -> None:
     try:
         import importlib
 
-        import avloc.io.atomic as atomic
+        import avloc.formats.atomic as atomic
 
         importlib.reload(atomic)  # the module reads the umask once, at import
         atomic.write_text_atomic(tmp_path / "a.txt", "x")

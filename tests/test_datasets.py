@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from avloc.data.datasets import ManifestDataset, dataset_from_spec
-from avloc.data.manifest import read_manifest, write_manifest
 from avloc.errors import CheckpointError, DataError
+from avloc.formats.manifest import read_manifest, write_manifest
 from avloc.frontends.audio import AudioFrontendConfig
 from avloc.frontends.image import ImageConfig
 from avloc.methods import create_method, register_method

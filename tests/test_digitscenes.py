@@ -25,9 +25,9 @@ from avloc.data.digitscenes.compose import ink_bbox
 from avloc.data.digitscenes.config import SPLITS
 from avloc.data.digitscenes.generate import generate
 from avloc.data.digitscenes.sampler import SplitPools
-from avloc.data.manifest import read_manifest, resolve_media
 from avloc.data.sources import RawSources, list_esc10, list_fsdd, load_cifar, load_mnist
 from avloc.errors import ConfigError, DataError
+from avloc.formats.manifest import read_manifest, resolve_media
 from avloc.frontends.audio import AudioFrontendConfig
 from avloc.frontends.image import ImageConfig
 from avloc.registry import DATASETS

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from avloc.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, write_safetensors
-from avloc.io.atomic import atomic_paths
+from avloc.formats.atomic import atomic_paths
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -111,7 +111,7 @@ def test_wav_and_text_writers_keep_the_previous_file(tmp_path: Path, monkeypatch
     atomic text/bytes writers: ENOSPC midway is an OSError naming the file, and the previous file stays."""
     import numpy as np
 
-    from avloc.io.atomic import write_text_atomic
+    from avloc.formats.atomic import write_text_atomic
     from avloc.io.audio import write_wav
 
     wav, txt = tmp_path / "a.wav", tmp_path / "m.jsonl"

@@ -133,8 +133,9 @@ def _write(name: str, content: str | bytes) -> Path:
 
 
 def _config_classes() -> list[type]:
-    from avloc.data.digitscenes.config import VARIANTS
     from avloc.data.pseudo_boxes import PseudoBoxConfig
+
+    from avloc.data.digitscenes.config import VARIANTS
     from avloc.frontends.audio import AudioFrontendConfig
     from avloc.frontends.image import ImageConfig
     from avloc.methods import list_methods
@@ -212,7 +213,7 @@ def manifests(draw: st.DrawFn) -> bytes:
 
 @two_tests(manifests())
 def _manifest_property(raw: bytes) -> None:
-    from avloc.data.manifest import entry_problems, read_manifest
+    from avloc.formats.manifest import entry_problems, read_manifest
     from avloc.metrics.groundtruth import manifest_targets
 
     p = _write("m.jsonl", raw)

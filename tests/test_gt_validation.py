@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from avloc.cli.main import main
-from avloc.data.manifest import read_manifest
 from avloc.errors import DataError
+from avloc.formats.manifest import read_manifest
 from avloc.metrics.groundtruth import load_gt
 
 # name: (file name, content (str or bytes), words the message must hold)

@@ -1,11 +1,11 @@
-"""avloc.io.jsonschema: Draft 2020-12 validation by the jsonschema library, one "$.path: what" line per problem."""
+"""avloc.formats.jsonschema: Draft 2020-12 validation by the jsonschema library, one "$.path: what" line per problem."""
 
 from __future__ import annotations
 
 import pytest
 
 from avloc.errors import ConfigError
-from avloc.io.jsonschema import load_schema, validate
+from avloc.formats.jsonschema import load_schema, validate
 
 
 def test_every_keyword_is_checked_and_paths_are_named() -> None:

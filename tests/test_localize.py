@@ -11,9 +11,9 @@ import pytest
 
 from avloc.cli.main import main
 from avloc.data.synthetic import DemoClip, DemoClipConfig, make_demo_clip
+from avloc.formats.jsonschema import validate
 from avloc.formats.localize import read_document
 from avloc.inference.check import score_records
-from avloc.io.jsonschema import validate
 from avloc.io.media import probe
 from clips import write_clip
 

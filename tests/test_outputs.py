@@ -283,8 +283,8 @@ def test_sigkill_keeps_the_previous_set_and_leftovers_are_cleaned(tmp_path, caps
 
 
 def test_prepare_folder_ignores_hidden_and_temporary_files(tmp_path) -> None:
-    from avloc.data.manifest import read_manifest
     from avloc.data.prepare import prepare
+    from avloc.formats.manifest import read_manifest
 
     root = tmp_path / "v"
     root.mkdir()

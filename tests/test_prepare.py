@@ -11,9 +11,9 @@ import pytest
 import soundfile as sf
 
 from avloc.cli.main import main
-from avloc.data.manifest import read_manifest
 from avloc.data.prepare import prepare
 from avloc.errors import DataError
+from avloc.formats.manifest import read_manifest
 from clips import write_clip
 
 

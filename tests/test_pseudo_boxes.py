@@ -255,7 +255,7 @@ def _tiny_media(tmp: Path, demo_clip: Path) -> Path:
 def test_pseudo_boxes_cli(tmp_path: Path, demo_clip_path: Path) -> None:
     from avloc.cli.main import main
     from avloc.data.datasets import ManifestDataset
-    from avloc.data.manifest import read_manifest
+    from avloc.formats.manifest import read_manifest
     from avloc.methods import create_method
     from avloc.methods.zoo import save_model
 

@@ -54,7 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from avloc.errors import CheckpointError  # noqa: E402
-from avloc.io.atomic import atomic_path, write_text_atomic  # noqa: E402
+from avloc.formats.atomic import atomic_path, write_text_atomic  # noqa: E402
 from avloc.vision._tflite import Act, TFConv2d, TransposeConvBias, load_zoo_weights, tflite_layers  # noqa: E402
 from avloc.vision.pose import PoseDetectorNet, PoseLandmarkNet  # noqa: E402
 from avloc.vision.segmentation import SelfieSegmentationNet  # noqa: E402

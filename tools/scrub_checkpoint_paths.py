@@ -49,7 +49,7 @@ def scrub_file(path: Path) -> list[str]:
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from avloc.io.atomic import atomic_path
+    from avloc.formats.atomic import atomic_path
 
     with safe_open(str(path), framework="pt") as f:
         meta = dict(f.metadata() or {})

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from avloc.errors import CheckpointError
-from avloc.io.atomic import atomic_path
+from avloc.formats.atomic import atomic_path
 
 FORMAT_VERSION = 1
 _META_KEY = "avloc"

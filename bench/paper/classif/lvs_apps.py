@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         res["table4"] = t4
     print(json.dumps(res, indent=2))
     if args.json_out:
-        from avloc.io.atomic import write_text_atomic
+        from avloc.formats.atomic import write_text_atomic
 
         write_text_atomic(args.json_out, json.dumps(res, indent=2) + "\n")
     return 0

@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         res["train_samples_per_s"] = {n: round(train_throughput(m, args.batch, args.repeats), 1) for n, m in classif.items()}
     print(json.dumps(res, indent=2))
     if args.json_out:
-        from avloc.io.atomic import write_text_atomic
+        from avloc.formats.atomic import write_text_atomic
 
         write_text_atomic(args.json_out, json.dumps(res, indent=2) + "\n")
     cols = [(pr, k) for pr in args.protocols for k in (("pibr", "hmboxauc") if pr == "avsol" else ("success", "auc", "mean_ciou"))]

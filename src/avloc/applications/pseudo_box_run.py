@@ -116,8 +116,8 @@ def _sha256(path: Path) -> str:
 def _assemble(dst: Path, parts: Path, results: list[list[dict[str, Any]]], keep_parts: bool) -> None:
     """Write OUT atomically from the finished entries (IN's order); its sha256 is recorded in the work area first,
     so that a run killed at any point here still knows OUT as its own."""
-    from avloc.data.manifest import manifest_line
-    from avloc.io.atomic import write_text_atomic
+    from avloc.formats.atomic import write_text_atomic
+    from avloc.formats.manifest import manifest_line
 
     text = "".join(manifest_line(x) for new in results for x in new)
     sha = hashlib.sha256(text.encode()).hexdigest()
@@ -150,7 +150,7 @@ def check_out(out: Path, force: bool) -> None:
 
 def _open_parts(parts: Path, key: dict[str, Any], force: bool) -> None:
     """Create the work area for ``key``, or check that the one there is for ``key`` (refused otherwise)."""
-    from avloc.io.atomic import write_text_atomic
+    from avloc.formats.atomic import write_text_atomic
 
     if force and parts.exists():
         shutil.rmtree(parts)
@@ -171,7 +171,7 @@ def _open_parts(parts: Path, key: dict[str, Any], force: bool) -> None:
 def _finished_part(path: Path, entry: dict[str, Any]) -> list[dict[str, Any]] | None:
     """The entries a part holds when it is complete, made from ``entry`` and valid manifest entries, else ``None``
     (redo: a part edited or damaged since it was written is never copied into OUT unchecked)."""
-    from avloc.data.manifest import entry_problems
+    from avloc.formats.manifest import entry_problems
 
     doc = _read_json(path)
     if not (isinstance(doc, dict) and doc.get("source") == entry and isinstance(doc.get("entries"), list)):
@@ -208,8 +208,8 @@ def run_pseudo_boxes(
     command: list[str] | None = None,
 ) -> PseudoBoxRun:
     """Pseudo boxes for every entry of ``manifest`` into the manifest ``out`` (module doc)."""
-    from avloc.data.manifest import read_manifest
-    from avloc.io.atomic import write_text_atomic
+    from avloc.formats.atomic import write_text_atomic
+    from avloc.formats.manifest import read_manifest
 
     batch.validate()
     src, dst = Path(manifest), Path(out)

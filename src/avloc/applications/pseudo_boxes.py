@@ -176,7 +176,7 @@ def decode_entry(model_cfg: ClassifConfig, manifest: str | Path, entry: dict[str
     """
     from avloc.data.clips import step_time
     from avloc.data.datasets import load_image
-    from avloc.data.manifest import resolve_media
+    from avloc.formats.manifest import resolve_media
     from avloc.frontends.image import preprocess_image
     from avloc.io.audio import load_audio
     from avloc.io.media import iter_frames
@@ -212,7 +212,7 @@ def boxes_to_entries(entry: dict[str, Any], boxes: Sequence[ClipBox], hw: tuple[
     :class:`~avloc.data.datasets.ManifestDataset` reads); ``pseudo_box`` true, ``moment_step``, ``moment_time``,
     ``moment_score``, ``source_id``. A clip whose map is flat (no box) gives none."""
     from avloc.data.clips import step_time
-    from avloc.data.manifest import resolve_media
+    from avloc.formats.manifest import resolve_media
 
     h, w = hw
     out: list[dict[str, Any]] = []

@@ -27,9 +27,9 @@ def add_parser(sub: Any, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from avloc.data.synthetic import DemoClipConfig, write_demo_clip
+    from avloc.formats.atomic import check_writable
     from avloc.inference import DEFAULT_MODEL, LocalizeConfig, localize_video
     from avloc.inference.check import score_records
-    from avloc.io.atomic import check_writable
     from avloc.methods.zoo import load_model
 
     out = Path(args.out)

@@ -55,7 +55,7 @@ def add_parser(sub: Any, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from avloc.errors import AvlocError
-    from avloc.io.atomic import check_writable
+    from avloc.formats.atomic import check_writable
     from avloc.metrics.protocols import create_protocol
 
     protocol = create_protocol(args.protocol, **_overrides(args.set))  # unknown names fail before any work
@@ -187,7 +187,7 @@ def _eval_model(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _write_markdown(path: str, results: dict[str, Any], protocol: Any) -> None:
-    from avloc.io.atomic import write_text_atomic
+    from avloc.formats.atomic import write_text_atomic
 
     rows = [(k, v) for k, v in results.items() if isinstance(v, (int, float, str, bool)) and k != "protocol"]
     lines = [
@@ -214,7 +214,7 @@ def _plot(path: str, results: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from avloc.io.atomic import atomic_path
+    from avloc.formats.atomic import atomic_path
 
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
     ax.plot(curve["thresholds"], curve["success"], marker="o", ms=3)

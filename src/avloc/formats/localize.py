@@ -308,14 +308,14 @@ class LocalizeDocument:
 # --------------------------------------------------------------------------- the one reader and writer
 def schema() -> dict[str, Any]:
     """The JSON Schema of ``NAME.avloc.json``."""
-    from avloc.io.jsonschema import load_schema
+    from avloc.formats.jsonschema import load_schema
 
     return load_schema("avloc.formats", SCHEMA_FILE)
 
 
 def validate_document(doc: Any) -> list[str]:
     """Every way ``doc`` breaks the schema (empty when it conforms), plus output names that leave the folder."""
-    from avloc.io.jsonschema import validate
+    from avloc.formats.jsonschema import validate
 
     errs = validate(doc, schema())
     if not errs:
@@ -329,7 +329,7 @@ def read_document(path: str | Path) -> LocalizeDocument:
 
     Raises :class:`DataError` naming the file and its first problem.
     """
-    from avloc.io.jsonschema import load_json_strict
+    from avloc.formats.jsonschema import load_json_strict
 
     p = Path(path)
     try:

@@ -101,7 +101,7 @@ class RunRecord:
     @classmethod
     def from_dict(cls, doc: Any, where: str = RUN_FILE) -> RunRecord:
         """Check ``doc`` against ``run_schema.json`` and the rules it cannot say; raises :class:`DataError`."""
-        from avloc.io.jsonschema import load_schema, validate
+        from avloc.formats.jsonschema import load_schema, validate
 
         errs = validate(doc, load_schema("avloc.formats", "run_schema.json"))
         if not errs:
@@ -130,7 +130,7 @@ def read_run(folder: str | Path) -> RunRecord | None:
 
     Raises :class:`DataError` when it is not JSON or not a valid record.
     """
-    from avloc.io.jsonschema import load_json_strict
+    from avloc.formats.jsonschema import load_json_strict
 
     p = Path(folder) / RUN_FILE
     if not p.exists():
@@ -144,7 +144,7 @@ def read_run(folder: str | Path) -> RunRecord | None:
 
 def write_run(folder: str | Path, record: RunRecord) -> Path:
     """Write ``folder/run.json`` atomically (readers see the old record or the new one, never half)."""
-    from avloc.io.atomic import write_text_atomic
+    from avloc.formats.atomic import write_text_atomic
 
     RunRecord.from_dict(record.to_dict())  # never write a record the reader would refuse
     p = Path(folder) / RUN_FILE

@@ -333,8 +333,8 @@ def import_checkpoint(
     """Convert the published checkpoint ``source`` of ``family_name`` into the avloc checkpoint ``out``."""
     from avloc.checkpoint import batchnorm_problems
     from avloc.config import check_range
+    from avloc.formats.atomic import check_writable
     from avloc.frontends.audio import MAX_SAMPLE_RATE
-    from avloc.io.atomic import check_writable
     from avloc.methods import create_method
     from avloc.methods.zoo import save_model
 

@@ -249,7 +249,7 @@ class RunLog:
                 "finished": self.finished, "inputs": [s.to_dict() for s in self.states]}
 
     def write(self) -> None:
-        from avloc.io.atomic import write_text_atomic
+        from avloc.formats.atomic import write_text_atomic
 
         write_text_atomic(self.path, json.dumps(self.document(), indent=1, allow_nan=False) + "\n")
 

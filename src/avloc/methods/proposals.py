@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from avloc.errors import AvlocError, ConfigError
-from avloc.io.atomic import atomic_path, write_text_atomic
+from avloc.formats.atomic import atomic_path, write_text_atomic
 
 #: Bump when the stored layout or the extraction post-processing changes.
 PROPOSAL_CACHE_VERSION = 1

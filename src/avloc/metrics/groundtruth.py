@@ -1,6 +1,6 @@
 """Ground truth for evaluation: parsed annotation records -> the normalised-box targets the protocols score.
 
-The parsers of the published formats live in :mod:`avloc.data.annotations` (torch-free, every field
+The parsers of the published formats live in :mod:`avloc.formats.annotations` (torch-free, every field
 checked); here: which parser a ``--gt`` file needs (:func:`load_gt`) and the records as targets
 (:class:`avloc.metrics.targets.Target` inputs, boxes normalised to the frame) that
 :func:`avloc.engine.evaluate.evaluate_predictions` consumes.
@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from avloc.data.annotation_checks import read_json
-from avloc.data.annotations import (
+from avloc.errors import DataError
+from avloc.formats.annotation_checks import read_json
+from avloc.formats.annotations import (
     FLICKR_FRAME,
     load_avsol_json,
     load_dsol_json,
@@ -22,7 +23,6 @@ from avloc.data.annotations import (
     load_slavc_nonsounding_csv,
     load_vggss_json,
 )
-from avloc.errors import DataError
 
 
 def flickr_targets(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -97,7 +97,7 @@ def _dispatch_json(p: Path, data: Any) -> list[dict[str, Any]]:
 
 def manifest_targets(path: str | Path) -> list[dict[str, Any]]:
     """Targets of an avloc jsonl manifest: pixel boxes normalised by the entry's ``size``."""
-    from avloc.data.manifest import read_manifest
+    from avloc.formats.manifest import read_manifest
 
     out = []
     for e in read_manifest(path):

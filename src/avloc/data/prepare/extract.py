@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from avloc.data.manifest import Entry, read_manifest, resolve_media, write_manifest
 from avloc.errors import DataError, MediaError, describe_error
-from avloc.io.atomic import check_writable, write_text_atomic
+from avloc.formats.atomic import check_writable, write_text_atomic
+from avloc.formats.manifest import Entry, read_manifest, resolve_media, write_manifest
 
 log = logging.getLogger(__name__)
 #: JPEG quality of the extracted frames (visually lossless at 224)
@@ -58,7 +58,7 @@ def _one(args: tuple[Entry, str, str, int, int]) -> tuple[str, Entry | None, str
     from PIL import Image
 
     from avloc.data.datasets import read_frame_at
-    from avloc.io.atomic import atomic_path
+    from avloc.formats.atomic import atomic_path
     from avloc.io.audio import load_audio, write_wav
 
     e, manifest, out_dir, size, rate = args

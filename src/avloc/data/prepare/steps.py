@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from avloc.data import annotations as ann
-from avloc.data.manifest import Entry, entry_problems, write_manifest
 from avloc.errors import DataError, MediaError, describe_error
-from avloc.io.atomic import check_writable, write_text_atomic
+from avloc.formats import annotations as ann
+from avloc.formats.atomic import check_writable, write_text_atomic
+from avloc.formats.manifest import Entry, entry_problems, write_manifest
 from avloc.metrics.groundtruth import flickr_targets
 
 AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg")

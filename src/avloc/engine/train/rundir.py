@@ -21,7 +21,7 @@ from avloc.config import config_to_dict
 from avloc.engine.train.config import DataConfig, TrainConfig
 from avloc.engine.train.state import STATE_KEYS, STATE_META_KEY
 from avloc.errors import ConfigError, DataError, OutputExistsError
-from avloc.io.atomic import atomic_path, write_text_atomic
+from avloc.formats.atomic import atomic_path, write_text_atomic
 from avloc.methods.base import LocalizationMethod
 
 STATE_FILE = "train_state.safetensors"

@@ -19,7 +19,7 @@ import torch
 
 from avloc.engine.train.distributed import Dist
 from avloc.errors import DataError
-from avloc.io.atomic import atomic_path
+from avloc.formats.atomic import atomic_path
 
 #: the safetensors header key holding the JSON skeleton of a training state
 STATE_META_KEY = "avloc_train_state"

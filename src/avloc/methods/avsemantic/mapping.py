@@ -183,10 +183,8 @@ class SoundMap:
         whatever the new map says; every other class the new map calls ``object``
         becomes ``none``; the new map's ``human`` and ``none`` entries are kept.
         """
-        from avloc.inference.semantic import load_mapping  # lazy: avloc.inference imports the whole pipeline
-
         new = load_sound_map(sound_map_path, class_names=class_names, imagenet_names=imagenet_names)
-        legacy, _unmapped = load_mapping(Path(legacy_path), new.audioset_names)
+        legacy, _unmapped = load_legacy_mapping(Path(legacy_path), new.audioset_names)
         kind = new.kind.copy()
         imagenet = list(new.imagenet)
         region = list(new.region)
@@ -342,3 +340,18 @@ def _coco(path: Path, where: str, value: Any, kind: str) -> tuple[int, ...]:
     if len(set(value)) != len(value):
         raise ConfigError(f"{path}: {where}: a COCO category is listed twice")
     return tuple(sorted(COCO_NAMES.index(v) for v in value))
+
+
+def load_legacy_mapping(path: Path, class_names: list[str]) -> tuple[dict[str, list[tuple[int, str]]], dict[str, str]]:
+    """The old 42-group file: AudioSet display name -> [(ImageNet index, label)], and its unmapped notes; every
+    name must exist in YAMNet's class map."""
+    doc = json.loads(Path(path).read_text())
+    known = set(class_names)
+    out: dict[str, list[tuple[int, str]]] = {}
+    for g in doc["groups"]:
+        classes = [(i, label) for first, last, label in g["imagenet"] for i in range(int(first), int(last) + 1)]
+        for name in g["audioset"]:
+            if name not in known:
+                raise ConfigError(f"{path}: AudioSet class {name!r} (group {g['name']!r}) is not in YAMNet's class map")
+            out.setdefault(name, []).extend(classes)
+    return out, dict(doc.get("unmapped", {}))

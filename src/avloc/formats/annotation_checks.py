@@ -1,4 +1,4 @@
-"""The validating layer under the annotation parsers (:mod:`avloc.data.annotations`); torch-free.
+"""The validating layer under the annotation parsers (:mod:`avloc.formats.annotations`); torch-free.
 
 Parsers read a file into plain data and hand each field to these checks,
 which return the value in the form the parser needs or raise
@@ -8,7 +8,7 @@ the field — never a ``TypeError``, ``KeyError``, ``OverflowError`` or
 a box that cannot be scored.
 
 Schema (what every format's fields must be; the formats' layouts are in
-:mod:`avloc.data.annotations`):
+:mod:`avloc.formats.annotations`):
 
 =============== ======================================================================
 file            UTF-8 text; JSON strict (``NaN`` / ``Infinity`` literals refused,

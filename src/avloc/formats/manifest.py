@@ -31,10 +31,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from avloc.data.annotation_checks import MAX_COORD, MAX_FPS, MAX_LABEL, MAX_SECONDS, MAX_SIDE
-from avloc.data.annotation_checks import show as _show
 from avloc.errors import DataError
-from avloc.io.atomic import atomic_path
+from avloc.formats.annotation_checks import MAX_COORD, MAX_FPS, MAX_LABEL, MAX_SECONDS, MAX_SIDE
+from avloc.formats.annotation_checks import show as _show
+from avloc.formats.atomic import atomic_path
 
 Entry = dict[str, Any]
 #: entry fields that name media files (relative to the manifest's folder)

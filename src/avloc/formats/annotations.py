@@ -2,7 +2,7 @@
 
 Each parser returns plain dicts with ``id``, ``boxes`` (list of
 ``[x1, y1, x2, y2]``) and format-specific keys, every field checked by
-:mod:`avloc.data.annotation_checks` (types, number ranges, depth: one
+:mod:`avloc.formats.annotation_checks` (types, number ranges, depth: one
 :class:`~avloc.errors.DataError` line naming the file, entry and field).
 :mod:`avloc.metrics.groundtruth` turns the records into the normalised-box
 targets the protocols score (``flickr_targets``, ``load_gt``).
@@ -42,15 +42,15 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from avloc.data import annotation_checks as check
 from avloc.errors import DataError
+from avloc.formats import annotation_checks as check
 
 FLICKR_FRAME = 256  # Flickr-SoundNet boxes are drawn on 256 x 256 frames
 AVSOL_FPS = 10.0  # AVSOL-E frames are annotated at 10 fps
 
 
 def _read_json(path: str | Path) -> Any:
-    return check.read_json(path)  # UTF-8, strict JSON (no NaN, bounded depth): avloc.data.annotation_checks
+    return check.read_json(path)  # UTF-8, strict JSON (no NaN, bounded depth): avloc.formats.annotation_checks
 
 
 def parse_flickr_xml(path: str | Path) -> dict[str, Any]:
