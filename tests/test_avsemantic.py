@@ -97,6 +97,10 @@ def test_onscreen_frame_probability_by_hand() -> None:
     assert m.source_probability(srcs[0]) == pytest.approx(0.6) and m.source_probability(srcs[1]) == pytest.approx(0.2)
     assert m.frame_probability(srcs) == pytest.approx(1 - 0.4 * 0.8 ** 0.5)
     assert m.frame_probability([], motion=0.0) == pytest.approx(0.2)  # nothing heard: the none group
+    # classes grounded on one thing are one cause: the max of their p and of their audibility counts once
+    same = [HeardEvidence("object", 0.8, {}, "seen:clock"), HeardEvidence("object", 0.6, {}, "seen:clock"),
+            HeardEvidence("none", 0.4, {}, "none"), HeardEvidence("none", 0.3, {}, "none")]
+    assert m.frame_probability(same) == pytest.approx(1 - 0.4 * 0.8 ** 0.5)
 
 
 def test_onscreen_loss_gradient_matches_finite_differences() -> None:

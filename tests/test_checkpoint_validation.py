@@ -106,7 +106,8 @@ def test_every_zoo_checkpoint_passes_the_checks_with_its_own_weights() -> None:
     """The checks refuse nothing that ships: every zoo model's config has no problem and the loaded model holds
     exactly the file's tensors (excluded frozen encoders aside), in eval mode."""
     from avloc.checkpoint import load_checkpoint
-    from avloc.methods.zoo import config_problems, list_zoo, resolve_model_path
+    from avloc.config import config_from_dict, config_to_dict
+    from avloc.methods.zoo import list_zoo, resolve_model_path
 
     names = list_zoo()
     assert len(names) >= 5
@@ -116,6 +117,6 @@ def test_every_zoo_checkpoint_passes_the_checks_with_its_own_weights() -> None:
         ck = load_checkpoint(path)
         model = load_model(name)
         assert model.name == ck.method and not model.training
-        assert config_problems(model.cfg) == []
+        assert config_from_dict(type(model.cfg), config_to_dict(model.cfg)) == model.cfg  # every range check passes
         state = model.state_dict()
         assert ck.state_dict and all(torch.equal(state[k], v) for k, v in ck.state_dict.items()), name

@@ -133,8 +133,7 @@ def _write(name: str, content: str | bytes) -> Path:
 
 
 def _config_classes() -> list[type]:
-    from avloc.data.pseudo_boxes import PseudoBoxConfig
-
+    from avloc.applications.pseudo_boxes import PseudoBoxConfig
     from avloc.data.digitscenes.config import VARIANTS
     from avloc.frontends.audio import AudioFrontendConfig
     from avloc.frontends.image import ImageConfig

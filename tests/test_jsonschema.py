@@ -36,7 +36,7 @@ def test_a_malformed_schema_is_an_error_not_a_weaker_check() -> None:
 
 
 def test_shipped_schemas_are_valid_draft_2020_12() -> None:
-    for package, name in (("avloc.inference", "schema.json"), ("avloc.report", "run_schema.json")):
+    for package, name in (("avloc.formats", "localize_schema.json"), ("avloc.formats", "run_schema.json")):
         schema = load_schema(package, name)
         assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
         assert validate({}, schema)  # an empty document misses required keys

@@ -54,8 +54,8 @@ def source_clip(clip: Any, frame: Any) -> str:
 
 def collect(data: Path, cache: Path | None) -> list[LabelledFrame]:
     """Run avsemantic on the annotated clips of ``data`` (or read the cached records) -> labelled frames."""
+    from avloc.applications.realworld import run_on_clips
     from avloc.data.realclips import load_realclips
-    from avloc.engine.realworld import run_on_clips
     from avloc.formats.localize import FrameRecord
     from avloc.inference import LocalizeConfig
     from avloc.methods import create_method
@@ -74,9 +74,9 @@ def collect(data: Path, cache: Path | None) -> list[LabelledFrame]:
     out = []
     for c in clips:
         for f in c.frames:
-            if f.onscreen is None or c.frame_id(f) not in records:
+            rec = records.get(c.frame_id(f))
+            if f.onscreen is None or rec is None or rec.silent:  # silent frames are off-screen by rule, not by the model
                 continue
-            rec = records[c.frame_id(f)]
             out.append(LabelledFrame(data.name, source_clip(c, f), bool(f.onscreen), evidence_of(rec),
                                      float((rec.onscreen_features or {}).get("motion", 0.0))))
     return out
@@ -86,7 +86,7 @@ def evidence_of(rec: Any) -> list[Any]:
     """The heard sources of a record as the on-screen model reads them (group from kind and the sound map's
     off-screen prior; evidence from each source's ``detail``)."""
     from avloc.methods.avsemantic.mapping import load_sound_map
-    from avloc.methods.avsemantic.onscreen import HeardEvidence
+    from avloc.methods.avsemantic.onscreen import HeardEvidence, cause_key
 
     smap = _sound_map(load_sound_map)
     out = []
@@ -95,7 +95,8 @@ def evidence_of(rec: Any) -> list[Any]:
         if s.kind == "human" and smap.offscreen_prior[smap.index(s.label)]:
             group = "narration"
         ev = {k: float(v) for k, v in s.detail.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-        out.append(HeardEvidence(group, s.score, ev))
+        grounded = s.kind != "none" and s.peak is not None
+        out.append(HeardEvidence(group, s.score, ev, cause_key(s.kind, s.grounding, s.label, grounded)))
     return out
 
 

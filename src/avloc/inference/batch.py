@@ -16,7 +16,7 @@ locally (``ray.init(num_cpus=..., include_dashboard=False, log_to_driver=False)`
 (``auto`` or ``HOST:PORT``) names a cluster to join, whose nodes must have avloc installed. Each actor uses
 ``threads_per_worker`` torch threads (``--threads-per-worker``; 0: as many as this process, see
 :class:`BatchConfig`). The pipeline (:func:`ray_pipeline`), the run record (:class:`RunLog`) and the progress
-bar (:class:`Tracker`) also serve ``avloc pseudo-boxes`` (:mod:`avloc.data.pseudo_box_run`).
+bar (:class:`Tracker`) also serve ``avloc pseudo-boxes`` (:mod:`avloc.applications.pseudo_box_run`).
 
 **Resuming**: without ``force`` an input whose ``NAME.avloc.json`` is complete and valid (schema-checked
 against ``schema.json``, every output it lists present, made with the same model and configuration) is

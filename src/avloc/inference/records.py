@@ -83,7 +83,8 @@ def source_record(k: int, s: FrameSource, src_wh: tuple[int, int], cfg: Localize
     if not silent and len(s.boxes):
         boxes = tuple(_box(b, weight * inst.score, label=h.label, instance=inst.name, source=k)
                       for b, inst in zip(s.boxes, h.instances, strict=True))
-    elif not silent and s.map is not None:
+    elif not silent and s.map is not None and (h.kind != "none" or (p_on or 0.0) >= cfg.onscreen_threshold):
+        # a sound with no visual counterpart is boxed only where its motion evidence calls it visible
         b = _map_box(s.map, src_wh, cfg, weight, label=h.label, instance=h.grounding, source=k)
         boxes = () if b is None else (b,)
     detail = {a: (round(v, SCORE_DECIMALS) if isinstance(v, float) else v) for a, v in h.detail.items()}

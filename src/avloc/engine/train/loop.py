@@ -65,6 +65,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from avloc.config import config_to_dict
 from avloc.data.datasets import dataset_image_keys
+from avloc.data.loader import Loader
 from avloc.encoders.cache import FeatureBank, encode_dataset
 from avloc.engine.train.config import DataConfig, TrainConfig, build_optimizer, lr_at
 from avloc.engine.train.distributed import Dist, all_reduce_mean, barrier, init_distributed, sync_buffers
@@ -140,7 +141,7 @@ def _epoch_loader(dataset: Dataset, cfg: TrainConfig, d: Dist, epoch: int, skip_
     idx = idx[skip_batches * cfg.batch_size :]
     g = torch.Generator()
     g.manual_seed(cfg.seed * 100_003 + epoch * 1009 + d.rank)
-    return DataLoader(
+    return Loader(  # a worker's AvlocError reaches the CLI as itself (one line), not as the worker's traceback
         dataset,
         batch_size=cfg.batch_size,
         sampler=_ListSampler(idx),
@@ -407,14 +408,19 @@ class Trainer:
         rngs = gather_rng(self.dist)
         if not self.dist.main:
             return
+        from avloc.formats.atomic import atomic_paths
+        from avloc.methods.zoo import save_model
+
         pos = self.pos
-        self.run.save_model(self.model, "last.safetensors",
-                            {"step": pos.step, "run": str(self.out), "feature_cache": self.use_cache})
-        save_train_state(self.out / STATE_FILE, {
-            "model": self.model.state_dict(), "optim": self.opt.state_dict(), "step": pos.step, "epoch": pos.epoch,
-            "batch_in_epoch": pos.batch_in_epoch, "best": None if self.tracker is None else self.tracker.best,
-            "rng": rngs,
-        })
+        # one set: a full disk on the second file leaves both previous files, never a last model of one step
+        # beside the state of another
+        with atomic_paths(self.out / "last.safetensors", self.out / STATE_FILE) as (t_last, t_state):
+            save_model(self.model, t_last, meta={"step": pos.step, "run": str(self.out), "feature_cache": self.use_cache})
+            save_train_state(t_state, {
+                "model": self.model.state_dict(), "optim": self.opt.state_dict(), "step": pos.step,
+                "epoch": pos.epoch, "batch_in_epoch": pos.batch_in_epoch,
+                "best": None if self.tracker is None else self.tracker.best, "rng": rngs,
+            })
 
 
 def train(

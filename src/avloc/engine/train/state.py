@@ -19,7 +19,6 @@ import torch
 
 from avloc.engine.train.distributed import Dist
 from avloc.errors import DataError
-from avloc.formats.atomic import atomic_path
 
 #: the safetensors header key holding the JSON skeleton of a training state
 STATE_META_KEY = "avloc_train_state"
@@ -95,13 +94,11 @@ def _set_rng_state(st: dict[str, Any]) -> None:
 
 def save_train_state(path: str | Path, state: dict[str, Any]) -> Path:
     """Write a nested dict of tensors and JSON scalars as one safetensors file, atomically."""
-    from safetensors.torch import save_file
+    from avloc.checkpoint import write_safetensors
 
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _split_tensors(state, "s", tensors)
-    with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={STATE_META_KEY: json.dumps(skeleton)})
-    return Path(path)
+    return write_safetensors(path, tensors, metadata={STATE_META_KEY: json.dumps(skeleton)})
 
 
 #: the keys a run's training state holds (written by the loop's ``save_state``, read by :func:`restore`)

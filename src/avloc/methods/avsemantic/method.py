@@ -76,9 +76,9 @@ def fit_window(audio: torch.Tensor, n: int) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- the model
 #: on-screen model fitted by ``python -m avloc.methods.avsemantic.fit_onscreen`` (docs/RESULTS.md, "On/off-screen")
-DEFAULT_ONSCREEN_BIAS: dict[str, float] = {"object": -1.0, "human": -1.0, "narration": -1.0, "none": -1.0}
+DEFAULT_ONSCREEN_BIAS: dict[str, float] = {"object": -4.0, "human": -2.0, "narration": -4.0, "none": -3.0}
 DEFAULT_ONSCREEN_WEIGHTS: dict[str, tuple[float, ...]] = {
-    "object": (8.0, 8.0), "human": (2.0, 4.0, 2.0), "narration": (1.0, 4.0, 1.0), "none": (2.0,),
+    "object": (12.0, 8.0), "human": (3.0, 4.0, 2.0), "narration": (2.0, 6.0, 1.0), "none": (2.0,),
 }
 
 
@@ -369,7 +369,8 @@ def _evidence_of(h: HeardSource, classes: _ClassSets) -> onscreen_model.HeardEvi
     if h.kind == "human" and classes.narration[classes.names.index(h.label)]:
         group = "narration"
     ev = {k: float(v) for k, v in h.detail.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    return onscreen_model.HeardEvidence(group, h.score, ev)
+    cause = onscreen_model.cause_key(h.kind, h.grounding, h.label, h.map is not None and h.kind != "none")
+    return onscreen_model.HeardEvidence(group, h.score, ev, cause)
 
 
 def _frame_map(srcs: list[HeardSource], fallback: torch.Tensor) -> torch.Tensor:

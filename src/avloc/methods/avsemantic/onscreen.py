@@ -14,10 +14,12 @@ group ``g(s)`` and carries evidence ``x_s`` in [0, 1] that it is visible:
   peak correlation of local motion with the audio envelope (Hershey & Movellan 1999's synchrony).
 
 The source is visible with ``p_s = sigmoid(b_g + w_g . x_s)``, every ``w_g >= 0``: more evidence for the heard
-source never lowers it. The frame holds a visible heard source with the noisy-OR over its sources (Pearl 1988),
-each counted by its relative audibility ``r_s = a_s / max_t a_t`` (the loudest heard class counts fully):
+source never lowers it. Heard classes grounded on the same thing (YAMNet's "Tick", "Clock" and "Tick-tock"
+on one clock; "Noise", "Static" and "White noise" on no visual counterpart) are one physical cause ``k``:
+``p_k = max p_s`` and ``r_k = max r_s`` over its classes, with the relative audibility ``r_s = a_s / max_t a_t``
+(the loudest heard class counts fully). The frame holds a visible cause with their noisy-OR (Pearl 1988):
 
-    P(on-screen) = 1 - prod_s (1 - p_s) ** r_s
+    P(on-screen) = 1 - prod_k (1 - p_k) ** r_k
 
 which is non-decreasing in every ``p_s``, hence in every evidence value. A frame with nothing heard uses the
 ``none`` group on the frame's motion evidence. The parameters are fitted by maximum likelihood on labelled
@@ -49,11 +51,13 @@ LOGIT_CLIP = 50.0
 
 @dataclass(frozen=True)
 class HeardEvidence:
-    """One heard source as the on-screen model sees it: its group, tagger score and evidence values."""
+    """One heard source as the on-screen model sees it: its group, tagger score, evidence values, and the cause
+    it is grounded on (:func:`cause_key`; sources with one key are one cause)."""
 
     group: str
     score: float
     evidence: Mapping[str, float]
+    cause: str = ""
 
     def row(self) -> np.ndarray:
         """The evidence in :data:`EVIDENCE` order, each clipped to [0, 1]; a missing value counts 0."""
@@ -107,26 +111,50 @@ class OnscreenModel:
         return frame_probability(self, sources, motion)
 
 
+def cause_key(kind: str, grounding: str, label: str, grounded: bool) -> str:
+    """What a heard source is grounded on, as the cause it shares with other heard classes: its instance when
+    grounded, the one fallback cue for sounds with no visual counterpart, else the class itself."""
+    if grounded:
+        return f"seen:{grounding}"
+    return "none" if kind == "none" else f"class:{label}"
+
+
+def _causes(sources: Sequence[HeardEvidence]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for i, s in enumerate(sources):
+        out.setdefault(s.cause or f"#{i}", []).append(i)
+    return out
+
+
 def frame_probability(model: OnscreenModel, sources: Sequence[HeardEvidence], motion: float = 0.0) -> float:
     """:meth:`OnscreenModel.frame_probability`."""
     if not sources:
         return model.source_probability(HeardEvidence("none", 1.0, {"motion": motion}))
     top = max(max(float(s.score) for s in sources), 1e-12)
-    log_off = sum(min(float(s.score) / top, 1.0) * math.log1p(-min(model.source_probability(s), 1 - 1e-12))
-                  for s in sources)
+    p = [model.source_probability(s) for s in sources]
+    log_off = 0.0
+    for members in _causes(sources).values():
+        r = min(max(float(sources[i].score) for i in members) / top, 1.0)
+        log_off += r * math.log1p(-min(max(p[i] for i in members), 1 - 1e-12))
     return 1.0 - math.exp(log_off)
 
 
 # --------------------------------------------------------------------------- fitting
-def _frame_terms(frames: Sequence[Sequence[HeardEvidence]], motions: Sequence[float]) -> list[list[tuple[int, float, np.ndarray]]]:
-    """Per frame: (group index, relative audibility, evidence row) of each source (a pseudo-source when none)."""
+Term = tuple[float, list[tuple[int, np.ndarray]]]  # (relative audibility, [(group index, evidence row)]) of a cause
+
+
+def _frame_terms(frames: Sequence[Sequence[HeardEvidence]], motions: Sequence[float]) -> list[list[Term]]:
+    """Per frame, per cause: its relative audibility and its sources' (group index, evidence row); a frame with
+    nothing heard has one pseudo-cause of the ``none`` group on its motion."""
     out = []
     for srcs, m in zip(frames, motions, strict=True):
         if not srcs:
-            out.append([(GROUPS.index("none"), 1.0, np.array([min(max(m, 0.0), 1.0)]))])
+            out.append([(1.0, [(GROUPS.index("none"), np.array([min(max(m, 0.0), 1.0)]))])])
             continue
         top = max(max(float(s.score) for s in srcs), 1e-12)
-        out.append([(GROUPS.index(s.group), min(float(s.score) / top, 1.0), s.row()) for s in srcs])
+        out.append([(min(max(float(srcs[i].score) for i in members) / top, 1.0),
+                     [(GROUPS.index(srcs[i].group), srcs[i].row()) for i in members])
+                    for members in _causes(srcs).values()])
     return out
 
 
@@ -138,18 +166,25 @@ def _offsets() -> list[int]:
     return out
 
 
-def _loss(theta: np.ndarray, terms: list[list[tuple[int, float, np.ndarray]]], y: np.ndarray, w: np.ndarray,
+def _loss(theta: np.ndarray, terms: list[list[Term]], y: np.ndarray, w: np.ndarray,
           l2: float) -> tuple[float, np.ndarray]:
-    """Weighted negative log-likelihood of the frame labels plus ``l2 |w|^2`` (biases free), and its gradient."""
+    """Weighted negative log-likelihood of the frame labels plus ``l2 |w|^2`` (biases free), and its gradient
+    (through each cause's most probable source: the max's subgradient)."""
     off = _offsets()
     grad = np.zeros_like(theta)
     nll = 0.0
     for fr, yi, wi in zip(terms, y, w, strict=True):
         log_off = 0.0
         parts = []
-        for gi, r, x in fr:
-            k = off[gi]
-            z = float(np.clip(theta[k] + theta[k + 1 : k + 1 + len(x)] @ x, -LOGIT_CLIP, LOGIT_CLIP))
+        for r, members in fr:
+            best = None
+            for gi, x in members:
+                k = off[gi]
+                z = float(np.clip(theta[k] + theta[k + 1 : k + 1 + len(x)] @ x, -LOGIT_CLIP, LOGIT_CLIP))
+                if best is None or z > best[0]:
+                    best = (z, k, x)
+            assert best is not None
+            z, k, x = best
             p = 1.0 / (1.0 + math.exp(-z))
             log_off += r * math.log1p(-min(p, 1 - 1e-12))  # log(1 - p) = -softplus(z)
             parts.append((k, r, x, p))
