@@ -107,6 +107,9 @@ class AVSemanticConfig(MethodConfig):
     #: support above ``box_support`` x its peak
     max_instances: int = 4
     box_support: float = 0.5
+    #: a CAM instance's support snapped to SLICO superpixels about ``segment_px`` across (model-input pixels)
+    snap_segments: bool = True
+    segment_px: int = 16
     #: human sounds -> faces (YuNet); ``False``: human sounds are not grounded (ablation)
     use_faces: bool = True
     #: weight of the upper body next to the head in a person's map (the sound comes from the head)
@@ -129,7 +132,7 @@ class AVSemanticConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for k in ("top_k", "max_instances", "sync_grid", "sync_blur", "sync_spread"):
+        for k in ("top_k", "max_instances", "sync_grid", "sync_blur", "sync_spread", "segment_px"):
             check_range(k, getattr(self, k), 1)
         for k in ("min_score", "min_visible", "support", "box_support", "sync_floor", "sync_w_motion"):
             check_range(k, getattr(self, k), 0, 1)
@@ -222,6 +225,8 @@ class AVSemantic(LocalizationMethod):
                 probs=probs[k], cam=functools.partial(self._cam, ev, k, out_hw), detections=[],
                 faces=faces.get(j, np.zeros((0, 15), np.float32)), speaker=speaker.get(j), fallback=fallback[k],
                 motion=float(motion[k]), out_hw=out_hw, side=s_img,
+                segments=functools.cache(functools.partial(_segments, frames[keep][k], cfg.segment_px))
+                if cfg.snap_segments else None,
             )
             srcs = [self._ground(f, int(c), float(scores[k, c])) for c in heard_all[k]]
             for h in srcs:
@@ -371,6 +376,14 @@ def _evidence_of(h: HeardSource, classes: _ClassSets) -> onscreen_model.HeardEvi
     ev = {k: float(v) for k, v in h.detail.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     cause = onscreen_model.cause_key(h.kind, h.grounding, h.label, h.map is not None and h.kind != "none")
     return onscreen_model.HeardEvidence(group, h.score, ev, cause)
+
+
+def _segments(frame: torch.Tensor, region: int) -> np.ndarray:
+    """Superpixels of a model-input frame (3, S, S) in [0, 1] (:func:`.grounding.superpixels`)."""
+    from avloc.methods.avsemantic.grounding import superpixels
+
+    rgb = (frame.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return superpixels(rgb, region)
 
 
 def _frame_map(srcs: list[HeardSource], fallback: torch.Tensor) -> torch.Tensor:
