@@ -46,7 +46,7 @@ from avloc.vision.detector import (
     boxes_to_image,
     fit_to_canvas,
 )
-from avloc.vision.tfops import Conv2dSame, resize_bilinear
+from avloc.vision.tfops import Conv2dSame, max_pool, max_pool_same, resize_bilinear, upsample2x_legacy
 
 REPO = Path(__file__).resolve().parents[1]
 JS = REPO / "tests" / "js"
@@ -222,8 +222,10 @@ def test_centernet_matches_tfjs(image: str, tfjs: Path, human_models: Any, data:
     assert_close(heat.permute(0, 2, 3, 1), out[names[0]], 1e-5, "heatmaps")
     assert_close(dist.permute(0, 2, 3, 1), out[names[1]], 5e-2, "box distances")
     # the graph's own decoding (peaks, top 100, boxes) = avloc's candidates, where scores are not tied
-    boxes, scores, labels, _ = model.candidates((heat, dist))
+    everything = create_vision_model("centernet", weights=weights, score_threshold=0.0)
+    boxes, scores, labels, _ = everything.candidates((heat, dist))
     graph = out[names[2]][0]
+    assert boxes.shape == (1, 100, 4)
     distinct = graph[:, 4] > 1e-3
     np.testing.assert_allclose(scores[0].numpy()[distinct], graph[distinct, 4], atol=1e-5)
     assert labels[0].numpy()[distinct].tolist() == graph[distinct, 5].astype(int).tolist()
@@ -415,6 +417,16 @@ def test_legacy_resize_equals_tf_formula() -> None:
         np.testing.assert_allclose(ours, ref.resize_legacy(img.double().numpy(), *out), atol=1e-6)
 
 
+def test_fast_paths_equal_the_general_ops() -> None:
+    x = torch.rand(2, 5, 7, 9, generator=torch.Generator().manual_seed(1))
+    up = upsample2x_legacy(x)
+    torch.testing.assert_close(up, resize_bilinear(x, (14, 18), half_pixel_centers=False), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(up[1].double().numpy(), ref.resize_legacy(x[1].double().numpy(), 14, 18), atol=1e-6)
+    for k in (3, 5):
+        assert torch.equal(max_pool_same(x, k), torch.nn.functional.max_pool2d(x, k, 1, k // 2))
+    assert torch.equal(max_pool(x, 3, 2, 1), torch.nn.functional.max_pool2d(x, 3, 2, 1))
+
+
 def test_conv2d_same_pads_like_tf() -> None:
     conv = Conv2dSame(2, 3, 3, stride=2)
     x = torch.randn(1, 2, 8, 7)
@@ -423,6 +435,9 @@ def test_conv2d_same_pads_like_tf() -> None:
     # TF SAME: total pad (4 - 1) * 2 + 3 - 8 = 1 -> (0 top, 1 bottom); (4 - 1) * 2 + 3 - 7 = 2 -> (1, 1)
     want = torch.nn.functional.conv2d(torch.nn.functional.pad(x, [1, 1, 0, 1]), conv.weight, conv.bias, stride=2)
     torch.testing.assert_close(y, want)
+    odd = torch.randn(1, 2, 9, 7)  # symmetric SAME padding (1 each side) is left to the conv itself
+    want = torch.nn.functional.conv2d(torch.nn.functional.pad(odd, [1, 1, 1, 1]), conv.weight, conv.bias, stride=2)
+    torch.testing.assert_close(conv(odd), want)
 
 
 @pytest.mark.parametrize("letterbox", [False, True])

@@ -347,7 +347,7 @@ NANODET_OPS = {"Placeholder": 1, "SparseToDense": 6, "AddV2": 6, "Pad": 28, "Tra
 
 def map_nanodet(g: TFJSGraph) -> dict[str, np.ndarray]:
     """NanoDet-g: the 34 ``Conv2D`` ops (``convolution``, ``convolution_1``, ...) in the torch module's order."""
-    from avloc.vision.nanodet import LEAKY_SLOPE, REG_MAX, ConvAct, NanoDet
+    from avloc.vision.nanodet import LEAKY_SLOPE, ConvAct, NanoDet
 
     model = NanoDet()
     expected = model.state_dict()
@@ -364,22 +364,25 @@ def map_nanodet(g: TFJSGraph) -> dict[str, np.ndarray]:
             raise fail(g, node, f"activation {act and (act['op'], g.attr(act, 'alpha'))}, torch act={block.act}")
         put(out, f"{name}.conv.weight", w, g, node["input"][1], expected)
         put(out, f"{name}.conv.bias", b, g, add["input"][1], expected)
-    _check_nanodet_special_ops(g, REG_MAX)
+    _check_nanodet_special_ops(g)
     return out
 
 
-def _check_nanodet_special_ops(g: TFJSGraph, reg_max: int) -> None:
+def _check_nanodet_special_ops(g: TFJSGraph) -> None:
+    from avloc.vision.nanodet import POOL_KERNEL, POOL_STRIDE, REG_MAX
+
     (pool,) = g.ops("MaxPool")
     pad = g.producer(pool["input"][0])
-    if g.attr(pool, "ksize") != [1, 3, 3, 1] or g.attr(pool, "strides") != [1, 2, 2, 1] or pad["op"] != "PadV2":
-        raise fail(g, pool, "expected a 3x3 stride-2 max-pool after PadV2")
-    if g.const(pad["input"][1]).tolist() != [[0, 0], [0, 0], [1, 1], [1, 1]] or g.const(pad["input"][2]) != -np.inf:
-        raise fail(g, pad, "expected padding 1 with -inf")
+    k, s, p = POOL_KERNEL, POOL_STRIDE, POOL_KERNEL // 2
+    if g.attr(pool, "ksize") != [1, k, k, 1] or g.attr(pool, "strides") != [1, s, s, 1] or pad["op"] != "PadV2":
+        raise fail(g, pool, f"expected a {k}x{k} stride-{s} max-pool after PadV2")
+    if g.const(pad["input"][1]).tolist() != [[0, 0], [0, 0], [p, p], [p, p]] or g.const(pad["input"][2]) != -np.inf:
+        raise fail(g, pad, f"expected padding {p} with -inf")
     for node in g.ops("ResizeBilinear"):
         if not g.attr(node, "half_pixel_centers") or g.attr(node, "align_corners"):
             raise fail(g, node, "expected half_pixel_centers=True, align_corners=False")
     for node in g.ops("SplitV"):
-        if g.const(node["input"][1]).tolist() != [80, 4 * (reg_max + 1)]:
+        if g.const(node["input"][1]).tolist() != [80, 4 * (REG_MAX + 1)]:
             raise fail(g, node, "expected the split into 80 class and 44 box channels")
     for node in g.ops("Sigmoid"):
         ref = node["input"][0]

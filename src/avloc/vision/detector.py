@@ -22,10 +22,9 @@
 
 from __future__ import annotations
 
-import logging
 from abc import abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -36,8 +35,6 @@ from torch import Tensor, nn
 from avloc.errors import CheckpointError, ConfigError, MediaError
 from avloc.metrics.ops import box_iou
 from avloc.vision.tfops import resize_bilinear
-
-log = logging.getLogger(__name__)
 
 #: COCO-80 class names, index = the detectors' class channel (human ``src/object/labels.ts``)
 COCO_CLASSES: tuple[str, ...] = (
@@ -76,6 +73,10 @@ class Detections:
     def names(self) -> list[str]:
         """The COCO class name of each detection."""
         return [COCO_CLASSES[i] for i in self.labels.tolist()]
+
+    def to(self, device: torch.device | str) -> Detections:
+        """The same detections with every tensor on ``device``."""
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
 @dataclass
@@ -204,12 +205,14 @@ class Detector(nn.Module):
 
     @torch.no_grad()
     def detect(self, images: Tensor | Sequence[Tensor]) -> list[Detections]:
-        """Detections of each image: ``(B, 3, H, W)`` or a list of ``(3, H, W)`` float RGB in [0, 1], any size."""
+        """Detections of each image: ``(B, 3, H, W)`` or a list of ``(3, H, W)`` float RGB in [0, 1], any size;
+        on the images' device (the model runs on its own)."""
         items = as_image_list(images)
         device = next(self.parameters()).device
         sizes = torch.tensor([im.shape[1:] for im in items], dtype=torch.float32, device=device)  # (B, 2) as (h, w)
         inputs, affines = zip(*(self.preprocess(im.to(device=device, dtype=torch.float32)) for im in items))
-        return list(self.postprocess(self(torch.stack(inputs)), torch.stack(affines), sizes))
+        out = self.postprocess(self(torch.stack(inputs)), torch.stack(affines), sizes)
+        return [d if d.boxes.device == items[0].device else d.to(items[0].device) for d in out]
 
 
 class BoxDetector(Detector):
@@ -228,11 +231,15 @@ class BoxDetector(Detector):
 
 
 def select_candidates(scores: Tensor, threshold: float, top_k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The ``top_k`` best (location, class) pairs of each image: ``scores`` (B, N, C) ->
-    ``(values, locations, labels, valid)``, each (B, K); ``valid`` marks values > ``threshold``."""
+    """The best (location, class) pairs of each image, at most ``top_k``: ``scores`` (B, N, C) ->
+    ``(values, locations, labels, valid)``, each (B, K) by decreasing score; ``valid`` marks values >
+    ``threshold``. K is cut to the most valid pairs any image has (NMS costs K^2), at least 1."""
     b, n, c = scores.shape
     values, flat = scores.reshape(b, n * c).topk(min(top_k, n * c), dim=1)  # (B, K)
-    return values, flat // c, flat % c, values > threshold
+    valid = values > threshold
+    k = max(1, int(valid.sum(1).max()))
+    values, flat, valid = values[:, :k], flat[:, :k], valid[:, :k]
+    return values, flat // c, flat % c, valid
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, valid: Tensor, iou_threshold: float,

