@@ -289,6 +289,28 @@ def test_shipped_weights_are_the_converters_output(human_models: Any, tmp_path: 
             assert (tmp_path / f"LICENSE-{name}.txt").read_text() == (ZOO / f"LICENSE-{name}.txt").read_text()
 
 
+@pytest.mark.parametrize("change", ["stride", "alpha", "resize", "drop_conv"])
+def test_converter_rejects_a_graph_unlike_the_port(change: str, human_models: Any, tmp_path: Path) -> None:
+    """Each kind of difference between the graph and the torch module stops the conversion with a CheckpointError."""
+    conv = converter()
+    models = tmp_path / "models"
+    shutil.copytree(human_models.root / "models", models, ignore=shutil.ignore_patterns("centernet*", "movenet*"))
+    spec = json.loads((models / "nanodet.json").read_text())
+    nodes = spec["modelTopology"]["node"]
+    if change == "stride":  # the second conv made stride 2
+        node = next(n for n in nodes if n["name"] == "PartitionedCall/convolution_1")
+        node["attr"]["strides"]["list"]["i"] = ["1", "2", "2", "1"]
+    elif change == "alpha":
+        next(n for n in nodes if n["op"] == "LeakyRelu")["attr"]["alpha"]["f"] = 0.2
+    elif change == "resize":
+        next(n for n in nodes if n["op"] == "ResizeBilinear")["attr"]["half_pixel_centers"]["b"] = False
+    else:
+        spec["modelTopology"]["node"] = [n for n in nodes if n["name"] != "PartitionedCall/convolution_33"]
+    (models / "nanodet.json").write_text(json.dumps(spec))
+    with pytest.raises(CheckpointError):
+        conv.map_nanodet(conv.TFJSGraph(models / "nanodet.json"))
+
+
 # ----------------------------------------------------------------------------- the contract (no node needed)
 
 

@@ -430,8 +430,9 @@ def map_same_conv(g: TFJSGraph, node: dict[str, Any], name: str, block: Any, out
     conv = block.conv
     w = conv_weight(g, node, conv)
     k, stride = conv.kernel_size[0], conv.stride[0]
-    check_same_padding(g, node, "SAME") if (k > 1 or stride > 1) else None
-    if g.attr(node, "padding") not in ("SAME", "VALID"):
+    if k > 1 or stride > 1:
+        check_same_padding(g, node, "SAME")
+    elif g.attr(node, "padding") not in ("SAME", "VALID"):  # the same for a 1x1 stride-1 conv
         raise fail(g, node, f"padding {g.attr(node, 'padding')}")
     if conv.bias is not None:
         b = fused_bias(g, node, conv, _FUSED_ACT.get(block.act or ""))

@@ -77,6 +77,9 @@ PEAK_TOLERANCE = float(np.float16(1e-6))
 SIGMA_SCALE = float(np.float16(0.3))
 KEYPOINT_THRESHOLD = float(np.float16(0.127))
 MAX_PEOPLE = 6
+#: layout of each person's 56 outputs: 17 x (y, x, score), then (ymin, xmin, ymax, xmax), then the score
+OUT_BOX = 3 * len(KEYPOINTS)
+OUT_SCORE = OUT_BOX + 4
 
 
 @dataclass
@@ -263,10 +266,10 @@ class MoveNet(Detector):
         out = raw if isinstance(raw, Tensor) else raw[0]  # (B, 6, 56)
         cfg = self.config
         s = float(cfg.input_size)
-        kp = out[..., :51].reshape(*out.shape[:2], len(KEYPOINTS), 3)  # (B, P, 17, 3) as y, x, score
+        kp = out[..., :OUT_BOX].reshape(*out.shape[:2], len(KEYPOINTS), 3)  # (B, P, 17, 3) as y, x, score
         xy = kp[..., [1, 0]] * s  # canvas pixels (x, y)
-        boxes = out[..., [52, 51, 54, 53]] * s  # (B, P, 4) canvas xyxy
-        score = out[..., 55]
+        boxes = out[..., [OUT_BOX + 1, OUT_BOX, OUT_BOX + 3, OUT_BOX + 2]] * s  # (B, P, 4) canvas xyxy
+        score = out[..., OUT_SCORE]
         valid = score > cfg.score_threshold
         labels = torch.zeros_like(score, dtype=torch.int64)  # COCO "person"
         keep = batched_nms(boxes, score, labels, valid, cfg.iou_threshold, class_agnostic=True)
