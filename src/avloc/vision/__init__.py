@@ -3,7 +3,7 @@
 One lazy registry: :data:`VISION_MODULES` maps a name to the module that implements it, which is
 imported only when :func:`create_vision_model` asks for it (importing ``avloc.vision`` loads no model
 code). Every module has ``create(device="cpu", **config) -> Detector`` returning the network with its
-converted weights (``avloc/zoo``, see ``zoo/LICENSE-<name>.txt``) in eval mode; ``detect(images)``
+converted weights (``avloc/zoo/vision``, see its ``LICENSE-<name>.txt``) in eval mode; ``detect(images)``
 runs the whole pipeline (:class:`avloc.vision.detector.Detector`).
 
 * ``nanodet`` -- NanoDet-g, 416 px, COCO-80 (:mod:`avloc.vision.nanodet`);

