@@ -58,8 +58,8 @@ from avloc.vision._tflite import (
 )
 
 #: zoo files (under avloc/zoo)
-DETECTOR_FILE = "mediapipe/pose_detection.safetensors"
-LANDMARK_FILE = "mediapipe/pose_landmark_full.safetensors"
+DETECTOR_FILE = "vision/pose_detection.safetensors"
+LANDMARK_FILE = "vision/pose_landmark_full.safetensors"
 #: BlazePose's 33 landmarks (MediaPipe ``PoseLandmark``)
 LANDMARK_NAMES = (
     "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye", "right_eye_outer",

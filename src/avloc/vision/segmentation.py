@@ -43,8 +43,8 @@ from avloc.vision._tflite import (
 
 #: zoo file (under avloc/zoo) and input (height, width) of each variant (MediaPipe's ``model_selection`` 0 and 1)
 VARIANTS = {
-    "general": ("mediapipe/selfie_segmentation.safetensors", (256, 256)),
-    "landscape": ("mediapipe/selfie_segmentation_landscape.safetensors", (144, 256)),
+    "general": ("vision/selfie_segmentation.safetensors", (256, 256)),
+    "landscape": ("vision/selfie_segmentation_landscape.safetensors", (144, 256)),
 }
 
 
