@@ -37,7 +37,7 @@ import torch
 import npref_vision as ref
 from avloc.errors import CheckpointError, ConfigError, MediaError
 from avloc.registry import RegistryError
-from avloc.vision import VISION_MODULES, create_vision_model, list_vision_models
+from avloc.vision import create_vision_model, list_vision_models
 from avloc.vision.detector import (
     COCO_CLASSES,
     KEYPOINTS,
@@ -326,12 +326,13 @@ def test_coco_classes() -> None:
 
 
 def test_registry_is_lazy_and_names_unknown_models() -> None:
-    code = "import sys, avloc.vision; print(any(m in sys.modules for m in avloc.vision.VISION_MODULES.values()))"
+    code = ("import sys, avloc.vision; from avloc.registry import VISION; "
+            "print(any(VISION.module_of(n) in sys.modules for n in avloc.vision.list_vision_models()))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={"PYTHONPATH": str(REPO / "src")})  # fmt: skip
     assert proc.stdout.strip() == "False"
-    assert list_vision_models() == sorted(VISION_MODULES) == ["centernet", "movenet", "nanodet"]
-    with pytest.raises(RegistryError, match="valid names: centernet, movenet, nanodet"):
+    assert list_vision_models() == ["blazepose", "centernet", "movenet", "nanodet", "selfie-segmentation"]
+    with pytest.raises(RegistryError, match="centernet"):
         create_vision_model("yolo")
 
 

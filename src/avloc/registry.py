@@ -171,6 +171,14 @@ IMPORTERS: Registry[Any] = Registry("checkpoint family", {
     "avloc.importers.families": ("lvs", "sslalign", "ezvsl", "fnac", "slavc", "slavc-momentum"),
 })
 
+VISION: Registry[Any] = Registry("vision model", {
+    "avloc.vision.nanodet": ("nanodet",),
+    "avloc.vision.centernet": ("centernet",),
+    "avloc.vision.movenet": ("movenet",),
+    "avloc.vision.pose": ("blazepose",),
+    "avloc.vision.segmentation": ("selfie-segmentation",),
+})
+
 #: every registry, by the name ``avloc info`` lists it under
 REGISTRIES: dict[str, Registry[Any]] = {
     "methods": METHODS,
@@ -178,4 +186,5 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "datasets": DATASETS,
     "protocols": PROTOCOLS,
     "checkpoint_families": IMPORTERS,
+    "vision_models": VISION,
 }

@@ -1,8 +1,7 @@
 """Vision models (the models layer, torch): COCO-80 object detectors and multi-person pose.
 
-One lazy registry: :data:`VISION_MODULES` maps a name to the module that implements it, which is
-imported only when :func:`create_vision_model` asks for it (importing ``avloc.vision`` loads no model
-code). Every module has ``create(device="cpu", **config) -> Detector`` returning the network with its
+The models are listed in :data:`avloc.registry.VISION`, which imports a model's module only when it is
+asked for (importing ``avloc.vision`` loads no model code). Every module has ``create(device="cpu", **config) -> Detector`` returning the network with its
 converted weights (``avloc/zoo/vision``, see its ``LICENSE-<name>.txt``) in eval mode; ``detect(images)``
 runs the whole pipeline (:class:`avloc.vision.detector.Detector`).
 
@@ -14,31 +13,16 @@ runs the whole pipeline (:class:`avloc.vision.detector.Detector`).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from avloc.registry import RegistryError
-
-if TYPE_CHECKING:
-    from avloc.vision.detector import Detector
-
-#: name -> module implementing it (imported on demand)
-VISION_MODULES: dict[str, str] = {
-    "nanodet": "avloc.vision.nanodet",
-    "centernet": "avloc.vision.centernet",
-    "movenet": "avloc.vision.movenet",
-}
+from avloc.registry import VISION
 
 
 def list_vision_models() -> list[str]:
-    """The registered vision model names."""
-    return sorted(VISION_MODULES)
+    """The registered vision model names (from the registry's table: nothing is imported)."""
+    return VISION.names()
 
 
-def create_vision_model(name: str, **config: Any) -> Detector:
+def create_vision_model(name: str, **config: Any) -> Any:
     """The model ``name`` with its weights, in eval mode; ``config``: ``device`` and the model's config fields."""
-    if name not in VISION_MODULES:
-        raise RegistryError(f"unknown vision model {name!r}; valid names: {', '.join(list_vision_models())}")
-    module = importlib.import_module(VISION_MODULES[name])
-    model: Detector = module.create(**config)
-    return model
+    return VISION.create(name, **config)

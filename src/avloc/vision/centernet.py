@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avloc.registry import VISION
 from avloc.vision.detector import (
     COCO_CLASSES,
     BoxDetector,
@@ -244,6 +245,7 @@ class CenterNet(BoxDetector):
         return torch.cat([xy - dist[..., :2], xy + dist[..., 2:]], dim=-1), values, labels, valid
 
 
+@VISION.register("centernet")
 def create(device: str | torch.device = "cpu", **cfg: Any) -> CenterNet:
     """CenterNet with converted weights (``weights=`` a file from tools/convert_human_models.py), eval mode."""
     config = CenterNetConfig.from_kwargs(**cfg)

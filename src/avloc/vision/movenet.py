@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avloc.registry import VISION
 from avloc.vision.detector import (
     KEYPOINTS,
     Detector,
@@ -284,6 +285,7 @@ class MoveNet(Detector):
         return result
 
 
+@VISION.register("movenet")
 def create(device: str | torch.device = "cpu", **cfg: Any) -> MoveNet:
     """MoveNet multi-pose with the shipped weights (``avloc/zoo/vision/movenet.safetensors``), eval mode."""
     config = MoveNetConfig.from_kwargs(**cfg)

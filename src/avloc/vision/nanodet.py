@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avloc.registry import VISION
 from avloc.vision.detector import (
     COCO_CLASSES,
     BoxDetector,
@@ -245,6 +246,7 @@ class NanoDet(BoxDetector):
         return self.decode_boxes(reg, loc), values, labels, valid
 
 
+@VISION.register("nanodet")
 def create(device: str | torch.device = "cpu", **cfg: Any) -> NanoDet:
     """NanoDet with the shipped weights (``avloc/zoo/vision/nanodet.safetensors``), frozen, eval mode, on ``device``."""
     config = NanoDetConfig.from_kwargs(**cfg)

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avloc.errors import ConfigError, DataError
+from avloc.registry import VISION
 from avloc.vision._tflite import (
     Act,
     TFConv2d,
@@ -619,6 +620,7 @@ class PoseEstimator(nn.Module):
         return out
 
 
+@VISION.register("blazepose")
 def load_pose(device: str | torch.device = "cpu", config: PoseConfig | None = None,
               detector_path: str | Path | None = None, landmark_path: str | Path | None = None) -> PoseEstimator:  # fmt: skip
     """The pose estimator with the shipped weights (``avloc/zoo``, or the given files), eval mode, on ``device``

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avloc.errors import ConfigError, DataError
+from avloc.registry import VISION
 from avloc.vision._tflite import (
     Act,
     TFConv2d,
@@ -222,6 +223,7 @@ class PersonSegmenter(nn.Module):
         return out
 
 
+@VISION.register("selfie-segmentation")
 def load_segmenter(device: str | torch.device = "cpu", config: SegmenterConfig | None = None,
                    path: str | Path | None = None) -> PersonSegmenter:  # fmt: skip
     """The segmenter with the shipped weights (``avloc/zoo``, or ``path``), in eval mode on ``device``
