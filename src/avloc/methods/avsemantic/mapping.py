@@ -36,6 +36,7 @@ import numpy as np
 
 import avloc
 from avloc.errors import ConfigError
+from avloc.vision.detector import COCO_CLASSES as COCO_NAMES  # the detectors' label order
 
 #: The shipped map, and the ImageNet-1k class names it is checked against.
 DEFAULT_SOUND_MAP = Path(__file__).with_name("sound_map.json")
@@ -53,18 +54,6 @@ KINDS: tuple[str, ...] = ("object", "human", "none")
 OBJECT, HUMAN, NONE = 0, 1, 2
 REGIONS: tuple[str, ...] = ("face", "body")
 _KEYS = {"audioset", "kind", "imagenet", "coco", "union_of", "region", "offscreen_prior", "why"}
-#: COCO-80's category names in the detectors' label order (Lin et al., ECCV 2014; 80 of the 91 ids)
-COCO_NAMES: tuple[str, ...] = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
-    "hair drier", "toothbrush",
-)
 
 ClassNames = Sequence[str] | str | Path | None
 
