@@ -131,6 +131,8 @@ class FrameInputs:
     side: int
     coco_names: Sequence[str] = field(default=())
     segments: Any = None  # callable() -> (side, side) superpixel labels, computed once when first asked
+    pose_heads: Any = None  # callable() -> [(head box, score)] of the people BlazePose finds (faces missing)
+    person_mask: Any = None  # callable() -> (side, side) person probability (selfie segmentation)
 
 
 @dataclass(frozen=True)
@@ -176,17 +178,26 @@ def ground_object(f: FrameInputs, g: GroundingConfig, label: str, score: float, 
     return HeardSource(label, score, "object", inst[0].name, m / m.max().clamp_min(MAP_EPS), evidence, inst)
 
 
-def ground_human(f: FrameInputs, g: GroundingConfig, label: str, score: float, person_map: Any,
-                 head_box: Any, person_label: int | None) -> HeardSource:
-    """A human sound (module doc). ``person_map(rows, weights)`` -> (h, w) and ``head_box(row)`` -> box are the
-    face geometry (:mod:`.faces`); ``person_label``: the detector's label of a person (``None``: no detector)."""
+def ground_human(f: FrameInputs, g: GroundingConfig, label: str, score: float, region: str | None,
+                 person_map: Any, head_box: Any, person_label: int | None) -> HeardSource:
+    """A human sound (module doc). ``region``: ``"face"`` (vocal: the head) or ``"body"`` (hands, feet: the
+    person). ``person_map(rows, weights)`` -> (h, w) and ``head_box(row)`` -> box are the face geometry
+    (:mod:`.faces`); ``person_label``: the detector's label of a person (``None``: no detector)."""
     rows = f.faces
-    person = max((s for _b, s, c in f.detections if c == person_label), default=0.0)
+    persons = sorted(((b, s) for b, s, c in f.detections if c == person_label and s >= g.min_detection),
+                     key=lambda d: -d[1])[: g.max_instances]
     face = float(rows[:, 14].max()) if len(rows) else 0.0
     sync = float(f.speaker[1]) if f.speaker is not None else 0.0
-    evidence = {"face": round(face, 4), "sync": round(sync, 4), "person": round(person, 4)}
+    evidence = {"face": round(face, 4), "sync": round(sync, 4), "person": round(max((s for _, s in persons), default=0.0), 4)}
+    if region == "body" and persons:
+        return _ground_people(f, label, score, persons, evidence)
     if not len(rows):
-        return HeardSource(label, score, "human", "no face", None, evidence)
+        heads = f.pose_heads() if f.pose_heads is not None else []
+        if not heads:
+            return HeardSource(label, score, "human", "no face", None, evidence)
+        inst = [Instance(b, s, "pose head") for b, s in heads[: g.max_instances]]
+        m = box_map([i.box for i in inst], [i.score for i in inst], f.out_hw, f.side)
+        return HeardSource(label, score, "human", "pose head", m, evidence, inst)
     if f.speaker is not None:
         who = [f.speaker[0]]
         grounding = f"face {f.speaker[2]}"
@@ -198,6 +209,20 @@ def ground_human(f: FrameInputs, g: GroundingConfig, label: str, score: float, p
     m = centre_map(torch.as_tensor(np.asarray(person_map(rows, weights), np.float32)), g.support)
     inst = [Instance(head_box(rows[i]), float(rows[i, 14]), grounding if len(who) == 1 else f"face {i}") for i in who]
     return HeardSource(label, score, "human", grounding, m, evidence, inst)
+
+
+def _ground_people(f: FrameInputs, label: str, score: float, persons: list[tuple[Any, float]],
+                   evidence: dict[str, float]) -> HeardSource:
+    """A body sound (clapping, footsteps) on the detected people, each box tightened to the person's mask."""
+    from avloc.vision.segmentation import person_extent
+
+    mask = f.person_mask() if f.person_mask is not None else None
+    inst = []
+    for b, s in persons:
+        tight = person_extent(mask, b) if mask is not None else None
+        inst.append(Instance(tuple(float(v) for v in (tight.tolist() if tight is not None else b)), s, "person"))  # type: ignore[arg-type]
+    m = box_map([i.box for i in inst], [i.score for i in inst], f.out_hw, f.side)
+    return HeardSource(label, score, "human", "person", m, evidence, inst)
 
 
 def ground_none(f: FrameInputs, label: str, score: float) -> HeardSource:

@@ -118,6 +118,10 @@ class AVSemanticConfig(MethodConfig):
     detector_threshold: float = 0.3
     #: human sounds -> faces (YuNet); ``False``: human sounds are not grounded (ablation)
     use_faces: bool = True
+    #: a vocal sound with no face found: the head of the people BlazePose finds (MediaPipe, :mod:`avloc.vision.pose`)
+    use_pose: bool = True
+    #: a body sound (clapping, footsteps): the detected people tightened to their mask (selfie segmentation)
+    use_masks: bool = True
     #: weight of the upper body next to the head in a person's map (the sound comes from the head)
     body_weight: float = 0.3
     #: each source map keeps only cells >= this fraction of its peak (a tight support, :func:`centre_map`)
@@ -240,6 +244,8 @@ class AVSemantic(LocalizationMethod):
                 motion=float(motion[k]), out_hw=out_hw, side=s_img, coco_names=COCO_NAMES,
                 segments=functools.cache(functools.partial(_segments, frames[keep][k], cfg.segment_px))
                 if cfg.snap_segments else None,
+                pose_heads=functools.cache(functools.partial(self._pose_heads, frames[keep][k])) if cfg.use_pose else None,
+                person_mask=functools.cache(functools.partial(self._person_mask, frames[keep][k])) if cfg.use_masks else None,
             )
             srcs = [self._ground(f, int(c), float(scores[k, c])) for c in heard_all[k]]
             for h in srcs:
@@ -266,6 +272,28 @@ class AVSemantic(LocalizationMethod):
                       for b, s, c in zip(d.boxes.tolist(), d.scores.tolist(), d.labels.tolist(), strict=True)]
         return out
 
+    def _pose_heads(self, frame: torch.Tensor) -> list[tuple[tuple[float, float, float, float], float]]:
+        """Head boxes (model-input pixels) and scores of the people BlazePose finds in one frame (3, S, S)."""
+        from avloc.vision import create_vision_model
+        from avloc.vision.pose import head_box
+
+        if "pose" not in self._parts:
+            self._parts["pose"] = create_vision_model("blazepose", device=frame.device)
+        out = []
+        for person in self._parts["pose"]([frame])[0]:
+            b = head_box(person)
+            if b is not None:
+                out.append((tuple(float(v) for v in b.tolist()), float(person.score)))
+        return out  # type: ignore[return-value]
+
+    def _person_mask(self, frame: torch.Tensor) -> torch.Tensor:
+        """Person probability (S, S) of one frame (selfie segmentation, :mod:`avloc.vision.segmentation`)."""
+        from avloc.vision import create_vision_model
+
+        if "segmenter" not in self._parts:
+            self._parts["segmenter"] = create_vision_model("selfie-segmentation", device=frame.device)
+        return self._parts["segmenter"].segment(frame[None])[0].cpu()
+
     def _cam(self, ev: Any, k: int, out_hw: tuple[int, int], indices: list[int]) -> torch.Tensor:
         return self._evidence.cam(ev, k, indices, out_hw).cpu()
 
@@ -281,7 +309,8 @@ class AVSemantic(LocalizationMethod):
         if kind == "human":
             if not cfg.use_faces:
                 return HeardSource(name, score, "human", "faces off", None, {})
-            return ground_human(f, g, name, score, functools.partial(self._person_weights, out_hw=f.out_hw, s_img=f.side),
+            return ground_human(f, g, name, score, cls.regions[c],
+                                functools.partial(self._person_weights, out_hw=f.out_hw, s_img=f.side),
                                 lambda row: head_box(row, (f.side, f.side)), COCO_NAMES.index("person"))
         return ground_none(f, name, score)
 
@@ -361,6 +390,7 @@ class _ClassSets:
 
     names: list[str]
     kinds: list[str]
+    regions: list[str | None]  # human classes: "face" (vocal) or "body"
     narration: list[bool]
     imagenet: list[list[int]]  # its own ImageNet classes and its descendants'
     coco: list[list[int]]  # its own COCO labels and its descendants'
@@ -392,7 +422,7 @@ def _visual_sets(names: list[str], cfg: AVSemanticConfig) -> _ClassSets:
     for i in range(len(names)):  # a generic class with visible descendants is an object class
         if kinds[i] == "none" and (imagenet[i] or coco[i]):
             kinds[i] = "object"
-    return _ClassSets(names, kinds, [bool(v) for v in smap.offscreen_prior], imagenet, coco, parts)
+    return _ClassSets(names, kinds, list(smap.region), [bool(v) for v in smap.offscreen_prior], imagenet, coco, parts)
 
 
 def _evidence_of(h: HeardSource, classes: _ClassSets) -> onscreen_model.HeardEvidence:
