@@ -5,4 +5,5 @@ Importing this package registers the datasets it defines in
 """
 
 import avloc.data.clips  # registers "digitscenes-clips"
+import avloc.data.constructions  # registers "realclips-constructions"
 import avloc.data.digitscenes  # noqa: F401  (registers "digitscenes")
