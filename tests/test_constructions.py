@@ -380,10 +380,11 @@ def test_classaware_matches_numpy() -> None:
         la = [0.5 * a[0], a[1], 0.5 * a[0] + 0.2, a[1] + 0.3]
         lb = [0.5 + 0.5 * b[0], b[1], 0.5 + 0.5 * b[0] + 0.2, b[1] + 0.4]
         tiles = (Tile((0, 0, 0.5, 1), True, (tuple(la),), ("Dog",)), Tile((0.5, 0, 1, 1), True, (tuple(lb),), ("Speech",)))
-        own = {"Dog": rng.random((36, 64)).astype(np.float32), "Speech": rng.random((36, 64)).astype(np.float32)}
+        shape = (36, 64) if i < 3 else (48, 64)  # 1x2 and 2x2 mosaics in one call: maps of several sizes
+        own = {"Dog": rng.random(shape).astype(np.float32), "Speech": rng.random(shape).astype(np.float32)}
         t = _target(i, tiles)
         targets.append(t)
-        maps[t.id] = rng.random((36, 64)).astype(np.float32)
+        maps[t.id] = rng.random(shape).astype(np.float32)
         if i % 2:  # per-source maps
             frames[t.id] = FramePrediction((0.1, 0.1), sources=(("Dog", 0.9), ("Speech", 0.8)), source_maps=own)
             ref.append((_np_adaptive(own["Dog"], la) + _np_adaptive(own["Speech"], lb)) / 2)

@@ -42,7 +42,7 @@ def add_parser(sub: Any, name: str) -> None:
     c.add_argument("--videos", default=None, help="folder of unannotated clips, used only as silent distractor tiles")
     c.add_argument("--per-kind", type=int, default=24, help="clips per construction kind")
     c.add_argument("--kinds", nargs="+", default=None, metavar="KIND", help="only these kinds (default: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (the same inputs and seed give the same output)")
     p.set_defaults(run=run)
 
 

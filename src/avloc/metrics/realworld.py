@@ -189,16 +189,23 @@ def match_sources(tiles: Sequence[Tile], pred: FramePrediction) -> list[str | No
     return out
 
 
-def adaptive_tile_ciou(maps: np.ndarray, boxes: Sequence[np.ndarray], protocol: Protocol) -> np.ndarray:
-    """Adaptive cIoU ``(P,)`` of raw maps ``(P, h, w)`` against box sets, on the protocol's grid, resizing and
+def adaptive_tile_ciou(maps: Sequence[np.ndarray], boxes: Sequence[np.ndarray], protocol: Protocol) -> np.ndarray:
+    """Adaptive cIoU ``(P,)`` of raw 2-D maps (any sizes) against box sets, on the protocol's grid, resizing and
     normalisation: the map's top-K pixels, K = the boxes' pixels (Senocak et al., ICCV 2023)."""
     from avloc.metrics.localization import adaptive_ciou
 
     size = protocol.eval_size
-    m = ops.resize_maps(np.asarray(maps, np.float32), (size, size), protocol.resize)  # (P, S, S)
-    m = ops.normalize_maps(m, protocol.normalize, protocol.norm_bounds)
-    gt = ops.box_count_maps([np.asarray(b, np.float64).reshape(-1, 4) for b in boxes], size, negative=protocol.box_negative) > 0
-    return adaptive_ciou(m, gt)
+    out = np.zeros(len(maps))
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, m in enumerate(maps):
+        by_shape.setdefault(np.shape(m), []).append(i)
+    for idx in by_shape.values():
+        m = ops.resize_maps(np.stack([np.asarray(maps[i], np.float32) for i in idx]), (size, size), protocol.resize)  # (P, S, S)
+        m = ops.normalize_maps(m, protocol.normalize, protocol.norm_bounds)
+        gt = ops.box_count_maps([np.asarray(boxes[i], np.float64).reshape(-1, 4) for i in idx], size,
+                                negative=protocol.box_negative) > 0
+        out[idx] = adaptive_ciou(m, gt)
+    return out
 
 
 def classaware_summary(ciou: np.ndarray, covered: np.ndarray) -> dict[str, Any]:
@@ -247,7 +254,7 @@ def classaware_rows(
             pair_maps.append(np.asarray(m, np.float32))
             pair_boxes.append(np.asarray(tile.boxes, np.float64).reshape(-1, 4))
             pair_frame.append(i)
-    scores = adaptive_tile_ciou(np.stack(pair_maps), pair_boxes, protocol) if pair_maps else np.zeros(0)
+    scores = adaptive_tile_ciou(pair_maps, pair_boxes, protocol)
     for _, k in zero:
         scores[k] = 0.0
     idx = np.asarray(pair_frame, np.int64)
