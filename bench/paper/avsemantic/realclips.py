@@ -43,8 +43,8 @@ COLUMNS = ("median_success", "median_ciou", "adaptive_success", "adaptive_ciou",
 _MOSAIC = ("pointing", "tile_pointing", "adaptive_success", "median_success", "top_box_iou50", "any_box_iou50",
            "box_precision", "onscreen_recall")
 _CLASSAWARE = ("classaware_ciou", "classaware_success", "classaware_coverage")
-_SPEAKERS = ("speaker_accuracy", "speaker_coverage", "tile_pointing", "pointing", "adaptive_success", "top_box_iou50",
-             "onscreen_recall")
+_SPEAKERS = ("speaker_accuracy", "speaker_coverage", "n_speaker_frames", "tile_pointing", "pointing", "adaptive_success",
+             "top_box_iou50", "onscreen_recall")
 #: the columns of each construction kind's table (avloc.data.constructions.KINDS)
 KIND_COLUMNS: dict[str, tuple[str, ...]] = {
     "mosaic-1x2-one": _MOSAIC, "mosaic-2x2-one": _MOSAIC,
