@@ -445,8 +445,12 @@ def write_video(
     sample_rate: int | None = None,
     crf: int = 23,
     preset: str = "veryfast",
+    threads: int | None = None,
 ) -> Path:
     """Encode RGB uint8 frames (H, W, 3) as H.264 MP4, with mono AAC audio if given.
+
+    ``threads``: x264 threads (``None``: FFmpeg's choice). Threaded encoding may differ from run to run with
+    the machine's load; ``threads=1`` gives the same file for the same input (reproducible data sets).
 
     Frames are consumed lazily, and so is ``audio`` when it is an iterable of
     mono chunks (:func:`iter_audio`) rather than one array: the audio is encoded
@@ -524,7 +528,7 @@ def write_video(
                 vs = out.add_stream("libx264", rate=rate)
                 vs.width, vs.height = img.shape[1], img.shape[0]
                 vs.pix_fmt = "yuv420p"
-                vs.options = {"crf": str(crf), "preset": preset}
+                vs.options = {"crf": str(crf), "preset": preset} | ({} if threads is None else {"threads": str(threads)})
             elif (img.shape[1], img.shape[0]) != (vs.width, vs.height):
                 raise MediaError(f"write_video: frame {i} is {img.shape[1]}x{img.shape[0]}, expected {vs.width}x{vs.height}")
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
