@@ -158,7 +158,7 @@ def build_document(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         input=info.to_dict(),
         model={
-            "name": model_name if not cfg.visual_only else "object-prior (visual only)",
+            "name": "object-prior (visual only)" if cfg.visual_only else (model_name if model_name is not None else m.name),
             "method": m.name,
             "config": config_to_dict(m.cfg),
             "combine": cfg.combine,
