@@ -44,12 +44,22 @@ class LabelledFrame:
     motion: float
 
 
-def source_clip(clip: Any, frame: Any) -> str:
-    """The clip a frame's pixels and sound come from (constructions name theirs; else the file itself), so
-    that cross-validation never tests on a clip it trained on."""
-    extra = getattr(frame, "extra", None) or {}
-    srcs = extra.get("source_clips") if isinstance(extra, dict) else None
-    return "+".join(sorted(srcs)) if srcs else clip.name
+def sound_sources(data: Path) -> dict[str, str]:
+    """Clip file -> the recorded clip its sound comes from: a constructed clip's first sounding tile or its
+    off-screen sound (``annotations.json`` of ``avloc data make realclips-constructions``), else the clip
+    itself. Cross-validation holds out every frame whose sound comes from one recorded clip together."""
+    doc = json.loads((data / "annotations.json").read_text())
+    out = {}
+    for c in doc["clips"]:
+        source = c["file"]
+        for f in c.get("frames", []):
+            sounding = [t["file"] for t in f.get("tiles", []) if t.get("sounding")]
+            sounding += [o["file"] for o in f.get("offscreen_sound", [])]
+            if sounding:
+                source = sounding[0]
+                break
+        out[c["file"]] = Path(source).stem
+    return out
 
 
 def collect(data: Path, cache: Path | None) -> list[LabelledFrame]:
@@ -61,6 +71,7 @@ def collect(data: Path, cache: Path | None) -> list[LabelledFrame]:
     from avloc.methods import create_method
 
     clips = load_realclips(data)
+    sources = sound_sources(data)
     key = f"{data.resolve()}"
     stored: dict[str, Any] = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
     if key not in stored:
@@ -77,7 +88,7 @@ def collect(data: Path, cache: Path | None) -> list[LabelledFrame]:
             rec = records.get(c.frame_id(f))
             if f.onscreen is None or rec is None or rec.silent:  # silent frames are off-screen by rule, not by the model
                 continue
-            out.append(LabelledFrame(data.name, source_clip(c, f), bool(f.onscreen), evidence_of(rec),
+            out.append(LabelledFrame(data.name, sources[c.path.name], bool(f.onscreen), evidence_of(rec),
                                      float((rec.onscreen_features or {}).get("motion", 0.0))))
     return out
 
@@ -110,7 +121,7 @@ def _sound_map(load: Any) -> Any:
 
 
 def cross_validate(frames: list[LabelledFrame], l2: float) -> np.ndarray:
-    """Held-out P(on-screen) of every frame: a fit on the frames of every other source clip."""
+    """Held-out P(on-screen) of every frame: a fit on the frames whose sound comes from another recorded clip."""
     from avloc.methods.avsemantic.onscreen import fit_onscreen_model
 
     p = np.zeros(len(frames))
