@@ -54,8 +54,9 @@ def _run(out: Path) -> dict:
 
 def test_run_json_and_valid_outputs(sequential: Path) -> None:
     run = _run(sequential)
-    assert run["version"] == 1 and run["command"][:2] == ["avloc", "localize"] and run["finished"]
+    assert run["schema_version"] == "1.0" and run["command"][:2] == ["avloc", "localize"] and run["finished"]
     assert run["config"]["fps"] == 5.0 and run["config"]["model"] == "avsync-objectness"
+    assert len(run["config"]["model_sha256"]) == 64
     assert [s["stem"] for s in run["inputs"]] == [f"c{k}" for k in range(N_CLIPS)]
     for s in run["inputs"]:
         assert s["status"] == "done" and s["error"] is None and s["seconds"] > 0
@@ -142,7 +143,14 @@ def test_sigkill_midway_then_rerun_completes_without_redoing(clips: Path, tmp_pa
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     cmd = [sys.executable, "-m", "avloc.cli.main", "localize", str(clips), "--out", str(out), *FAST]
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    kill_when(p, (out / "c0.avloc.json").exists, "its first output")
+
+    def first_done() -> bool:  # its first input finished and recorded (the record follows the outputs)
+        try:
+            return any(s["status"] == "done" for s in _run(out)["inputs"])
+        except (OSError, ValueError):
+            return False
+
+    kill_when(p, first_done, "its first finished input")
     killed = _run(out)
     assert killed["finished"] is None
     first = (out / "c0.avloc.json").stat().st_mtime_ns
@@ -222,9 +230,9 @@ def test_workers_options_are_checked(clips: Path, tmp_path: Path, capsys) -> Non
 
 def test_across_videos_default_follows_the_gpus() -> None:
     """Batching frames across videos is on by default only where the workers have GPUs; an explicit choice wins."""
-    from avloc.inference.batch import BatchConfig
+    from avloc.applications.runner import RunnerConfig
 
-    assert not BatchConfig(workers=2).batch_across_videos()
-    assert BatchConfig(workers=2, gpus_per_worker=1).batch_across_videos()
-    assert not BatchConfig(workers=2, gpus_per_worker=1, across_videos=False).batch_across_videos()
-    assert BatchConfig(workers=2, across_videos=True).batch_across_videos()
+    assert not RunnerConfig(workers=2).batch_across_inputs()
+    assert RunnerConfig(workers=2, gpus_per_worker=1).batch_across_inputs()
+    assert not RunnerConfig(workers=2, gpus_per_worker=1, across_inputs=False).batch_across_inputs()
+    assert RunnerConfig(workers=2, across_inputs=True).batch_across_inputs()
