@@ -45,19 +45,40 @@ def require_ray() -> None:
         raise ConfigError("--workers needs Ray: pip install 'avloc[ray]' (or run without --workers)") from None
 
 
+#: RFC 9113 Sec. 3.4: an HTTP/2 client's connection preface, then an empty SETTINGS frame (9-byte header: length 0,
+#: type 0x4, no flags, stream 0). A gRPC server (Ray's GCS) answers with its own SETTINGS frame first.
+_H2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 0x4, 0, 0, 0, 0, 0])
+_H2_SETTINGS = 0x4
+_H2_FRAME_HEADER = 9
+
+
 def probe_address(address: str, timeout: float) -> None:
-    """Raise :class:`ConfigError` unless something accepts a TCP connection at ``HOST:PORT`` within ``timeout`` s."""
+    """Raise :class:`ConfigError` unless a gRPC (HTTP/2) server answers at ``HOST:PORT`` within ``timeout`` s, as
+    a Ray head's GCS does: a closed port, an unreachable host, a silent peer or another protocol fail in seconds
+    with one line, instead of ``ray.init``'s minutes of retries."""
+    import time
+
     hostport = address.split("://", 1)[-1]
     host, sep, port = hostport.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"--ray-address {address!r}: give auto or HOST:PORT (the cluster's head, e.g. 10.0.0.5:6379)")
+    deadline = time.monotonic() + timeout
+    head = b""
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as s:
+            s.sendall(_H2_HELLO)
+            while len(head) < _H2_FRAME_HEADER:
+                s.settimeout(max(deadline - time.monotonic(), 1e-3))
+                if not (more := s.recv(_H2_FRAME_HEADER - len(head))):
+                    break
+                head += more
     except OSError as e:
         why = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e) or type(e).__name__).lower()
         raise ConfigError(f"--ray-address {address}: cannot reach a Ray cluster there ({why} within {timeout:g} s); "
                           "start it (ray start --head) or fix the address") from None
+    if len(head) < _H2_FRAME_HEADER or head[3] != _H2_SETTINGS:
+        raise ConfigError(f"--ray-address {address}: something answers there, but not a Ray cluster's head (no gRPC); "
+                          "give the head's GCS address (ray start --head prints it; port 6379 by default)")
 
 
 def start_ray(config: RunnerConfig, cpus_needed: int) -> bool:
@@ -142,10 +163,9 @@ class _Pool:
                                 max_concurrency=self.job.per_worker).remote(self.job, self.threads,
                                                                             self.config.decode_ahead)
 
-    def submit(self, slot: int, queue: deque[Item], started: Callable[[Item], None]) -> None:
+    def submit(self, slot: int, queue: deque[Item]) -> None:
         while queue and self.load[slot] < self.job.per_worker:
             it = queue.popleft()
-            started(it)
             self.running[self.actors[slot].run.remote(it)] = (slot, self.actors[slot], it)
             self.load[slot] += 1
 
@@ -167,9 +187,8 @@ class _Pool:
             return slot, failed(self.job, it, e)
 
 
-def run_on_ray(job: Job, todo: list[Item], config: RunnerConfig, started: Callable[[Item], None],
-               finished: Callable[[Outcome], None]) -> None:
-    """Run ``todo`` on Ray (module doc), reporting each input to ``started`` and ``finished``."""
+def run_on_ray(job: Job, todo: list[Item], config: RunnerConfig, finished: Callable[[Outcome], None]) -> None:
+    """Run ``todo`` on Ray (module doc), reporting each input's outcome to ``finished`` as it comes."""
     require_ray()
     import ray
 
@@ -179,11 +198,11 @@ def run_on_ray(job: Job, todo: list[Item], config: RunnerConfig, started: Callab
         pool = _Pool(job, config, n)
         queue = deque(todo)
         for slot in range(n):
-            pool.submit(slot, queue, started)
+            pool.submit(slot, queue)
         while pool.running:
             slot, outcome = pool.next_outcome()
             finished(outcome)
-            pool.submit(slot, queue, started)
+            pool.submit(slot, queue)
     finally:
         if ours:
             ray.shutdown()

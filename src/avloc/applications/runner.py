@@ -220,15 +220,18 @@ def execute(job: Job, worker: Any, item: Item, pieces: Iterator[Any]) -> Outcome
 
 
 def plan(job: Job, items: Sequence[Item], force: bool) -> tuple[list[Outcome | None], list[Item]]:
-    """Each input's outcome decided before running (refused, skipped) or ``None``; and the inputs to run."""
+    """Each input's outcome when decided before running (refused, skipped), else ``None``; and the inputs to run
+    (module doc: resume)."""
     decided: list[Outcome | None] = []
     todo: list[Item] = []
     for i, it in enumerate(items):
         it = dataclasses.replace(it, index=i)
-        ex = Existing(Found.NOTHING) if it.error is not None else job.existing(it)
-        reason = it.error if it.error is not None else ex.why if ex.found in (Found.FOREIGN, Found.OTHER) else None
-        if ex.found is Found.FOREIGN or (ex.found is Found.OTHER and not force) or it.error is not None:
-            decided.append(Outcome(it, RunInput(it.input, "failed", error=reason, stem=it.stem)))
+        if it.error is not None:
+            decided.append(Outcome(it, RunInput(it.input, "failed", error=it.error, stem=it.stem)))
+            continue
+        ex = job.existing(it)
+        if ex.found is Found.FOREIGN or (ex.found is Found.OTHER and not force):
+            decided.append(Outcome(it, RunInput(it.input, "failed", error=ex.why, stem=it.stem)))
         elif ex.found is Found.COMPLETE and not force:
             decided.append(Outcome(it, RunInput(it.input, "skipped", outputs=ex.outputs, stem=it.stem),
                                    payload=ex.payload))
@@ -259,10 +262,6 @@ class Tracker:
     def write(self, check: bool = False) -> None:
         self.record.inputs = [o.record for o in self.outcomes]
         write_run(self.where.parent, self.record, name=self.where.name, check=check)
-
-    def started(self, item: Item) -> None:
-        self.outcomes[item.index].record.status = "pending"  # run_schema.json: pending = queued or running
-        self.write()
 
     def finished(self, o: Outcome) -> None:
         self.outcomes[o.item.index] = o
@@ -304,6 +303,7 @@ def run(job: Job, items: Sequence[Item], config: RunnerConfig, record: Path, com
     from avloc import __version__
 
     decided, todo = plan(job, items, config.force)
+    # run_schema.json: pending = queued or running (what a killed run leaves)
     pending = [Outcome(it, RunInput(it.input, "pending", stem=it.stem)) for it in todo]
     it_pending = iter(pending)
     outcomes = [d if d is not None else next(it_pending) for d in decided]
@@ -314,9 +314,9 @@ def run(job: Job, items: Sequence[Item], config: RunnerConfig, record: Path, com
         if todo and config.workers:
             from avloc.applications.ray_runner import run_on_ray
 
-            run_on_ray(job, todo, config, tracker.started, tracker.finished)
+            run_on_ray(job, todo, config, tracker.finished)
         elif todo:
-            _run_sequential(job, todo, tracker.started, tracker.finished)
+            _run_sequential(job, todo, tracker.finished)
     finally:
         tracker.bar.close()
     tracker.finish()
@@ -324,11 +324,9 @@ def run(job: Job, items: Sequence[Item], config: RunnerConfig, record: Path, com
     return outcomes
 
 
-def _run_sequential(job: Job, todo: list[Item], started: Callable[[Item], None],
-                    finished: Callable[[Outcome], None]) -> None:
+def _run_sequential(job: Job, todo: list[Item], finished: Callable[[Outcome], None]) -> None:
     worker = job.load()
     for it in todo:
-        started(it)
         finished(execute(job, worker, it, job.decode(it)))
 
 

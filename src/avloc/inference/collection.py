@@ -34,6 +34,7 @@ first. ``DIR/run.json`` is the run record (:mod:`avloc.formats.runfile`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import sys
@@ -387,7 +388,8 @@ def localize_job(spec: ModelSpec, cfg: LocalizeConfig, out: Path, batch: RunnerC
     from avloc.inference.gang import shareable
     from avloc.inference.pipeline import make_source
 
-    model, tagger = spec.load()
+    # the Ray workers load their own model on their device: here only its configuration and digest are needed
+    model, tagger = (spec if not batch.workers else dataclasses.replace(spec, device="cpu")).load()
     source = make_source(model, cfg)  # --visual-only: the object prior, whose content is hashed
     across = batch.workers > 0 and batch.batch_across_inputs() and shareable(source, tagger)
     digest = spec.digest(source.model if spec.name is None else model)
