@@ -323,6 +323,13 @@ def test_a_file_avloc_did_not_write_is_never_replaced(clips: Path, tmp_path: Pat
     caplog.clear()
     assert main(args) == 0 and _statuses(out) == {"c0": "done", "c1": "skipped"}
     assert "c0.mp4: redoing it (no JSON output)" in caplog.text
+    theirs = out / "c1.heatmaps.npz"  # beside a complete set made without heatmaps: skipping leaves it alone ...
+    theirs.write_bytes(b"someone else's arrays")
+    assert main(args) == 0 and _statuses(out) == {"c0": "skipped", "c1": "skipped"}
+    assert main([*args, "--force"]) == 2  # ... redoing the set would replace it: refused
+    st = {s["stem"]: s for s in _run(out)["inputs"]}
+    assert st["c0"]["status"] == "done" and f"{theirs} exists and avloc did not write it" in st["c1"]["error"]
+    assert theirs.read_bytes() == b"someone else's arrays" and (out / "c1.avloc.json").is_file()
 
 
 @pytest.mark.skipif(not HAS_RAY, reason="Ray is not installed (pip install 'avloc[ray]')")

@@ -16,8 +16,8 @@ and ``existing(item)``: what an earlier run left for the input (:class:`Found`).
 * **resume** (:func:`plan`): without ``force`` an input whose outputs are complete and made with the same
   configuration and the same model *content* is skipped; outputs that are ours but partial, or made by another
   model content under the same name (a checkpoint retrained at the same path), are redone; outputs made with
-  another configuration are refused ("pass --force"); a file avloc did not write in the way of an output is
-  refused, also with ``force``. ``force`` redoes every other input.
+  another configuration are refused ("pass --force"); an input that would run while a file avloc did not write
+  is in the way of one of its outputs is refused, also with ``force``. ``force`` redoes every other input.
 * **isolation** (:func:`execute`): one bad input never stops the others. An :class:`avloc.errors.AvlocError`
   (or an OS error) fails the input with its one-line reason; anything else is a bug: its traceback is logged
   with "report this", the input fails, the run goes on, and the exit status is 1 (:func:`exit_status`).
@@ -127,19 +127,21 @@ class Item:
 class Found(Enum):
     """What an earlier run left for an input (:meth:`Job.existing`)."""
 
-    NOTHING = "nothing"  # run it
+    NOTHING = "nothing"  # nothing of ours: run it
     COMPLETE = "complete"  # same configuration, same model content: skipped
     STALE = "stale"  # ours, but partial or made by another model content: redone, replacing it
     OTHER = "other"  # complete, made with another configuration: refused without --force
-    FOREIGN = "foreign"  # a file avloc did not write is in the way: refused, also with --force
 
 
 @dataclass(frozen=True)
 class Existing:
     found: Found
-    why: str | None = None  # STALE: what is wrong (logged); OTHER, FOREIGN: the input's one-line failure
+    why: str | None = None  # STALE: what is wrong (logged); OTHER: the input's one-line failure
     outputs: dict[str, str] = field(default_factory=dict)  # COMPLETE: its output names (run.json)
     payload: Any = None  # COMPLETE: what ``commit`` returned then (pseudo-boxes: the manifest entries)
+    #: a file avloc did not write in the way of an output (one line naming it): an input that would run fails
+    #: with it instead, also with --force (a skipped one leaves it alone)
+    foreign: str | None = None
 
 
 @dataclass
@@ -230,11 +232,12 @@ def plan(job: Job, items: Sequence[Item], force: bool) -> tuple[list[Outcome | N
             decided.append(Outcome(it, RunInput(it.input, "failed", error=it.error, stem=it.stem)))
             continue
         ex = job.existing(it)
-        if ex.found is Found.FOREIGN or (ex.found is Found.OTHER and not force):
-            decided.append(Outcome(it, RunInput(it.input, "failed", error=ex.why, stem=it.stem)))
-        elif ex.found is Found.COMPLETE and not force:
+        if ex.found is Found.COMPLETE and not force:
             decided.append(Outcome(it, RunInput(it.input, "skipped", outputs=ex.outputs, stem=it.stem),
                                    payload=ex.payload))
+        elif (ex.found is Found.OTHER and not force) or ex.foreign is not None:
+            reason = ex.why if ex.found is Found.OTHER and not force else ex.foreign
+            decided.append(Outcome(it, RunInput(it.input, "failed", error=reason, stem=it.stem)))
         else:
             if ex.found is Found.STALE and not force:
                 log.info("%s: redoing it (%s)", job.subject(it), ex.why)
@@ -278,7 +281,6 @@ class Tracker:
             log.error("%s: error: %s", self.job.tool, o.record.error)
 
     def finish(self) -> None:
-        self.bar.close()
         self.record.finished = _now()
         self.write(check=True)
 

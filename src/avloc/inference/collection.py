@@ -24,8 +24,8 @@ folder's previous ``run.json`` recorded them for that stem. Complete, same confi
 skipped. Ours but partial (no JSON, an invalid one, a listed file missing, an interrupted commit) or made by
 another model content: redone. Complete with another configuration (fps, model name, outputs asked for):
 refused without ``--force``. A file avloc did not write with an output's name (a user's ``clip.sheet.png``
-with no JSON listing it): refused with one line naming it, also with ``--force`` (the transaction checks it
-again under the stem's lock).
+with no JSON listing it): an input that would run is refused with one line naming it, also with ``--force``
+(the transaction checks it again under the stem's lock); a complete set beside it is skipped as usual.
 
 **The folder** is locked for the run (``DIR/.avloc-run.lock``): a second run into it fails at once naming the
 first. ``DIR/run.json`` is the run record (:mod:`avloc.formats.runfile`).
@@ -292,26 +292,32 @@ class LocalizeJob:
         present = [p for p in finals.values() if p.exists() or p.is_symlink()]
         if not present:
             return Existing(Found.NOTHING)
-        if vid.interrupted:
+        if vid.interrupted:  # its transaction puts the set back first, then checks ownership again
             return Existing(Found.STALE, "a killed run was writing its outputs")
         doc, why = _read(finals["json"])
         names = vid.claimed | ({finals["json"].name, *doc.outputs.values()} if doc is not None else set())
-        foreign = [p for p in present if p.name not in names]
-        if foreign:
-            return Existing(Found.FOREIGN, f"{foreign[0]} exists and avloc did not write it (no "
-                                           f"{finals['json'].name} lists it): move it away or choose another --out")
+        foreign = next((p for p in present if p.name not in names), None)
+        note = None if foreign is None else (f"{foreign} exists and avloc did not write it (no {finals['json'].name} "
+                                             "lists it): move it away or choose another --out")
+        found, why = self._state(finals["json"], vid.path, doc, why, ours=any(p.name in names for p in present))
+        return Existing(found, why, dict(doc.outputs) if found is Found.COMPLETE and doc else {}, foreign=note)
+
+    def _state(self, json_path: Path, path: Path, doc: LocalizeDocument | None, why: str | None,
+               ours: bool) -> tuple[Found, str | None]:
+        """The state of the set of ``path`` (its JSON ``doc`` or why there is none), whoever else's files lie beside
+        it; ``ours``: whether any of its files is ours."""
         if doc is None:
-            return Existing(Found.STALE, why)
+            return (Found.STALE, why) if ours else (Found.NOTHING, None)
         missing = [n for n in doc.outputs.values() if not (self.out / n).is_file()]
         if missing:
-            return Existing(Found.STALE, f"{missing[0]} is missing")
-        other = self._made_otherwise(vid.path, doc)
+            return Found.STALE, f"{missing[0]} is missing"
+        other = self._made_otherwise(path, doc)
         if other is not None:
-            return Existing(Found.OTHER, f"{finals['json']} exists, {other}; pass --force to replace the whole set")
+            return Found.OTHER, f"{json_path} exists, {other}; pass --force to replace the whole set"
         if doc.model.get("sha256") != self.digest:
-            return Existing(Found.STALE, "made by another content of the model (e.g. a checkpoint saved again at the "
-                                         "same path)" if doc.model.get("sha256") else "made without the model's digest")
-        return Existing(Found.COMPLETE, outputs=dict(doc.outputs))
+            return Found.STALE, ("made by another content of the model (e.g. a checkpoint saved again at the same "
+                                 "path)" if doc.model.get("sha256") else "made without the model's digest")
+        return Found.COMPLETE, None
 
     def _made_otherwise(self, path: Path, doc: LocalizeDocument) -> str | None:
         """How a complete set's configuration differs from this run's, or ``None``."""
