@@ -55,9 +55,8 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from avloc.formats.atomic import atomic_path, write_text_atomic  # noqa: E402
-
 from avloc.errors import CheckpointError  # noqa: E402
+from avloc.formats.atomic import atomic_path, write_text_atomic  # noqa: E402
 
 log = logging.getLogger("convert_human_models")
 

@@ -516,8 +516,8 @@ def build_constructions(
     """
     from tqdm import tqdm
 
-    from avloc.formats.manifest import write_manifest
     from avloc.formats.atomic import write_text_atomic
+    from avloc.formats.manifest import write_manifest
 
     cfg = cfg or ConstructionConfig()
     if per_kind < 1:
