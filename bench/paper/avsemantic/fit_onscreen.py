@@ -74,14 +74,17 @@ def collect(data: Path, cache: Path | None) -> list[LabelledFrame]:
     sources = sound_sources(data)
     key = f"{data.resolve()}"
     stored: dict[str, Any] = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
-    if key not in stored:
-        model = create_method("avsemantic").eval()
+    done: dict[str, Any] = stored.setdefault(key, {})
+    todo = [c for c in clips if c.path.name not in done]
+    model = create_method("avsemantic").eval() if todo else None
+    for i, c in enumerate(todo, 1):  # one clip at a time, cached as it goes: a long fit survives an interrupt
+        log.info("%s: %d/%d %s", data.name, i, len(todo), c.path.name)
         with tempfile.TemporaryDirectory(prefix="avloc-fit-onscreen-") as tmp:
-            run = run_on_clips(clips, model, replace(LocalizeConfig(), fps=5.0), Path(tmp))
-        stored[key] = {fid: r.to_dict() for fid, r in run.records.items()}
+            run = run_on_clips([c], model, replace(LocalizeConfig(), fps=5.0), Path(tmp))
+        done[c.path.name] = {fid: r.to_dict() for fid, r in run.records.items()}
         if cache is not None:
-            cache.write_text(json.dumps(stored))
-    records = {fid: FrameRecord.from_dict(d) for fid, d in stored[key].items()}
+            write_json_atomic(cache, stored)
+    records = {fid: FrameRecord.from_dict(d) for recs in done.values() for fid, d in recs.items()}
     out = []
     for c in clips:
         for f in c.frames:
@@ -91,6 +94,13 @@ def collect(data: Path, cache: Path | None) -> list[LabelledFrame]:
             out.append(LabelledFrame(data.name, sources[c.path.name], bool(f.onscreen), evidence_of(rec),
                                      float((rec.onscreen_features or {}).get("motion", 0.0))))
     return out
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """``obj`` as JSON at ``path``, replaced atomically (an interrupt leaves the previous cache whole)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
 
 
 def evidence_of(rec: Any) -> list[Any]:
