@@ -21,6 +21,7 @@ demo: setup
 	$(BIN)/avloc demo --out demo_out --force
 
 test: setup
+	$(BIN)/lint-imports --no-cache
 	AVLOC_DATA=$(DATA) $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-slow: setup
@@ -29,6 +30,7 @@ test-slow: setup
 lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache

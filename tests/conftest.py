@@ -36,8 +36,6 @@ def _small_torch() -> None:
 
 @pytest.fixture(scope="session")
 def demo_clip_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from avloc.data.synthetic import DemoClipConfig, write_demo_clip
+    from clips import write_clip
 
-    p = tmp_path_factory.mktemp("media") / "demo.mp4"
-    write_demo_clip(p, DemoClipConfig(seconds=2.0, fps=10, width=160, height=120))
-    return p
+    return write_clip(tmp_path_factory.mktemp("media") / "demo.mp4", seconds=2.0, fps=10, size=(160, 120))

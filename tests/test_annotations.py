@@ -9,18 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avloc.data.annotations import (
-    flickr_targets,
+from avloc.errors import DataError
+from avloc.formats.annotations import (
     load_avsol_json,
     load_flickr_dir,
-    load_gt,
     load_music_json,
     load_vggss_json,
     parse_flickr_xml,
     vggss_problems,
 )
-from avloc.errors import DataError
 from avloc.metrics import ops
+from avloc.metrics.groundtruth import flickr_targets, load_gt
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("AVLOC_DATA", REPO.parent / "shared" / "data"))
@@ -93,3 +92,16 @@ def test_avsol_per_frame_annotations(tmp_path: Path) -> None:
     p.write_text(json.dumps({"videos": [{"id": "v", "frames": [{"index": 0, "objects": [{"box": [0, 0, 1, 1], "tag": "loud"}]}]}]}))
     with pytest.raises(DataError, match="unknown tag"):
         load_avsol_json(p)
+
+
+def test_importing_the_parsers_loads_neither_torch_nor_numpy() -> None:
+    """``avloc.formats.annotations`` (and the manifest reader) are torch-free: ``avloc eval --gt`` stays light."""
+    import subprocess
+    import sys
+
+    code = ("import sys, avloc.formats.annotations, avloc.formats.manifest, avloc.metrics.groundtruth\n"
+            "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['numpy']"  # numpy: the metrics package's; the parsers themselves need neither
+    code = "import sys, avloc.formats.annotations, avloc.formats.manifest\nprint(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

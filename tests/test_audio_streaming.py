@@ -7,6 +7,7 @@ import pytest
 
 from avloc.io.audio import window_at
 from avloc.io.media import AudioStream, decode_audio, iter_audio, write_video
+from clips import write_clip
 
 
 @pytest.fixture(scope="module")
@@ -15,9 +16,7 @@ def av_clip(tmp_path_factory: pytest.TempPathFactory):
     sr = 22050
     t = np.arange(sr * 7) / sr
     audio = (0.3 * np.sin(2 * np.pi * 330 * t) * np.linspace(0.1, 1, t.size)).astype(np.float32)
-    frames = [np.full((32, 48, 3), 10 * i % 250, np.uint8) for i in range(70)]
-    write_video(p, frames, 10, audio, sr)
-    return p
+    return write_clip(p, seconds=7.0, fps=10, size=(48, 32), picture="ramp", audio=audio, sample_rate=sr)
 
 
 @pytest.mark.parametrize("rate", [16000, 22050, 48000])

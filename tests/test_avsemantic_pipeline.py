@@ -12,13 +12,12 @@ from avloc.errors import MediaError
 from avloc.inference import LocalizeConfig, localize_video
 from avloc.io.media import write_video
 from avloc.methods import create_method
+from clips import write_clip
 
 
 def _clip(path: Path, audio: np.ndarray | None, seconds: float = 3.0, fps: float = 10.0) -> Path:
-    rng = np.random.default_rng(0)
-    base = np.full((120, 160, 3), 128, np.uint8)
-    frames = [np.clip(base + rng.integers(-3, 4, base.shape), 0, 255).astype(np.uint8) for _ in range(round(seconds * fps))]
-    return write_video(path, iter(frames), fps, audio, 16000 if audio is not None else None)
+    """Nothing to see (mid-grey with +-3 of noise) and the given sound."""
+    return write_clip(path, seconds=seconds, fps=fps, size=(160, 120), picture="grey", audio=audio)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 from avloc.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from avloc.config import apply_overrides, config_from_dict, config_to_dict, load_config_file
 from avloc.errors import CheckpointError, ConfigError, OutputExistsError
-from avloc.io.atomic import atomic_path, check_writable, write_text_atomic
+from avloc.formats.atomic import atomic_path, check_writable, write_text_atomic
 from avloc.registry import Registry, RegistryError
 
 
@@ -136,7 +136,7 @@ def test_atomic_write_gets_ordinary_file_permissions(tmp_path) -> None:
     try:
         import importlib
 
-        import avloc.io.atomic as atomic
+        import avloc.formats.atomic as atomic
 
         importlib.reload(atomic)  # the module reads the umask once, at import
         atomic.write_text_atomic(tmp_path / "a.txt", "x")
@@ -172,3 +172,45 @@ def test_named_configs_build() -> None:
         config_from_dict(METHODS.get(cfg["method_name"]).config_class, cfg.get("method", {}))
         config_from_dict(TrainConfig, cfg.get("train", {}))
         config_from_dict(DataConfig, cfg.get("data", {}))
+
+
+def test_config_types_are_strict_and_numbers_finite() -> None:
+    """Issue 30: each value checked against its field's annotation; one ConfigError naming the setting."""
+    from avloc.methods.lvs import LVSConfig
+
+    cases = {
+        "embed_dim: expected an integer, got true/false": {"embed_dim": True},
+        "image: expected a section (mapping) for ImageConfig, got a list": {"image": [224]},
+        "visual_encoder: expected a string, got a list": {"visual_encoder": ["resnet18"]},
+        "tau: expected a finite number, got inf": {"tau": float("inf")},
+        "tau: expected a finite number, got nan": {"tau": float("nan")},
+        "tau: 10000": {"tau": 10**400},  # too large for a float: refused, not an OverflowError
+        "embed_dim: 1000": {"embed_dim": 10**30},  # beyond 64 bits
+        "image.mean[1]: expected a number": {"image": {"mean": [0.5, "x", 0.5]}},
+        "image.mean: expected a list of 3 values, got 2": {"image": {"mean": [0.5, 0.5]}},
+        "image.mode: 'crop ' is not one of": {"image": {"mode": "crop "}},
+        "image.size must lie in [1, 4096], got -5": {"image": {"size": -5}},
+        "audio.sample_rate must lie in [1, 384000], got 0": {"audio": {"sample_rate": 0}},
+        "unknown keys ['embed_dimm']; valid keys: [": {"embed_dimm": 3},
+    }
+    for says, data in cases.items():
+        with pytest.raises(ConfigError) as info:
+            config_from_dict(LVSConfig, data)
+        assert says in str(info.value) and "\n" not in str(info.value), (says, str(info.value))
+
+
+def test_a_combination_is_checked_on_the_combined_config() -> None:
+    """Fields valid alone but not together are refused; overrides are checked once, all applied."""
+    from avloc.methods.lvs import LVSConfig
+
+    cfg = LVSConfig()
+    with pytest.raises(ConfigError, match="eps_n < eps_p"):
+        apply_overrides(cfg, ["eps_n=0.7"])  # above the default eps_p 0.65
+    assert apply_overrides(cfg, ["eps_n=0.7", "eps_p=0.9"]).eps_n == 0.7  # valid together
+    with pytest.raises(ConfigError, match="eps_n < eps_p"):
+        LVSConfig(eps_n=0.9, eps_p=0.5)  # built directly: the same check (__post_init__)
+    from avloc.frontends.audio import AudioFrontendConfig
+
+    with pytest.raises(ConfigError, match=r"audio.noverlap must lie in \[0, 255\]"):
+        config_from_dict(LVSConfig, {"audio": {"nperseg": 256}})  # the default noverlap 274 no longer fits
+    assert AudioFrontendConfig(nperseg=256, noverlap=100).noverlap == 100

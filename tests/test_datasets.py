@@ -13,14 +13,14 @@ import torch
 from PIL import Image
 
 from avloc.data.datasets import ManifestDataset, dataset_from_spec
-from avloc.data.manifest import read_manifest, write_manifest
 from avloc.errors import CheckpointError, DataError
+from avloc.formats.manifest import read_manifest, write_manifest
 from avloc.frontends.audio import AudioFrontendConfig
 from avloc.frontends.image import ImageConfig
-from avloc.io.media import write_video
 from avloc.methods import create_method, register_method
 from avloc.methods.base import LocalizationMethod, MethodConfig
 from avloc.methods.zoo import load_model, save_model
+from clips import RAMP_STEP, write_clip
 
 
 def _fixture(tmp_path: Path) -> Path:
@@ -31,8 +31,7 @@ def _fixture(tmp_path: Path) -> Path:
     wav = np.zeros(sr * 4, np.float32)
     wav[sr * 2 - 100 : sr * 2 + 100] = 0.5  # a click in the middle
     sf.write(tmp_path / "a.wav", wav, sr)
-    frames = [np.full((60, 80, 3), i * 20, np.uint8) for i in range(10)]
-    write_video(tmp_path / "v.mp4", frames, 5, np.zeros(16000 * 2, np.float32) + 0.01, 16000)
+    write_clip(tmp_path / "v.mp4", seconds=2.0, fps=5, size=(80, 60), picture="ramp", audio="tone")
     entries = [
         {"id": "img", "image": "f.png", "audio": "a.wav", "size": [200, 100], "boxes": [[120, 20, 180, 60]], "labels": [3]},
         {"id": "vid", "video": "v.mp4", "time": 1.0, "size": [80, 60], "boxes": [[0, 0, 40, 30]], "silent_boxes": [[40, 30, 80, 60]]},
@@ -51,7 +50,7 @@ def test_manifest_dataset_samples(tmp_path) -> None:
     assert s["audio"].abs().max() > 0.3  # the click sits in the centre of the window
     v = ds[1]
     assert v["image"].shape == (3, 64, 64) and v["silent_boxes"].shape == (1, 4)
-    assert abs(float(v["image"].mean()) - 100 / 255) < 0.05  # frame 5 of 10 at t=1.0 s
+    assert abs(float(v["image"].mean()) - 5 * RAMP_STEP / 255) < 0.05  # frame 5 of 10 at t=1.0 s
 
 
 def test_manifest_errors(tmp_path) -> None:
@@ -115,6 +114,7 @@ def test_info_lists_registries(capsys) -> None:
 
     assert main(["info", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"methods", "encoders", "datasets", "protocols", "checkpoint_families"}
+    assert set(out) == {"methods", "encoders", "datasets", "protocols", "checkpoint_families", "vision_models"}
+    assert {"nanodet", "blazepose", "selfie-segmentation"} <= set(out["vision_models"])
     assert {"lvs", "ezvsl", "slavc", "sslalign", "fnac"} <= set(out["checkpoint_families"])
     assert "efficientnet_lite0" in out["encoders"] and "manifest" in out["datasets"]

@@ -25,9 +25,9 @@ from avloc.data.digitscenes.compose import ink_bbox
 from avloc.data.digitscenes.config import SPLITS
 from avloc.data.digitscenes.generate import generate
 from avloc.data.digitscenes.sampler import SplitPools
-from avloc.data.manifest import read_manifest, resolve_media
 from avloc.data.sources import RawSources, list_esc10, list_fsdd, load_cifar, load_mnist
 from avloc.errors import ConfigError, DataError
+from avloc.formats.manifest import read_manifest, resolve_media
 from avloc.frontends.audio import AudioFrontendConfig
 from avloc.frontends.image import ImageConfig
 from avloc.registry import DATASETS
@@ -393,7 +393,7 @@ def test_video_dataset_items(raw: RawSources) -> None:
 def test_config_errors() -> None:
     with pytest.raises(ConfigError, match="unknown DigitScenes variant 'nope'; valid: single, multi"):
         variant_config("nope")
-    with pytest.raises(ConfigError, match=r"unknown single option\(s\) \['colour'\]"):
+    with pytest.raises(ConfigError, match=r"digitscenes single: unknown keys \['colour'\]"):
         variant_config("single", colour=1)
     with pytest.raises(ConfigError, match="annot_fps 3 must divide fps 8"):
         variant_config("video", annot_fps=3)

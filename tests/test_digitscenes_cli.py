@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from avloc.cli import data_make
-from avloc.data.manifest import read_manifest, resolve_media
 from avloc.errors import AvlocError
+from avloc.formats.manifest import read_manifest, resolve_media
 
 
 def run_make(argv: list[str]) -> int:

@@ -397,7 +397,7 @@ def test_redrawn_sound_tracks_pixels_once(shared_data: Path) -> None:
 
 def test_frozen_pretrained_audio_backbone(shared_data: Path) -> None:
     """pretrain_audio_backbone gives weights loadable into the DNM audio backbone; freeze_audio keeps them fixed."""
-    from avloc.data.digitscenes.audio_pretrain import pretrain_audio_backbone
+    from avloc.methods.dnm.pretrain import pretrain_audio_backbone
 
     m = tiny("dnm", tasks="dnm", freeze_audio=True)
     assert isinstance(m, DNM)
@@ -455,7 +455,7 @@ def test_audio_init_file_checkpoint_and_pretraining_agree(shared_data: Path, tmp
     from safetensors.torch import save_file
 
     from avloc.data.datasets import dataset_from_spec
-    from avloc.data.digitscenes.audio_pretrain import pretrain_audio_backbone
+    from avloc.methods.dnm.pretrain import pretrain_audio_backbone
     from avloc.methods.zoo import save_model
 
     a = tiny("dnm", audio_pretrain_steps=2, audio_pretrain_seed=1, freeze_audio=True)

@@ -278,3 +278,62 @@ def test_train_end_is_the_mean_of_the_last_logged_steps(tmp_path: Path) -> None:
     (tmp_path / METRICS_FILE).write_text('{"step": 1, "split": "train"\n')
     with pytest.raises(DataError, match="malformed line 1"):
         train_end(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: OptimConfig(lr=float("inf")), "optim.lr must be a finite number"),
+        (lambda: OptimConfig(lr=float("nan")), "optim.lr must be a finite number"),
+        (lambda: OptimConfig(lr=0.0), r"optim.lr must be > 0"),
+        (lambda: OptimConfig(weight_decay=-1e-4), r"optim.weight_decay must be >= 0"),
+        (lambda: OptimConfig(weight_decay=float("inf")), "optim.weight_decay must be a finite number"),
+        (lambda: OptimConfig(name="adamw", lr=0.5, weight_decay=2.0), r"lr x optim.weight_decay must be < 1"),
+        (lambda: OptimConfig(betas=(0.9, float("nan"))), "optim.betas must be a finite number"),
+        (lambda: TrainConfig(batch_size=0), r"train.batch_size must be >= 1"),
+        (lambda: TrainConfig(epochs=0), r"train.epochs must be >= 1"),
+        (lambda: TrainConfig(steps=2.5), "train.steps must be a whole number"),
+        (lambda: TrainConfig(batch_size=True), "train.batch_size must be a whole number"),
+        (lambda: TrainConfig(val_metric=""), "train.val_protocol and train.val_metric"),
+    ],
+)
+def test_training_configs_check_their_ranges(make: Any, match: str) -> None:
+    from avloc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        make()
+
+
+def _damage(run: Path, which: str) -> str:
+    """Damage one file of a finished run the way a crash or a full disk would; returns the file's name."""
+    if which == "config":
+        (run / "config.json").write_text('{"method": "lvs", "method_con')
+        return "config.json"
+    if which == "state-truncated":
+        data = (run / "train_state.safetensors").read_bytes()
+        (run / "train_state.safetensors").write_bytes(data[: len(data) // 2])
+        return "train_state.safetensors"
+    if which == "state-missing":
+        (run / "train_state.safetensors").unlink()
+        return "train_state.safetensors"
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 5, "split": "tr\n')
+    return "metrics.jsonl"
+
+
+def test_resume_of_a_damaged_run_names_the_file_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from avloc.cli.main import main
+    from avloc.engine.train import RunDir
+
+    good = tmp_path / "good"
+    train(create_method("lvs", tiny_lvs_config()), TinyAV(n=8), good, tiny_train_config(steps=2))
+    RunDir.check_resumable(good)  # a complete run passes
+    capsys.readouterr()
+    for which in ("config", "state-truncated", "state-missing", "metrics"):
+        run = tmp_path / which
+        shutil.copytree(good, run)
+        name = _damage(run, which)
+        rc = main(["train", "--resume", "--out", str(run), "steps=4"])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1, (which, lines)
+        assert str(run / name) in lines[0] and "cannot resume" in lines[0] and "--force" in lines[0], lines[0]

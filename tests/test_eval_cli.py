@@ -130,32 +130,6 @@ def test_eval_model_class_aware_needs_localize_classes(
     assert "localize_classes" in err and "dsol-classaware" in err
 
 
-def test_load_npz_equals_np_load(tmp_path: Path) -> None:
-    from avloc.cli.eval import load_npz
-    from avloc.errors import DataError
-
-    rng = np.random.default_rng(2)
-    arrays = {
-        "a": rng.standard_normal((7, 7)).astype(np.float32),
-        "b": rng.standard_normal((14, 14)),  # float64
-        "c": np.asfortranarray(rng.standard_normal((5, 9)).astype(np.float32)),
-        "d": rng.standard_normal((3, 4, 4)).astype(np.float16),
-        "e": rng.standard_normal((7, 7)).astype(np.float32),  # same header as "a"
-    }
-    for save in (np.savez, np.savez_compressed):
-        path = tmp_path / f"{save.__name__}.npz"
-        save(path, **arrays)  # type: ignore[operator]
-        got = load_npz(path)
-        with np.load(path) as z:
-            want = {k: z[k] for k in z.files}
-        assert list(got) == list(want)
-        for k in want:
-            assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k])
-    np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}], dtype=object))
-    with pytest.raises(DataError, match="Python objects"):
-        load_npz(tmp_path / "obj.npz")
-
-
 def test_eval_pred_does_not_import_torch(tmp_path: Path) -> None:
     """Scoring saved predictions stays light: the NumPy resize runs and torch is never imported."""
     import subprocess

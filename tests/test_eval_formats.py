@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from avloc.cli.main import main
-from avloc.data.manifest import write_manifest
 from avloc.engine.evaluate import evaluate_predictions
+from avloc.formats.manifest import write_manifest
 from avloc.metrics.groundtruth import load_gt
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from avloc.cli.main import main
-from avloc.data.manifest import read_manifest
 from avloc.errors import DataError
+from avloc.formats.manifest import read_manifest
 from avloc.metrics.groundtruth import load_gt
 
 # name: (file name, content (str or bytes), words the message must hold)
@@ -52,6 +52,35 @@ CASES: dict[str, tuple[str, str | bytes, list[str]]] = {
     "manifest-frames-not-objects": ("m.jsonl", json.dumps({"id": "a", "video": "a.mp4", "size": [8, 8], "frames": [3]}),
                                     ["frames[0] must be an object"]),
     "manifest-unhashable-id": ("m.jsonl", json.dumps({"id": {"x": 1}, "image": "a.jpg"}), ["missing string 'id'"]),
+    # issue 30: number ranges, depth, times, CSV
+    "dsol-1e308": ("g.json", json.dumps({"f/1.jpg": {"bbox": [{"normbox": [0.1, 0.1, 1e308, 0.2], "category_id": 1}]}}),
+                   ["f/1.jpg", "'bbox.w'", "at most 1"]),
+    "dsol-negative-width": ("g.json", json.dumps({"f/1.jpg": {"bbox": [{"normbox": [0.5, 0.1, -0.2, 0.2], "category_id": 1}]}}),
+                            ["'bbox.w'", "must not be negative"]),
+    "dsol-zero-height": ("g.json", json.dumps({"f/1.jpg": {"bbox": [{"normbox": [0.5, 0.1, 0.2, 0], "category_id": 1}]}}),
+                         ["has no area"]),
+    "dsol-huge-category": ("g.json", json.dumps({"f/1.jpg": {"bbox": [{"normbox": [0.5, 0.1, 0.2, 0.2],
+                                                                        "category_id": 10**40}]}}), ["'category_id'", "class index"]),
+    "qian-negative-width": ("g.json", json.dumps({"annotations": [{"image_id": 3, "category_id": 0, "bbox": [0.5, 0.5, -1, 0.1]}]}),
+                            ["3: box 0", "must not be negative"]),
+    "qian-object-image-id": ("g.json", json.dumps({"annotations": [{"image_id": {"a": 1}, "category_id": 0,
+                                                                     "bbox": [0.5, 0.5, 0.1, 0.1]}]}), ["'image_id'"]),
+    "vggss-1e308": ("g.json", json.dumps([{"file": "a", "class": "dog", "bbox": [[0.1, 0.1, 1e308, 0.5]]}]),
+                    ["x2 = 1e+308 is not a coordinate"]),
+    "vggss-400-digit-int": ("g.json", '[{"file": "a", "class": "dog", "bbox": [[0, 0, 1' + "0" * 400 + ', 1]]}]',
+                            ["x2 = 1000000000...00000000000 is not a finite number"]),
+    "deep-nesting": ("g.json", "[" * 100_000 + "]" * 100_000, ["nested too deeply"]),
+    "avsol-time-overflow": ("g.json", json.dumps({"videos": [{"id": "v", "fps": 10, "frames": [{"time": 1e308}]}]}),
+                            ["'time'", "at most 86400"]),
+    "avsol-fps-overflow": ("g.json", json.dumps({"videos": [{"id": "v", "fps": 1e308, "frames": []}]}), ["'fps'", "at most 1000"]),
+    "avsol-huge-index": ("g.json", json.dumps({"videos": [{"id": "v", "frames": [{"index": 10**30}]}]}), ["'index'", "frame number"]),
+    "avsol-empty-box": ("g.json", json.dumps({"videos": [{"id": "v", "frames": [{"index": 0, "objects": [
+        {"box": [4, 0, 2, 4], "tag": "sounding"}]}]}]}), ["empty box"]),
+    "music-huge-size": ("g.json", json.dumps([{"id": "a", "boxes": [[0, 0, 4, 4]], "size": [1e300, 8]}]), ["'size'", "at most"]),
+    "music-huge-label": ("g.json", json.dumps([{"id": "a", "boxes": [[0, 0, 0.5, 0.5]], "labels": [2**63]}]), ["'labels'"]),
+    "slavc-not-utf8": ("s.csv", b"video,audio,label\n\xff\xfe,\x00\x81,non-sounding\n", ["not a text (UTF-8)"]),
+    "slavc-huge-field": ("s.csv", "video,audio,label\n" + "x" * 200_000 + ",b,non-sounding\n", ["line 2", "field larger"]),
+    "slavc-empty-id": ("s.csv", "video,audio,label\n,b,non-sounding\n", ["line 2", "'video'"]),
 }
 
 
@@ -101,6 +130,18 @@ def test_prepare_refuses_in_one_line(tmp_path, capsys, fmt: str, case: str) -> N
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and str(gt) in err[0] and says[0] in err[0], err
     assert not (tmp_path / "m.jsonl").exists()
+
+
+@pytest.mark.parametrize(("coord", "says"), [("9" * 400, "400 digits"), ("1e5", "not an integer"), (" ", "not an integer"),
+                                             ("\u0663", "not an integer")])
+def test_flickr_xml_coordinates(tmp_path, coord: str, says: str) -> None:
+    """Pixel coordinates: decimal integers of at most six digits, refused before any int conversion."""
+    d = tmp_path / "ann"
+    d.mkdir()
+    (d / "1.xml").write_text(f"<annotation><object><bbox><name>x</name><xmin>{coord}</xmin><ymin>1</ymin>"
+                             "<xmax>20</xmax><ymax>30</ymax></bbox></object></annotation>", encoding="utf-8")
+    with pytest.raises(DataError, match=says):
+        load_gt(d)
 
 
 def test_valid_files_still_load(tmp_path) -> None:

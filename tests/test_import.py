@@ -130,6 +130,54 @@ def test_errors_are_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert not Path(out).exists()
 
 
+def _hostile(sd: dict[str, torch.Tensor], key: str, value: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    out = dict(sd)
+    if value is None:
+        del out[key]
+    else:
+        out[key] = value
+    return out
+
+
+WIDTH_KEY = "imgnet.layer4.1.bn2.weight"  # the LVS layout's embedding width is read from this tensor
+
+#: published LVS state dicts damaged one way each -> what the one-line error must say
+HOSTILE_LVS: dict[str, tuple[str, torch.Tensor | None, str]] = {
+    "0-d width tensor": (WIDTH_KEY, torch.tensor(512.0), "has shape ()"),
+    "missing width tensor": (WIDTH_KEY, None, "is missing"),
+    "expanded 2^40 width": (WIDTH_KEY, torch.ones(1).expand(2**40), "expanded or overlapping"),
+    "expanded weight": ("imgnet.conv1.weight", torch.ones(1, 1, 1, 1).expand(64, 3, 7, 7), "expanded or overlapping"),
+    "sparse": ("imgnet.bn1.weight", torch.ones(64).to_sparse(), "sparse"),
+    "meta": ("imgnet.bn1.weight", torch.empty(64, device="meta"), "meta tensor"),
+    "complex": ("imgnet.bn1.weight", torch.ones(64, dtype=torch.complex64), "dtype torch.complex64"),
+    "negative BN variance": ("imgnet.bn1.running_var", -torch.ones(64), "implausible BatchNorm statistics"),
+    "NaN BN mean": ("audnet.layer1.0.bn1.running_mean", torch.full((64,), float("nan")), "NaN"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_LVS))
+def test_hostile_tensors_are_refused_before_use(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:
+    """Layout, widths and BatchNorm statistics are checked before any size is used or value computed (issue 30)."""
+    key, value, says = HOSTILE_LVS[case]
+    src = _write(tmp_path, "hostile", _hostile(_plain_state("lvs"), key, value))
+    out = tmp_path / "o.safetensors"
+    err = _err(capsys, ["import", "--from", "lvs", str(src), "--out", str(out)])
+    assert says in err and "hostile.pth" in err
+    assert not out.exists()
+
+
+def test_empty_file_and_out_of_range_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    out = str(tmp_path / "o.safetensors")
+    assert "empty file (0 bytes)" in _err(capsys, ["import", "--from", "lvs", str(empty), "--out", out])
+    src = str(_write(tmp_path, "lvs"))
+    for rate in ("2000000000", "0", "-16000"):
+        assert "--sample-rate must lie in [1, 384000]" in _err(
+            capsys, ["import", "--from", "lvs", src, "--out", out, "--sample-rate", rate])
+    assert not Path(out).exists()
+
+
 def test_safetensors_input_is_refused(tmp_path: Path) -> None:
     src = _write(tmp_path, "fnac")
     out = tmp_path / "m.safetensors"

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from avloc.cli.main import main
-from avloc.data.synthetic import DemoClip, DemoClipConfig, write_demo_clip, write_test_clip
+from avloc.data.synthetic import DemoClip, DemoClipConfig, make_demo_clip
+from avloc.formats.jsonschema import validate
 from avloc.formats.localize import read_document
 from avloc.inference.check import score_records
-from avloc.io.jsonschema import validate
-from avloc.io.media import probe, write_video
+from avloc.io.media import probe
+from clips import write_clip
 
 SCHEMA = Path(__file__).resolve().parents[1] / "src" / "avloc" / "formats" / "localize_schema.json"
 
@@ -24,7 +25,9 @@ def check_schema(doc: dict[str, Any]) -> None:
 
 
 def _clip(path: Path, seconds: float = 6.0, width: int = 160, height: int = 120, seed: int = 0) -> DemoClip:
-    return write_demo_clip(path, DemoClipConfig(seconds=seconds, fps=10, width=width, height=height, seed=seed))
+    """The demo clip written at ``path``, and its ground truth (the pulsing disc makes the sound)."""
+    write_clip(path, seconds=seconds, fps=10, size=(width, height), seed=seed)
+    return make_demo_clip(DemoClipConfig(seconds=seconds, fps=10, width=width, height=height, seed=seed))
 
 
 @pytest.fixture(scope="module")
@@ -91,16 +94,11 @@ def test_existing_outputs_need_force(demo_run, capsys) -> None:
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
 
 
-def _write_plain(path: Path, frames: list[np.ndarray], fps: float, audio: np.ndarray | None, sr: int = 16000) -> Path:
-    write_video(path, frames, fps, audio, sr if audio is not None else None)
-    return path
-
-
 def test_no_audio_needs_visual_only(tmp_path, capsys) -> None:
     frames = [np.full((48, 64, 3), 40 + 10 * i, np.uint8) for i in range(10)]
     for f in frames:
         f[10:30, 20:40] = 230  # a bright object
-    v = _write_plain(tmp_path / "mute.mp4", frames, 10, None)
+    v = write_clip(tmp_path / "mute.mp4", fps=10, picture=frames, audio=None)
     rc = main(["localize", "--model", "avsync-objectness", str(v), "--out", str(tmp_path / "o"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "no audio track" in err[0] and "--visual-only" in err[0]
@@ -119,7 +117,7 @@ def test_silent_audio_is_offscreen(tmp_path) -> None:
     clip_frames = [np.full((72, 96, 3), 90, np.uint8) for _ in range(20)]
     for i, f in enumerate(clip_frames):
         f[20 + i : 40 + i, 30:50] = 220  # a moving object, no sound
-    v = _write_plain(tmp_path / "silent.mp4", clip_frames, 10, np.zeros(32000, np.float32))
+    v = write_clip(tmp_path / "silent.mp4", fps=10, picture=clip_frames, audio=np.zeros(32000, np.float32))
     rc = main(["localize", "--model", "avsync-objectness", str(v), "--out", str(tmp_path / "o"), "--no-overlay", "--quiet"])
     assert rc == 0
     doc = json.loads((tmp_path / "o" / "silent.avloc.json").read_text())
@@ -159,7 +157,7 @@ def _vfr(path: Path, width: int = 96, height: int = 64) -> Path:
         pts.append(t_ms)
         t_ms += int(rng.choice([30, 70, 120]))
     wav = (0.3 * np.sin(np.arange(round(sr * t_ms / 1000)) * 0.2)).astype(np.float32)
-    return write_test_clip(path, frames, 30, wav, sr, pts_ms=pts)
+    return write_clip(path, fps=30, picture=frames, audio=wav, sample_rate=sr, pts_ms=pts)
 
 
 @pytest.mark.parametrize("kind", ["portrait", "tiny", "huge", "vfr"])
@@ -173,7 +171,7 @@ def test_odd_inputs(tmp_path, kind: str) -> None:
         for i, f in enumerate(frames):
             f[h // 4 : h // 2, w // 4 + i : w // 2 + i] = 200
         audio = (0.3 * np.sin(np.arange(sr * n // 10) * 0.1)).astype(np.float32)
-        v = _write_plain(tmp_path / f"{kind}.mp4", frames, 10, audio)
+        v = write_clip(tmp_path / f"{kind}.mp4", fps=10, picture=frames, audio=audio)
     info = probe(v)
     rc = main(["localize", "--model", "avsync-objectness", str(v), "--out", str(tmp_path / "o"), "--save-heatmaps", "--quiet"])
     assert rc == 0

@@ -13,14 +13,13 @@ import soundfile as sf
 from avloc.cli.main import main
 from avloc.errors import MediaError
 from avloc.io.audio import load_audio, resample, window_at, windows_at
-from avloc.io.media import decode_audio, iter_frames, probe, write_video
+from avloc.io.media import decode_audio, iter_frames, probe
+from clips import RAMP_STEP, write_clip
 
 
-def _write(path: Path, n: int = 20, fps: float = 10, size=(64, 48), audio_s: float | None = 2.0, sr: int = 16000):
-    frames = [np.full((size[1], size[0], 3), (i * 12) % 256, np.uint8) for i in range(n)]
-    audio = None if audio_s is None else (0.3 * np.sin(np.arange(int(sr * audio_s)) * 0.05)).astype(np.float32)
-    write_video(path, frames, fps, audio, sr if audio is not None else None)
-    return path
+def _write(path: Path, n: int = 20, fps: float = 10, size=(64, 48), audio: bool = True) -> Path:
+    """Frame i is flat (i * RAMP_STEP) % 256; a tone as long as the frames."""
+    return write_clip(path, seconds=n / fps, fps=fps, size=size, picture="ramp", audio="tone" if audio else None)
 
 
 def test_probe_generated(tmp_path) -> None:
@@ -31,7 +30,7 @@ def test_probe_generated(tmp_path) -> None:
 
 
 def test_probe_no_audio(tmp_path) -> None:
-    info = probe(_write(tmp_path / "v.mp4", audio_s=None))
+    info = probe(_write(tmp_path / "v.mp4", audio=False))
     assert info.audio_sample_rate is None and info.audio_channels is None and info.has_video
     with pytest.raises(MediaError, match="no audio stream"):
         decode_audio(tmp_path / "v.mp4")
@@ -45,28 +44,16 @@ def test_iter_frames_exact_times_and_order(tmp_path) -> None:
     for f in frames:  # the frame shown at time t: last source frame with time <= t
         assert f.source_time <= f.time + 1e-6 and f.time - f.source_time < 1 / 15 + 1e-6
         k = round(f.source_time * 15)
-        assert abs(int(f.image[0, 0, 0]) - (k * 12) % 256) <= 3
+        assert abs(int(f.image[0, 0, 0]) - (k * RAMP_STEP) % 256) <= 3
     small = next(iter_frames(p, fps=5, size=(32, 24)))
     assert small.image.shape == (24, 32, 3)
     assert len(list(iter_frames(p))) == 30  # all frames
 
 
 def test_iter_frames_variable_frame_rate(tmp_path) -> None:
-    import av
-
-    p = tmp_path / "vfr.mp4"
-    with av.open(str(p), "w") as out:
-        st = out.add_stream("libx264", rate=30)
-        st.width, st.height, st.pix_fmt = 32, 32, "yuv420p"
-        st.codec_context.time_base = __import__("fractions").Fraction(1, 1000)
-        t_ms = [0, 100, 150, 400, 420, 900]
-        for i, t in enumerate(t_ms):
-            fr = av.VideoFrame.from_ndarray(np.full((32, 32, 3), i * 40, np.uint8), format="rgb24")
-            fr.pts, fr.time_base = t, __import__("fractions").Fraction(1, 1000)
-            for pk in st.encode(fr):
-                out.mux(pk)
-        for pk in st.encode():
-            out.mux(pk)
+    t_ms = [0, 100, 150, 400, 420, 900]
+    pics = [np.full((32, 32, 3), i * 40, np.uint8) for i in range(len(t_ms))]
+    p = write_clip(tmp_path / "vfr.mp4", fps=30, picture=pics, audio=None, pts_ms=t_ms)
     frames = list(iter_frames(p, fps=10, end=1.0))
     src = [f.source_time for f in frames]
     expected = [0.0, 0.1, 0.15, 0.15, 0.4, 0.42, 0.42, 0.42, 0.42, 0.9]
@@ -78,7 +65,7 @@ def test_decode_audio_sync_and_resample(tmp_path) -> None:
     a = np.zeros(sr * 2, np.float32)
     a[8000:8400] = 0.8 * np.sin(np.arange(400) * 0.3)
     p = tmp_path / "click.mp4"
-    write_video(p, [np.zeros((32, 32, 3), np.uint8)] * 20, 10, a, sr)
+    write_clip(p, fps=10, picture=[np.zeros((32, 32, 3), np.uint8)] * 20, audio=a, sample_rate=sr)
     wav, rate = decode_audio(p)
     assert rate == sr
     onset = int(np.argmax(np.abs(wav) > 0.05))

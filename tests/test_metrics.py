@@ -303,6 +303,31 @@ def test_box_iou_number_and_torch_paths_agree() -> None:
     assert box_iou([0, 0, 2, 2], [1, 1, 3, 3]) == pytest.approx(1 / 7)
     with pytest.raises(DataError):
         box_iou(torch.zeros(4), torch.zeros(1, 4))
+    np.testing.assert_allclose(box_iou(boxes, boxes[:4]), ref, rtol=1e-12, atol=0)  # the NumPy pairwise path
+    assert box_iou(np.zeros((1, 4)), np.zeros((2, 4))).tolist() == [[0.0, 0.0]]  # empty union: 0, not NaN
+
+
+def test_box_iou_xywh_rows_and_nms_paths_agree() -> None:
+    """xywh rows convert to the one IoU (the faces' rule); NMS on NumPy and torch keeps the same boxes,
+    equal to a plain per-box loop written here."""
+    from avloc.metrics.ops import box_iou, nms, xywh_to_xyxy
+
+    a = np.array([[0.0, 0.0, 2.0, 2.0, 0.9], [5.0, 5.0, 1.0, 1.0, 0.8]])  # x, y, w, h, score
+    b = np.array([[1.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.0]])
+    np.testing.assert_allclose(box_iou(xywh_to_xyxy(a), xywh_to_xyxy(b)), [[1 / 3, 1.0], [0.0, 0.0]])
+    rng = np.random.default_rng(5)
+    lo = rng.random((40, 2))
+    boxes = np.concatenate([lo, lo + 0.05 + rng.random((40, 2)) * 0.4], 1)
+    scores = np.round(rng.random(40), 1)  # ties: the lower index first
+    for thr in (0.0, 0.3, 0.7):
+        want: list[int] = []
+        for i in sorted(range(40), key=lambda j: (-scores[j], j)):
+            if all(box_iou(boxes[i], boxes[k]) <= thr for k in want):
+                want.append(i)
+        got = nms(boxes, scores, thr)
+        assert isinstance(got, np.ndarray) and got.tolist() == want
+        assert nms(torch.from_numpy(boxes), torch.from_numpy(scores), thr).tolist() == want
+        assert nms(boxes, scores, thr, max_keep=2).tolist() == want[:2]
 
 
 def test_pointing_edges_and_peak_places() -> None:

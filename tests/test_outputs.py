@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from avloc.cli.main import main
-from avloc.data.synthetic import DemoClipConfig, write_demo_clip
 from avloc.errors import OutputExistsError, OutputLockedError
 from avloc.io.outputs import OutputTransaction, _recover, is_avloc_temporary, is_temporary_name
+from clips import write_clip
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 FAST = ["--model", "centre"]  # a training-free model that costs nothing: these tests are about outputs
@@ -26,8 +26,7 @@ SUFFIXES = {"json": ".avloc.json", "video": ".avloc.mp4", "heatmaps": ".heatmaps
 
 
 def _clip(path: Path, seconds: float = 2.0) -> Path:
-    write_demo_clip(path, DemoClipConfig(seconds=seconds, fps=10, width=96, height=64))
-    return path
+    return write_clip(path, seconds=seconds, fps=10, size=(96, 64))
 
 
 @pytest.fixture(scope="module")
@@ -284,8 +283,8 @@ def test_sigkill_keeps_the_previous_set_and_leftovers_are_cleaned(tmp_path, caps
 
 
 def test_prepare_folder_ignores_hidden_and_temporary_files(tmp_path) -> None:
-    from avloc.data.manifest import read_manifest
     from avloc.data.prepare import prepare
+    from avloc.formats.manifest import read_manifest
 
     root = tmp_path / "v"
     root.mkdir()

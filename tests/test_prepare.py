@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -12,9 +11,10 @@ import pytest
 import soundfile as sf
 
 from avloc.cli.main import main
-from avloc.data.manifest import read_manifest
 from avloc.data.prepare import prepare
 from avloc.errors import DataError
+from avloc.formats.manifest import read_manifest
+from clips import write_clip
 
 
 def write_frame(path: Path, w: int = 320, h: int = 240) -> None:
@@ -28,28 +28,8 @@ def write_audio(path: Path) -> None:
 
 
 def write_video(path: Path, seconds: float = 1.0, audio: bool = True) -> None:
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as c:
-        vs = c.add_stream("mpeg4", rate=10)
-        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
-        as_ = c.add_stream("aac", rate=16000) if audio else None
-        for i in range(int(seconds * 10)):
-            fr = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 20 % 255, dtype=np.uint8), format="rgb24")
-            for pkt in vs.encode(fr):
-                c.mux(pkt)
-        for pkt in vs.encode():
-            c.mux(pkt)
-        if as_ is not None:
-            n = int(seconds * 16000)
-            for start in range(0, n, 1024):
-                a = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
-                a.sample_rate, a.pts, a.time_base = 16000, start, Fraction(1, 16000)
-                for pkt in as_.encode(a):
-                    c.mux(pkt)
-            for pkt in as_.encode():
-                c.mux(pkt)
+    """A small clip in a layout's folder: 64 x 48 at 10 fps, silence (or no audio stream)."""
+    write_clip(path, seconds=seconds, fps=10, size=(64, 48), picture="ramp", audio="silence" if audio else None)
 
 
 def flickr_xml(boxes: list[list[int]]) -> str:

@@ -10,9 +10,9 @@ import soundfile as sf
 
 from avloc.cli.main import main
 from avloc.data.datasets import ManifestDataset
-from avloc.data.manifest import read_manifest
 from avloc.data.prepare import prepare
 from avloc.errors import DataError
+from avloc.formats.manifest import read_manifest
 from test_prepare import write_audio, write_frame, write_video
 
 YT = ["abcdefghijk", "ABCDEFGHIJK", "a-b_c-d_e-f", "zzzzzzzzzzz"]

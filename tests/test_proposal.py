@@ -30,11 +30,10 @@ from avloc.methods.proposals import (
     ProposalConfig,
     box_pixel_bounds,
     box_sums,
-    nms,
     spp_bins,
     spp_pool,
 )
-from avloc.metrics.ops import box_iou
+from avloc.metrics.ops import box_iou, nms
 
 
 @pytest.fixture(autouse=True)

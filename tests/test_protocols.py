@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from avloc.data.collate import collate_samples
 from avloc.engine.evaluate import evaluate_model, evaluate_predictions
-from avloc.errors import ConfigError
+from avloc.errors import ConfigError, DataError
 from avloc.methods.base import Capability, ClassMaps, LocalizationMethod, MethodConfig
 from avloc.metrics import create_protocol, list_protocols
 from avloc.registry import PROTOCOLS, RegistryError
@@ -424,7 +424,7 @@ def test_avsol_vs_reference() -> None:
 def test_raw_thresholding_equals_thresholding_normalised_maps(
     seed: int, normalize: str, binarize: str, strict: bool, quantize: int
 ) -> None:
-    """``predict`` (raw maps, threshold mapped back) == the public order: normalise, then threshold."""
+    """``MapReader.binarize`` (raw maps, threshold mapped back) == the public order: normalise, then threshold."""
     rng = np.random.default_rng(seed)
     m = (rng.standard_normal((5, 24, 24)) * 10 ** rng.uniform(-3, 3)).astype(np.float32)
     if quantize:  # ties at the median / K-th value
@@ -436,7 +436,7 @@ def test_raw_thresholding_equals_thresholding_normalised_maps(
     counts = np.zeros((5, 24, 24), dtype=np.int32)
     counts[:, 3:11, 5:20] = 1
     counts[1] = 0  # empty ground truth: adaptive K = 0
-    got = acc.predict(m, counts)
+    got = acc.reader.binarize(m, counts)
     from avloc.metrics import ops
 
     v = ops.normalize_maps(m, normalize, (-3.0, 5.0))  # type: ignore[arg-type]
@@ -523,3 +523,23 @@ def test_predictions_subset_scores_as_the_subset_alone() -> None:
     for k in ("success", "auc", "mean_ciou", "n"):
         assert got[k] == ref[k]
     assert len(preds.subset(lambda t: False)) == 0
+
+
+def test_each_task_declares_its_prediction_and_settings() -> None:
+    """One class per task: what it needs from predict is declared once, a setting it lacks is refused."""
+    from avloc.engine.predict import outputs_for
+
+    class_aware = {"dsol-classaware", "dsol-duet", "qian-classaware"}
+    for name in list_protocols():
+        p = create_protocol(name)
+        assert p.prediction == ("class_maps" if name in class_aware else "maps")
+        assert isinstance(p.accumulator(), p.scorer) and p.describe()["task"] == p.task
+    assert outputs_for(["ezvsl-vggss", "dsol-duet"]) == ("maps", "class_maps")
+    assert outputs_for(["qian-classaware"]) == ("class_maps",)
+    with pytest.raises(ConfigError, match=r"unknown protocol settings \['ap_rule'\]"):
+        create_protocol("ezvsl-vggss", ap_rule="all")  # an extended-AP setting: not a cIoU protocol's
+    with pytest.raises(ConfigError, match=r"unknown protocol settings \['nsa_threshold'\]"):
+        create_protocol("qian-classaware", nsa_threshold=0.3)  # only DSOL reports the no-sound area
+    assert create_protocol("dsol-classaware", nsa_threshold=0.3).nsa_threshold == 0.3
+    with pytest.raises(DataError, match="needs class maps"):
+        create_protocol("dsol-classaware").accumulator().update(np.zeros((1, 8, 8), np.float32), [{"id": "a"}])

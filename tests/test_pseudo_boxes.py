@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from avloc.data.moments import MomentFrames, middle_moments, select_moments, top_k_moments
-from avloc.data.pseudo_boxes import (
+from avloc.applications.pseudo_boxes import (
     BoxSupervised,
     PseudoBoxConfig,
     binarize,
@@ -22,6 +21,7 @@ from avloc.data.pseudo_boxes import (
     semi_supervised,
     to_frame_pixels,
 )
+from avloc.data.moments import MomentFrames, middle_moments, select_moments, top_k_moments
 from avloc.errors import ConfigError, DataError
 from avloc.frontends.image import ImageConfig, transform_boxes
 from avloc.methods.semisup import box_attention_loss, box_cell_mask
@@ -255,7 +255,7 @@ def _tiny_media(tmp: Path, demo_clip: Path) -> Path:
 def test_pseudo_boxes_cli(tmp_path: Path, demo_clip_path: Path) -> None:
     from avloc.cli.main import main
     from avloc.data.datasets import ManifestDataset
-    from avloc.data.manifest import read_manifest
+    from avloc.formats.manifest import read_manifest
     from avloc.methods import create_method
     from avloc.methods.zoo import save_model
 

@@ -102,7 +102,7 @@ def test_adaptive_empty_ground_truth() -> None:
     z = np.zeros((S, S))
     want = ref.sslalign([ramp, const], [z, z], ["x_1", "y_1"], True, "validate", "bilinear")
     check(got, want, ("success", "auc", "mean_ciou", "iiou"))
-    ours_pred = create_protocol("sslalign-adaptive-vggss").accumulator().predict(ramp[None], np.zeros((1, S, S)))
+    ours_pred = create_protocol("sslalign-adaptive-vggss").accumulator().reader.binarize(ramp[None], np.zeros((1, S, S)))
     assert int(ours_pred.sum()) == N // 2 - 1
 
 

@@ -23,11 +23,11 @@ from urllib.parse import unquote
 import pytest
 
 from avloc.cli.main import main
-from avloc.data.synthetic import DemoClipConfig, write_demo_clip
 from avloc.errors import DataError
 from avloc.formats.localize import LocalizeDocument
 from avloc.report import RunInput, RunRecord, build_report, collect, heard_classes, read_run, timeline, write_run
 from avloc.report.html import json_block, timeline_svg, url
+from clips import write_clip
 
 #: a file name that would run script if a page pasted it into HTML unescaped, and breaks naive URLs (#, %, ?)
 HOSTILE = "<img src=x onerror=alert(1)> \"q\" & 'x' #1 %41?"
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _clip(path: Path, seconds: float, seed: int) -> None:
-    write_demo_clip(path, DemoClipConfig(seconds=seconds, fps=10, width=160, height=120, seed=seed))
+    write_clip(path, seconds=seconds, fps=10, size=(160, 120), seed=seed)
 
 
 @pytest.fixture(scope="module")

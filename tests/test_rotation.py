@@ -10,18 +10,16 @@ import numpy as np
 import pytest
 
 from avloc.cli.main import main
-from avloc.data.synthetic import write_test_clip
 from avloc.io.media import iter_frames, probe
+from clips import write_clip
 
 
 def _rotated(path: Path, degrees: int, w: int = 96, h: int = 64, n: int = 20, audio: bool = True) -> Path:
     """A coded w x h clip with a display matrix turning it ``degrees`` counter-clockwise; a bright block
     at the coded top-left corner, a tone."""
-    sr = 16000
     img = np.full((h, w, 3), 40, np.uint8)
     img[: h // 4, : w // 4] = 250
-    wav = (0.3 * np.sin(np.arange(sr * n // 10) * 0.1)).astype(np.float32) if audio else None
-    return write_test_clip(path, (img for _ in range(n)), 10, wav, sr, rotation=degrees)
+    return write_clip(path, fps=10, picture=[img] * n, audio="tone" if audio else None, rotation=degrees)
 
 
 def _bright(img: np.ndarray) -> tuple[float, float]:

@@ -42,7 +42,7 @@ def test_best_tracker_follows_the_direction() -> None:
 
 def test_train_keeps_the_lowest_pnsr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     scores = iter([3.0, 1.0, 2.0])
-    monkeypatch.setattr("avloc.engine.train._validate", lambda *a: {"pnsr": next(scores)})
+    monkeypatch.setattr("avloc.engine.train.loop._validate", lambda *a: {"pnsr": next(scores)})
     cfg = tiny_train_config(steps=6, val_every=2, ckpt_every=0, val_protocol="avsol", val_metric="pnsr")
     res = train(create_method("lvs", tiny_lvs_config()), TinyAV(n=8), tmp_path / "run", cfg, TinyAV(n=4))
     assert res.best == 1.0
@@ -139,7 +139,7 @@ def test_protocol_has_no_unapplied_input_settings() -> None:
 
 
 def test_window_changes_the_dnm_segment(monkeypatch: pytest.MonkeyPatch) -> None:
-    import avloc.methods.dnm as dnm
+    import avloc.methods.dnm.method as dnm
     from avloc.inference.sources import ModelSource
 
     m = create_method("dnm", DNM_TINY).eval()  # own window 0.5 s

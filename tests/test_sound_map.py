@@ -21,7 +21,7 @@ from avloc.methods.avsemantic.mapping import (
     read_imagenet_names,
 )
 
-LEGACY = Path(__file__).resolve().parents[1] / "src" / "avloc" / "inference" / "audioset_to_imagenet.json"
+LEGACY = Path(__file__).resolve().parents[1] / "src" / "avloc" / "methods" / "avsemantic" / "audioset_to_imagenet.json"
 
 #: indices every copy of the ImageNet-1k class list agrees on
 KNOWN_IMAGENET = {0: "tench", 1: "goldfish", 7: "cock", 151: "Chihuahua", 207: "golden retriever", 281: "tabby",
@@ -140,8 +140,9 @@ def test_object_matrix(smap: SoundMap) -> None:
     m = smap.object_matrix()
     assert m.shape == (521, 1000) and m.dtype == np.float32
     rows = m.sum(axis=1)
-    np.testing.assert_allclose(rows[smap.is_object], 1.0, rtol=1e-6)
-    assert np.all(rows[~smap.is_object] == 0)
+    has_imagenet = np.array([bool(i) for i in smap.imagenet])
+    np.testing.assert_allclose(rows[has_imagenet], 1.0, rtol=1e-6)
+    assert np.all(rows[~has_imagenet] == 0) and np.all(has_imagenet <= smap.is_object)
     i = smap.index("Piano")
     assert m[i, 579] == pytest.approx(0.5) and m[i, 881] == pytest.approx(0.5)
     scores = np.zeros(521, np.float32)
@@ -285,3 +286,56 @@ def test_explicit_class_names(smap: SoundMap) -> None:
     again = load_sound_map(class_names=yamnet_names(), imagenet_names=read_imagenet_names())
     assert again.audioset_names == smap.audioset_names and np.array_equal(again.kind, smap.kind)
     assert again.imagenet == smap.imagenet
+
+
+def test_coco_names_exist_and_every_object_is_visible_somehow(smap: SoundMap) -> None:
+    from avloc.methods.avsemantic.mapping import COCO_NAMES
+
+    assert len(COCO_NAMES) == 80 == len(set(COCO_NAMES))
+    for i, name in enumerate(smap.audioset_names):
+        assert all(0 <= c < 80 for c in smap.coco[i])
+        if smap.is_object[i]:
+            assert smap.imagenet[i] or smap.coco[i], name
+        if smap.is_human[i]:
+            assert smap.coco[i] == (COCO_NAMES.index("person"),), name
+        if smap.is_none[i]:
+            assert not smap.coco[i] and not smap.imagenet[i], name
+    dog = smap.index("Dog")
+    assert [COCO_NAMES[c] for c in smap.coco[dog]] == ["dog"]
+    assert [COCO_NAMES[c] for c in smap.coco[smap.index("Boat, Water vehicle")]] == ["boat"]
+
+
+def test_coco_entries_are_checked(tmp_path: Path, doc: dict[str, Any]) -> None:
+    for value, message in (("dog", "non-empty list"), (["wolf"], "not a COCO-80"), (["dog", "dog"], "twice")):
+        bad = copy.deepcopy(doc)
+        next(e for e in bad["classes"] if e["audioset"] == "Dog")["coco"] = value
+        f = tmp_path / "m.json"
+        f.write_text(json.dumps(bad))
+        with pytest.raises(ConfigError, match=message):
+            load_sound_map(f)
+
+
+def test_audioset_hierarchy_is_closed_and_matches_the_ontology_facts(smap: SoundMap) -> None:
+    """Every parent and child is a YAMNet class; descendants are the transitive closure (a hand-checked
+    part of the public ontology); the licence ships beside the file."""
+    from avloc.methods.avsemantic.hierarchy import HIERARCHY_FILE, AudioSetHierarchy
+
+    h = AudioSetHierarchy.load(smap.audioset_names)
+    doc = json.loads(HIERARCHY_FILE.read_text())
+    assert doc["license"] == "CC BY-SA 4.0" and "Gemmeke" in doc["attribution"]
+    assert (HIERARCHY_FILE.parent / "LICENSE-audioset-ontology.txt").is_file()
+    for parent, kids in doc["children"].items():
+        below = set(h.descendants(parent))
+        assert set(kids) <= below and parent not in below
+        for k in kids:  # closed: a child's descendants are the parent's too
+            assert set(h.descendants(k)) <= below
+    assert {"Dog", "Bark", "Cat", "Horse"} <= set(h.descendants("Animal"))
+    assert {"Boat, Water vehicle", "Car", "Motorcycle"} <= set(h.descendants("Vehicle"))
+    assert {"Piano", "Guitar", "Drum kit", "Vibraphone"} <= set(h.descendants("Music"))
+    assert {"Hammer", "Sawing"} <= set(h.descendants("Tools"))
+    assert set(h.descendants("Mallet percussion")) == {"Marimba, xylophone", "Glockenspiel", "Vibraphone", "Steelpan"}
+    assert h.descendants("Bark") == () and "Speech" not in h.descendants("Music")
+    with pytest.raises(ConfigError):
+        h.descendants("Not a class")
+    with pytest.raises(ConfigError, match="not one of"):
+        AudioSetHierarchy(("A", "B"), {"A": ("C",)})

@@ -300,7 +300,8 @@ def _model_inputs(path: Path, seconds: float) -> tuple[object, object, object]:
 
 def test_method_track_ids_stable_across_chunks(shared_data: Path) -> None:
     """analyse_clip on two consecutive chunks of the TEDx talk (context each side, as the pipeline calls it): the
-    speaker's face keeps its track id across the boundary and every human source reports its synchrony."""
+    speaker's face keeps its track id across the boundary, every human source reports its synchrony evidence, and
+    the frame's speaker record is the session's pick (track, head box, confidence = the ``sync`` evidence)."""
     from avloc.methods import create_method
     from avloc.methods.avsemantic.method import AVSemanticConfig
 
@@ -309,20 +310,25 @@ def test_method_track_ids_stable_across_chunks(shared_data: Path) -> None:
         pytest.skip("realclips_dev/speech_tedx_talk.mp4 not in the shared data")
     imgs, win, times = _model_inputs(path, 5.0)  # 25 frames: chunks [0, 12) and [12, 25) with 10 frames of context
     model = create_method("avsemantic", AVSemanticConfig()).eval()
-    first = model.analyse_clip(imgs[:22], win[:22], times[:22], keep=slice(0, 12))
-    second = model.analyse_clip(imgs[2:25], win[2:25], times[2:25], keep=slice(10, 23))
-    tracks = set()
-    for res in (first, second):
+    chunks = [(slice(0, 22), slice(0, 12)), (slice(2, 25), slice(10, 23))]
+    results = [model.analyse_clip(imgs[c], win[c], times[c], keep=k) for c, k in chunks]
+    faces = [ff for c, k in chunks for ff in model._faces_and_speaker(imgs[c], win[c], times[c], k).values()]
+    assert len(faces) == 25 and {int(i) for ff in faces for i in ff.tracks} == {0}  # one face, one track, both chunks
+    for res in results:
         for frame, det in zip(res.sources, res.details):
-            human = [h for h in frame if h.kind == "human" and h.detail.get("faces")]
+            human = [h for h in frame if h.kind == "human" and h.grounding.startswith("face")]
             assert human, "speech is heard and the face is found"
             detail = human[0].detail
-            assert set(detail) >= {"sync", "in_sync", "margin"}
+            assert set(detail) >= {"face", "sync", "person", "synchrony"}
             assert all(v is None or isinstance(v, bool | int | float | str) for v in detail.values()), detail  # the JSON schema
-            tracks |= {k for k in detail if k.startswith("sync_face_")}
+            assert 0.0 <= detail["sync"] <= 1.0
             if det.speaker is not None:
-                assert 0.0 <= det.speaker.confidence <= 1.0 and human[0].detail["in_sync"]
-    assert tracks == {"sync_face_0"}, tracks  # one face, one track over both chunks
+                assert det.speaker.track == 0 and human[0].grounding == "face 0"
+                assert detail["sync"] == pytest.approx(det.speaker.confidence, abs=1e-4) and detail["sync"] >= 0.5
+                x1, y1, x2, y2 = det.speaker.box
+                assert 0 <= x1 < x2 <= imgs.shape[-1] and 0 <= y1 < y2 <= imgs.shape[-1]
+            else:
+                assert detail["sync"] == 0.0 and human[0].grounding == "face"
 
 
 @pytest.mark.slow

@@ -399,8 +399,7 @@ def test_config_validation_and_presets() -> None:
     assert paper.audio.n_mels == 64 and paper.audio.window_seconds == 5.0 and paper.image.size == 256
     assert (paper.embed_dim, paper.proj_hidden, paper.proj_dim, paper.avc_dim, paper.avc_hidden) == (512, 128, 128, 1024, 128)
     for name in PRESETS:
-        cfg = preset_config(name)
-        cfg.validate()
+        preset_config(name)  # built and checked (TwoStageConfig.__post_init__)
     ds = preset_config("digitscenes-stage2")
     assert ds.audio.n_fft == 320 and ds.audio.hop_length == 160
 

@@ -105,8 +105,8 @@ class Result:
         """Write the overlay video (heatmap, boxes, banner over the source, with its audio) to ``path``."""
         if self.analysis is None:
             raise ConfigError("overlay() needs a result of avloc.localize (a loaded one has no decoded source)")
+        from avloc.formats.atomic import atomic_path
         from avloc.inference.pipeline import write_overlay_video
-        from avloc.io.atomic import atomic_path
 
         with atomic_path(path, suffix=".mp4") as tmp:
             write_overlay_video(self.analysis, tmp)
@@ -151,7 +151,6 @@ def localize(
     if bad:
         raise ConfigError(f"unknown option(s) {bad}; valid: {sorted(known)}")
     cfg = LocalizeConfig(fps=fps, **options)
-    cfg.validate()
     media: Path | ArrayVideo
     if isinstance(source, np.ndarray):
         if video_fps is None:

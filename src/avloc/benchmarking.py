@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from avloc.io.atomic import write_text_atomic
+from avloc.formats.atomic import write_text_atomic
 
 
 def repo_root() -> Path:

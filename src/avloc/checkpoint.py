@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from avloc.errors import CheckpointError
-from avloc.io.atomic import atomic_path
+from avloc.formats.atomic import atomic_path
 
 FORMAT_VERSION = 1
 _META_KEY = "avloc"
@@ -43,9 +43,7 @@ def _versions() -> dict[str, str]:
 
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
-    """Write ``ckpt`` atomically as safetensors; returns the path."""
-    from safetensors.torch import save_file
-
+    """Write ``ckpt`` atomically as safetensors (:func:`write_safetensors`); returns the path."""
     tensors: dict[str, torch.Tensor] = {}
     for k, v in ckpt.state_dict.items():
         tensors[f"model/{k}"] = v.detach().cpu().contiguous()
@@ -58,13 +56,40 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
         "meta": {**ckpt.meta, "versions": _versions()},
     }
     try:
-        text = json.dumps(header)
-    except TypeError as e:
-        raise CheckpointError(f"checkpoint config/meta must be plain JSON data: {e}") from None
+        text = json.dumps(header, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint config/meta must be plain JSON data with finite numbers: {e}") from None
     _dedupe_shared(tensors)
+    return write_safetensors(path, tensors, {_META_KEY: text})
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """The one safetensors writer: atomic, so a failed write (a full disk) leaves the previous complete file.
+
+    safetensors reports I/O failures as ``SafetensorError`` (not an ``OSError``); they are raised as the
+    :class:`OSError` they are (errno, file name), which the CLI turns into one line with what to do.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
     with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={_META_KEY: text})
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as e:
+            raise _os_error(e, Path(path)) from None
     return Path(path)
+
+
+def _os_error(e: Exception, path: Path) -> Exception:
+    """The :class:`OSError` inside a safetensors I/O error (``... (os error 28)``), else ``e`` itself (a bug)."""
+    import os
+    import re
+
+    m = re.search(r"os error (\d+)", str(e))
+    if m is None:
+        return e
+    code = int(m.group(1))
+    return OSError(code, os.strerror(code), str(path))
 
 
 def _dedupe_shared(tensors: dict[str, torch.Tensor]) -> None:
@@ -99,6 +124,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{p}: empty file (0 bytes), not a checkpoint; write or download it again")
     if not _is_safetensors(p):
         raise CheckpointError(
             f"{p} is not an avloc (safetensors) checkpoint; pickled checkpoints (.pt/.pth) are refused "
@@ -116,8 +143,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{p}: safetensors file without an avloc header (not written by avloc)")
     try:
         header = json.loads(meta[_META_KEY])
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{p}: corrupt avloc header ({e})") from None
+    except (ValueError, RecursionError) as e:  # not JSON, an integer over the digit limit, nested too deeply
+        raise CheckpointError(f"{p}: corrupt avloc header ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{p}: the avloc header must be a JSON object, got {type(header).__name__}")
     if header.get("format_version") != FORMAT_VERSION:
@@ -156,6 +183,33 @@ def header_problems(header: dict[str, Any]) -> list[str]:
         out.append("header: 'config' is missing or not an object")
     if "meta" in header and not isinstance(header["meta"], dict):
         out.append("header: 'meta' is not an object")
+    return out
+
+
+#: the modules whose running statistics :func:`batchnorm_problems` checks
+_NORMS_WITH_STATS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+
+
+def batchnorm_problems(model: torch.nn.Module) -> list[tuple[str, str]]:
+    """BatchNorm running statistics no trained model has, as ``(state-dict key, why)``.
+
+    A negative or non-finite variance, or a non-finite mean, turns the normalisation
+    ``(x - mean) / sqrt(var + eps)`` into NaN for every input: such a checkpoint is refused, not run. A
+    variance of exactly 0 is a dead channel (constant input), harmless thanks to ``eps``, and real: the
+    ImageNet EfficientNet-Lite0 weights hold four in their first BatchNorm.
+    """
+    out = []
+    for name, m in model.named_modules():
+        if not isinstance(m, _NORMS_WITH_STATS) or m.running_var is None or m.running_mean is None:
+            continue
+        prefix = f"{name}." if name else ""
+        var, mean = m.running_var, m.running_mean  # (C,) each
+        bad = int((~torch.isfinite(var) | (var < 0)).sum())
+        if bad:
+            out.append((f"{prefix}running_var", f"{bad} of {var.numel()} variances are negative, NaN or infinite"))
+        bad = int((~torch.isfinite(mean)).sum())
+        if bad:
+            out.append((f"{prefix}running_mean", f"{bad} of {mean.numel()} means are NaN or infinite"))
     return out
 
 

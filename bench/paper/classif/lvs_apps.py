@@ -7,14 +7,14 @@ Everything goes through the library paths the CLIs use:
 * moments: :func:`avloc.data.moments.select_moments` with the classification model on
   ``--clips`` training clips of ``digitscenes-clips:video:train``; the LVS training sets
   are :class:`avloc.data.moments.MomentFrames` of the top-k (``--k``, default 1) and of the middle steps;
-* pseudo boxes: :func:`avloc.data.pseudo_boxes.clip_pseudo_boxes` at the top-1 moment
+* pseudo boxes: :func:`avloc.applications.pseudo_boxes.clip_pseudo_boxes` at the top-1 moment
   (what ``avloc pseudo-boxes`` writes), attached to the top-1 frames;
-  the semi-supervised set is :func:`avloc.data.pseudo_boxes.semi_supervised` of the
+  the semi-supervised set is :func:`avloc.applications.pseudo_boxes.semi_supervised` of the
   unlabelled top-1 frames of the other clips + the ``--labelled`` pseudo-boxed ones,
   LVS runs with ``box_weight`` > 0; "w/o bbox" is plain LVS on the same frames;
 * one pass of the classification model per clip gives both the top-1 moment (``S_av``) and,
   for the first ``--labelled`` clips, the pseudo box (Eq. 4 around it) -- the same
-  computation as :func:`avloc.data.pseudo_boxes.clip_pseudo_boxes`, without scoring a clip
+  computation as :func:`avloc.applications.pseudo_boxes.clip_pseudo_boxes`, without scoring a clip
   twice; the pseudo-box IoU against the true sounding box of the top-1 frame is reported;
 * ``--n-visible LO HI`` overrides the clips' visible digits (the one-visible-digit
   curriculum that made LVS learn on DigitScenes, docs/RESULTS.md issue 10);
@@ -53,12 +53,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from avloc.applications.pseudo_boxes import pseudo_box, semi_supervised
 from avloc.data.clips import DigitScenesClips
 from avloc.data.collate import collate_samples
 from avloc.data.datasets import KeyedSubset, dataset_from_spec
 from avloc.data.digitscenes.config import VideoConfig, variant_config
 from avloc.data.moments import MomentFrames, middle_moments, select_moments
-from avloc.data.pseudo_boxes import pseudo_box, semi_supervised
 from avloc.engine.predict import predict
 from avloc.engine.train import OptimConfig, TrainConfig, train, train_end
 from avloc.methods import create_method
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         res["table4"] = t4
     print(json.dumps(res, indent=2))
     if args.json_out:
-        from avloc.io.atomic import write_text_atomic
+        from avloc.formats.atomic import write_text_atomic
 
         write_text_atomic(args.json_out, json.dumps(res, indent=2) + "\n")
     return 0

@@ -42,11 +42,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from avloc.applications.pseudo_boxes import PseudoBoxConfig, clip_pseudo_boxes
 from avloc.data.clips import DigitScenesClips
 from avloc.data.collate import collate_samples
 from avloc.data.datasets import dataset_from_spec
 from avloc.data.moments import select_moments
-from avloc.data.pseudo_boxes import PseudoBoxConfig, clip_pseudo_boxes
 from avloc.engine.predict import predict
 from avloc.engine.train import METRICS_FILE, train_end
 from avloc.methods.base import LocalizationMethod
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         res["train_samples_per_s"] = {n: round(train_throughput(m, args.batch, args.repeats), 1) for n, m in classif.items()}
     print(json.dumps(res, indent=2))
     if args.json_out:
-        from avloc.io.atomic import write_text_atomic
+        from avloc.formats.atomic import write_text_atomic
 
         write_text_atomic(args.json_out, json.dumps(res, indent=2) + "\n")
     cols = [(pr, k) for pr in args.protocols for k in (("pibr", "hmboxauc") if pr == "avsol" else ("success", "auc", "mean_ciou"))]

@@ -33,7 +33,7 @@ pictures, hence the cached features, shared; ``pixels_once`` is always on);
 ``--neg-other-time p`` -> ``neg_other_time`` (AVC models; a fraction p of the AVC negatives
 from the same clip at another time, :class:`avloc.data.digitscenes.wrappers.OtherTimeNegatives`);
 ``--audio-pretrain-steps N`` pretrains the audio backbone once on FSDD digits
-(:func:`avloc.data.digitscenes.audio_pretrain.pretrain_audio_backbone`, seed 0, ``OUT/audio_backbone.safetensors``;
+(:func:`avloc.methods.dnm.pretrain.pretrain_audio_backbone`, seed 0, ``OUT/audio_backbone.safetensors``;
 ``--audio-init FILE`` reuses a file instead) and every audio model gets
 ``audio_init_from=FILE`` and ``freeze_audio=true`` (the paper's frozen VGGish; from the CLI,
 ``audio_pretrain_steps=N`` pretrains the same weights inside the run); ``--seed`` ->
@@ -62,12 +62,12 @@ import torch
 from avloc.config import read_config_file
 from avloc.data.collate import collate_samples
 from avloc.data.datasets import KeyedSubset, dataset_from_spec
-from avloc.data.digitscenes.audio_pretrain import pretrain_audio_backbone
 from avloc.engine.predict import Predictions, predict
 from avloc.engine.train import train_from_specs
 from avloc.methods import create_method
 from avloc.methods.base import LocalizationMethod
 from avloc.methods.dnm import DNMConfig, derangement
+from avloc.methods.dnm.pretrain import pretrain_audio_backbone
 from avloc.methods.zoo import load_model, save_model
 from avloc.metrics.avc import avc_accuracy, roc_auc
 from avloc.metrics.targets import Target

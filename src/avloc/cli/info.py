@@ -14,16 +14,10 @@ def add_parser(sub: Any, name: str) -> None:
 
 
 def registry_listing() -> dict[str, list[str]]:
-    from avloc import registry
+    """Every registry's names, read from the registries' tables: no plugin (and not torch) is imported."""
+    from avloc.registry import REGISTRIES
 
-    registry.load_all()
-    return {
-        "methods": registry.METHODS.names(),
-        "encoders": registry.ENCODERS.names(),
-        "datasets": registry.DATASETS.names(),
-        "protocols": registry.PROTOCOLS.names(),
-        "checkpoint_families": registry.IMPORTERS.names(),
-    }
+    return {kind: reg.names() for kind, reg in REGISTRIES.items()}
 
 
 def run(args: argparse.Namespace) -> int:

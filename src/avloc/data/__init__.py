@@ -1,8 +1,5 @@
 """Data: raw-source loaders, manifests, manifest datasets and generated benchmarks (DigitScenes).
 
-Importing this package registers the datasets it defines in
-:data:`avloc.registry.DATASETS`.
+The datasets are listed in :data:`avloc.registry.DATASETS`, which imports a
+dataset's module when it is asked for; importing this package imports nothing.
 """
-
-import avloc.data.clips  # registers "digitscenes-clips"
-import avloc.data.digitscenes  # noqa: F401  (registers "digitscenes")

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from avloc.data.manifest import Entry, read_manifest, resolve_media
 from avloc.errors import ConfigError, DataError, MediaError
+from avloc.formats.manifest import Entry, read_manifest, resolve_media
 from avloc.frontends.audio import AudioFrontendConfig
 from avloc.frontends.image import ImageConfig, preprocess_image, segment_times, transform_boxes
 from avloc.io.audio import load_audio, window_at
@@ -100,7 +100,7 @@ def build_sample(
 
 
 class ManifestDataset(Dataset):
-    """Samples described by a jsonl manifest (see :mod:`avloc.data.manifest`)."""
+    """Samples described by a jsonl manifest (see :mod:`avloc.formats.manifest`)."""
 
     def __init__(
         self,

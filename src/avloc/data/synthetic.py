@@ -93,7 +93,7 @@ def make_demo_clip(cfg: DemoClipConfig | None = None) -> DemoClip:
 
 def write_demo_clip(path: str | Path, cfg: DemoClipConfig | None = None) -> DemoClip:
     """Generate a clip and write it as an H.264/AAC MP4 at ``path`` (atomically)."""
-    from avloc.io.atomic import atomic_path
+    from avloc.formats.atomic import atomic_path
     from avloc.io.media import write_video
 
     clip = make_demo_clip(cfg)

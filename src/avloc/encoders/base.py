@@ -15,6 +15,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from avloc.config import check_range
+
+#: widest layer a config may ask for (channels, units): 2x the 4096-unit layers of VGG, the widest
+#: network of the field; beyond it a typo (a checkpoint header with a 2^40-wide layer is refused, not allocated)
+MAX_WIDTH = 8192
+
+
+def check_widths(low: int = 1, /, **widths: int) -> None:
+    """Each of ``widths`` (setting name -> value) lies in ``[low, MAX_WIDTH]`` (``low=0``: optional hidden layers)."""
+    for name, value in widths.items():
+        check_range(name, value, low, MAX_WIDTH)
+
 
 @dataclass(frozen=True)
 class FeatureInfo:

@@ -20,7 +20,7 @@ the image) must identify the image content: the caller is responsible for
 it, as for any cache key.
 
 Files are written atomically (temporary file + rename,
-:func:`avloc.io.atomic.atomic_path`), so a crash never leaves a half-written
+:func:`avloc.formats.atomic.atomic_path`), so a crash never leaves a half-written
 entry under a final name. A file that cannot be read anyway (disk corruption,
 manual edits) raises :class:`FeatureCacheError` naming the file and telling the
 user to delete the cache directory; there is no silent recomputation.
@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from avloc.errors import AvlocError, ConfigError
-from avloc.io.atomic import atomic_path, write_text_atomic
+from avloc.formats.atomic import atomic_path, write_text_atomic
 
 #: Bump when the on-disk layout changes: old caches then live in other namespaces.
 CACHE_FORMAT_VERSION = 1
@@ -277,16 +277,17 @@ def encode_dataset(
     """
     import sys
 
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import Subset
     from tqdm import tqdm
 
     from avloc.data.collate import collate_samples
+    from avloc.data.loader import Loader
 
     first: dict[Any, int] = {}
     for i, k in enumerate(keys):
         first.setdefault(k, i)
     uniq = list(first)
-    loader = DataLoader(Subset(dataset, [first[k] for k in uniq]), batch_size=batch_size, shuffle=False,
+    loader = Loader(Subset(dataset, [first[k] for k in uniq]), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=collate_samples)
     feats: list[torch.Tensor] = []
     with torch.no_grad():

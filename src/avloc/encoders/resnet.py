@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from avloc.encoders.base import AudioEncoder, FeatureInfo, VisualEncoder
+from avloc.encoders.base import AudioEncoder, FeatureInfo, VisualEncoder, check_widths
 from avloc.errors import CheckpointError, ConfigError
 from avloc.frontends.image import IMAGENET_MEAN, IMAGENET_STD, normalize
 from avloc.registry import ENCODERS
@@ -113,8 +113,7 @@ class ResNetTrunk(nn.Module):
 
     def __init__(self, in_channels: int, base_width: int = 64, last_stride: int = 2, last_dilation: int = 1) -> None:
         super().__init__()
-        if base_width < 1:
-            raise ConfigError(f"base_width must be >= 1, got {base_width}")
+        check_widths(base_width=base_width, last_width=8 * base_width)  # the last stage is 8x as wide
         w = base_width
         self.conv1 = nn.Conv2d(in_channels, w, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(w)

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from avloc.encoders.base import AudioEncoder, FeatureInfo, VisualEncoder
+from avloc.encoders.base import AudioEncoder, FeatureInfo, VisualEncoder, check_widths
 from avloc.errors import ConfigError
 from avloc.frontends.image import IMAGENET_MEAN, IMAGENET_STD, normalize
 from avloc.registry import ENCODERS
@@ -50,8 +50,9 @@ class SmallCNN(VisualEncoder):
     ) -> None:
         super().__init__()
         channels = tuple(channels)
-        if not channels or min(channels) < 1:
-            raise ConfigError(f"small_cnn channels must be a non-empty list of positive ints, got {channels}")
+        if not channels:
+            raise ConfigError("small_cnn channels must be a non-empty list of positive ints, got []")
+        check_widths(**{f"channels[{i}]": c for i, c in enumerate(channels)})
         k = _num_halvings(out_stride, len(channels), "small_cnn out_stride")
         self.mean, self.std = tuple(mean), tuple(std)
         ins = (3, *channels[:-1])
@@ -72,8 +73,9 @@ class SmallCNNAudio(AudioEncoder):
     def __init__(self, channels: tuple[int, ...] = (32, 64, 128, 128), time_stride: int = 4) -> None:
         super().__init__()
         channels = tuple(channels)
-        if not channels or min(channels) < 1:
-            raise ConfigError(f"small_cnn_audio channels must be a non-empty list of positive ints, got {channels}")
+        if not channels:
+            raise ConfigError("small_cnn_audio channels must be a non-empty list of positive ints, got []")
+        check_widths(**{f"channels[{i}]": c for i, c in enumerate(channels)})
         k = _num_halvings(time_stride, len(channels), "small_cnn_audio time_stride")
         ins = (1, *channels[:-1])
         self.blocks = nn.Sequential(

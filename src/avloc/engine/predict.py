@@ -45,19 +45,12 @@ if TYPE_CHECKING:
 
 #: what :func:`predict` can keep
 OUTPUTS = ("maps", "class_maps", "boxes", "onscreen")
-#: protocol tasks scored on one map per class (``class_maps``)
-CLASS_AWARE_TASKS = ("dsol_classaware", "qian_classaware")
 
 
 def outputs_for(protocols: Iterable[str | Protocol]) -> tuple[str, ...]:
-    """The outputs :meth:`Predictions.score` needs for ``protocols`` (``maps`` and/or ``class_maps``)."""
-    tasks = {create_protocol(p).task for p in protocols}
-    out = []
-    if tasks - set(CLASS_AWARE_TASKS):
-        out.append("maps")
-    if tasks & set(CLASS_AWARE_TASKS):
-        out.append("class_maps")
-    return tuple(out)
+    """The outputs :meth:`Predictions.score` needs for ``protocols``: what each declares (``Protocol.prediction``)."""
+    needed = {create_protocol(p).prediction for p in protocols}
+    return tuple(kind for kind in ("maps", "class_maps") if kind in needed)
 
 
 @dataclass
@@ -125,8 +118,7 @@ class Predictions:
         from avloc.metrics.base import gather
 
         acc = create_protocol(protocol).accumulator(workers=workers, chunk_size=chunk_size)
-        kind = "class_maps" if acc.protocol.task in CLASS_AWARE_TASKS else "maps"
-        for maps, targets in zip(self._parts(kind), self.targets, strict=True):
+        for maps, targets in zip(self._parts(acc.protocol.prediction), self.targets, strict=True):
             acc.update(maps, targets)
         acc = gather(acc)
         if len(acc) == 0:
@@ -213,12 +205,13 @@ def _as_loader(data: Any, batch_size: int, num_workers: int) -> Iterable[Any]:
     anything else (a DataLoader, a list of collated batches) is iterated as it is."""
     if hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, list | tuple):
         import torch.distributed as dist
-        from torch.utils.data import DataLoader, DistributedSampler
+        from torch.utils.data import DistributedSampler
 
         from avloc.data.collate import collate_samples
+        from avloc.data.loader import Loader
 
         sampler: Any = DistributedSampler(data, shuffle=False) if dist.is_available() and dist.is_initialized() else None
-        return DataLoader(
+        return Loader(
             data, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers, collate_fn=collate_samples
         )
     return data  # type: ignore[no-any-return]  # already an iterable of collated batches (a DataLoader, a list of batches)

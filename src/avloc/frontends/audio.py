@@ -22,7 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from avloc.config import ConfigValueError, check_positive, check_range
 from avloc.errors import ConfigError
+
+#: highest sample rate a config may ask for: 384 kHz, the top rate of current audio interfaces and codecs
+MAX_SAMPLE_RATE = 384_000
+#: longest audio window (s): the field's longest is LVS's 10 s test window; a minute is generous
+MAX_WINDOW_SECONDS = 60.0
 
 
 @dataclass
@@ -50,6 +56,33 @@ class AudioFrontendConfig:
     power: float = 2.0
     log: Literal["log", "db"] = "log"
     mel_log_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        check_range("sample_rate", self.sample_rate, 1, MAX_SAMPLE_RATE)
+        check_range("window_seconds", self.window_seconds, 0, MAX_WINDOW_SECONDS, low_open=True)
+        if self.kind == "lvs":
+            self._check_lvs()
+        elif self.kind == "logmel":
+            self._check_logmel()
+        else:
+            raise ConfigValueError("kind", f"must be lvs or logmel, got {self.kind!r}")
+
+    def _check_lvs(self) -> None:
+        check_range("nperseg", self.nperseg, 1, self.num_samples)
+        check_range("noverlap", self.noverlap, 0, self.nperseg - 1)
+        check_positive(log_eps=self.log_eps, norm_std=self.norm_std)
+        check_range("norm_mean", self.norm_mean)
+
+    def _check_logmel(self) -> None:
+        check_range("n_fft", self.n_fft, 2, self.num_samples)
+        check_range("win_length", self.win_length or self.n_fft, 1, self.n_fft)
+        check_range("hop_length", self.hop_length, 1, self.num_samples)
+        check_range("n_mels", self.n_mels, 1, self.n_fft // 2 + 1)
+        nyquist = self.sample_rate / 2
+        fmax = nyquist if self.fmax is None else self.fmax
+        check_range("fmin", self.fmin, 0, nyquist)
+        check_range("fmax", fmax, self.fmin, nyquist, low_open=True)
+        check_positive(power=self.power, mel_log_eps=self.mel_log_eps)
 
     @property
     def num_samples(self) -> int:
@@ -110,23 +143,15 @@ class AudioFrontend(nn.Module):
     def __init__(self, cfg: AudioFrontendConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        if cfg.kind == "lvs":
-            if not 0 <= cfg.noverlap < cfg.nperseg:
-                raise ConfigError(f"noverlap must be in [0, nperseg), got {cfg.noverlap}")
+        if cfg.kind == "lvs":  # the settings were checked by the config (AudioFrontendConfig.__post_init__)
             self.register_buffer("window", _tukey(cfg.nperseg), persistent=False)
-        elif cfg.kind == "logmel":
+        else:
             win = cfg.win_length or cfg.n_fft
-            if win > cfg.n_fft:
-                raise ConfigError(f"win_length {win} > n_fft {cfg.n_fft}")
             fmax = cfg.fmax if cfg.fmax is not None else cfg.sample_rate / 2
-            if not 0 <= cfg.fmin < fmax <= cfg.sample_rate / 2:
-                raise ConfigError(f"need 0 <= fmin < fmax <= sample_rate/2, got fmin={cfg.fmin} fmax={fmax}")
             self.register_buffer("window", torch.hann_window(win, periodic=True), persistent=False)
             self.register_buffer(
                 "melfb", mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, fmax, cfg.mel_scale), persistent=False
             )
-        else:
-            raise ConfigError(f"unknown audio front-end kind {cfg.kind!r}; valid: lvs, logmel")
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         if wav.dim() == 1:

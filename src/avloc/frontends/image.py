@@ -17,10 +17,17 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from avloc.config import ConfigValueError, check_positive, check_range
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: ``pad`` mode: the grey the letterbox is filled with (mid-range: zero after EfficientNet-Lite's 127/128 scaling)
 PAD_VALUE = 0.5
+#: largest model input side (px) a config may ask for: 8x the 512 px of the largest inputs of the field's
+#: methods, and already 200 MB per float frame batch item; beyond it a typo, not a setting
+MAX_SIDE = 4096
+#: most frames per sample (``frames``): the field's segment methods use 4-16 (DNM: T = 4)
+MAX_FRAMES = 256
 
 
 @dataclass
@@ -37,6 +44,16 @@ class ImageConfig:
     #: W = ``audio_cfg.window_seconds``, nearest video frame), ``image`` (T, 3, H, W); only datasets with
     #: video provide it (the others raise). Used by segment methods (DNM, Nishikawa et al. Sec. 4.1).
     frames: int = 1
+
+    def __post_init__(self) -> None:
+        check_range("size", self.size, 1, MAX_SIDE)
+        check_range("resize", self.resize, 1, MAX_SIDE)
+        check_range("frames", self.frames, 1, MAX_FRAMES)
+        check_positive(**{f"std[{i}]": s for i, s in enumerate(self.std)})
+        for i, m in enumerate(self.mean):
+            check_range(f"image.mean[{i}]", m)
+        if self.mode not in ("crop", "squash", "pad"):
+            raise ConfigValueError("mode", f"must be crop, squash or pad, got {self.mode!r}")
 
 
 def segment_times(center: float, window_seconds: float, frames: int) -> list[float]:

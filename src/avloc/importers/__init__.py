@@ -29,6 +29,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
+import struct
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,14 +105,13 @@ class ImportFamily:
         return all(k in state for k in self.signature)
 
 
-def register_family(family: ImportFamily) -> ImportFamily:
-    """Register ``family`` under its name (duplicates raise)."""
-    return IMPORTERS.register(family.name)(family)  # type: ignore[no-any-return]
+def register_family(family: ImportFamily, module: str) -> ImportFamily:
+    """Register ``family`` under its name from ``module`` (the table of :data:`IMPORTERS` lists it there)."""
+    return IMPORTERS.register(family.name, module=module)(family)  # type: ignore[no-any-return]
 
 
 def get_family(name: str) -> ImportFamily:
     """The registered family ``name``; unknown names raise listing the valid ones."""
-    _load()
     fam = IMPORTERS.get(name)
     assert isinstance(fam, ImportFamily)
     return fam
@@ -118,43 +119,116 @@ def get_family(name: str) -> ImportFamily:
 
 def list_families() -> list[str]:
     """Sorted names of the registered checkpoint families."""
-    _load()
     return IMPORTERS.names()
-
-
-def _load() -> None:
-    import avloc.importers.families  # noqa: F401  (registration)
 
 
 # ----------------------------------------------------------------------------- reading a published file
 
 
 def _names(keys: list[str]) -> str:
-    shown = ", ".join(repr(k) for k in keys[:MAX_NAMED])
-    return shown + (f" and {len(keys) - MAX_NAMED} more" if len(keys) > MAX_NAMED else "")
+    return _listed([repr(k) for k in keys])
+
+
+def _listed(items: list[str]) -> str:
+    shown = ", ".join(items[:MAX_NAMED])
+    return shown + (f" and {len(items) - MAX_NAMED} more" if len(items) > MAX_NAMED else "")
 
 
 def read_published(path: str | Path) -> StateDict:
-    """The state dict of a published checkpoint: ``torch.load(weights_only=True)``, unwrapped, prefixes stripped."""
+    """The state dict of a published checkpoint: ``torch.load(weights_only=True)``, unwrapped, prefixes stripped.
+
+    Zip-format files (``torch.save`` since PyTorch 1.6) are memory-mapped, so nothing is read into memory
+    before :func:`layout_problems` has checked every tensor (dense, strided, on the CPU, a numeric dtype,
+    within its storage): a 2^40-element tensor expanded from one value is refused, never allocated.
+    """
     from avloc.checkpoint import _is_safetensors
 
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{p}: empty file (0 bytes), not a checkpoint; download it again")
     if _is_safetensors(p):
         raise CheckpointError(f"{p} is a safetensors file, not a published PyTorch checkpoint (.pth): use it with --model directly")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(p))
     except pickle.UnpicklingError as e:
         if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
             raise CheckpointError(
                 f"{p}: holds Python objects other than tensors and plain containers; refused (avloc loads published "
                 "checkpoints with torch.load(weights_only=True) and never unpickles arbitrary objects)"
             ) from None
-        raise CheckpointError(f"{p}: not a PyTorch checkpoint ({str(e).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
-        raise CheckpointError(f"{p}: corrupt or truncated PyTorch checkpoint ({str(e).splitlines()[0]})") from None
-    return unwrap_state_dict(obj, p)
+        raise CheckpointError(f"{p}: not a PyTorch checkpoint ({_first_line(e)})") from None
+    except _LOAD_ERRORS as e:
+        raise CheckpointError(f"{p}: corrupt or truncated PyTorch checkpoint ({type(e).__name__}: {_first_line(e)})") from None
+    state = unwrap_state_dict(obj, p)
+    problems = layout_problems(state)
+    if problems:
+        n = len(problems)
+        raise CheckpointError(f"{p}: {n} tensor{'s' if n > 1 else ''} cannot be weights: {_listed(problems)}; re-save "
+                              "the checkpoint with torch.save(model.state_dict())")
+    return state
+
+
+#: what ``torch.load(weights_only=True)`` raises on a damaged or hostile file (a truncated zip, a bad pickle
+#: stream, storages that do not fit their records, a tensor rebuilt with impossible sizes)
+_LOAD_ERRORS = (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError, TypeError, AttributeError,
+                OverflowError, MemoryError, zipfile.BadZipFile, struct.error)
+
+#: dtypes a published weight or buffer may have (BatchNorm's ``num_batches_tracked`` is int64)
+WEIGHT_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64, torch.int32})
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:200] if lines else type(e).__name__
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """True when ``t``'s elements each own one storage slot (no stride-0 expansion, no overlap, no gaps)."""
+    expected = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride(), strict=True) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def layout_problems(state: StateDict) -> list[str]:
+    """Tensors that cannot be weights, each ``'key' (why)``: checked on sizes and strides only, before any read.
+
+    A weight is a dense strided CPU tensor (not sparse, quantized or on the meta device) of a
+    :data:`WEIGHT_DTYPES` dtype, whose elements each own one slot of its storage and fit inside it
+    (so its size is bounded by the file's).
+    """
+    out = []
+    for k, v in state.items():
+        why = None
+        if v.layout != torch.strided:
+            why = f"{v.layout} layout (sparse), not a dense tensor"
+        elif v.is_meta or v.device.type != "cpu":
+            why = "a meta tensor, without values" if v.is_meta else f"on {v.device}"
+        elif v.is_quantized or v.dtype not in WEIGHT_DTYPES:
+            why = f"dtype {v.dtype}"
+        elif not _dense(v):
+            why = f"size {tuple(v.shape)} with strides {v.stride()} (expanded or overlapping)"
+        elif v.storage_offset() + v.numel() > v.untyped_storage().nbytes() // v.element_size():
+            why = f"size {tuple(v.shape)} does not fit its storage"
+        if why is not None:
+            out.append(f"{k!r} ({why})")
+    return out
+
+
+def width_of(state: StateDict, key: str) -> int:
+    """The output width (first dimension) of the weight ``state[key]``, checked before it sizes a model."""
+    from avloc.encoders.base import MAX_WIDTH
+
+    v = state.get(key)
+    if v is None:
+        raise CheckpointError(f"tensor {key!r} is missing (it gives the model's width)")
+    if v.dim() < 1 or not 1 <= v.shape[0] <= MAX_WIDTH:
+        raise CheckpointError(f"tensor {key!r} has shape {tuple(v.shape)}; a layer of 1 to {MAX_WIDTH} outputs was expected")
+    return int(v.shape[0])
 
 
 def unwrap_state_dict(obj: Any, where: str | Path = "checkpoint") -> StateDict:
@@ -257,7 +331,10 @@ def import_checkpoint(
     family_name: str, source: str | Path, out: str | Path, *, sample_rate: int | None = None, force: bool = False
 ) -> ImportReport:
     """Convert the published checkpoint ``source`` of ``family_name`` into the avloc checkpoint ``out``."""
-    from avloc.io.atomic import check_writable
+    from avloc.checkpoint import batchnorm_problems
+    from avloc.config import check_range
+    from avloc.formats.atomic import check_writable
+    from avloc.frontends.audio import MAX_SAMPLE_RATE
     from avloc.methods import create_method
     from avloc.methods.zoo import save_model
 
@@ -265,19 +342,26 @@ def import_checkpoint(
     out_p = Path(out)
     check_writable(out_p, force)
     rate = family.sample_rate if sample_rate is None else sample_rate
-    if rate <= 0:
-        raise CheckpointError(f"--sample-rate must be positive, got {rate}")
+    check_range("--sample-rate", rate, 1, MAX_SAMPLE_RATE)
     state = read_published(source)
     if not family.matches(state):
         missing = [k for k in family.signature if k not in state]
         raise CheckpointError(
             f"{source}: not a {family.name} checkpoint (no {_names(missing)}){_wrong_family_hint(family, state)}"
         )
-    cfg = family.build_config(state, rate)
+    try:
+        cfg = family.build_config(state, rate)
+    except CheckpointError as e:
+        raise CheckpointError(f"{source}: not a {family.name} checkpoint: {e}") from None
     model = create_method(family.method, cfg)
     converted, dropped = convert_state_dict(family, state, model.state_dict(), source)
     model.load_state_dict(converted, strict=True)
-    digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    bn = batchnorm_problems(model)
+    if bn:
+        shown = [f"{family.published_name(k)!r} ({why})" for k, why in bn]
+        raise CheckpointError(f"{source}: implausible BatchNorm statistics (the model would output NaN): {_listed(shown)}")
+    with Path(source).open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
     report = ImportReport(family.name, family.method, Path(source).name, digest, len(converted), dropped)
     meta = {"imported": {"family": family.name, "source": report.source, "sha256": digest, "paper": family.paper,
                          "repo": family.repo, "dropped": len(dropped)}}

@@ -38,7 +38,7 @@ from collections.abc import Callable
 
 from avloc.frontends.audio import AudioFrontendConfig
 from avloc.frontends.image import ImageConfig
-from avloc.importers import ImportFamily, Rule, StateDict, register_family
+from avloc.importers import ImportFamily, Rule, StateDict, register_family, width_of
 from avloc.methods.base import MethodConfig
 from avloc.methods.ezvsl import EZVSLConfig
 from avloc.methods.lvs import LVSConfig
@@ -70,7 +70,7 @@ def _lvs_config(window: float, noverlap: int) -> Callable[[StateDict, int], Meth
             audio_encoder="resnet18_audio",
             audio_encoder_kwargs={"out_stride": 16},
             freeze_visual=False,
-            embed_dim=int(state["imgnet.layer4.1.bn2.weight"].shape[0]),
+            embed_dim=width_of(state, "imgnet.layer4.1.bn2.weight"),
             visual_proj="none",
         )
 
@@ -87,7 +87,7 @@ def _ezvsl_config(window: float, heads: int, proj: str) -> Callable[[StateDict, 
             audio_encoder="resnet18_audio",
             audio_encoder_kwargs={},
             freeze_visual=False,
-            embed_dim=int(state[f"{proj}.weight"].shape[0]),
+            embed_dim=width_of(state, f"{proj}.weight"),
             temperature=0.03,
             ogl=False,
             heads=heads,
@@ -133,35 +133,35 @@ register_family(ImportFamily(
     rules=_LVS_RULES, ignored=_LVS_IGNORED, signature=_LVS_SIGNATURE,
     build_config=_lvs_config(10.0, LVS_NOVERLAP),
     notes="test.py: first 10 s of the clip; avloc centres a 10 s window on the frame",
-))
+), __name__)
 register_family(ImportFamily(
     name="sslalign", method="lvs",
     paper="Senocak et al., Sound Source Localization is All about Cross-Modal Alignment, ICCV 2023",
     repo="kaistmm/SSLalignment", rules=_LVS_RULES, ignored=_LVS_IGNORED, signature=_LVS_SIGNATURE,
     build_config=_lvs_config(3.0, SSLALIGN_NOVERLAP),
     notes="evaluated through the LVS network (model_lvs.py); spectrogram noverlap 353",
-))
+), __name__)
 register_family(ImportFamily(
     name="ezvsl", method="ezvsl", paper=EZVSL_PAPER, repo="stoneMo/EZ-VSL",
     rules=_EZVSL_RULES, signature=_EZVSL_SIGNATURE,
     build_config=_ezvsl_config(3.0, 1, "img_proj"),
     notes="the AV map; EZ-VSL's OGL uses a separate ImageNet ResNet-18, not part of the checkpoint",
-))
+), __name__)
 register_family(ImportFamily(
     name="fnac", method="ezvsl",
     paper="Sun et al., Learning Audio-Visual Source Localization via False Negative Aware Contrastive Learning, CVPR 2023",
     repo="OpenNLPLab/FNAC_AVL", rules=_EZVSL_RULES, signature=_EZVSL_SIGNATURE,
     build_config=_ezvsl_config(3.0, 1, "img_proj"),
-))
+), __name__)
 register_family(ImportFamily(
     name="slavc", method="ezvsl", paper=SLAVC_PAPER, repo="stoneMo/SLAVC",
     rules=_slavc_rules(""), ignored=("momentum_",), signature=_SLAVC_SIGNATURE,
     build_config=_ezvsl_config(5.0, 2, "img_proj1"),
     notes="online encoders (test.py default); slavc-momentum takes the momentum copies",
-))
+), __name__)
 register_family(ImportFamily(
     name="slavc-momentum", method="ezvsl", paper=SLAVC_PAPER, repo="stoneMo/SLAVC",
     rules=_slavc_rules("momentum_"), ignored=_SLAVC_ONLINE, signature=_SLAVC_SIGNATURE,
     build_config=_ezvsl_config(5.0, 2, "momentum_img_proj1"),
     notes="momentum encoders (SLAVC test.py --use_mom_eval)",
-))
+), __name__)

@@ -8,20 +8,23 @@ sound of another (different burst times), so the visible pulsing does not
 match the audio -- the sound comes from something not in view. Each analysed
 frame gives the features of :func:`avloc.inference.postprocess.onscreen_statistic`
 (peak z-score of the smoothed map, audio RMS); a logistic regression (Newton /
-IRLS, L2 1e-3) fits ``w_contrast``, ``w_db`` and ``bias``. The printed values are
-the defaults in :class:`avloc.inference.config.LocalizeConfig`.
+IRLS, L2 1e-3) fits ``w_contrast``, ``w_db`` and ``bias``: :func:`calibrate` returns them and logs them
+(logger ``avloc.inference.calibrate``); they are the defaults in :class:`avloc.inference.config.LocalizeConfig`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from avloc.inference.postprocess import DB_FLOOR, peak_contrast
+
+log = logging.getLogger(__name__)
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 50) -> np.ndarray:
@@ -63,6 +66,20 @@ def features(model_name: str, n_clips: int, seconds: float = 8.0) -> tuple[np.nd
     return np.array(xs), np.array(ys, dtype=np.float64)
 
 
+def calibrate(model_name: str, n_clips: int) -> dict[str, float]:
+    """Fit the on-screen logistic model on ``n_clips`` generated clip pairs; log and return its weights."""
+    x, y = features(model_name, n_clips)
+    w = fit_logistic(x, y)
+    p = 1 / (1 + np.exp(-(x @ w[:2] + w[2])))
+    acc = float(((p >= 0.5) == (y == 1)).mean())
+    log.info("%d frames (%d on-screen): accuracy %.3f, mean p on-screen %.3f, off-screen %.3f",
+             len(y), int(y.sum()), acc, p[y == 1].mean(), p[y == 0].mean())
+    out = {"onscreen_w_contrast": float(w[0]), "onscreen_w_db": float(w[1]), "onscreen_bias": float(w[2])}
+    for k, v in out.items():
+        log.info("%s = %.3f", k, v)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from avloc.inference import DEFAULT_MODEL
 
@@ -70,13 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--clips", type=int, default=4)
     args = ap.parse_args(argv)
-    x, y = features(args.model, args.clips)
-    w = fit_logistic(x, y)
-    p = 1 / (1 + np.exp(-(x @ w[:2] + w[2])))
-    acc = float(((p >= 0.5) == (y == 1)).mean())
-    print(f"{len(y)} frames ({int(y.sum())} on-screen): accuracy {acc:.3f}, "
-          f"mean p on-screen {p[y == 1].mean():.3f}, off-screen {p[y == 0].mean():.3f}")
-    print(f"onscreen_w_contrast = {w[0]:.3f}\nonscreen_w_db = {w[1]:.3f}\nonscreen_bias = {w[2]:.3f}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    calibrate(args.model, args.clips)
     return 0
 
 

@@ -5,8 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from avloc.errors import ConfigError
+from avloc.config import ConfigValueError, check_range
 from avloc.formats.localize import SCHEMA_VERSION  # noqa: F401  (the JSON layout's version, owned by formats)
+
+#: bounds of the settings (beyond them a run cannot be meant: a typo, or an input that would exhaust memory)
+MAX_ANALYSIS_FPS = 240.0
+MAX_WINDOW_SECONDS = 60.0
+MAX_BATCH = 4096
+MAX_MAP_SIDE = 4096
+MAX_MEDIAN_FRAMES = 99
+MAX_BOXES = 100
+MAX_OVERLAY_SIDE = 8192
+MAX_SHEET_FRAMES = 1000
 
 #: libx264's presets, fastest first
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
@@ -65,24 +75,32 @@ class LocalizeConfig:
     force: bool = False
     device: str = "cpu"
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
+        """Every setting checked once, when the config is made (``dataclasses.replace`` makes a new one)."""
         if self.overlay_preset not in X264_PRESETS:
-            raise ConfigError(f"overlay_preset must be one of {', '.join(X264_PRESETS)}, got {self.overlay_preset!r}")
-        if not self.fps > 0:
-            raise ConfigError(f"--fps must be positive, got {self.fps}")
-        if self.window_seconds is not None and not self.window_seconds > 0:
-            raise ConfigError(f"--window must be positive, got {self.window_seconds}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.map_long_side < 4:
-            raise ConfigError(f"map_long_side must be >= 4, got {self.map_long_side}")
-        if not 0 < self.ema_alpha <= 1:
-            raise ConfigError(f"ema_alpha must be in (0, 1], got {self.ema_alpha}")
-        if self.median_frames < 1 or self.median_frames % 2 == 0:
-            raise ConfigError(f"median_frames must be odd and >= 1, got {self.median_frames}")
-        if not 0 < self.box_threshold < 1:
-            raise ConfigError(f"box_threshold must be in (0, 1), got {self.box_threshold}")
+            raise ConfigValueError("overlay_preset", f"must be one of {', '.join(X264_PRESETS)}, got {self.overlay_preset!r}")
+        check_range("fps", self.fps, 0, MAX_ANALYSIS_FPS, low_open=True)
+        if self.window_seconds is not None:
+            check_range("window_seconds", self.window_seconds, 0, MAX_WINDOW_SECONDS, low_open=True)
+        check_range("batch_size", self.batch_size, 1, MAX_BATCH)
+        check_range("map_long_side", self.map_long_side, 4, MAX_MAP_SIDE)
+        check_range("ema_alpha", self.ema_alpha, 0, 1, low_open=True)
+        check_range("median_frames", self.median_frames, 1, MAX_MEDIAN_FRAMES)
+        if self.median_frames % 2 == 0:
+            raise ConfigValueError("median_frames", f"must be odd, got {self.median_frames}")
+        check_range("box_threshold", self.box_threshold, 0, 1, low_open=True)
+        check_range("min_box_area", self.min_box_area, 0, 1)
+        check_range("max_boxes", self.max_boxes, 0, MAX_BOXES)
+        check_range("silence_db", self.silence_db, -200, 0)
+        for k in ("onscreen_w_contrast", "onscreen_w_db", "onscreen_bias"):
+            check_range(k, getattr(self, k))
+        check_range("onscreen_threshold", self.onscreen_threshold, 0, 1)
+        check_range("overlay_max_side", self.overlay_max_side, 16, MAX_OVERLAY_SIDE)
+        check_range("overlay_alpha", self.overlay_alpha, 0, 1)
+        check_range("sheet_frames", self.sheet_frames, 1, MAX_SHEET_FRAMES)
+        check_range("sheet_thumb_width", self.sheet_thumb_width, 16, MAX_OVERLAY_SIDE)
+        check_range("sheet_columns", self.sheet_columns, 1, MAX_SHEET_FRAMES)
         if self.smoothing not in ("ema", "median", "none"):
-            raise ConfigError(f"smoothing must be ema, median or none, got {self.smoothing!r}")
+            raise ConfigValueError("smoothing", f"must be ema, median or none, got {self.smoothing!r}")
         if self.combine not in ("none", "synchrony"):
-            raise ConfigError(f"combine must be none or synchrony, got {self.combine!r}")
+            raise ConfigValueError("combine", f"must be none or synchrony, got {self.combine!r}")

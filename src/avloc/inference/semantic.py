@@ -23,7 +23,6 @@ a sound it cannot name.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
@@ -32,28 +31,15 @@ import torch
 import torch.nn.functional as F
 
 from avloc.errors import ConfigError, MediaError
+from avloc.methods.avsemantic.mapping import LEGACY_MAPPING_FILE as MAPPING_FILE
+from avloc.methods.avsemantic.mapping import load_legacy_mapping
 
-MAPPING_FILE = Path(__file__).with_name("audioset_to_imagenet.json")
 #: YAMNet's fixed input: 15,600 samples at 16 kHz (0.975 s)
 YAMNET_RATE = 16000
 YAMNET_SAMPLES = 15600
 #: AudioSet classes considered per frame, and the least score that counts
 TOP_K = 5
 MIN_SCORE = 0.1
-
-
-def load_mapping(path: Path, class_names: list[str]) -> tuple[dict[str, list[tuple[int, str]]], dict[str, str]]:
-    """AudioSet display name -> [(ImageNet index, label)]; every name must exist in YAMNet's class map."""
-    doc = json.loads(Path(path).read_text())
-    known = set(class_names)
-    out: dict[str, list[tuple[int, str]]] = {}
-    for g in doc["groups"]:
-        classes = [(i, label) for first, last, label in g["imagenet"] for i in range(int(first), int(last) + 1)]
-        for name in g["audioset"]:
-            if name not in known:
-                raise ConfigError(f"{path}: AudioSet class {name!r} (group {g['name']!r}) is not in YAMNet's class map")
-            out.setdefault(name, []).extend(classes)
-    return out, dict(doc.get("unmapped", {}))
 
 
 class YamnetTagger:
@@ -100,7 +86,7 @@ class SemanticMapper:
     def __init__(self, tagger_path: str | Path, mapping_path: str | Path = MAPPING_FILE, device: str = "cpu") -> None:
         self.tagger = YamnetTagger(tagger_path)
         self.mapping_path = Path(mapping_path)
-        self.mapping, self.unmapped = load_mapping(self.mapping_path, self.tagger.class_names)
+        self.mapping, self.unmapped = load_legacy_mapping(self.mapping_path, self.tagger.class_names)
         from avloc.encoders.efficientnet_lite import EfficientNetLite0
 
         self.net = EfficientNetLite0(out_stride=32, pretrained=True).to(device).eval()

@@ -67,6 +67,25 @@ def load_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.nda
     return np.ascontiguousarray(wav, dtype=np.float32), int(sr)
 
 
+def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> Path:
+    """Write ``audio`` (N,) or (N, C) as a WAV file, atomically.
+
+    The file is encoded in memory, then written by :func:`avloc.formats.atomic.write_bytes_atomic`: a failed
+    write (a full disk) raises the :class:`OSError` it is and leaves no partial file (libsndfile writing
+    to the disk itself reports only "system error", and leaves half a file behind).
+    """
+    import io
+
+    import soundfile as sf
+
+    from avloc.formats.atomic import write_bytes_atomic
+
+    buf = io.BytesIO()
+    sf.write(buf, audio, sample_rate, subtype=subtype, format="WAV")
+    write_bytes_atomic(path, buf.getvalue())
+    return Path(path)
+
+
 def window_at(
     wav: np.ndarray, sr: int, center: float, seconds: float, pad: Literal["zero", "wrap"] = "zero"
 ) -> np.ndarray:

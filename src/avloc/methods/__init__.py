@@ -1,44 +1,24 @@
 """Localization methods: one self-contained module per method behind one contract.
 
-See :mod:`avloc.methods.base` for the contract. Importing this package
-registers every method in :data:`avloc.registry.METHODS`; a new method adds
-its module and names to ``METHOD_MODULES`` and nothing else changes.
+See :mod:`avloc.methods.base` for the contract. Importing this package imports
+no method: :data:`avloc.registry.METHODS` lists where each method lives and
+imports its module when the method is asked for (:func:`create_method`,
+``METHODS.get``). A new method adds its module and name to that table and
+decorates its class with :func:`register_method`; nothing else changes.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from avloc.config import config_from_dict
 from avloc.methods.base import LocalizationMethod, MethodConfig
-from avloc.registry import METHODS, RegistryError
-
-#: where each registered method lives: module -> the names it registers (checked at import, so the
-#: registry says where a method is even when its file is named after the paper rather than the method)
-METHOD_MODULES: dict[str, tuple[str, ...]] = {
-    "avloc.methods.lvs": ("lvs",),
-    "avloc.methods.avsync_prior": ("avsync-objectness",),
-    "avloc.methods.attention10k": ("attention10k",),
-    "avloc.methods.avenet": ("ots",),
-    "avloc.methods.ezvsl": ("ezvsl",),
-    "avloc.methods.priors": ("random", "centre", "objectness"),
-    "avloc.methods.synchrony": ("synchrony",),
-    "avloc.methods.proposal_mil": ("proposal",),
-    "avloc.methods.twostage": ("twostage",),
-    "avloc.methods.classif": ("classif",),
-    "avloc.methods.dnm": ("dnm",),
-    "avloc.methods.dnm_baselines": ("dnm-cam", "dnm-tian"),
-    "avloc.methods.avsemantic.method": ("avsemantic",),
-}
+from avloc.registry import METHODS
 
 
 def method_module(name: str) -> str:
-    """The module that defines registered method ``name``."""
-    for module, names in METHOD_MODULES.items():
-        if name in names:
-            return module
-    raise RegistryError(f"unknown method {name!r}; valid: {sorted(n for ns in METHOD_MODULES.values() for n in ns)}")
+    """The module that defines registered method ``name`` (nothing is imported)."""
+    return METHODS.module_of(name)
 
 
 def register_method(name: str) -> Any:
@@ -64,15 +44,8 @@ def create_method(name: str, config: MethodConfig | dict[str, Any] | None = None
 
 
 def list_methods() -> list[str]:
+    """Sorted names of the registered methods (no method module is imported)."""
     return METHODS.names()
 
 
-__all__ = ["METHOD_MODULES", "LocalizationMethod", "MethodConfig", "create_method", "list_methods", "method_module", "register_method"]
-
-# imported last: method modules use register_method defined above
-for _m in METHOD_MODULES:
-    importlib.import_module(_m)
-for _name in METHODS.names():
-    _where = METHODS.get(_name).__module__
-    if _name not in METHOD_MODULES.get(_where, ()):
-        raise RegistryError(f"method {_name!r} is registered by {_where}: list it in avloc.methods.METHOD_MODULES")
+__all__ = ["LocalizationMethod", "MethodConfig", "create_method", "list_methods", "method_module", "register_method"]

@@ -40,8 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avloc.config import check_positive
 from avloc.errors import ConfigError
 from avloc.methods import register_method
+from avloc.methods.base import check_widths
 from avloc.methods.blocks import TwoStreamConfig, TwoStreamMethod, cosine_map, cross_cosine_maps, mlp_head
 
 # ----------------------------------------------------------------------------- building blocks
@@ -68,8 +70,6 @@ class Attention10k(TwoStreamMethod):
 
     def __init__(self, cfg: Attention10kConfig) -> None:
         super().__init__(cfg)
-        if cfg.attention_temperature <= 0:
-            raise ConfigError(f"attention_temperature must be > 0, got {cfg.attention_temperature}")
         self.visual_head = mlp_head(cfg.embed_dim, cfg.embed_dim, cfg.head_hidden)  # f_v
         self.audio_head = mlp_head(cfg.embed_dim, cfg.embed_dim, cfg.head_hidden)  # f_s
 
@@ -157,6 +157,11 @@ class Attention10kConfig(TwoStreamConfig):
     head_hidden: int = 0
     negatives: Literal["all", "roll"] = "all"
     normalize_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive(attention_temperature=self.attention_temperature)
+        check_widths(0, head_hidden=self.head_hidden)
 
 
 # ----------------------------------------------------------------------------- registration

@@ -34,8 +34,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from avloc.frontends.audio import AudioFrontendConfig
-from avloc.frontends.image import ImageConfig
+from avloc.config import ConfigValueError, check_range
+from avloc.frontends.audio import MAX_WINDOW_SECONDS, AudioFrontendConfig
+from avloc.frontends.image import MAX_SIDE, ImageConfig
 from avloc.methods import register_method
 from avloc.methods.base import Capability, LocalizationMethod, MethodConfig
 from avloc.methods.blocks import minmax_per_sample, object_prior
@@ -125,6 +126,17 @@ class AVSyncPriorConfig(MethodConfig):
     prior_floor: float = 0.1
     use_prior: bool = True
     prior_kind: str = "l1"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("context_seconds", self.context_seconds, 0, MAX_WINDOW_SECONDS, low_open=True)
+        check_range("grid", self.grid, 1, MAX_SIDE)
+        check_range("blur", self.blur, 1, self.grid)
+        check_range("spread", self.spread, 1, self.grid)
+        check_range("w_motion", self.w_motion, 0.0, 1.0)
+        check_range("prior_floor", self.prior_floor, 0.0)
+        if self.prior_kind not in ("l1", "l2"):
+            raise ConfigValueError("prior_kind", f"must be l1 or l2, got {self.prior_kind!r}")
 
 
 @register_method("avsync-objectness")

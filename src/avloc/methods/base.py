@@ -63,6 +63,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from avloc.config import ConfigValueError
+from avloc.encoders.base import check_widths  # noqa: F401  (re-exported: the range check of method configs)
 from avloc.errors import ConfigError, DataError
 from avloc.frontends.audio import AudioFrontendConfig
 from avloc.frontends.image import ImageConfig
@@ -200,7 +202,7 @@ def _methods_with(capability: Capability) -> list[str]:
 
 @dataclass
 class MethodConfig:
-    """Fields every method config has: preprocessing and encoders."""
+    """Fields every method config has: preprocessing and encoders (validated when built, ``__post_init__``)."""
 
     audio: AudioFrontendConfig = field(default_factory=AudioFrontendConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
@@ -209,6 +211,11 @@ class MethodConfig:
     audio_encoder: str = "resnet18_audio"
     audio_encoder_kwargs: dict[str, Any] = field(default_factory=dict)
     freeze_visual: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("visual_encoder", "audio_encoder"):
+            if not getattr(self, name):
+                raise ConfigValueError(name, "must name a registered encoder (see `avloc info`), got an empty name")
 
 
 class LocalizationMethod(nn.Module):

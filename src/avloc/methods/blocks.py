@@ -39,7 +39,7 @@ from torch import nn
 from avloc.encoders import AudioEncoder, VisualEncoder, create_encoder, freeze
 from avloc.errors import ConfigError, DataError
 from avloc.frontends.audio import AudioFrontend
-from avloc.methods.base import LocalizationMethod, MethodConfig
+from avloc.methods.base import LocalizationMethod, MethodConfig, check_widths
 
 #: numerical floor of the L2 norm in cosine similarities (``F.normalize``'s default).
 NORM_EPS = 1e-12
@@ -58,6 +58,11 @@ class TwoStreamConfig(MethodConfig):
     embed_dim: int = 512
     visual_proj_hidden: int = 0
     audio_proj_hidden: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_widths(embed_dim=self.embed_dim)
+        check_widths(0, visual_proj_hidden=self.visual_proj_hidden, audio_proj_hidden=self.audio_proj_hidden)
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -176,8 +181,6 @@ class TwoStreamMethod(LocalizationMethod):
 
     def __init__(self, cfg: TwoStreamConfig) -> None:
         super().__init__(cfg)
-        if cfg.embed_dim < 1:
-            raise ConfigError(f"embed_dim must be >= 1, got {cfg.embed_dim}")
         self.visual_encoder = build_visual_encoder(cfg)
         self.visual_proj = VisualProjection(
             self.visual_encoder.feature_info.channels, cfg.embed_dim, cfg.visual_proj_hidden
@@ -230,26 +233,3 @@ def labels_to_multihot(labels: Any, num_classes: int, device: torch.device) -> t
             out[i, c] = 1.0
     return out
 
-
-def init_audio_encoder_from(model: LocalizationMethod, source: str) -> None:
-    """Copy the audio encoder weights of checkpoint / zoo model ``source`` into ``model`` (a pretrained audio stream).
-
-    Both must use the same audio front-end settings, encoder name and encoder
-    kwargs, so the copied weights see the inputs they were trained on.
-    """
-    from avloc.errors import CheckpointError
-    from avloc.methods.zoo import load_model
-
-    src = load_model(source)
-    dst_enc, src_enc = model.audio_module(), src.audio_module()
-    if dst_enc is None or src_enc is None:
-        raise CheckpointError(
-            f"audio init from {source!r}: {type(src).__name__} or {type(model).__name__} has no audio encoder"
-        )
-    mine, theirs = model.cfg, src.cfg
-    for f in ("audio", "audio_encoder", "audio_encoder_kwargs"):
-        if getattr(mine, f, None) != getattr(theirs, f, None):
-            raise CheckpointError(
-                f"audio init from {source!r}: {f} differs ({getattr(theirs, f, None)!r} there, {getattr(mine, f, None)!r} here)"
-            )
-    dst_enc.load_state_dict(src_enc.state_dict())

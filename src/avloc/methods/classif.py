@@ -24,7 +24,7 @@ In the paper's order, and the order of this module:
   (:func:`attention_maps`, :func:`window_average`).
 * Sec. 5.1, informative moments: ``S_av[t] = z^V_t . z^A_t`` (:meth:`Classif.moment_scores`);
   top-k selection and the reusable sampler live in :mod:`avloc.data.moments`,
-  pseudo boxes (Sec. 5.2) in :mod:`avloc.data.pseudo_boxes`.
+  pseudo boxes (Sec. 5.2) in :mod:`avloc.applications.pseudo_boxes`.
 
 Inputs. Training batches are whole clips -- ``image`` ``(B, T, 3, H, W)`` (or the
 cached frozen features ``vfeat`` ``(B, T, C, h, w)``) with the clip's audio
@@ -58,12 +58,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avloc.config import ConfigValueError
 from avloc.encoders import VisualEncoder, create_encoder, freeze
 from avloc.errors import ConfigError, DataError
 from avloc.frontends.audio import AudioFrontend, AudioFrontendConfig
 from avloc.frontends.image import ImageConfig
 from avloc.methods import register_method
-from avloc.methods.base import LocalizationMethod, MethodConfig
+from avloc.methods.base import LocalizationMethod, MethodConfig, check_widths
 from avloc.methods.blocks import labels_to_multihot
 
 HEADS = ("vision", "audio", "av")
@@ -219,7 +220,6 @@ class Classif(LocalizationMethod):
 
     def __init__(self, cfg: ClassifConfig) -> None:
         super().__init__(cfg)
-        cfg.validate()
         venc = create_encoder(cfg.visual_encoder, **cfg.visual_encoder_kwargs)
         if not isinstance(venc, VisualEncoder):
             raise ConfigError(f"classif visual_encoder {cfg.visual_encoder!r} is not a visual encoder")
@@ -379,11 +379,15 @@ class ClassifConfig(MethodConfig):
             raise DataError(f"{num_samples} audio samples span no video frame at {self.fps} fps")
         return t
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_widths(embed_dim=self.embed_dim, video_reduce=self.video_reduce, num_classes=self.num_classes,
+                     temporal_kernel=self.temporal_kernel, **{f"audio_channels[{i}]": c for i, c in enumerate(self.audio_channels)})
+        check_widths(0, video_3d_layers=self.video_3d_layers, video_2d_layers=self.video_2d_layers)
         if self.fps <= 0 or self.loc_window_seconds <= 0:
             raise ConfigError(f"classif fps and loc_window_seconds must be > 0, got {self.fps}, {self.loc_window_seconds}")
-        if self.num_classes < 2 or self.embed_dim < 1 or self.video_reduce < 1:
-            raise ConfigError(f"classif needs num_classes >= 2, embed_dim >= 1, video_reduce >= 1 (got {self.num_classes}, {self.embed_dim}, {self.video_reduce})")
+        if self.num_classes < 2:
+            raise ConfigValueError("num_classes", f"must be >= 2 (a classifier), got {self.num_classes}")
         if self.heads not in ("individual", "shared", "single"):
             raise ConfigError(f"classif heads must be individual, shared or single, got {self.heads!r}")
 

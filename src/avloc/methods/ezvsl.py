@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avloc.config import check_positive, check_range
 from avloc.errors import ConfigError
 from avloc.methods import register_method
 from avloc.methods.blocks import (
@@ -55,6 +56,9 @@ from avloc.methods.blocks import (
     mlp_head,
     object_prior,
 )
+
+#: most projection heads per modality: SLAVC uses 2; each head is a full projection of the embedding
+MAX_HEADS = 16
 
 # ----------------------------------------------------------------------------- building blocks
 
@@ -76,12 +80,6 @@ class EZVSL(TwoStreamMethod):
 
     def __init__(self, cfg: EZVSLConfig) -> None:
         super().__init__(cfg)
-        if cfg.temperature <= 0:
-            raise ConfigError(f"temperature must be > 0, got {cfg.temperature}")
-        if not 0.0 <= cfg.ogl_alpha <= 1.0:
-            raise ConfigError(f"ogl_alpha must be in [0, 1], got {cfg.ogl_alpha}")
-        if cfg.heads < 1:
-            raise ConfigError(f"heads must be >= 1, got {cfg.heads}")
         if cfg.ogl and not (self.visual_encoder.pretrained and cfg.freeze_visual):
             raise ConfigError(
                 f"ogl=True needs a frozen ImageNet-pretrained visual encoder for the object prior; "
@@ -180,6 +178,12 @@ class EZVSLConfig(TwoStreamConfig):
     ogl_alpha: float = 0.4
     object_prior: ObjectPriorKind = "l1"
     heads: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive(temperature=self.temperature)
+        check_range("ogl_alpha", self.ogl_alpha, 0.0, 1.0)
+        check_range("heads", self.heads, 1, MAX_HEADS)
 
 
 # ----------------------------------------------------------------------------- registration

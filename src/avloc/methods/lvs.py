@@ -65,7 +65,7 @@ from avloc.encoders.base import AudioEncoder, VisualEncoder
 from avloc.errors import ConfigError
 from avloc.frontends.audio import AudioFrontend
 from avloc.methods import register_method
-from avloc.methods.base import LocalizationMethod, MethodConfig
+from avloc.methods.base import LocalizationMethod, MethodConfig, check_widths
 
 # ---------------------------------------------------------------------------------------------
 # building blocks
@@ -129,7 +129,6 @@ class LVS(LocalizationMethod):
 
     def __init__(self, cfg: LVSConfig) -> None:
         super().__init__(cfg)
-        cfg.validate()
         venc = create_encoder(cfg.visual_encoder, **cfg.visual_encoder_kwargs)
         aenc = create_encoder(cfg.audio_encoder, **cfg.audio_encoder_kwargs)
         if not isinstance(venc, VisualEncoder) or not isinstance(aenc, AudioEncoder):
@@ -291,7 +290,10 @@ class LVSConfig(MethodConfig):
     box_weight: float = 0.0
     box_temperature: float = 0.07
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_widths(embed_dim=self.embed_dim, visual_proj_hidden=self.visual_proj_hidden,
+                     visual_proj_kernel=self.visual_proj_kernel)
         if not -1.0 <= self.eps_n < self.eps_p <= 1.0 and self.variant == "trimap":
             raise ConfigError(f"lvs needs -1 <= eps_n < eps_p <= 1 for the tri-map, got eps_n={self.eps_n}, eps_p={self.eps_p}")
         if self.tau <= 0 or self.logit_temperature <= 0:

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
+from avloc.config import check_positive, check_range
 from avloc.errors import ConfigError
+from avloc.frontends.image import MAX_SIDE
 from avloc.methods import register_method
 from avloc.methods.base import MethodConfig
 from avloc.methods.blocks import ObjectPriorKind, TrainingFreeMethod, build_visual_encoder, object_prior
@@ -68,8 +70,6 @@ class RandomMap(TrainingFreeMethod):
 
     def __init__(self, cfg: RandomConfig) -> None:
         super().__init__(cfg)
-        if cfg.map_size < 1:
-            raise ConfigError(f"map_size must be >= 1, got {cfg.map_size}")
 
     def localize(self, images: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W), (B, N) -> (B, map_size, map_size) uniform in [0, 1)."""
@@ -87,8 +87,6 @@ class CentrePrior(TrainingFreeMethod):
 
     def __init__(self, cfg: CentreConfig) -> None:
         super().__init__(cfg)
-        if cfg.map_size < 1 or cfg.sigma <= 0:
-            raise ConfigError(f"need map_size >= 1 and sigma > 0, got {cfg.map_size}, {cfg.sigma}")
         self.register_buffer("prior", gaussian_centre_map(cfg.map_size, cfg.sigma), persistent=False)
 
     def localize(self, images: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
@@ -136,6 +134,10 @@ class RandomConfig(MethodConfig):
     map_size: int = 14
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("map_size", self.map_size, 1, MAX_SIDE)
+
 
 @dataclass
 class CentreConfig(MethodConfig):
@@ -143,6 +145,11 @@ class CentreConfig(MethodConfig):
 
     map_size: int = 14
     sigma: float = 0.25
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("map_size", self.map_size, 1, MAX_SIDE)
+        check_positive(sigma=self.sigma)
 
 
 @dataclass

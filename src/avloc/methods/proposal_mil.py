@@ -115,18 +115,19 @@ from torch.utils.data import Dataset
 from avloc.encoders.cache import FeatureCache, content_key
 from avloc.errors import ConfigError, DataError
 from avloc.methods import register_method
-from avloc.methods.base import Capability, LocalizationMethod
-from avloc.methods.blocks import AudioPath, TwoStreamConfig, build_visual_encoder, init_audio_encoder_from, mlp_head
+from avloc.methods.base import Capability, LocalizationMethod, check_widths
+from avloc.methods.blocks import AudioPath, TwoStreamConfig, build_visual_encoder, mlp_head
 from avloc.methods.proposals import (
     SPP_LEVELS,
     ProposalCache,
     ProposalConfig,
     box_sums,
     default_cache_root,
-    nms,
     spp_pool,
 )
+from avloc.methods.zoo import init_audio_encoder_from
 from avloc.metrics.onscreen import median_distance_threshold
+from avloc.metrics.ops import nms
 
 # ----------------------------------------------------------------------------- building blocks
 
@@ -245,7 +246,6 @@ class ProposalMIL(LocalizationMethod):
 
     def __init__(self, cfg: ProposalMILConfig) -> None:
         super().__init__(cfg)
-        cfg.validate()
         self.visual_encoder = build_visual_encoder(cfg)
         c = self.visual_encoder.feature_info.channels
         if cfg.visual_adapter_dim > 0:
@@ -663,12 +663,10 @@ class ProposalMILConfig(TwoStreamConfig):
     memo_visual_features: bool = True
     memo_memory_items: int = 4096
 
-    def validate(self) -> None:
-        self.proposals.validate()
-        if self.top_k < 1 or self.embed_dim < 1 or self.att_dim < 1:
-            raise ConfigError(
-                f"top_k, embed_dim and att_dim must be >= 1, got {self.top_k}, {self.embed_dim}, {self.att_dim}"
-            )
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_widths(att_dim=self.att_dim, top_k=self.top_k)
+        check_widths(0, head_hidden=self.head_hidden, visual_adapter_dim=self.visual_adapter_dim)
         if self.distance_scale <= 0:
             raise ConfigError(f"distance_scale must be > 0, got {self.distance_scale}")
         if self.edu_weight < 0:

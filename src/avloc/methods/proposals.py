@@ -9,9 +9,9 @@ Sec. 3.1-3.4):
   ``cv2.ximgproc.segmentation``, computed once per image and cached on disk
   (:class:`ProposalCache`). EdgeBoxes (the paper's alternative) needs a
   structured-edge model file that we do not ship, so it is not offered.
-* :func:`nms` — greedy non-maximum suppression in torch (used for the
-  "top non-overlapping proposals" output of the multi-source setting, Sec. 4.3).
-* pairwise IoU: :func:`avloc.metrics.ops.box_iou` (its torch path).
+* non-maximum suppression and pairwise IoU: :func:`avloc.metrics.ops.nms` and
+  :func:`avloc.metrics.ops.box_iou` (their torch paths; NMS gives the "top
+  non-overlapping proposals" output of the multi-source setting, Sec. 4.3).
 * :func:`box_sums` — sum of a map inside each box through a summed-area table
   (the proposal confidence of Sec. 3.3, "accumulating the corresponding pixel
   value in the GRM").
@@ -54,8 +54,7 @@ import numpy as np
 import torch
 
 from avloc.errors import AvlocError, ConfigError
-from avloc.io.atomic import atomic_path, write_text_atomic
-from avloc.metrics.ops import box_iou
+from avloc.formats.atomic import atomic_path, write_text_atomic
 
 #: Bump when the stored layout or the extraction post-processing changes.
 PROPOSAL_CACHE_VERSION = 1
@@ -76,34 +75,6 @@ def check_boxes(boxes: torch.Tensor, what: str = "boxes") -> None:
         raise ConfigError(f"{what} must be (..., 4) as (x0, y0, x1, y1), got shape {tuple(boxes.shape)}")
     if boxes.numel() and ((boxes[..., 2] <= boxes[..., 0]).any() or (boxes[..., 3] <= boxes[..., 1]).any()):
         raise ConfigError(f"{what} must satisfy x1 > x0 and y1 > y0 (normalised (x0, y0, x1, y1))")
-
-
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_keep: int | None = None) -> torch.Tensor:
-    """Greedy NMS: indices (into ``boxes``) of the kept boxes, by decreasing score.
-
-    A box is suppressed when its IoU with an already kept, higher-scored box is
-    ``> iou_threshold``; ``iou_threshold = 0`` keeps only boxes that do not
-    overlap any kept box at all. Ties in score keep the lower index first.
-    """
-    if boxes.dim() != 2 or boxes.shape[1] != 4 or scores.shape != boxes.shape[:1]:
-        raise ConfigError(
-            f"nms expects boxes (N, 4) and scores (N,), got {tuple(boxes.shape)} and {tuple(scores.shape)}"
-        )
-    if not 0.0 <= iou_threshold <= 1.0:
-        raise ConfigError(f"nms iou_threshold must be in [0, 1], got {iou_threshold}")
-    order = torch.sort(scores, descending=True, stable=True).indices  # (N,)
-    iou = box_iou(boxes[order], boxes[order])  # (N, N) in score order
-    alive = torch.ones(len(order), dtype=torch.bool, device=boxes.device)
-    keep: list[int] = []
-    for i in range(len(order)):
-        if not alive[i]:
-            continue
-        keep.append(i)
-        if max_keep is not None and len(keep) >= max_keep:
-            break
-        alive &= iou[i] <= iou_threshold
-        alive[i] = False
-    return order[torch.tensor(keep, dtype=torch.long, device=boxes.device)]
 
 
 def box_pixel_bounds(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -288,7 +259,7 @@ class ProposalConfig:
     min_size: float = 0.05
     max_proposals: int = 2000
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if self.strategy not in ("fast", "quality", "single"):
             raise ConfigError(f"proposal strategy must be fast, quality or single, got {self.strategy!r}")
         if not 0.0 <= self.min_size < 1.0:
@@ -349,7 +320,6 @@ def postprocess_rects(rects: np.ndarray, height: int, width: int, cfg: ProposalC
 def selective_search(rgb: np.ndarray, cfg: ProposalConfig) -> np.ndarray:
     """Selective Search on one (H, W, 3) uint8 RGB image -> (R, 4) float32 normalised boxes (uncached)."""
     cv2 = _cv2()
-    cfg.validate()
     h, w = rgb.shape[:2]
     img = rgb[:, :, ::-1]  # OpenCV expects BGR
     if cfg.max_side and max(h, w) > cfg.max_side:
@@ -378,7 +348,6 @@ class ProposalCache:
     """Disk (+ optional in-memory LRU) cache of per-image proposals; layout in the module docstring."""
 
     def __init__(self, cfg: ProposalConfig, root: str | Path | None = None, memory_items: int = 100_000) -> None:
-        cfg.validate()
         cv2 = _cv2()
         self.cfg = cfg
         self.meta = {"format_version": PROPOSAL_CACHE_VERSION, "opencv": str(cv2.__version__), "config": asdict(cfg)}  # type: ignore[attr-defined]

@@ -6,7 +6,7 @@ Senocak et al.: ``L = L_unsup + lambda L_sup``, where ``L_sup`` is the cross-ent
 between the ground-truth attention (the box region as a distribution over the
 map's cells) and the predicted attention, a softmax over the cells. Any method
 with a localization map ``(B, h, w)`` can add it: :func:`box_attention_loss`
-reads the batch keys written by :class:`avloc.data.pseudo_boxes.BoxSupervised`
+reads the batch keys written by :class:`avloc.applications.pseudo_boxes.BoxSupervised`
 (``sup_boxes``: per sample ``(K, 4)`` normalised boxes; ``box_supervised``: ``(B,)``
 bool) and averages over the supervised samples only.
 """
@@ -53,7 +53,7 @@ def box_attention_loss(maps: torch.Tensor, batch: dict[str, Any], temperature: f
     if "box_supervised" not in batch or "sup_boxes" not in batch:
         raise DataError(
             "box supervision is on but the batch has no 'box_supervised' / 'sup_boxes': "
-            "train on avloc.data.pseudo_boxes.semi_supervised(...) data, or set box_weight=0"
+            "train on avloc.applications.pseudo_boxes.semi_supervised(...) data, or set box_weight=0"
         )
     sup = torch.as_tensor(batch["box_supervised"], device=maps.device).bool().reshape(-1)  # (B,)
     boxes: Sequence[torch.Tensor] = batch["sup_boxes"]  # list of (K_i, 4), or (B, K, 4) when stacked

@@ -46,8 +46,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from avloc.config import check_positive, check_range
 from avloc.errors import ConfigError
-from avloc.frontends.image import to_float_image
+from avloc.frontends.image import MAX_SIDE, to_float_image
 from avloc.methods import register_method
 from avloc.methods.base import MethodConfig
 from avloc.methods.blocks import TrainingFreeMethod
@@ -127,14 +128,6 @@ class Synchrony(TrainingFreeMethod):
 
     def __init__(self, cfg: SynchronyConfig) -> None:
         super().__init__(cfg)
-        if cfg.stride < 1:
-            raise ConfigError(f"stride must be >= 1, got {cfg.stride}")
-        if cfg.min_differences < 2:
-            raise ConfigError(f"min_differences must be >= 2 (a correlation needs 2 points), got {cfg.min_differences}")
-        if cfg.audio_span <= 0:
-            raise ConfigError(f"audio_span must be > 0, got {cfg.audio_span}")
-        if cfg.smooth_sigma < 0:
-            raise ConfigError(f"smooth_sigma must be >= 0, got {cfg.smooth_sigma}")
 
     def localize_track(self, frames: torch.Tensor, audio: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
         """Video path: frames (T, 3, H, W) in [0, 1] (or uint8, or (T, H, W, 3)), audio (N,) at
@@ -210,6 +203,13 @@ class SynchronyConfig(MethodConfig):
     score: Literal["correlation", "mutual_information"] = "correlation"
     smooth_sigma: float = 1.0
     eps: float = 1e-10
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("stride", self.stride, 1, MAX_SIDE)
+        check_range("min_differences", self.min_differences, 2)  # a correlation needs 2 points
+        check_positive(audio_span=self.audio_span, eps=self.eps)
+        check_range("smooth_sigma", self.smooth_sigma, 0)
 
 
 # ----------------------------------------------------------------------------- registration

@@ -108,7 +108,7 @@ from avloc.errors import CheckpointError, ConfigError, DataError
 from avloc.frontends.audio import AudioFrontend, AudioFrontendConfig
 from avloc.frontends.image import ImageConfig
 from avloc.methods import register_method
-from avloc.methods.base import Capability, ClassMaps, DetectedClasses, LocalizationMethod, MethodConfig
+from avloc.methods.base import Capability, ClassMaps, DetectedClasses, LocalizationMethod, MethodConfig, check_widths
 from avloc.methods.blocks import NORM_EPS, build_visual_encoder, labels_to_multihot, minmax_per_sample
 
 # ----------------------------------------------------------------------------- building blocks
@@ -291,7 +291,6 @@ class TwoStage(LocalizationMethod):
 
     def __init__(self, cfg: TwoStageConfig) -> None:
         super().__init__(cfg)
-        cfg.validate()
         self.cfg: TwoStageConfig = cfg
         c, d = cfg.num_classes, cfg.feat_dim
         self.visual_encoder = build_visual_encoder(cfg)
@@ -607,7 +606,8 @@ class TwoStageConfig(MethodConfig):
     map_norm: Literal["cosine", "minmax", "margin"] = "cosine"
     class_pooling: Literal["features", "projections"] = "features"
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.stage not in (1, 2):
             raise ConfigError(f"stage must be 1 or 2, got {self.stage}")
         if self.stage == 2 and not self.use_classification:
@@ -616,9 +616,8 @@ class TwoStageConfig(MethodConfig):
             raise ConfigError("localization='align' needs the stage-2 alignment (stage=2); stage 1 uses 'cam' or 'avc'")
         if self.localization == "cam" and not self.use_classification:
             raise ConfigError("localization='cam' needs use_classification=True (class logits to explain)")
-        for name in ("num_classes", "feat_dim", "embed_dim", "proj_hidden", "proj_dim", "avc_dim", "avc_hidden"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_widths(**{n: getattr(self, n) for n in ("num_classes", "feat_dim", "embed_dim", "proj_hidden",
+                                                                  "proj_dim", "avc_dim", "avc_hidden", "visual_kernel")})
         if self.visual_kernel < 1 or self.visual_kernel % 2 == 0:
             raise ConfigError(f"visual_kernel must be a positive odd number, got {self.visual_kernel}")
         if self.margin <= 0:

@@ -66,8 +66,6 @@ def resolve_model_path(name_or_path: str | Path) -> Path | None:
 
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> LocalizationMethod:
     """Rebuild a method from a checkpoint path, a zoo name, or a (training-free) method name."""
-    from avloc import methods  # noqa: F401  (fills the registry)
-
     path = resolve_model_path(name_or_path)
     if path is None:
         cls = METHODS.get(str(name_or_path))
@@ -83,63 +81,37 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
     return model.to(device).eval()
 
 
-def config_problems(cfg: Any, where: str = "config") -> list[str]:
-    """Range checks of the preprocessing every method config holds, then the config's own ``validate()``.
+def init_audio_encoder_from(model: LocalizationMethod, source: str) -> None:
+    """Copy the audio encoder weights of checkpoint / zoo model ``source`` into ``model`` (a pretrained audio stream).
 
-    Types and key names were checked by :func:`avloc.config.config_from_dict`; here the values:
-    sizes, rates, lengths and scales positive, every number finite.
+    Both must use the same audio front-end settings, encoder name and encoder
+    kwargs, so the copied weights see the inputs they were trained on.
     """
-    import dataclasses
-    import math
-
-    out: list[str] = []
-
-    def walk(obj: Any, at: str) -> None:
-        for f in dataclasses.fields(obj):
-            v = getattr(obj, f.name)
-            key = f"{at}.{f.name}"
-            if dataclasses.is_dataclass(v) and not isinstance(v, type):
-                walk(v, key)
-            elif isinstance(v, float) and not math.isfinite(v):
-                out.append(f"{key}: {v} is not a finite number")
-            elif isinstance(v, (tuple, list)) and any(isinstance(x, float) and not math.isfinite(x) for x in v):
-                out.append(f"{key}: {list(v)} holds a value that is not a finite number")
-
-    walk(cfg, where)
-    image, audio = getattr(cfg, "image", None), getattr(cfg, "audio", None)
-    positive = [(image, ("size", "resize", "frames")), (audio, ("sample_rate", "window_seconds", "nperseg", "n_fft",
-                                                                "hop_length", "n_mels", "norm_std"))]
-    for sec, names in positive:
-        if sec is None:
-            continue
-        label = "image" if sec is image else "audio"
-        for n in names:
-            v = getattr(sec, n, None)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and not v > 0:
-                out.append(f"{where}.{label}.{n}: must be positive, got {v}")
-    if image is not None and any(not (isinstance(s, (int, float)) and s > 0) for s in image.std):
-        out.append(f"{where}.image.std: must be positive, got {list(image.std)}")
-    if audio is not None and isinstance(audio.noverlap, int) and isinstance(audio.nperseg, int) \
-            and not 0 <= audio.noverlap < audio.nperseg:
-        out.append(f"{where}.audio.noverlap: must be in [0, nperseg = {audio.nperseg}), got {audio.noverlap}")
-    validate = getattr(cfg, "validate", None)
-    if not out and callable(validate):
-        try:
-            validate()
-        except (AvlocError, ValueError, TypeError) as e:
-            out.append(f"{where}: {e}")
-    return out
+    src = load_model(source)
+    dst_enc, src_enc = model.audio_module(), src.audio_module()
+    if dst_enc is None or src_enc is None:
+        raise CheckpointError(
+            f"audio init from {source!r}: {type(src).__name__} or {type(model).__name__} has no audio encoder"
+        )
+    mine, theirs = model.cfg, src.cfg
+    for f in ("audio", "audio_encoder", "audio_encoder_kwargs"):
+        if getattr(mine, f, None) != getattr(theirs, f, None):
+            raise CheckpointError(
+                f"audio init from {source!r}: {f} differs ({getattr(theirs, f, None)!r} there, {getattr(mine, f, None)!r} here)"
+            )
+    dst_enc.load_state_dict(src_enc.state_dict())
 
 
 def model_from_checkpoint(path: str | Path, ck: Checkpoint) -> LocalizationMethod:
     """Build the method a checkpoint names and load its weights, after validating both (one line per problem).
 
     Checked in order, each stage only when the previous passed: the method is registered; the config
-    matches its schema (keys, types: :func:`avloc.config.config_from_dict`; values: :func:`config_problems`);
+    matches its schema (keys, types, finite numbers: :func:`avloc.config.config_from_dict`; ranges: each config's
+    ``__post_init__``);
     the config builds the model; the tensors' names, shapes and dtypes match that model's, and every
     floating-point value is finite.
     """
-    from avloc.checkpoint import problems_message, tensor_problems
+    from avloc.checkpoint import batchnorm_problems, problems_message, tensor_problems
     from avloc.errors import ConfigError
     from avloc.registry import RegistryError
 
@@ -148,12 +120,9 @@ def model_from_checkpoint(path: str | Path, ck: Checkpoint) -> LocalizationMetho
     except RegistryError as e:
         raise CheckpointError(problems_message(path, [f"header: method: {e}"])) from None
     try:
-        cfg = config_from_dict(cls.config_class, ck.config)
-    except (ConfigError, TypeError, ValueError) as e:
-        raise CheckpointError(problems_message(path, [f"config: {e}"])) from None
-    problems = config_problems(cfg)
-    if problems:
-        raise CheckpointError(problems_message(path, problems))
+        cfg = config_from_dict(cls.config_class, ck.config, where="config")
+    except ConfigError as e:
+        raise CheckpointError(problems_message(path, [str(e)])) from None
     try:
         model = cls(cfg)
     except (AvlocError, ValueError, TypeError, RuntimeError, KeyError, ZeroDivisionError) as e:
@@ -165,6 +134,9 @@ def model_from_checkpoint(path: str | Path, ck: Checkpoint) -> LocalizationMetho
     if problems:
         raise CheckpointError(problems_message(path, problems))
     model.load_state_dict(ck.state_dict, strict=False)
+    problems = [f"tensor {k!r}: {why}" for k, why in batchnorm_problems(model)]
+    if problems:
+        raise CheckpointError(problems_message(path, problems))
     return model
 
 

@@ -1,6 +1,7 @@
 """Evaluation metrics and the named protocols of the field (see ``docs/protocols.md``).
 
-Importing this package registers every protocol in :data:`avloc.registry.PROTOCOLS`.
+The protocols are listed in :data:`avloc.registry.PROTOCOLS`, which imports a protocol's task module
+when it is asked for; importing this package registers nothing.
 NumPy (and OpenCV); torch only for resizing when it is already imported (see :func:`ops.resize_maps`).
 """
 

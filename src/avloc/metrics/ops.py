@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from avloc.errors import DataError
+from avloc.errors import ConfigError, DataError
 
 ResizeMode = Literal["cv2", "align_corners", "bicubic_align_corners"]
 ResizeBackend = Literal["auto", "numpy", "torch"]
@@ -357,18 +357,19 @@ def binarize_adaptive(maps: np.ndarray, gt_pixels: np.ndarray, strict: bool) -> 
 
 
 def box_iou(a: Any, b: Any) -> Any:
-    """IoU of ``[x1, y1, x2, y2]`` boxes: the one box IoU, two paths by input type.
+    """IoU of ``[x1, y1, x2, y2]`` boxes: the one box IoU, three paths by input type.
 
     * numbers (two boxes: sequences or 1-D arrays) -> ``float``: 0 when the union is empty
       (pseudo boxes, the demo check, the benchmarks);
+    * NumPy arrays ``(N, 4)`` and ``(M, 4)`` -> the pairwise ``(N, M)`` float64 array, 0 where the union
+      is empty (face tracks: :func:`xywh_to_xyxy` first);
     * torch tensors ``(N, 4)`` and ``(M, 4)`` -> the pairwise ``(N, M)`` tensor, differentiable, in
       the inputs' dtype and device; box areas clamped at 0 and the union at the dtype's ``tiny``
-      (proposal NMS, :func:`avloc.methods.proposals.nms`). torch is not imported for the number path.
+      (proposal NMS, :func:`nms`). torch is not imported for the other paths.
     """
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        if a.dim() != 2 or b.dim() != 2 or a.shape[-1] != 4 or b.shape[-1] != 4:
-            raise DataError(f"pairwise box_iou needs (N, 4) and (M, 4) tensors, got {tuple(a.shape)} and {tuple(b.shape)}")
+        _check_pairs(a, b)
         lt = torch.maximum(a[:, None, :2], b[None, :, :2])  # (N, M, 2)
         rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])  # (N, M, 2)
         inter = (rb - lt).clamp_min(0).prod(dim=-1)  # (N, M)
@@ -378,11 +379,68 @@ def box_iou(a: Any, b: Any) -> Any:
 
         union = area(a)[:, None] + area(b)[None, :] - inter
         return inter / union.clamp_min(torch.finfo(inter.dtype).tiny)
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.ndim == 2 and b.ndim == 2:
+        _check_pairs(a, b)
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        lt = np.maximum(a[:, None, :2], b[None, :, :2])  # (N, M, 2)
+        rb = np.minimum(a[:, None, 2:], b[None, :, 2:])  # (N, M, 2)
+        inter_np = np.clip(rb - lt, 0, None).prod(axis=-1)  # (N, M)
+        area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)  # (N,)
+        area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)  # (M,)
+        union_np = area_a[:, None] + area_b[None, :] - inter_np
+        return np.where(union_np > 0, inter_np / np.where(union_np > 0, union_np, 1.0), 0.0)
     iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = iw * ih
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+def _check_pairs(a: Any, b: Any) -> None:
+    if a.ndim != 2 or b.ndim != 2 or a.shape[-1] != 4 or b.shape[-1] != 4:
+        raise DataError(f"pairwise box_iou needs (N, 4) and (M, 4) boxes, got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    """``[x, y, w, h, ...]`` rows ``(N, >=4)`` -> ``[x1, y1, x2, y2]`` ``(N, 4)`` float64."""
+    b = np.asarray(boxes, np.float64).reshape(-1, np.asarray(boxes).shape[-1])[:, :4]
+    return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:4]], axis=1)
+
+
+def nms(boxes: Any, scores: Any, iou_threshold: float, max_keep: int | None = None) -> Any:
+    """Greedy non-maximum suppression: indices (into ``boxes``) of the kept boxes, by decreasing score.
+
+    ``boxes`` ``(N, 4)`` ``[x1, y1, x2, y2]`` and ``scores`` ``(N,)``, both NumPy arrays or both torch
+    tensors (the indices come back in the same kind, on the boxes' device). A box is suppressed when its
+    IoU (:func:`box_iou`) with an already kept, higher-scored box is ``> iou_threshold``;
+    ``iou_threshold = 0`` keeps only boxes that overlap no kept box at all. Ties in score keep the lower
+    index first. At most ``max_keep`` boxes when given.
+    """
+    if boxes.ndim != 2 or boxes.shape[1] != 4 or tuple(scores.shape) != tuple(boxes.shape[:1]):
+        raise ConfigError(f"nms expects boxes (N, 4) and scores (N,), got {tuple(boxes.shape)} and {tuple(scores.shape)}")
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ConfigError(f"nms iou_threshold must be in [0, 1], got {iou_threshold}")
+    torch: Any = sys.modules.get("torch")
+    is_torch = torch is not None and isinstance(boxes, torch.Tensor)
+    if is_torch:
+        order = torch.sort(scores, descending=True, stable=True).indices  # (N,)
+        ok = (box_iou(boxes[order], boxes[order]) <= iou_threshold).cpu().numpy()  # (N, N) in score order
+    else:
+        order = np.argsort(-np.asarray(scores), kind="stable")  # (N,)
+        ok = box_iou(np.asarray(boxes)[order], np.asarray(boxes)[order]) <= iou_threshold
+    alive = np.ones(len(order), dtype=bool)
+    keep: list[int] = []
+    for i in range(len(order)):
+        if not alive[i]:
+            continue
+        keep.append(i)
+        if max_keep is not None and len(keep) >= max_keep:
+            break
+        alive &= ok[i]
+        alive[i] = False
+    if is_torch:
+        return order[torch.tensor(keep, dtype=torch.long, device=boxes.device)]
+    return order[np.asarray(keep, dtype=np.int64)]
 
 
 def box_pixels(boxes: np.ndarray, size: int, negative: BoxNegative = "clip", wh: np.ndarray | None = None) -> np.ndarray:

@@ -9,10 +9,10 @@ rejects unknown fields. Design notes and defaults: docs/digitscenes.md.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from avloc.config import config_from_dict
 from avloc.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
@@ -63,7 +63,7 @@ class SceneConfig:
     distractors: tuple[int, int] = (0, 2)  # CIFAR patches pasted under the digits
     distractor_scale: tuple[float, float] = (0.15, 0.35)
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if self.size < 32:
             raise ConfigError(f"scene size must be >= 32 px, got {self.size}")
         if not 0 < self.digit_scale_min <= min(self.digit_scale_max):
@@ -82,7 +82,7 @@ class AudioMixConfig:
     ambient_only_rms_db: tuple[float, float] = (-30.0, -20.0)  # ambient level when nothing speaks
     peak: float = 0.99  # the mix is scaled down if it would exceed this
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if self.sample_rate < 8000:
             raise ConfigError(f"sample_rate must be >= 8000 Hz (FSDD is 8 kHz), got {self.sample_rate}")
         if self.clip_seconds < 2.5:
@@ -100,9 +100,7 @@ class VariantConfig:
     ambient_prob: float = 0.5  # chance of ESC-10 ambient sound under the speech
     snr_db: tuple[float, float] = (5.0, 20.0)  # speech-to-ambient ratio
 
-    def validate(self) -> None:
-        self.scene.validate()
-        self.audio.validate()
+    def __post_init__(self) -> None:
         lo, hi = self.n_visible
         if not 1 <= lo <= hi <= 10:
             raise ConfigError(f"n_visible must satisfy 1 <= min <= max <= 10, got {self.n_visible}")
@@ -127,8 +125,8 @@ class MultiConfig(VariantConfig):
     snr_db: tuple[float, float] = (10.0, 25.0)
     relative_gain_db: float = 3.0  # the two utterances differ by at most this much
 
-    def validate(self) -> None:
-        super().validate()
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if not 1 <= self.n_sounding <= self.n_visible[0]:
             raise ConfigError(f"n_sounding {self.n_sounding} must be in [1, min visible {self.n_visible[0]}]")
 
@@ -145,8 +143,8 @@ class OffscreenConfig(VariantConfig):
     def weights(self) -> list[float]:
         return [self.onscreen_weight, self.absent_weight, self.ambient_weight, self.silence_weight]
 
-    def validate(self) -> None:
-        super().validate()
+    def __post_init__(self) -> None:
+        super().__post_init__()
         w = self.weights()
         if min(w) < 0 or sum(w) <= 0:
             raise ConfigError(f"offscreen weights must be >= 0 with a positive sum, got {w}")
@@ -160,8 +158,8 @@ class OpensetConfig(VariantConfig):
 
     unheard: tuple[int, ...] = (7, 8, 9)
 
-    def validate(self) -> None:
-        super().validate()
+    def __post_init__(self) -> None:
+        super().__post_init__()
         heard = 10 - len(set(self.unheard))
         if not set(self.unheard) <= set(range(10)) or heard < self.n_visible[1]:
             raise ConfigError(f"unheard classes {self.unheard} must be digits and leave >= {self.n_visible[1]} heard ones")
@@ -181,8 +179,8 @@ class VideoConfig(VariantConfig):
     ambient_prob: float = 0.6
     snr_db: tuple[float, float] = (0.0, 15.0)
 
-    def validate(self) -> None:
-        super().validate()
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.fps < 4:
             raise ConfigError(f"video fps must be >= 4, got {self.fps}")
         if self.annot_fps <= 0 or self.fps % self.annot_fps:
@@ -214,10 +212,4 @@ def variant_config(variant: str, **overrides: Any) -> VariantConfig:
     cls = VARIANTS.get(variant)
     if cls is None:
         raise ConfigError(f"unknown DigitScenes variant {variant!r}; valid: {', '.join(VARIANTS)}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    bad = sorted(set(overrides) - names)
-    if bad:
-        raise ConfigError(f"unknown {variant} option(s) {bad}; valid: {', '.join(sorted(names))}")
-    cfg = cls(**overrides)
-    cfg.validate()
-    return cfg
+    return config_from_dict(cls, overrides, where=f"digitscenes {variant}")

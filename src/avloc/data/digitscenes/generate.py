@@ -29,10 +29,11 @@ import numpy as np
 from avloc.config import config_to_dict
 from avloc.data.digitscenes.config import VariantConfig, VideoConfig
 from avloc.data.digitscenes.sampler import Clip, DigitScenesSampler, Sample
-from avloc.data.manifest import Entry, write_manifest
 from avloc.data.sources import RawSources
 from avloc.errors import ConfigError
-from avloc.io.atomic import atomic_path, check_writable, write_text_atomic
+from avloc.formats.atomic import atomic_path, check_writable, write_text_atomic
+from avloc.formats.manifest import Entry, write_manifest
+from avloc.io.audio import write_wav
 
 GREEN = (0, 200, 0)
 RED = (230, 30, 30)
@@ -47,9 +48,7 @@ def sample_id(variant: str, split: str, seed: int, i: int) -> str:
 
 
 def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
-    import soundfile as sf
-
-    sf.write(str(path), audio, sr, subtype="PCM_16")
+    write_wav(path, audio, sr, subtype="PCM_16")
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:

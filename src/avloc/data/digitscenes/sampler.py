@@ -150,7 +150,6 @@ class DigitScenesSampler:
             raise ConfigError(f"unknown DigitScenes variant {variant!r}; valid: {', '.join(VARIANTS)}")
         if not isinstance(cfg, VARIANTS[variant]):
             raise ConfigError(f"variant {variant!r} needs a {VARIANTS[variant].__name__}, got {type(cfg).__name__}")
-        cfg.validate()
         self.raw, self.variant, self.split, self.cfg, self.seed = raw, variant, split, cfg, int(seed)
         self.pools = SplitPools(raw, split, cfg)
         self.visible_classes = list(range(10))

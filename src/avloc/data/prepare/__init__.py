@@ -2,7 +2,7 @@
 
 Each step walks a dataset folder, builds one manifest entry per sample
 (media paths relative to the manifest, pixel boxes in the frame, labels) and
-checks it with :func:`avloc.data.manifest.entry_problems` plus media checks
+checks it with :func:`avloc.formats.manifest.entry_problems` plus media checks
 (file present, frame size readable, boxes inside the frame, a non-empty box
 list where the format needs one). Bad entries are never dropped silently:
 they go to ``<manifest>.report.txt`` (one line each) and are counted in the

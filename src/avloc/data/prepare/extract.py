@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from avloc.data.manifest import Entry, read_manifest, resolve_media, write_manifest
 from avloc.errors import DataError, MediaError, describe_error
-from avloc.io.atomic import check_writable, write_text_atomic
+from avloc.formats.atomic import check_writable, write_text_atomic
+from avloc.formats.manifest import Entry, read_manifest, resolve_media, write_manifest
 
 log = logging.getLogger(__name__)
 #: JPEG quality of the extracted frames (visually lossless at 224)
@@ -55,11 +55,11 @@ def _rel(p: Path, out_dir: Path) -> str:
 
 def _one(args: tuple[Entry, str, str, int, int]) -> tuple[str, Entry | None, str]:
     """Extract one entry (runs in a worker process): (id, new entry or None, problem)."""
-    import soundfile as sf
     from PIL import Image
 
     from avloc.data.datasets import read_frame_at
-    from avloc.io.audio import load_audio
+    from avloc.formats.atomic import atomic_path
+    from avloc.io.audio import load_audio, write_wav
 
     e, manifest, out_dir, size, rate = args
     man, out = Path(manifest), Path(out_dir)
@@ -73,10 +73,11 @@ def _one(args: tuple[Entry, str, str, int, int]) -> tuple[str, Entry | None, str
             nw, nh = max(1, round(w * s)), max(1, round(h * s))
             img = Image.fromarray(frame).resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
             fp = out / "frames" / f"{_safe(sid)}.jpg"
-            img.save(fp, quality=JPEG_QUALITY)
+            with atomic_path(fp) as tmp:
+                img.save(tmp, format="JPEG", quality=JPEG_QUALITY)
             wav, _ = load_audio(resolve_media(man, e.get("audio") or e["video"]), rate)
             ap = out / "audio" / f"{_safe(sid)}.wav"
-            sf.write(str(ap), np.asarray(wav, dtype=np.float32), rate, subtype="FLOAT")
+            write_wav(ap, np.asarray(wav, dtype=np.float32), rate, subtype="FLOAT")
             del new["video"]
             new.update(image=_rel(fp, out), audio=_rel(ap, out), size=[nw, nh], audio_time=float(e["time"]))
             sx, sy = nw / w, nh / h

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from avloc.data import annotations as ann
-from avloc.data.manifest import Entry, entry_problems, write_manifest
 from avloc.errors import DataError, MediaError, describe_error
-from avloc.io.atomic import check_writable, write_text_atomic
+from avloc.formats import annotations as ann
+from avloc.formats.atomic import check_writable, write_text_atomic
+from avloc.formats.manifest import Entry, entry_problems, write_manifest
+from avloc.metrics.groundtruth import flickr_targets
 
 AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg")
 VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
@@ -124,7 +125,7 @@ def _flickr(root: Path, out_dir: Path) -> Iterator[Candidate]:
         except DataError as e:
             yield xml.stem, None, [str(e)]
             continue
-        (t,) = ann.flickr_targets([rec])
+        (t,) = flickr_targets([rec])
         yield _frame_sample(rec["id"], root, out_dir, t["boxes"], True, {"box_annotator": rec["box_annotator"], "split": "test"})
 
 

@@ -40,7 +40,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from avloc.data.manifest import Entry
 from avloc.data.prepare.steps import (
     AUDIO_EXTS,
     IMAGE_EXTS,
@@ -52,6 +51,7 @@ from avloc.data.prepare.steps import (
     _video_info,
 )
 from avloc.errors import DataError, MediaError, describe_error
+from avloc.formats.manifest import Entry
 
 YOUTUBE_ID = r"[A-Za-z0-9_-]{11}"
 VGGSOUND_NAME = re.compile(rf"^(?P<ytid>{YOUTUBE_ID})_(?P<start>\d+)(?:_\d+)?$")

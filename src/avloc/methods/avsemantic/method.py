@@ -1,29 +1,20 @@
-"""``avsemantic``: training-free grounding of *what is heard* in *what is seen* (issue 16).
+"""``avsemantic``: training-free grounding of *what is heard* in *what is seen* (issues 16, 26, 27).
 
 Per analysed frame ``t`` with its 0.975 s audio window:
 
-1. **Audio events**: YAMNet (Plakal & Ellis 2020, torch port :mod:`.yamnet`) -> 521 AudioSet scores ``s``;
-   the heard classes are the top ``top_k`` with ``s_c >= min_score``.
-2. **Grounding** by the kind of each heard class (:mod:`.mapping`, ``sound_map.json``):
-
-   * *object* (dog, piano, hammer, boat ...): its ImageNet-1k counterparts ``I_c``; visible when their
-     probability mass ``v_c = sum_{i in I_c} p_i`` (EfficientNet-Lite0 softmax) reaches ``min_visible``;
-     map = multi-scale CAM of ``I_c`` (:mod:`.cam`). Generic parents without an ImageNet set of their own
-     (``borrow``: "Music" -> the instruments of "Musical instrument") use another class's set.
-   * *human* (speech, singing, laughter, crying ...): faces (YuNet, :mod:`.faces`) spread to the head (and
-     upper body, ``body_weight``); the speaker is the face whose mouth region moves with the sound (Hershey &
-     Movellan 1999 synchrony restricted to mouths, over a window of seconds, :mod:`.faces.speaker`), tracked
-     across the pipeline's chunks (:mod:`.faces.session`); with no face in sync there is no speaker and the
-     map spreads over all faces.
-   * *none* (music with no instrument in view, wind, rain, hum, narration ...) and anything not visible:
-     no map of its own.
-
-   Every source map is centred on its mean and ReLU'd (exact zeros where nothing stands out) and scaled to
-   a peak of 1. The frame's map is the score-weighted mean ``sum_c w_c M_c / sum_c w_c``, ``w_c = s_c``
-   (objects) or ``s_c * face score`` (humans). When nothing heard is grounded the map falls back to the
-   default method's cue, synchrony x objectness (:mod:`avloc.methods.avsync_prior`), and the frame is an
-   off-screen candidate.
-3. **On/off-screen**: a logistic model of the evidence (:mod:`.onscreen`), calibrated on real footage.
+1. **Audio events**: YAMNet (Plakal & Ellis 2020, torch port :mod:`.yamnet`) -> 521 AudioSet scores ``a``;
+   the heard classes are the top ``top_k`` with ``a_c >= min_score``.
+2. **Grounding** of each heard class by its kind (:mod:`.grounding`, :mod:`.mapping`, ``sound_map.json``):
+   *objects* on the detector's instances of their COCO categories (Lin et al., ECCV 2014) or the class
+   activation maps (Zhou et al., CVPR 2016) of their ImageNet classes, each with its descendants in the
+   AudioSet hierarchy (:mod:`.hierarchy`: "Music" grounds on the visible instruments); *human* sounds on
+   faces (YuNet, :mod:`.faces`) tracked across the pipeline's chunks, the speaker the face whose mouth region
+   moves with the sound over a window of seconds (Hershey & Movellan 1999 synchrony, :mod:`.faces.speaker`);
+   sounds with *no visual counterpart* on the synchrony x objectness fallback cue.
+3. **On/off-screen** (:mod:`.onscreen`): each source's own P(visible) from the evidence for it (monotone:
+   more evidence never lowers it), and the frame's as their noisy-OR by relative audibility.
+4. **The frame's map**: the sources' maps weighted by ``a_s * P(s visible)``; the fallback cue when no heard
+   source is grounded.
 
 The pipeline calls :meth:`AVSemantic.analyse_clip` (declared by ``Capability.SOURCES``) with runs of
 consecutive frames plus ``clip_context_seconds`` of context each side (synchrony and speaker choice need
@@ -32,6 +23,7 @@ time); ``localize`` (single frames) runs the same analysis on a one-frame clip.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,13 +32,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avloc.errors import ConfigError
+from avloc.config import ConfigValueError, check_range
 from avloc.frontends.audio import AudioFrontendConfig
 from avloc.frontends.image import ImageConfig
 from avloc.methods import register_method
 from avloc.methods.avsemantic import onscreen as onscreen_model
 from avloc.methods.avsemantic.faces.session import FrameFaces
 from avloc.methods.avsemantic.faces.speaker import SpeakerConfig
+from avloc.methods.avsemantic.grounding import (
+    FrameInputs,
+    GroundingConfig,
+    centre_map,
+    ground_human,
+    ground_none,
+    ground_object,
+)
+from avloc.methods.avsemantic.mapping import COCO_NAMES
 from avloc.methods.avsync_prior import frame_envelope, synchrony_maps
 from avloc.methods.base import (
     Capability,
@@ -64,8 +65,6 @@ log = logging.getLogger(__name__)
 YAMNET_WINDOW_SECONDS = 0.975
 YAMNET_RATE = 16000
 YAMNET_SAMPLES = 15600
-#: map-centring floor: a source map whose peak does not exceed its mean by this is empty
-MAP_EPS = 1e-6
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -79,37 +78,14 @@ def fit_window(audio: torch.Tensor, n: int) -> torch.Tensor:
     return F.pad(audio, (left, n - have - left))
 
 
-def visible_mass(probs: np.ndarray, indices: list[int]) -> float:
-    """How visible a set of ImageNet classes is: its softmax mass above what a uniform guess gives it,
-    ``max(0, P(I) - |I| / C) / (1 - |I| / C)`` -- 0 for a picture that says nothing about the set (a flat
-    grey frame gives "every vehicle" its chance share), comparable between one class and a union of hundreds."""
-    prior = len(indices) / probs.shape[-1]
-    return max(0.0, float(probs[indices].sum()) - prior) / max(1.0 - prior, 1e-6)
-
-
-def centre_map(m: torch.Tensor, support: float = 0.0) -> torch.Tensor:
-    """The part of a map that stands out, peak 1, exact zeros elsewhere; (h, w).
-
-    ``c = relu(m - mean(m))``, then cells below ``support`` x its peak are zeroed (the rest keeps its value):
-    a tight support matters for median binarisation (VGG-SS protocol), which predicts every non-zero cell of a
-    map that is zero on more than half the frame.
-    """
-    c = F.relu(m - m.mean())
-    peak = c.max()
-    if not float(peak) > MAP_EPS:
-        return torch.zeros_like(m)
-    c = c / peak
-    return torch.where(c >= support, c, torch.zeros_like(c)) if support > 0 else c
-
-
-@dataclass
-class _Faces:
-    """Faces of one frame in model-input pixels: rows ``[x, y, w, h, 10 landmarks, score]``."""
-
-    rows: np.ndarray  # (K, 15)
-
-
 # --------------------------------------------------------------------------- the model
+#: on-screen model fitted by ``python -m avloc.methods.avsemantic.fit_onscreen`` (docs/RESULTS.md, "On/off-screen")
+DEFAULT_ONSCREEN_BIAS: dict[str, float] = {"object": -4.0, "human": -2.0, "narration": -4.0, "none": -3.0}
+DEFAULT_ONSCREEN_WEIGHTS: dict[str, tuple[float, ...]] = {
+    "object": (12.0, 8.0), "human": (3.0, 4.0, 2.0), "narration": (2.0, 6.0, 1.0), "none": (2.0,),
+}
+
+
 @dataclass
 class AVSemanticConfig(MethodConfig):
     """Audio-event grounding (module doc). Defaults: docs/localize.md, fitted values in docs/RESULTS.md."""
@@ -129,17 +105,33 @@ class AVSemanticConfig(MethodConfig):
     cam_strides: tuple[int, ...] = (16, 32)
     #: sound map: "v2" (every AudioSet class, sound_map.json) or "legacy" (the old 42 object groups)
     mapping: str = "v2"
-    #: generic classes grounded through another class's ImageNet set
-    borrow: dict[str, str] = field(default_factory=lambda: {"Music": "Musical instrument"})
+    #: generic classes ground on their descendants' visible instances (AudioSet hierarchy); ``False``: ablation
+    use_hierarchy: bool = True
+    #: object instances: at most this many per heard class; a CAM instance's box is its map's connected
+    #: support above ``box_support`` x its peak
+    max_instances: int = 4
+    box_support: float = 0.5
+    #: a CAM instance's support snapped to SLICO superpixels about ``segment_px`` across (model-input pixels)
+    snap_segments: bool = True
+    segment_px: int = 16
+    #: COCO instances of heard objects and people: this detector (``avloc.registry.VISION``) at this input size
+    #: and score threshold (NanoDet-g 416 letterboxed: docs/localize.md, "Detector"); ``None``: no detector
+    detector: str | None = "nanodet"
+    detector_size: int = 416
+    detector_threshold: float = 0.3
     #: human sounds -> faces (YuNet); ``False``: human sounds are not grounded (ablation)
     use_faces: bool = True
+    #: a vocal sound with no face found: the head of the people BlazePose finds (MediaPipe, :mod:`avloc.vision.pose`)
+    use_pose: bool = True
+    #: a body sound (clapping, footsteps): the detected people tightened to their mask (selfie segmentation)
+    use_masks: bool = True
     #: weight of the upper body next to the head in a person's map (the sound comes from the head)
     body_weight: float = 0.3
     #: each source map keeps only cells >= this fraction of its peak (a tight support, :func:`centre_map`)
     support: float = 0.3
-    #: several faces: pick the speaker by mouth-region synchrony with the audio
+    #: pick the speaker by mouth-region synchrony with the audio (``False``: no speaker, ablation)
     choose_speaker: bool = True
-    #: the active speaker: synchrony window, calibration (:mod:`.faces.speaker`)
+    #: the active speaker: synchrony window, in-sync threshold, calibration (:mod:`.faces.speaker`)
     speaker: SpeakerConfig = field(default_factory=SpeakerConfig)
     #: fallback when nothing heard is grounded: synchrony x objectness (``False``: objectness alone, ablation)
     use_synchrony: bool = True
@@ -149,21 +141,24 @@ class AVSemanticConfig(MethodConfig):
     sync_spread: int = 13
     sync_w_motion: float = 0.5
     sync_floor: float = 0.1
-    #: on-screen logistic model over (object, human, speaker, unseen, narration), see :mod:`.onscreen`
-    #: fitted on the 39 labelled frames of realclips_dev (5 off-screen), class-balanced IRLS, 2026-12-02:
-    #: ``python bench/paper/avsemantic/realclips.py --fit-onscreen`` (leave-one-clip-out balanced accuracy 0.650, docs/RESULTS.md)
-    onscreen_weights: tuple[float, ...] = (0.672, 0.086, -0.248, 0.635, 0.056)
-    onscreen_bias: float = 4.125
+    #: the on-screen model (:mod:`.onscreen`): per evidence group a bias and non-negative weights
+    onscreen_bias: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_ONSCREEN_BIAS))
+    onscreen_weights: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(DEFAULT_ONSCREEN_WEIGHTS))
 
-    def validate(self) -> None:
-        if self.top_k < 1:
-            raise ConfigError(f"avsemantic top_k must be >= 1, got {self.top_k}")
-        if not 0 <= self.min_score < 1 or not 0 <= self.min_visible < 1:
-            raise ConfigError("avsemantic min_score and min_visible must be in [0, 1)")
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for k in ("top_k", "max_instances", "sync_grid", "sync_blur", "sync_spread", "segment_px"):
+            check_range(k, getattr(self, k), 1)
+        for k in ("min_score", "min_visible", "support", "box_support", "sync_floor", "sync_w_motion",
+                  "detector_threshold"):
+            check_range(k, getattr(self, k), 0, 1)
+        check_range("context_seconds", self.context_seconds, 0)
         if self.mapping not in ("v2", "legacy"):
-            raise ConfigError(f"avsemantic mapping must be v2 or legacy, got {self.mapping!r}")
-        if len(self.onscreen_weights) != len(onscreen_model.FEATURES):
-            raise ConfigError(f"onscreen_weights needs {len(onscreen_model.FEATURES)} values")
+            raise ConfigValueError("mapping", f"must be v2 or legacy, got {self.mapping!r}")
+        self.onscreen_model()  # checks the groups, and the weights' signs
+
+    def onscreen_model(self) -> onscreen_model.OnscreenModel:
+        return onscreen_model.OnscreenModel(self.onscreen_bias, self.onscreen_weights)
 
 
 @register_method("avsemantic")
@@ -176,43 +171,30 @@ class AVSemantic(LocalizationMethod):
 
     def __init__(self, cfg: AVSemanticConfig) -> None:
         super().__init__(cfg)
-        cfg.validate()
         self.cfg: AVSemanticConfig = cfg
         self._parts: dict[str, Any] = {}  # built on first use: tagger, sound map, evidence net, face session
 
     # -- parts ---------------------------------------------------------------------------
     def checkpoint_exclude_prefixes(self) -> list[str]:
-        return ["_evidence.", "_tagger."]
+        return ["_evidence.", "_tagger.", "_detector."]
 
     def _build(self, device: torch.device) -> None:
         if self._parts:
             return
         from avloc.methods.avsemantic.cam import ImageNetEvidence
-        from avloc.methods.avsemantic.mapping import SoundMap, load_sound_map
         from avloc.methods.avsemantic.yamnet import load_yamnet, yamnet_class_names
 
         # float arithmetic (not the bit-level emulation of TFLite's int8 kernels the port is tested with)
         self._tagger = load_yamnet(device, match_tflite=False)
-        names = yamnet_class_names()
-        smap = load_sound_map(class_names=names)
-        if self.cfg.mapping == "legacy":  # ablation: the 42 object groups of the old --audio-tagger mode
-            from avloc.inference.semantic import MAPPING_FILE
-
-            smap = SoundMap.from_legacy_groups(MAPPING_FILE, class_names=names)
         self._evidence = ImageNetEvidence(self.cfg.cam_strides).to(device).eval()
-        sets: list[list[int]] = [list(smap.imagenet[i]) for i in range(len(names))]
-        for child, parent in self.cfg.borrow.items():
-            if child not in names or parent not in names:
-                raise ConfigError(f"avsemantic borrow: {child!r} -> {parent!r}: not an AudioSet class of YAMNet")
-            sets[names.index(child)] = list(smap.imagenet[names.index(parent)])
-        kinds = [str(k) for k in smap.kind_names]
-        for child in self.cfg.borrow:
-            if sets[names.index(child)]:
-                kinds[names.index(child)] = "object"
-        self._parts = {"names": names, "map": smap, "sets": sets, "kinds": kinds}
+        self._parts = {"classes": _visual_sets(yamnet_class_names(), self.cfg)}
+        if self.cfg.detector is not None:
+            from avloc.vision import create_vision_model
+
+            self._detector = create_vision_model(self.cfg.detector, device=device, input_size=self.cfg.detector_size,
+                                                 score_threshold=self.cfg.detector_threshold)
         if self.cfg.use_faces:
-            from avloc.methods.avsemantic.faces.detect import FaceConfig, FaceDetector
-            from avloc.methods.avsemantic.faces.session import FaceSession
+            from avloc.methods.avsemantic.faces import FaceConfig, FaceDetector, FaceSession
 
             # one video at a time: tracks and synchrony persist across the pipeline's chunks (.faces.session)
             self._parts["faces"] = FaceSession(FaceDetector(FaceConfig()), self.cfg.speaker)
@@ -245,116 +227,132 @@ class AVSemantic(LocalizationMethod):
     ) -> ClipAnalysis:
         """Frames (T, 3, S, S) in [0, 1], centred windows (T, N) at 16 kHz, times (T,) s -> analysis of ``frames[keep]``."""
         keep = keep if keep is not None else slice(None)
-        device = frames.device
-        self._build(device)
-        names, sets, kinds = self._parts["names"], self._parts["sets"], self._parts["kinds"]
-        smap = self._parts["map"]
-        cfg = self.cfg
+        self._build(frames.device)
+        cfg, classes = self.cfg, self._parts["classes"]
         idx = list(range(frames.shape[0]))[keep]
-        kf, ka = frames[keep], audio[keep]
-        scores = self._tagger(fit_window(ka.float(), YAMNET_SAMPLES)).cpu().numpy()  # (T', 521)
-        ev = self._evidence(kf)
-        probs = ev.probs.cpu().numpy()  # (T', 1000)
+        scores = self._tagger(fit_window(audio[keep].float(), YAMNET_SAMPLES)).cpu().numpy()  # (T', 521)
+        heard_all = [[int(c) for c in np.argsort(-s)[: cfg.top_k] if s[c] >= cfg.min_score] for s in scores]
+        ev = self._evidence(frames[keep])
         s_img = frames.shape[-1]
         out_hw = (s_img // 8, s_img // 8)  # stride-8 output grid (finer than either CAM)
-        fallback = self._fallback(frames, audio, times, keep, ev.objectness, out_hw)  # (T', h, w)
-        heard_all = [[int(c) for c in np.argsort(-s)[: cfg.top_k] if s[c] >= cfg.min_score] for s in scores]
-        hears_people = any(kinds[c] == "human" for h in heard_all for c in h)
+        fallback, motion = self._fallback(frames, audio, times, keep, ev.objectness, out_hw)  # (T', h, w), (T',)
+        hears_people = any(classes.kinds[c] == "human" for h in heard_all for c in h)
         # faces only where a human sound is heard (YuNet also fires on animal faces, and costs time)
         faces = self._faces_and_speaker(frames, audio, times, keep) if cfg.use_faces and hears_people else {}
+        probs = ev.probs.cpu().numpy()  # (T', 1000)
+        dets = self._detect(frames[keep], heard_all)
+        model = cfg.onscreen_model()
         maps, onscreen, sources, details = [], [], [], []
         for k, j in enumerate(idx):
-            s = scores[k]
-            heard = heard_all[k]
-            frame_sources: list[HeardSource] = []
-            weighted: list[tuple[float, torch.Tensor]] = []
-            feats = {"object": 0.0, "human": 0.0, "speaker": 0.0, "unseen": 0.0, "narration": 0.0}
-            ff = faces.get(j)
-            rows = ff.rows if ff is not None else np.zeros((0, 15), np.float32)
-            who = ff.speaker if ff is not None else None
-            person: torch.Tensor | None = None
-            for c in heard:
-                kind, sc = kinds[c], float(s[c])
-                if bool(smap.offscreen_prior[c]):
-                    feats["narration"] = max(feats["narration"], sc)
-                if kind == "object" and sets[c]:
-                    v = visible_mass(probs[k], sets[c])
-                    feats["object"] = max(feats["object"], sc * v)
-                    if v >= cfg.min_visible:
-                        m = centre_map(self._evidence.cam(ev, k, sets[c], out_hw), cfg.support)
-                        top = int(np.asarray(sets[c])[np.argmax(probs[k, sets[c]])])
-                        frame_sources.append(HeardSource(names[c], sc, kind, f"imagenet:{top}", m, {"visible": round(v, 4)}))
-                        weighted.append((sc, m))
-                        continue
-                    frame_sources.append(HeardSource(names[c], sc, kind, "not visible", None, {"visible": round(v, 4)}))
-                elif kind == "human" and cfg.use_faces:
-                    if ff is not None and len(rows):
-                        face_score = float(rows[:, 14].max())
-                        feats["human"] = max(feats["human"], sc * face_score)
-                        feats["speaker"] = max(feats["speaker"], who.sync if who is not None else 0.0)
-                        if person is None:
-                            person = self._person_map(rows, None if who is None else who.index, out_hw, s_img)
-                        face_id = "all faces" if who is None else f"face {int(ff.tracks[who.index])}"
-                        detail = {"faces": len(rows), "face_score": round(face_score, 4), **_sync_detail(ff)}
-                        frame_sources.append(HeardSource(names[c], sc, kind, face_id, person, detail))
-                        weighted.append((sc * face_score, person))
-                        continue
-                    frame_sources.append(HeardSource(names[c], sc, kind, "no face", None, {}))
-                elif kind == "human":  # faces switched off (ablation)
-                    frame_sources.append(HeardSource(names[c], sc, kind, "faces off", None, {}))
-                else:
-                    feats["unseen"] = max(feats["unseen"], sc)
-                    frame_sources.append(HeardSource(names[c], sc, kind, "no visual counterpart", None, {}))
-            if weighted:
-                wts = torch.tensor([w for w, _ in weighted], dtype=torch.float32, device=device)
-                m = torch.einsum("k,khw->hw", wts / wts.sum(), torch.stack([mm.to(device) for _, mm in weighted]))
-            else:
-                m = fallback[k]
-            p = onscreen_model.onscreen_probability(feats, cfg.onscreen_weights, cfg.onscreen_bias)
-            maps.append(m)
+            f = FrameInputs(
+                probs=probs[k], cam=functools.partial(self._cam, ev, k, out_hw), detections=dets[k],
+                faces=faces[j] if j in faces else FrameFaces.empty(), fallback=fallback[k],
+                motion=float(motion[k]), out_hw=out_hw, side=s_img, coco_names=COCO_NAMES,
+                segments=functools.cache(functools.partial(_segments, frames[keep][k], cfg.segment_px))
+                if cfg.snap_segments else None,
+                pose_heads=functools.cache(functools.partial(self._pose_heads, frames[keep][k])) if cfg.use_pose else None,
+                person_mask=functools.cache(functools.partial(self._person_mask, frames[keep][k])) if cfg.use_masks else None,
+            )
+            srcs = [self._ground(f, int(c), float(scores[k, c])) for c in heard_all[k]]
+            for h in srcs:
+                h.onscreen = model.source_probability(_evidence_of(h, classes))
+            p = model.frame_probability([_evidence_of(h, classes) for h in srcs], float(motion[k]))
+            maps.append(_frame_map(srcs, fallback[k]))
             onscreen.append(p)
-            sources.append(frame_sources)
-            chosen = None
-            if ff is not None and who is not None:
-                from avloc.methods.avsemantic.faces.geometry import head_box
+            sources.append(srcs)
+            details.append(_details(srcs, f, s_img))
+        return ClipAnalysis(torch.stack(maps).to(frames.device), torch.tensor(onscreen, dtype=torch.float32), sources,
+                            details)
 
-                chosen = SpeakerChoice(int(ff.tracks[who.index]), head_box(rows[who.index], (s_img, s_img)), who.confidence)
-            details.append(FrameDetails({a: round(b, 5) for a, b in feats.items()}, bool(weighted), len(rows), chosen))
-        return ClipAnalysis(torch.stack(maps), torch.tensor(onscreen, dtype=torch.float32), sources, details)
+    def _detect(self, frames: torch.Tensor, heard: list[list[int]]) -> list[list[tuple[Any, float, int]]]:
+        """COCO instances (box in model-input pixels, score, label) of the frames whose heard classes name a COCO
+        category (objects, and people for human sounds); none without a detector."""
+        cls = self._parts["classes"]
+        need = [any(cls.coco[c] or cls.kinds[c] == "human" for c in h) for h in heard]
+        out: list[list[tuple[Any, float, int]]] = [[] for _ in heard]
+        if self.cfg.detector is None or not any(need):
+            return out
+        idx = [k for k, n in enumerate(need) if n]
+        for k, d in zip(idx, self._detector.detect(frames[idx]), strict=True):
+            out[k] = [(tuple(float(v) for v in b), float(s), int(c))
+                      for b, s, c in zip(d.boxes.tolist(), d.scores.tolist(), d.labels.tolist(), strict=True)]
+        return out
+
+    def _pose_heads(self, frame: torch.Tensor) -> list[tuple[tuple[float, float, float, float], float]]:
+        """Head boxes (model-input pixels) and scores of the people BlazePose finds in one frame (3, S, S)."""
+        from avloc.vision import create_vision_model
+        from avloc.vision.pose import head_box
+
+        if "pose" not in self._parts:
+            self._parts["pose"] = create_vision_model("blazepose", device=frame.device)
+        out = []
+        for person in self._parts["pose"]([frame])[0]:
+            b = head_box(person)
+            if b is not None:
+                out.append((tuple(float(v) for v in b.tolist()), float(person.score)))
+        return out  # type: ignore[return-value]
+
+    def _person_mask(self, frame: torch.Tensor) -> torch.Tensor:
+        """Person probability (S, S) of one frame (selfie segmentation, :mod:`avloc.vision.segmentation`)."""
+        from avloc.vision import create_vision_model
+
+        if "segmenter" not in self._parts:
+            self._parts["segmenter"] = create_vision_model("selfie-segmentation", device=frame.device)
+        return self._parts["segmenter"].segment(frame[None])[0].cpu()
+
+    def _cam(self, ev: Any, k: int, out_hw: tuple[int, int], indices: list[int]) -> torch.Tensor:
+        return self._evidence.cam(ev, k, indices, out_hw).cpu()
+
+    def _ground(self, f: FrameInputs, c: int, score: float) -> HeardSource:
+        """One heard class in one frame, by its kind (:mod:`.grounding`)."""
+        from avloc.methods.avsemantic.faces import head_box
+
+        cls, cfg = self._parts["classes"], self.cfg
+        name, kind = cls.names[c], cls.kinds[c]
+        g = GroundingConfig(cfg.min_visible, cfg.support, cfg.detector_threshold, cfg.max_instances, cfg.box_support)
+        if kind == "object":
+            return ground_object(f, g, name, score, cls.imagenet[c], cls.parts[c], cls.coco[c])
+        if kind == "human":
+            if not cfg.use_faces:
+                return HeardSource(name, score, "human", "faces off", None, {})
+            return ground_human(f, g, name, score, cls.regions[c],
+                                functools.partial(self._person_weights, out_hw=f.out_hw, s_img=f.side),
+                                lambda row: head_box(row, (f.side, f.side)), COCO_NAMES.index("person"))
+        return ground_none(f, name, score)
 
     def _fallback(
         self, frames: torch.Tensor, audio: torch.Tensor, times: torch.Tensor, keep: slice, objectness: torch.Tensor,
         out_hw: tuple[int, int],
-    ) -> torch.Tensor:
-        """Synchrony x objectness (the default method's cue) for ``frames[keep]``, centred: (T', h, w)."""
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """Synchrony x objectness (the default method's cue) for ``frames[keep]``, centred: (T', h, w); and the
+        motion evidence of each kept frame: the peak of its motion-audio synchrony map (T',) in [0, 1]."""
         obj = F.interpolate(objectness[:, None], size=out_hw, mode="bilinear", align_corners=False)[:, 0]
+        motion = np.zeros(obj.shape[0])
         if self.cfg.use_synchrony and frames.shape[0] > 2:
             env = frame_envelope(audio, times, self.cfg.audio.sample_rate)
             dt = float(torch.median(times[1:] - times[:-1]).clamp_min(1e-3))
             half = max(1, round(self.cfg.context_seconds / dt))
             sync = synchrony_maps(frames, env, half, self.cfg.sync_grid, self.cfg.sync_w_motion, self.cfg.sync_blur,
                                   self.cfg.sync_spread)[keep]
+            motion = sync.flatten(1).amax(1).clamp(0, 1).cpu().numpy()
             sync = F.interpolate(sync[:, None], size=out_hw, mode="bilinear", align_corners=False)[:, 0]
             obj = obj * (self.cfg.sync_floor + sync)
-        return torch.stack([centre_map(m, self.cfg.support) for m in obj])
+        return torch.stack([centre_map(m, self.cfg.support) for m in obj]).cpu(), motion
 
-    def _person_map(self, rows: np.ndarray, who: int | None, out_hw: tuple[int, int], s_img: int) -> torch.Tensor:
+    def _person_weights(self, rows: np.ndarray, weights: np.ndarray, out_hw: tuple[int, int], s_img: int) -> np.ndarray:
+        """Soft person map (h, w) of faces ``rows`` weighted by ``weights`` (:func:`.faces.person_map`)."""
         from avloc.methods.avsemantic.faces import person_map
 
-        weights = rows[:, 14].astype(np.float64)
-        if who is not None:
-            weights = np.zeros(len(rows))
-            weights[who] = 1.0
-        m = person_map(rows, weights, (out_hw[1], out_hw[0]), (s_img, s_img), body_weight=self.cfg.body_weight)
-        return centre_map(torch.as_tensor(np.asarray(m, np.float32)), self.cfg.support)
+        return person_map(rows, weights, (out_hw[1], out_hw[0]), (s_img, s_img), body_weight=self.cfg.body_weight)
 
-    def _faces_and_speaker(self, frames: torch.Tensor, audio: torch.Tensor, times: torch.Tensor, keep: slice) -> dict[int, FrameFaces]:
+    def _faces_and_speaker(self, frames: torch.Tensor, audio: torch.Tensor, times: torch.Tensor,
+                           keep: slice) -> dict[int, FrameFaces]:
         """Per kept frame (by buffer index) its faces, their tracks and synchrony, and the speaker: the video's
         :class:`.faces.session.FaceSession` (tracks and synchrony windows reach across the pipeline's chunks)."""
         idx = range(frames.shape[0])[keep]
         out = self._parts["faces"].analyse(_TensorFrames(frames), audio.float().cpu().numpy(), self.cfg.audio.sample_rate,
                                            times.cpu().numpy(), idx, choose=self.cfg.choose_speaker)
-        return dict(zip(idx, out))
+        return dict(zip(idx, out, strict=True))
 
 
 class _TensorFrames:
@@ -377,19 +375,89 @@ class _TensorFrames:
         return hash(self.frames[j, :, ::FINGERPRINT_STRIDE, ::FINGERPRINT_STRIDE].cpu().numpy().tobytes())
 
 
-def _sync_detail(ff: FrameFaces) -> dict[str, Any]:
-    """What a human source's ``detail`` says of the faces' synchrony (scalars, as the JSON schema wants): ``sync`` of
-    the chosen face (of the best face when none is in sync; None when no window had enough frames), ``in_sync``,
-    ``margin`` of the best face over the runner-up (None without a synchrony) and ``sync_face_<track>`` per face."""
-    known = np.isfinite(ff.sync)
-    order = np.argsort(-np.where(known, ff.sync, -np.inf), kind="stable")
-    best = float(ff.sync[order[0]]) if known.any() else None
-    rival = max(0.0, float(ff.sync[order[1]])) if known.sum() > 1 else 0.0
-    out: dict[str, Any] = {
-        "sync": None if best is None else round(best, 5),
-        "in_sync": ff.speaker is not None,
-        "margin": None if best is None else round(best - rival, 5),
-    }
-    for i, v in zip(ff.tracks, ff.sync):
-        out[f"sync_face_{int(i)}"] = round(float(v), 5) if np.isfinite(v) else None
-    return out
+# --------------------------------------------------------------------------- helpers of the analysis
+@dataclass(frozen=True)
+class _ClassSets:
+    """Per YAMNet class: name, kind, and the visual sets grounding uses (module doc of :mod:`.grounding`)."""
+
+    names: list[str]
+    kinds: list[str]
+    regions: list[str | None]  # human classes: "face" (vocal) or "body"
+    narration: list[bool]
+    imagenet: list[list[int]]  # its own ImageNet classes and its descendants'
+    coco: list[list[int]]  # its own COCO labels and its descendants'
+    parts: list[list[tuple[str, list[int]]]]  # CAM instance candidates: itself and its descendants with their sets
+
+
+def _visual_sets(names: list[str], cfg: AVSemanticConfig) -> _ClassSets:
+    """The sound map (``cfg.mapping``) widened by the AudioSet hierarchy (``cfg.use_hierarchy``)."""
+    from avloc.methods.avsemantic.hierarchy import AudioSetHierarchy
+    from avloc.methods.avsemantic.mapping import SoundMap, load_sound_map
+
+    smap = load_sound_map(class_names=names)
+    if cfg.mapping == "legacy":  # ablation: the 42 object groups of the old --audio-tagger mode
+        from avloc.methods.avsemantic.mapping import LEGACY_MAPPING_FILE
+
+        smap = SoundMap.from_legacy_groups(LEGACY_MAPPING_FILE, class_names=names)
+    kinds = [str(k) for k in smap.kind_names]
+    own_in = [list(smap.imagenet[i]) for i in range(len(names))]
+    own_co = [list(smap.coco[i]) if kinds[i] == "object" else [] for i in range(len(names))]
+    below = [[] for _ in names] if not cfg.use_hierarchy else [
+        [j for j in AudioSetHierarchy.load(names).descendant_indices(n) if kinds[j] == "object"] for n in names]
+    imagenet = [sorted(set(own_in[i]).union(*(own_in[j] for j in below[i]))) for i in range(len(names))]
+    coco = [sorted(set(own_co[i]).union(*(own_co[j] for j in below[i]))) for i in range(len(names))]
+    parts = []
+    for i, n in enumerate(names):
+        cand = [(n, own_in[i])] + [(names[j], own_in[j]) for j in below[i]]
+        seen: set[tuple[int, ...]] = set()
+        parts.append([(nm, s) for nm, s in cand if s and not (tuple(s) in seen or seen.add(tuple(s)))])  # type: ignore[func-returns-value]
+    for i in range(len(names)):  # a generic class with visible descendants is an object class
+        if kinds[i] == "none" and (imagenet[i] or coco[i]):
+            kinds[i] = "object"
+    return _ClassSets(names, kinds, list(smap.region), [bool(v) for v in smap.offscreen_prior], imagenet, coco, parts)
+
+
+def _evidence_of(h: HeardSource, classes: _ClassSets) -> onscreen_model.HeardEvidence:
+    """A grounded source as the on-screen model reads it (its group: narration for offscreen-prior classes)."""
+    group = h.kind
+    if h.kind == "human" and classes.narration[classes.names.index(h.label)]:
+        group = "narration"
+    ev = {k: float(v) for k, v in h.detail.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    cause = onscreen_model.cause_key(h.kind, h.grounding, h.label, h.map is not None and h.kind != "none")
+    return onscreen_model.HeardEvidence(group, h.score, ev, cause)
+
+
+def _segments(frame: torch.Tensor, region: int) -> np.ndarray:
+    """Superpixels of a model-input frame (3, S, S) in [0, 1] (:func:`.grounding.superpixels`)."""
+    from avloc.methods.avsemantic.grounding import superpixels
+
+    rgb = (frame.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return superpixels(rgb, region)
+
+
+def _frame_map(srcs: list[HeardSource], fallback: torch.Tensor) -> torch.Tensor:
+    """The sources' maps weighted by ``score * P(visible)`` (module doc, step 4); the fallback when none is grounded."""
+    weighted = [(h.score * (h.onscreen if h.onscreen is not None else 1.0), h.map) for h in srcs
+                if h.map is not None and h.kind != "none"]
+    total = sum(w for w, _ in weighted)
+    if not weighted or total <= 0:
+        return fallback
+    return sum((w / total) * m for w, m in weighted)  # type: ignore[return-value]
+
+
+def _details(srcs: list[HeardSource], f: FrameInputs, s_img: int) -> FrameDetails:
+    """The frame's per-group evidence summary, faces and chosen speaker."""
+    from avloc.methods.avsemantic.faces import head_box
+
+    feats: dict[str, float] = {"motion": round(f.motion, 5)}
+    for h in srcs:
+        for k, v in h.detail.items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                feats[f"{h.kind}.{k}"] = max(feats.get(f"{h.kind}.{k}", 0.0), round(float(v), 5))
+    chosen = None
+    who = f.faces.speaker
+    if who is not None:
+        chosen = SpeakerChoice(int(f.faces.tracks[who.index]), head_box(f.faces.rows[who.index], (s_img, s_img)),
+                               who.confidence)
+    grounded = any(h.map is not None and h.kind != "none" for h in srcs)
+    return FrameDetails(feats, grounded, len(f.faces.rows), chosen)

@@ -83,6 +83,11 @@ class FrameFaces:
     sync: np.ndarray  # (K,) synchrony s of each face (NaN: too few frame pairs in its window)
     speaker: SpeakerPick | None = None  # index into rows
 
+    @classmethod
+    def empty(cls) -> FrameFaces:
+        """A frame with no face (or one where faces were not looked for)."""
+        return cls(np.zeros((0, ROW_LEN), np.float32), np.zeros(0, np.int64), np.zeros(0))
+
 
 @dataclass
 class _Frame:
