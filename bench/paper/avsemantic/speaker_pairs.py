@@ -176,7 +176,7 @@ def score(result: Any, tile: tuple[int, int]) -> dict[str, Any]:
         rows.append({
             "chosen": sp is not None,
             "correct": cx is not None and tile[0] <= cx < tile[1],
-            "sync": det.get("sync"),
+            "sync": det.get("synchrony"),
             "margin": det.get("margin"),
             "confidence": None if sp is None else sp.confidence,
         })

@@ -12,8 +12,9 @@ Each heard AudioSet class ``c`` is grounded by its kind (:mod:`.mapping`):
   (the face in sync with the sound, :mod:`.faces.speaker`), else, with one face, that face's head, else every
   face's head; evidence ``face`` (best face score), ``sync`` (the speaker's calibrated confidence
   ``P(it is the face speaking)`` in [0, 1]; 0 when no face is in sync) and ``person`` (the detector's best
-  person). ``detail`` also names ``synchrony``: the best face's windowed synchrony ``s`` (None before its
-  window has enough frames), the raw evidence behind ``sync``.
+  person). ``detail`` also holds the raw evidence behind ``sync``: ``synchrony``, the best face's windowed
+  synchrony ``s``, and ``margin``, ``s`` over the runner-up's (or over 0), both None before a window has
+  enough frames.
 * **none**: no instance; the map is the clip's fallback cue (synchrony x objectness) and the evidence is
   ``motion``, the peak of the local motion-audio synchrony.
 
@@ -193,7 +194,7 @@ def ground_human(f: FrameInputs, g: GroundingConfig, label: str, score: float, r
     sync = who.confidence if who is not None else 0.0
     evidence: dict[str, float | None] = {
         "face": round(face, 4), "sync": round(sync, 4), "person": round(max((s for _, s in persons), default=0.0), 4),
-        "synchrony": _best_synchrony(f.faces)}
+        **_synchrony(f.faces)}
     if region == "body" and persons:
         return _ground_people(f, label, score, persons, evidence)
     if not len(rows):
@@ -217,11 +218,15 @@ def ground_human(f: FrameInputs, g: GroundingConfig, label: str, score: float, r
     return HeardSource(label, score, "human", grounding, m, evidence, inst)
 
 
-def _best_synchrony(faces: FrameFaces) -> float | None:
-    """The highest windowed synchrony ``s`` among the frame's faces (:mod:`.faces.speaker`); None when no face's
-    window has enough frames yet."""
-    known = faces.sync[np.isfinite(faces.sync)]
-    return round(float(known.max()), 5) if known.size else None
+def _synchrony(faces: FrameFaces) -> dict[str, float | None]:
+    """``synchrony``: the highest windowed synchrony ``s`` among the frame's faces (:mod:`.faces.speaker`);
+    ``margin``: it minus ``max(0, runner-up's s)``, as the speaker's confidence reads it; None when no face's window
+    has enough frames yet."""
+    known = np.sort(faces.sync[np.isfinite(faces.sync)])[::-1]
+    if not known.size:
+        return {"synchrony": None, "margin": None}
+    rival = max(0.0, float(known[1])) if known.size > 1 else 0.0
+    return {"synchrony": round(float(known[0]), 5), "margin": round(float(known[0]) - rival, 5)}
 
 
 def _ground_people(f: FrameInputs, label: str, score: float, persons: list[tuple[Any, float]],
