@@ -324,7 +324,7 @@ def test_method_track_ids_stable_across_chunks(shared_data: Path) -> None:
             assert 0.0 <= detail["sync"] <= 1.0
             if det.speaker is not None:
                 assert det.speaker.track == 0 and human[0].grounding == "face 0"
-                assert detail["sync"] == pytest.approx(det.speaker.confidence, abs=1e-4) and detail["sync"] >= 0.5
+                assert detail["sync"] == pytest.approx(det.speaker.confidence, abs=1e-4) and detail["sync"] >= 0.5  # one face: margin = s >= min_sync
                 x1, y1, x2, y2 = det.speaker.box
                 assert 0 <= x1 < x2 <= imgs.shape[-1] and 0 <= y1 < y2 <= imgs.shape[-1]
             else:

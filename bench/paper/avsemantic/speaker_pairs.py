@@ -270,7 +270,7 @@ def fit(results: list[tuple[Pair, dict[str, Any]]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("AVLOC_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")))
+    ap.add_argument("--data", type=Path, default=None, help="the shared data folder (default $AVLOC_DATA)")
     ap.add_argument("--seconds", type=float, default=5.0, help="segment length")
     ap.add_argument("--fps", type=float, default=5.0, help="analysed frames per second")
     ap.add_argument("--video-fps", type=float, default=25.0, help="frame rate of the written pairs")
@@ -284,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fit-confidence", action="store_true", help="also run single clips and fit the confidence map")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.data is None:
+        if "AVLOC_DATA" not in os.environ:
+            ap.error("no data folder: pass --data DIR or set AVLOC_DATA")
+        args.data = Path(os.environ["AVLOC_DATA"])
     clips = [c for c in SEGMENTS if (args.data / c).is_file()]
     if len(clips) < 2:
         raise SystemExit(f"need at least two of {list(SEGMENTS)} under {args.data} (set AVLOC_DATA or --data)")

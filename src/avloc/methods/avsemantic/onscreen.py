@@ -6,8 +6,8 @@ group ``g(s)`` and carries evidence ``x_s`` in [0, 1] that it is visible:
 * ``object`` (dog, piano, boat ...): ``visible`` -- the ImageNet softmax mass of its (and its descendants')
   counterparts above chance; ``detected`` -- the best detector instance of its COCO categories;
 * ``human`` (speech, singing, crying ...): ``face`` -- the best face score; ``sync`` -- the chosen speaker's
-  audio-mouth synchrony confidence (0 when no face moves with the sound); ``person`` -- the best person
-  detection;
+  calibrated confidence P(it is the face speaking) in (0, 1) when a face is in sync with the sound
+  over its window, 0 when none is (:mod:`.faces.speaker`); ``person`` -- the best person detection;
 * ``narration`` (classes whose source is often unseen: narration, synthesised speech): the same evidence as
   ``human``, with a bias of its own;
 * ``none`` (no visual counterpart: wind, water, noise, music with no instrument in view): ``motion`` -- the
