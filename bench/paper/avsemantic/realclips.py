@@ -34,7 +34,8 @@ CONFIGS: dict[str, tuple[str | None, list[str], bool]] = {
     "avsemantic, no synchrony": ("avsemantic", ["use_synchrony=false"], False),
     "avsemantic, no detector (CAM boxes)": ("avsemantic", ["detector=null"], False),
     "avsemantic, no hierarchy": ("avsemantic", ["use_hierarchy=false"], False),
-    "avsemantic, no pose or masks": ("avsemantic", ["use_pose=false", "use_masks=false"], False),
+    "avsemantic, no person masks": ("avsemantic", ["use_masks=false"], False),
+    "avsemantic, no pose": ("avsemantic", ["use_pose=false"], False),
     "avsemantic, no superpixel snapping": ("avsemantic", ["snap_segments=false"], False),
     "avsemantic, old 42 groups": ("avsemantic", ["mapping=legacy"], False),
 }
