@@ -150,6 +150,7 @@ DATASETS: Registry[Any] = Registry("dataset", {
     "avloc.data.datasets": ("manifest",),
     "avloc.data.digitscenes.dataset": ("digitscenes",),
     "avloc.data.clips": ("digitscenes-clips",),
+    "avloc.data.shards": ("shards",),
 })
 
 PROTOCOLS: Registry[Any] = Registry("protocol", {

@@ -64,6 +64,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from avloc.config import config_to_dict
+from avloc.data.collate import expand_compact
 from avloc.data.datasets import dataset_image_keys
 from avloc.data.loader import Loader
 from avloc.encoders.cache import FeatureBank, encode_dataset
@@ -155,7 +156,9 @@ def _epoch_loader(dataset: Dataset, cfg: TrainConfig, d: Dist, epoch: int, skip_
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    """The batch on ``device``; a compact batch (uint8 pictures, int16 audio) is made float there."""
+    return expand_compact({k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                           for k, v in batch.items()})
 
 
 # ---------------------------------------------------------------------------------------------
