@@ -150,6 +150,7 @@ DATASETS: Registry[Any] = Registry("dataset", {
     "avloc.data.datasets": ("manifest",),
     "avloc.data.digitscenes.dataset": ("digitscenes",),
     "avloc.data.clips": ("digitscenes-clips",),
+    "avloc.data.constructions": ("realclips-constructions",),
     "avloc.data.shards": ("shards",),
 })
 
@@ -172,6 +173,14 @@ IMPORTERS: Registry[Any] = Registry("checkpoint family", {
     "avloc.importers.families": ("lvs", "sslalign", "ezvsl", "fnac", "slavc", "slavc-momentum"),
 })
 
+VISION: Registry[Any] = Registry("vision model", {
+    "avloc.vision.nanodet": ("nanodet",),
+    "avloc.vision.centernet": ("centernet",),
+    "avloc.vision.movenet": ("movenet",),
+    "avloc.vision.pose": ("blazepose",),
+    "avloc.vision.segmentation": ("selfie-segmentation",),
+})
+
 #: every registry, by the name ``avloc info`` lists it under
 REGISTRIES: dict[str, Registry[Any]] = {
     "methods": METHODS,
@@ -179,4 +188,5 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "datasets": DATASETS,
     "protocols": PROTOCOLS,
     "checkpoint_families": IMPORTERS,
+    "vision_models": VISION,
 }
