@@ -238,3 +238,44 @@ def test_cli_extracts_shards_and_reports_bad_clips(made: tuple[Path, Path], tmp_
     assert "clip2: unreadable: " in (tmp_path / "x" / "manifest.jsonl.report.txt").read_text()
     assert [s["id"] for s in ShardDataset(tmp_path / "x", IMAGE, AUDIO)] == ["clip0", "clip1", "clip3", "clip4"]
     assert main(args) == 2 and "pass --force" in capsys.readouterr().err
+
+
+def test_a_malformed_or_missing_index_is_one_error(made: tuple[Path, Path], tmp_path: Path) -> None:
+    out = _copy(made, tmp_path)
+    index = json.loads((out / "shards.json").read_text())
+    bad = {
+        '{"schema_version": "1.0", "format": ': r"shards\.json: not valid JSON",  # cut short while written by hand
+        "[1, 2]": r"not a valid shard set index: \$: \[1, 2\] is not of type 'object'",
+        json.dumps({**index, "samples": 7}): r"\$\.samples: 7 is not the sum of the shards' samples",
+        json.dumps({**index, "version": 2}): r"not a valid shard set index: .*'version' was unexpected",
+        json.dumps({**index, "shards": index["shards"][:2], "samples": 4}): r"manifest\.jsonl: 5 entries, the shard index says 4",
+    }
+    for text, match in bad.items():
+        (out / "shards.json").write_text(text)
+        with pytest.raises(DataError, match=match) as info:
+            ShardDataset(out, IMAGE, AUDIO)
+        assert "\n" not in str(info.value)
+    (out / "shards.json").unlink()
+    with pytest.raises(DataError, match=r"no shard set index here \(written by `avloc data extract --format shards`\)"):
+        ShardDataset(out, IMAGE, AUDIO)
+
+
+def test_writing_is_atomic(tmp_path: Path) -> None:
+    """A shard is renamed into place only when complete: an error mid-shard leaves the finished shards, no partial
+    one and no temporary file; an extraction that fails writes no index (a set without ``shards.json`` is
+    incomplete, and the reader says so)."""
+    from avloc.io.shards import ShardWriter
+
+    sample = {"jpg": b"\xff\xd8" + bytes(100), "npy": bytes(200), "json": b"{}"}
+    with pytest.raises(RuntimeError, match="disk full"), ShardWriter(tmp_path, samples_per_shard=2) as w:
+        for _ in range(3):
+            w.add(sample)
+        raise RuntimeError("disk full")
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["000000.tar"]
+    with tarfile.open(tmp_path / "shards" / "000000.tar") as tar:
+        assert tar.getnames() == [f"00000000{k}.{x}" for k in range(2) for x in ("jpg", "npy", "json")]
+    write_manifest(tmp_path / "none.jsonl", [{"id": "a", "video": str(tmp_path / "gone.mp4"), "time": 0.5}])
+    with pytest.raises(DataError, match="no entry of .* could be extracted"):
+        extract(tmp_path / "none.jsonl", tmp_path / "set", size=S, sample_rate=RATE, format="shards",
+                shards=ShardConfig(window_seconds=WINDOW))
+    assert not (tmp_path / "set" / "shards.json").exists()
