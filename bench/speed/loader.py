@@ -16,10 +16,14 @@ samples that they do not all sit in the CPU's cache) and runs ``avloc data extra
   ``.npy`` member, a memory-mapped int16 array. The floor is OpenCV + the ``.npy`` member: the shard set's own
   operations, nothing else;
 * **loader**: a ``avloc.data.loader.Loader`` (batch ``--batch-size``) over ``--samples`` samples of the shard
-  set (its samples repeated), for every worker count: wall samples/s and the CPU time per sample of the
-  workers (``RUSAGE_CHILDREN``: the workers are joined at the end of each pass) and of the main process
-  (``RUSAGE_SELF``), median of ``--epochs`` passes; floor / worker CPU per sample is the loader's share of
-  the floor. With 0 workers everything runs in the main process;
+  set (its samples repeated), for every worker count, median of ``--epochs`` passes: wall samples/s; a
+  worker's steady CPU time per sample (its own clock, stamped on every batch, from its first batch to its
+  last: start-up left out) and, measured inside the same worker at the same time, the CPU time of the
+  floor's operations there (the shard reader's JPEG decode and window copy): their ratio, the **in-worker
+  floor share**, is the loader's efficiency with the machine's state the same for both, which a contended
+  machine does not give a floor measured separately (that ratio is printed too); the main process's CPU
+  per sample (``RUSAGE_SELF``) and the workers' including start-up (``RUSAGE_CHILDREN``). With 0 workers
+  everything runs in the main process;
 * the mp4 clips and the files format through the same loader (``--skip-clips`` leaves them out: slow).
 
 Prints markdown tables and the derived worker count for 2,000 samples/s.
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import logging
 import math
@@ -180,43 +185,108 @@ def floor_table(shards: Path, files: Path, scratch: Path, items: int, repeats: i
 # -- loader ------------------------------------------------------------------------------------------------------
 
 
-def loader_pass(ds: Any, workers: int, batch_size: int, samples: int) -> tuple[float, float, float]:
-    """One pass of ``samples`` samples (``ds`` repeated): (samples/s wall, worker us CPU / sample, main us / sample)."""
+class Probe:
+    """The floor's own operations (:meth:`ShardReader.sample`) timed in the process that runs them, and a collate
+    function that stamps every batch with that process's CPU clock: the steady per-sample cost of a worker, its
+    start-up left out, measured where the work runs (module doc)."""
+
+    def __init__(self, ds: Any) -> None:
+        self.floor_s, self.n = 0.0, 0
+        self.ds = ds
+        reader = getattr(ds, "reader", None)
+        if reader is not None:  # a shard set: time its reader's sample() on copies (``ds`` stays as it is)
+            self.ds, reader = copy.copy(ds), copy.copy(reader)
+            self.ds.reader = reader
+            sample = reader.sample
+
+            def timed(i: int) -> Any:
+                t0 = time.process_time()
+                out = sample(i)
+                self.floor_s += time.process_time() - t0
+                return out
+
+            reader.sample = timed  # this instance only
+        self.timed = reader is not None
+
+    def collate(self, items: list[Any]) -> dict[str, Any]:
+        from torch.utils.data import get_worker_info
+
+        batch = collate_samples(items)
+        self.n += len(items)
+        info = get_worker_info()
+        batch[PROBE_KEY] = (info.id if info else -1, time.process_time(), self.floor_s, self.n)
+        return batch
+
+
+#: the batch key of a :class:`Probe` stamp: (worker, its CPU clock s, its floor operations' CPU s, its samples)
+PROBE_KEY = "_probe"
+
+
+def steady(stamps: list[tuple[int, float, float, int]]) -> tuple[float, float]:
+    """Per worker from its first batch to its last: (CPU us / sample, floor operations' CPU us / sample), summed
+    over workers weighted by samples; NaN when no worker made two batches."""
+    by: dict[int, list[tuple[int, float, float, int]]] = {}
+    for s in stamps:
+        by.setdefault(s[0], []).append(s)
+    cpu = floor = 0.0
+    n = 0
+    for runs in by.values():
+        if len(runs) > 1:
+            a, b = runs[0], runs[-1]
+            cpu, floor, n = cpu + b[1] - a[1], floor + b[2] - a[2], n + b[3] - a[3]
+    return (cpu / n * 1e6, floor / n * 1e6) if n else (math.nan, math.nan)
+
+
+def loader_pass(ds: Any, workers: int, batch_size: int, samples: int) -> tuple[float, float, float, float, float]:
+    """One pass of ``samples`` samples (``ds`` repeated): samples/s (wall), the workers' steady CPU us / sample and
+    that of the floor operations inside them (:class:`Probe`), the main process's CPU us / sample, and the workers'
+    CPU us / sample including their start-up (``RUSAGE_CHILDREN``: workers are joined at the end of a pass)."""
     from torch.utils.data import Subset
 
-    data = Subset(ds, [i % len(ds) for i in range(samples)])
+    probe = Probe(ds)
+    data = Subset(probe.ds, [i % len(ds) for i in range(samples)])
     s0, c0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    n = sum(len(b["id"]) for b in Loader(data, batch_size=batch_size, num_workers=workers, collate_fn=collate_samples))
+    stamps = [b[PROBE_KEY] for b in Loader(data, batch_size=batch_size, num_workers=workers, collate_fn=probe.collate)]
     wall = time.perf_counter() - t0
     s1, c1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     main = s1.ru_utime + s1.ru_stime - s0.ru_utime - s0.ru_stime
     kids = c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime
-    return n / wall, kids / n * 1e6, main / n * 1e6
+    cpu, floor = steady(stamps)
+    if not probe.timed:
+        floor = math.nan
+    return samples / wall, cpu, floor, main / samples * 1e6, kids / samples * 1e6
 
 
-#: one loader row: input, workers, samples/s (wall), worker and main-process CPU us per sample
-Row = tuple[str, int, float, float, float]
+#: one loader row: input, workers, samples/s (wall), worker CPU / sample (steady), of it the floor operations,
+#: main-process CPU / sample, worker CPU / sample with start-up (us)
+Row = tuple[str, int, float, float, float, float, float]
 
 
 def loader_rows(name: str, ds: Any, workers: list[int], args: argparse.Namespace, samples: int) -> list[Row]:
     rows = []
     for w in workers:
         runs = [loader_pass(ds, w, args.batch_size, samples) for _ in range(args.epochs)]
-        sps, kids, main = (statistics.median(r[k] for r in runs) for k in range(3))
-        log.info("%s, %d workers: %.0f samples/s, %.0f us CPU per sample in workers, %.0f in main", name, w, sps, kids, main)
-        rows.append((name, w, sps, kids, main))
+        sps, cpu, floor, main, kids = (statistics.median(r[k] for r in runs) for k in range(5))
+        log.info("%s, %d workers: %.0f samples/s, %.0f us CPU per sample in a worker (%.0f of it the floor's "
+                 "operations), %.0f in main", name, w, sps, cpu, floor, main)
+        rows.append((name, w, sps, cpu, floor, main, kids))
     return rows
 
 
+def _us(v: float) -> str:
+    return "-" if math.isnan(v) else f"{v:,.0f}"
+
+
 def loader_table(rows: list[Row], floor: float) -> str:
-    """The loader rows; a worker's CPU per sample is the workers' (the main process's with 0 workers)."""
-    out = ["| input | workers | samples/s (wall) | worker CPU us / sample | main CPU us / sample | "
-           "samples/s per worker (from CPU) | floor / worker CPU |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, w, sps, kids, main in rows:
-        cpu = kids if w else main
-        out.append(f"| {name} | {w} | {sps:,.0f} | {f'{kids:,.0f}' if w else '-'} | {main:,.0f} | {1e6 / cpu:,.0f} | "
-                   f"{100 * floor / cpu:.0f} % |")
+    """The loader rows. With 0 workers the "worker" is the main process (its clock runs the loop too)."""
+    out = ["| input | workers | samples/s (wall) | worker CPU us / sample (steady) | of it the floor's operations | "
+           "in-worker floor share | floor (serial) / worker CPU | main CPU us / sample | worker CPU incl. start-up |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, w, sps, cpu, fl, main, kids in rows:
+        share = "-" if math.isnan(fl) else f"{100 * fl / cpu:.0f} %"
+        out.append(f"| {name} | {w} | {sps:,.0f} | {_us(cpu)} | {_us(fl)} | {share} | {100 * floor / cpu:.0f} % | "
+                   f"{main:,.0f} | {_us(kids) if w else '-'} |")
     return "\n".join(out)
 
 
@@ -265,8 +335,8 @@ def main(argv: list[str] | None = None) -> str:
             for name, man in (("mp4 clips", samples), ("pre-extracted jpg + wav", files.manifest)):
                 rows += loader_rows(name, ManifestDataset(man, IMAGE, AUDIO), workers, args, 2 * args.batch_size)
     floor = (floor0 + floor1) / 2
-    best = {w: kids for name, w, _, kids, _ in rows if name.startswith("shards, compact") and w}
-    one = best.get(1, min(best.values(), default=float("nan")))
+    best = {w: (cpu, main) for name, w, _, cpu, _, main, _ in rows if name.startswith("shards, compact") and w}
+    one, main_us = best.get(1, min(best.values(), default=(math.nan, math.nan)))
     source = f"linked from {args.real}" if args.real else f"generated, {args.seconds:g} s at {args.width}x{args.height}"
     lines = [f"{clips.n_written} clips ({source}) x {args.times} times = {files.n_written} samples; batch {args.batch_size}; "
              f"extraction {extract_s:.1f} s (files), {shards_s:.1f} s (shards) with {max(1, *workers)} workers", "",
@@ -274,8 +344,10 @@ def main(argv: list[str] | None = None) -> str:
              f"the ratios use the mean, {floor:,.0f} us.", "", loader_table(rows, floor), ""]
     if best:
         lines.append(f"Derived: {TARGET_SAMPLES_PER_S:,} samples/s at {one:,.0f} us of worker CPU per sample (1 worker, "
-                     f"compact) need {TARGET_SAMPLES_PER_S * one / 1e6:.2f} cores of loader workers: "
-                     f"{math.ceil(TARGET_SAMPLES_PER_S * one / 1e6)} worker(s), each with a core of its own.")
+                     f"compact, steady) need {TARGET_SAMPLES_PER_S * one / 1e6:.2f} cores of loader workers: "
+                     f"{math.ceil(TARGET_SAMPLES_PER_S * one / 1e6)} worker(s), each with a core of its own, and "
+                     f"{TARGET_SAMPLES_PER_S * main_us / 1e6:.2f} of a core in the main process ({main_us:,.0f} us "
+                     "per sample: the copy out of the batch slot, which pinning for the GPU does anyway).")
     text = "\n".join(lines)
     print(text)
     return text
