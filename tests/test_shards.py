@@ -238,6 +238,8 @@ def test_cli_extracts_shards_and_reports_bad_clips(made: tuple[Path, Path], tmp_
     assert "clip2: unreadable: " in (tmp_path / "x" / "manifest.jsonl.report.txt").read_text()
     assert [s["id"] for s in ShardDataset(tmp_path / "x", IMAGE, AUDIO)] == ["clip0", "clip1", "clip3", "clip4"]
     assert main(args) == 2 and "pass --force" in capsys.readouterr().err
+    files = ["data", "extract", "--manifest", str(src), "--out", str(tmp_path / "f"), "--window-seconds", "1"]
+    assert main(files) == 2 and "--window-seconds: options of --format shards" in capsys.readouterr().err
 
 
 def test_a_malformed_or_missing_index_is_one_error(made: tuple[Path, Path], tmp_path: Path) -> None:
@@ -275,7 +277,7 @@ def test_writing_is_atomic(tmp_path: Path) -> None:
     with tarfile.open(tmp_path / "shards" / "000000.tar") as tar:
         assert tar.getnames() == [f"00000000{k}.{x}" for k in range(2) for x in ("jpg", "npy", "json")]
     write_manifest(tmp_path / "none.jsonl", [{"id": "a", "video": str(tmp_path / "gone.mp4"), "time": 0.5}])
-    with pytest.raises(DataError, match="no entry of .* could be extracted"):
+    with pytest.raises(DataError, match=r"no entry of .* could be extracted"):
         extract(tmp_path / "none.jsonl", tmp_path / "set", size=S, sample_rate=RATE, format="shards",
                 shards=ShardConfig(window_seconds=WINDOW))
     assert not (tmp_path / "set" / "shards.json").exists()

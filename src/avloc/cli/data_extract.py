@@ -28,12 +28,12 @@ def add_parser(sub: Any, name: str) -> None:
     p.add_argument("--workers", type=int, default=1, help="decoding processes")
     p.add_argument("--force", action="store_true", help="overwrite an existing manifest and report")
     g = p.add_argument_group("shards", "--format shards only: what the model is fed")
-    g.add_argument("--mode", choices=("squash", "crop", "pad"), default=d.mode,
+    g.add_argument("--mode", choices=("squash", "crop", "pad"), default=None,
                    help=f"the pictures' geometry (the model's image mode; default {d.mode})")
     g.add_argument("--resize", type=int, default=None, help="crop mode: short side before the centre crop (default --size)")
-    g.add_argument("--window-seconds", type=float, default=d.window_seconds,
+    g.add_argument("--window-seconds", type=float, default=None,
                    help=f"audio window stored per sample (default {d.window_seconds:g})")
-    g.add_argument("--shard-samples", type=int, default=d.samples_per_shard,
+    g.add_argument("--shard-samples", type=int, default=None,
                    help=f"samples per shard (default {d.samples_per_shard})")
     p.set_defaults(run=run)
 
@@ -41,9 +41,16 @@ def add_parser(sub: Any, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from avloc.data.prepare.extract import extract
     from avloc.data.prepare.shards import ShardConfig
+    from avloc.errors import ConfigError
 
-    shards = ShardConfig(mode=args.mode, resize=args.resize, window_seconds=args.window_seconds,
-                         samples_per_shard=args.shard_samples) if args.format == "shards" else None
+    options = (("--mode", "mode", args.mode), ("--resize", "resize", args.resize),
+               ("--window-seconds", "window_seconds", args.window_seconds),
+               ("--shard-samples", "samples_per_shard", args.shard_samples))
+    given = {field: v for _, field, v in options if v is not None}
+    if args.format != "shards" and given:
+        flags = ", ".join(flag for flag, _, v in options if v is not None)
+        raise ConfigError(f"{flags}: options of --format shards (the files format keeps whole frames and tracks)")
+    shards = ShardConfig(**given) if args.format == "shards" else None
     res = extract(args.manifest, args.out, size=args.size, sample_rate=args.sample_rate, workers=args.workers,
                   force=args.force, format=args.format, shards=shards)
     print(res.summary())
