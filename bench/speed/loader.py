@@ -243,7 +243,8 @@ def steady(stamps: list[tuple[int, float, float, int]]) -> tuple[float, float]:
     return (cpu / n * 1e6, floor / n * 1e6) if n else (math.nan, math.nan)
 
 
-def loader_pass(ds: Any, workers: int, batch_size: int, samples: int) -> tuple[float, float, float, float, float]:
+def loader_pass(ds: Any, workers: int, batch_size: int, samples: int,
+                context: str | None = None) -> tuple[float, float, float, float, float]:
     """One pass of ``samples`` samples (``ds`` repeated): samples/s (wall), the workers' steady CPU us / sample and
     that of the floor operations inside them (:class:`Probe`), the main process's CPU us / sample, and the workers'
     CPU us / sample including their start-up (``RUSAGE_CHILDREN``: workers are joined at the end of a pass)."""
@@ -253,7 +254,9 @@ def loader_pass(ds: Any, workers: int, batch_size: int, samples: int) -> tuple[f
     data = Subset(probe.ds, [i % len(ds) for i in range(samples)])
     s0, c0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    stamps = [b[PROBE_KEY] for b in Loader(data, batch_size=batch_size, num_workers=workers, collate_fn=probe.collate)]
+    loader = Loader(data, batch_size=batch_size, num_workers=workers, collate_fn=probe.collate,
+                    multiprocessing_context=context if workers else None)
+    stamps = [b[PROBE_KEY] for b in loader]
     wall = time.perf_counter() - t0
     s1, c1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     main = s1.ru_utime + s1.ru_stime - s0.ru_utime - s0.ru_stime
@@ -269,10 +272,11 @@ def loader_pass(ds: Any, workers: int, batch_size: int, samples: int) -> tuple[f
 Row = tuple[str, int, float, float, float, float, float]
 
 
-def loader_rows(name: str, ds: Any, workers: list[int], args: argparse.Namespace, samples: int) -> list[Row]:
+def loader_rows(name: str, ds: Any, workers: list[int], args: argparse.Namespace, samples: int,
+                context: str | None = None) -> list[Row]:
     rows = []
     for w in workers:
-        runs = [loader_pass(ds, w, args.batch_size, samples) for _ in range(args.epochs)]
+        runs = [loader_pass(ds, w, args.batch_size, samples, context) for _ in range(args.epochs)]
         sps, cpu, floor, main, kids = (statistics.median(r[k] for r in runs) for k in range(5))
         log.info("%s, %d workers: %.0f samples/s, %.0f us CPU per sample in a worker (%.0f of it the floor's "
                  "operations), %.0f in main", name, w, sps, cpu, floor, main)
@@ -332,17 +336,17 @@ def main(argv: list[str] | None = None) -> str:
         shards_s = time.perf_counter() - t0
         items = max(200, files.n_written)
         ftable, floor0 = floor_table(d / "shards", d / "files", d, items, args.repeats)
+        log.info("%s", ftable)
         compact = dataset_from_spec(f"shards:{d / 'shards'}", image_cfg=IMAGE, audio_cfg=AUDIO, compact=True)
         plain = dataset_from_spec(f"shards:{d / 'shards'}", image_cfg=IMAGE, audio_cfg=AUDIO)
         rows = loader_rows("shards, compact (uint8 + int16)", compact, workers, args, args.samples)
         rows += loader_rows("shards, float", plain, workers, args, args.samples)
         floor1 = floor_table(d / "shards", d / "files", d, items, args.repeats)[1]  # the load may have changed
         if not args.skip_clips:
-            # most workers first: a process forked after it decoded video with PyAV can hang in its first
-            # decode (avloc.data.prepare.extract.decode_pool), so this process decodes video only in the last row
-            for name, man in (("mp4 clips", samples), ("pre-extracted jpg + wav", files.manifest)):
-                rows += loader_rows(name, ManifestDataset(man, IMAGE, AUDIO), sorted(workers, reverse=True), args,
-                                    4 * args.batch_size)
+            # spawned workers: this process has decoded with PyAV (the floor's PyAV row, the mp4 rows), and a
+            # process forked after that hangs in its first PyAV decode (avloc.data.prepare.extract.decode_pool)
+            for name, man in (("pre-extracted jpg + wav", files.manifest), ("mp4 clips", samples)):
+                rows += loader_rows(name, ManifestDataset(man, IMAGE, AUDIO), workers, args, 4 * args.batch_size, "spawn")
     floor = (floor0 + floor1) / 2
     best = {w: (cpu, main) for name, w, _, cpu, _, main, _ in rows if name.startswith("shards, compact") and w}
     one, main_us = best.get(1, min(best.values(), default=(math.nan, math.nan)))
