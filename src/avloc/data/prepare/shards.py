@@ -48,8 +48,8 @@ class ShardConfig:
     resize: int | None = None
     #: the stored audio window (s): LVS, EZ-VSL, SLAVC, FNAC and SSL-Alignment train on 3 s at 16 kHz
     window_seconds: float = 3.0
-    #: samples per shard: ~0.5 GB at 224 px and 3 s at 16 kHz (~120 kB a sample), inside WebDataset's advice
-    #: of 100 MB - 1 GB shards (large sequential files, few of them)
+    #: samples per shard: ~0.45 GB at 224 px and 3 s at 16 kHz (~111 kB a sample, docs/BENCHMARKS.md), inside
+    #: WebDataset's advice of 100 MB - 1 GB shards (large sequential files, few of them)
     samples_per_shard: int = 4096
     #: JPEG quality of the pictures: the files format's
     jpeg_quality: int = JPEG_QUALITY
