@@ -95,3 +95,59 @@ def test_cli_default_is_avsemantic(tmp_path: Path) -> None:
     assert main(["localize", str(clip), "--out", str(tmp_path / "o"), "--no-overlay", "--fps", "2", "--quiet"]) == 0
     doc = json.loads((tmp_path / "o" / "noise.avloc.json").read_text())
     assert doc["model"]["name"] == "avsemantic" and all("sources" in f for f in doc["frames"])
+
+
+def _excerpt(clip: Path, start: float, end: float, height: int) -> tuple[list[np.ndarray], np.ndarray, int]:
+    """Frames (10 fps, ``height`` px high, aspect kept) and mono audio of ``clip`` between ``start`` and ``end``."""
+    from avloc.io.media import decode_audio, iter_frames, probe
+
+    info = probe(clip)
+    width = 2 * round(info.width * height / info.height / 2)
+    frames = [f.image for f in iter_frames(clip, fps=10, start=start, end=end, size=(width, height))]
+    wav, sr = decode_audio(clip)
+    return frames, wav[int(start * sr): int(end * sr)], sr
+
+
+def _real(shared_data: Path, name: str) -> Path:
+    clip = shared_data / "realclips_dev" / name
+    if not clip.is_file():
+        pytest.skip(f"{name} not in the shared data (realclips_dev)")
+    return clip
+
+
+@pytest.mark.slow
+def test_two_instruments_side_by_side_give_a_labelled_box_in_each_tile(model, shared_data: Path) -> None:
+    """Issue 27: a drum kit | a vibraphone, both heard (their sounds mixed): one labelled box on each side."""
+    import avloc
+
+    left, la, sr = _excerpt(_real(shared_data, "drums_drummer_kit.mp4"), 4.0, 6.0, 180)
+    right, ra, sr2 = _excerpt(_real(shared_data, "vibraphone_player.mp4"), 4.0, 6.0, 180)
+    assert sr == sr2
+    n = min(len(left), len(right))
+    frames = np.stack([np.concatenate([a, b], axis=1) for a, b in zip(left[:n], right[:n])])  # (T, 180, W, 3)
+    k = min(len(la), len(ra))
+    audio = (0.5 * la[:k] + 0.5 * ra[:k]).astype(np.float32)
+    res = avloc.localize(frames, model, fps=2, audio=audio, sample_rate=sr, video_fps=10.0)
+    split = left[0].shape[1]
+    both = 0
+    for rec in res.frames:
+        if rec.silent or not rec.onscreen:
+            continue
+        sides = {(b.x1 + b.x2) / 2 < split for b in rec.boxes if b.label}
+        both += sides == {True, False}
+    assert both >= 1, [[(b.label, round(b.x1), round(b.x2)) for b in r.boxes] for r in res.frames]
+
+
+@pytest.mark.slow
+def test_swapped_audio_is_called_offscreen(model, shared_data: Path) -> None:
+    """Issue 26: a waterfall's pictures with a barking dog's sound: the dog is not in view -> off-screen, no box."""
+    import avloc
+
+    frames, _, _ = _excerpt(_real(shared_data, "waterfall_stream.mp4"), 4.0, 6.0, 180)
+    _, bark, sr = _excerpt(_real(shared_data, "dog_pomeranian_bark.mp4"), 4.0, 6.0, 180)
+    res = avloc.localize(np.stack(frames), model, fps=2, audio=bark.astype(np.float32), sample_rate=sr, video_fps=10.0)
+    heard = [r for r in res.frames if not r.silent]
+    assert heard, "the bark is heard"
+    off = [r for r in heard if not r.onscreen]
+    assert len(off) >= 0.75 * len(heard), [(r.time, r.onscreen_confidence) for r in heard]
+    assert all(r.boxes == () for r in off)

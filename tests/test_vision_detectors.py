@@ -56,7 +56,8 @@ VERSION = "3.0.4"
 HUMAN = {"score_threshold": 0.2, "iou_threshold": 0.4, "max_detections": 10}
 #: the real frames: (clip, annotated frame used)
 REAL = {"dog": ("dog_pomeranian_bark.mp4", 1), "drums": ("drums_drummer_kit.mp4", 1), "band": ("band_tv_studio.mp4", 2)}
-IMAGES = ["synthetic", *(pytest.param(k, marks=pytest.mark.slow) for k in REAL)]
+#: every comparison with the TF.js runtime is slow (node + tfjs start, 1-2 min each on 2 cores): `make test-slow`
+IMAGES = [pytest.param(k, marks=pytest.mark.slow) for k in ("synthetic", *REAL)]
 NANODET_OUT = [f"Identity{s}:0" for s in ("", "_1", "_2", "_3", "_4", "_5")]  # scores 8/16/32, box logits 8/16/32
 
 

@@ -2,7 +2,6 @@
 
     python bench/paper/avsemantic/realclips.py [--data DIR] [--config NAME ...] [--set KEY=VALUE ...] [--fps 5] [--per-clip]
     python bench/paper/avsemantic/realclips.py --table            # the RESULTS table: every named configuration below
-    python bench/paper/avsemantic/realclips.py --fit-onscreen     # fit avsemantic's on-screen model, cross-validated by clip
     python bench/paper/avsemantic/realclips.py --constructions DIR [--no-dev]   # also every construction kind
 
 ``--data``: a folder with ``annotations.json`` (default ``$AVLOC_DATA/realclips_dev``). ``--constructions``: a
@@ -33,7 +32,11 @@ CONFIGS: dict[str, tuple[str | None, list[str], bool]] = {
     "avsemantic": ("avsemantic", [], False),
     "avsemantic, no faces": ("avsemantic", ["use_faces=false"], False),
     "avsemantic, no synchrony": ("avsemantic", ["use_synchrony=false"], False),
-    "avsemantic, stride 32 only": ("avsemantic", ["cam_strides=[32]"], False),
+    "avsemantic, no detector (CAM boxes)": ("avsemantic", ["detector=null"], False),
+    "avsemantic, no hierarchy": ("avsemantic", ["use_hierarchy=false"], False),
+    "avsemantic, no person masks": ("avsemantic", ["use_masks=false"], False),
+    "avsemantic, no pose": ("avsemantic", ["use_pose=false"], False),
+    "avsemantic, no superpixel snapping": ("avsemantic", ["snap_segments=false"], False),
     "avsemantic, old 42 groups": ("avsemantic", ["mapping=legacy"], False),
 }
 CHANCE = "visual-only"
@@ -74,31 +77,6 @@ def build(name: str, extra: list[str], data: Path) -> tuple[Any, Any, Any]:
 
         sem = SemanticMapper(data.parent / "yamnet" / "yamnet.tflite")
     return model, cfg, sem
-
-
-def fit_onscreen(records: dict[str, Any], clips: list[Any]) -> None:
-    """Leave-one-clip-out logistic regression on the avsemantic on-screen features."""
-    from avloc.methods.avsemantic.onscreen import design_row, fit_logistic
-    from avloc.metrics.realworld import balanced_accuracy, expected_calibration_error
-
-    rows, ys, groups = [], [], []
-    for c in clips:
-        for f in c.frames:
-            if f.onscreen is None:
-                continue
-            rows.append(design_row(records[c.frame_id(f)].onscreen_features))
-            ys.append(f.onscreen)
-            groups.append(c.name)
-    x, y, g = np.stack(rows), np.asarray(ys, bool), np.asarray(groups)
-    p_cv = np.zeros(len(y))
-    for clip in sorted(set(g)):
-        tr = g != clip
-        w, b = fit_logistic(x[tr], y[tr])
-        p_cv[~tr] = 1 / (1 + np.exp(-(x[~tr] @ w + b)))
-    w, b = fit_logistic(x, y)
-    print(f"leave-one-clip-out: balanced accuracy {balanced_accuracy(p_cv >= 0.5, y):.3f}, "
-          f"ECE {expected_calibration_error(p_cv, y):.3f} on {len(y)} frames ({(~y).sum()} off-screen)")
-    print(f"fit on all: onscreen_weights = ({', '.join(f'{v:.3f}' for v in w)}), onscreen_bias = {b:.3f}")
 
 
 def table(title: str, columns: tuple[str, ...], rows: list[tuple[str, dict[str, Any]]]) -> None:
@@ -146,7 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", nargs="+", default=None, help=f"named configurations or method names; known: {list(CONFIGS)}")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="method config overrides for every config")
     ap.add_argument("--table", action="store_true", help="every named configuration (the RESULTS table)")
-    ap.add_argument("--fit-onscreen", action="store_true", help="fit avsemantic's on-screen model (leave-one-clip-out)")
     ap.add_argument("--fps", type=float, default=5.0)
     ap.add_argument("--per-clip", action="store_true")
     ap.add_argument("--clips", nargs="+", default=None, metavar="STEM", help="only these clips (file stems)")
@@ -184,9 +161,6 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"\n{name}: per clip")
                     for clip, s in run.scores["per_clip"].items():
                         print(f"  {clip:32s} " + "  ".join(f"{k} {s[k]:.3f}" for k in ("median_success", "adaptive_success", "pointing")) + f"  n={s['n']}")
-                if args.fit_onscreen and all(r.onscreen_features is not None for r in run.records.values()):
-                    print(f"\n{name}: on-screen model")
-                    fit_onscreen(run.records, clips)
             if built:
                 crun = localize_clips(built, model, cfg, Path(tmp) / "constructions", tagger=tagger)
                 score_constructions(crun, built, name, kinds)

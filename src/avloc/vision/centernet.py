@@ -91,12 +91,7 @@ class CenterNetConfig(DetectorConfig):
     """
 
     input_size: int = 512
-    score_threshold: float = 0.2
-    iou_threshold: float = 0.6
-    max_detections: int = 100
     pre_nms_top_k: int = 100
-    class_agnostic_nms: bool = False
-    letterbox: bool = True
 
 
 # ----------------------------------------------------------------------------- building blocks

@@ -83,12 +83,6 @@ class NanoDetConfig(DetectorConfig):
     """
 
     input_size: int = 416
-    score_threshold: float = 0.2
-    iou_threshold: float = 0.6
-    max_detections: int = 100
-    pre_nms_top_k: int = 1000
-    class_agnostic_nms: bool = False
-    letterbox: bool = True
 
 
 # ----------------------------------------------------------------------------- building blocks

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avloc.errors import ConfigError, DataError
+from avloc.metrics.ops import box_iou
 from avloc.registry import VISION
 from avloc.vision._tflite import (
     Act,
@@ -384,17 +385,6 @@ def decode_detections(raw_boxes: torch.Tensor, raw_scores: torch.Tensor, anchors
     return boxes, keypoints, scores, keep
 
 
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of boxes (..., N, 4) and (..., M, 4) ``[x1, y1, x2, y2]`` -> (..., N, M); 0 without overlap."""
-    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
-    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=-1)  # (..., N, M)
-    area_a = (a[..., 2:] - a[..., :2]).prod(dim=-1)
-    area_b = (b[..., 2:] - b[..., :2]).prod(dim=-1)
-    union = area_a[..., :, None] + area_b[..., None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
-
-
 def weighted_nms(boxes: torch.Tensor, keypoints: torch.Tensor, scores: torch.Tensor, keep: torch.Tensor,
                  iou: float, max_out: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # fmt: skip
     """MediaPipe's ``WeightedNonMaxSuppression``, all images at once: repeatedly take the best remaining
@@ -412,7 +402,7 @@ def weighted_nms(boxes: torch.Tensor, keypoints: torch.Tensor, scores: torch.Ten
     kp = keypoints.gather(1, order[..., None, None].expand(-1, -1, *keypoints.shape[2:]))  # (B, M, K, 2)
     sc = scores.gather(1, order)  # (B, M)
     pool = keep.gather(1, order)  # (B, M) remaining
-    overlap = box_iou(bx, bx)  # (B, M, M)
+    overlap = torch.vmap(box_iou)(bx, bx)  # (B, M, M)
     outs: list[tuple[torch.Tensor, ...]] = []
     rows = torch.arange(B, device=boxes.device)
     while bool(pool.any()) and (max_out is None or len(outs) < max_out):

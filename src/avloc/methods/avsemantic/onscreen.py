@@ -23,7 +23,7 @@ on one clock; "Noise", "Static" and "White noise" on no visual counterpart) are 
 
 which is non-decreasing in every ``p_s``, hence in every evidence value. A frame with nothing heard uses the
 ``none`` group on the frame's motion evidence. The parameters are fitted by maximum likelihood on labelled
-frames (:func:`fit_onscreen_model`, box-constrained L-BFGS; ``python -m avloc.methods.avsemantic.fit_onscreen``,
+frames (:func:`fit_onscreen_model`, box-constrained L-BFGS; ``bench/paper/avsemantic/fit_onscreen.py``,
 cross-validated by clip, docs/RESULTS.md) and stored in :class:`avloc.methods.avsemantic.method.AVSemanticConfig`.
 """
 
