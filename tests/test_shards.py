@@ -281,3 +281,29 @@ def test_writing_is_atomic(tmp_path: Path) -> None:
         extract(tmp_path / "none.jsonl", tmp_path / "set", size=S, sample_rate=RATE, format="shards",
                 shards=ShardConfig(window_seconds=WINDOW))
     assert not (tmp_path / "set" / "shards.json").exists()
+
+
+def test_training_on_compact_batches_is_training_on_float_ones(made: tuple[Path, Path], tmp_path: Path) -> None:
+    """The training loop turns compact batches (uint8 pictures, int16 audio) into the float inputs: the same seed
+    gives the same weights as the float samples (workers give the same batches: the test above)."""
+    from safetensors.torch import load_file
+
+    from avloc.engine.train import OptimConfig, TrainConfig, train
+    from avloc.methods import create_method
+    from avloc.methods.lvs import LVSConfig
+
+    cfg = LVSConfig(audio=AUDIO, image=IMAGE, visual_encoder="small_cnn", audio_encoder="small_cnn_audio",
+                    visual_encoder_kwargs={"channels": [8, 16], "out_stride": 4},
+                    audio_encoder_kwargs={"channels": [8, 16], "time_stride": 2}, embed_dim=8, visual_proj_hidden=8,
+                    freeze_visual=False)
+    weights = []
+    for compact in (False, True):
+        torch.manual_seed(0)
+        out = tmp_path / f"run{int(compact)}"
+        run = TrainConfig(steps=2, batch_size=2, optim=OptimConfig(lr=1e-2, warmup_steps=1), val_every=0, ckpt_every=0,
+                          log_every=1, progress=False, device="cpu")
+        train(create_method("lvs", cfg), ShardDataset(made[1], IMAGE, AUDIO, compact=compact), out, run)
+        weights.append(load_file(out / "last.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    for k, v in weights[0].items():
+        torch.testing.assert_close(weights[1][k], v, rtol=0, atol=0, msg=k)
