@@ -27,6 +27,7 @@ outlive a pass, and with it the bookkeeping of which slot is free).
 from __future__ import annotations
 
 import multiprocessing
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,6 +174,10 @@ class Loader(DataLoader):  # type: ignore[type-arg]
 
     def __init__(self, dataset: Any, **kwargs: Any) -> None:
         self.wrapped = kwargs.get("num_workers", 0) > 0
+        if self.wrapped and kwargs.get("multiprocessing_context") is None and "av" in sys.modules:
+            # a worker forked from a process that has decoded with PyAV can hang in its first decode (FFmpeg's
+            # threads do not survive fork): start workers from a clean forkserver instead
+            kwargs["multiprocessing_context"] = "forkserver"
         self._guard: _GuardedCollate | None = None
         if self.wrapped:
             from torch.utils.data import default_collate
