@@ -203,9 +203,11 @@ class RunDir:
             raise DataError(f"cannot resume: {path} is damaged ({e}); {REPAIR}") from None
         return cfg
 
+    def check_continues(self, run_cfg: dict[str, Any]) -> None:
+        """A resume continues the same run: the method, its config and the recipe as in ``config.json``."""
+        check_resume_config(json.loads((self.out / CONFIG_FILE).read_text()), run_cfg)
+
     def start(self, run_cfg: dict[str, Any], resume: bool) -> None:
-        if resume:
-            check_resume_config(json.loads((self.out / CONFIG_FILE).read_text()), run_cfg)
         if not self.main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
