@@ -213,7 +213,8 @@ def _state_problem(st: dict[str, Any], model: torch.nn.Module) -> str | None:
         return "optim is not an optimizer state (state, param_groups)"
     if not isinstance(rngs, list) or not rngs or not all(
             isinstance(r, dict) and isinstance(r.get("torch"), torch.Tensor) and isinstance(r.get("python"), str)
-            and isinstance(r.get("numpy"), list) and len(r["numpy"]) == 5 for r in rngs):
+            and isinstance(r.get("numpy"), list) and len(r["numpy"]) == 5 and isinstance(r["numpy"][1], torch.Tensor)
+            for r in rngs):
         return "rng is not a list of RNG states (torch, numpy, python)"
     return None
 
