@@ -274,16 +274,19 @@ class Trainer:
         self.use_cache = keys is not None
         self.precision = resolve_precision(cfg, self.device)
         self.run = RunDir(out, self.dist.main)
-        self.run.start(run_config(model, requested, cfg, data, self.dist.world, self.total, self.use_cache,
-                                  {"used": self.precision.used, "why": self.precision.why}), resume)
-        self._announce()
-        barrier(self.dist)
+        run_cfg = run_config(model, requested, cfg, data, self.dist.world, self.total, self.use_cache,
+                             {"used": self.precision.used, "why": self.precision.why})
         self.params, self.opt = self._optimiser()
         self.pos = Progress()
-        if resume:
+        if resume:  # before anything is written or announced: a refused resume leaves the run as it was
+            self.run.check_continues(run_cfg)
             self.pos, best = restore(out / STATE_FILE, model, self.opt, self.device, self.dist)
             if self.tracker is not None:
                 self.tracker.best = best
+        self.run.start(run_cfg, resume)
+        self._announce()
+        barrier(self.dist)
+        if resume:
             self.run.truncate_metrics(self.pos.step)
         self.criterion = model.build_criterion().to(self.device)
         self.cached = None
