@@ -156,8 +156,10 @@ def localize(
         if video_fps is None:
             raise ConfigError("an array input needs video_fps (the frames' rate)")
         media = ArrayVideo(source, video_fps, audio, sample_rate if audio is not None else None)
-    else:
+    elif isinstance(source, str | Path):
         media = Path(source)
+    else:
+        raise ConfigError(f"source must be a video path or a (T, H, W, 3) uint8 array, got {type(source).__name__}")
     name: str | None = None
     if cfg.visual_only:
         model = None

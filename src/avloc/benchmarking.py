@@ -39,6 +39,20 @@ def throughput(
     return items / min(times), items / statistics.median(times)
 
 
+def cpu_us_per_item(fn: Callable[[int], object], items: int, repeats: int = 5) -> float:
+    """Median over ``repeats`` passes of the CPU time (``time.process_time``: this process, all its threads) per
+    call of ``fn(i)``, ``i`` in ``range(items)``, in microseconds. On a shared machine CPU time is the steady
+    figure: wall time counts the other jobs' turns as well."""
+    fn(0)  # warm-up: imports, first allocations
+    per: list[float] = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        for i in range(items):
+            fn(i)
+        per.append((time.process_time() - t0) / items * 1e6)
+    return statistics.median(per)
+
+
 def rate_table(rows: list[tuple[str, int, tuple[float, float]]], unit: str) -> str:
     """Markdown table of ``(what, batch, (best, median))`` rows in ``unit``."""
     lines = [f"| what | batch | {unit}, best | {unit}, median |", "|---|---:|---:|---:|"]

@@ -151,6 +151,7 @@ DATASETS: Registry[Any] = Registry("dataset", {
     "avloc.data.digitscenes.dataset": ("digitscenes",),
     "avloc.data.clips": ("digitscenes-clips",),
     "avloc.data.constructions": ("realclips-constructions",),
+    "avloc.data.shards": ("shards",),
 })
 
 PROTOCOLS: Registry[Any] = Registry("protocol", {

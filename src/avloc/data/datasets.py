@@ -37,6 +37,7 @@ from avloc.formats.manifest import Entry, read_manifest, resolve_media
 from avloc.frontends.audio import AudioFrontendConfig
 from avloc.frontends.image import ImageConfig, preprocess_image, segment_times, transform_boxes
 from avloc.io.audio import load_audio, window_at
+from avloc.io.media import frames_at
 from avloc.registry import DATASETS
 
 
@@ -78,25 +79,50 @@ def build_sample(
     pad: str = "zero",
 ) -> dict[str, Any]:
     """Assemble the sample dict from decoded media and a manifest entry."""
-    h, w = image.shape[:2]
     img = preprocess_image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), image_cfg)
-    boxes = transform_boxes(_boxes_tensor(entry.get("boxes")), (h, w), image_cfg)
-    silent = transform_boxes(_boxes_tensor(entry.get("silent_boxes")), (h, w), image_cfg)
-    n = len(entry.get("boxes") or [])
     audio = window_at(wav, sr, center, audio_cfg.window_seconds, pad)  # type: ignore[arg-type]
+    return {"id": entry["id"], "image": img, "audio": torch.from_numpy(audio),
+            **annotation_fields(entry, image.shape[:2], image_cfg)}
+
+
+def annotation_fields(entry: Entry, hw: tuple[int, int], image_cfg: ImageConfig) -> dict[str, Any]:
+    """The sample's fields other than ``id``, ``image`` and ``audio``, from its entry (frame of size ``hw``)."""
+    n = len(entry.get("boxes") or [])
     return {
-        "id": entry["id"],
-        "image": img,
-        "audio": torch.from_numpy(audio),
-        "boxes": boxes,
-        "box_labels": torch.tensor(entry.get("box_labels") or [-1] * n, dtype=torch.long),
-        "box_annotator": torch.tensor(entry.get("box_annotator") or [0] * n, dtype=torch.long),
-        "silent_boxes": silent,
+        "boxes": _model_boxes(entry.get("boxes"), hw, image_cfg),
+        "box_labels": torch.tensor(entry.get("box_labels") or [-1] * n, dtype=torch.long) if n else _NO_LABELS,
+        "box_annotator": torch.tensor(entry.get("box_annotator") or [0] * n, dtype=torch.long) if n else _NO_LABELS,
+        "silent_boxes": _model_boxes(entry.get("silent_boxes"), hw, image_cfg),
         "labels": list(entry.get("labels") or []),
         "onscreen": bool(entry.get("onscreen", n > 0)),
         "audible": bool(entry.get("audible", True)),
         "image_id": str(entry.get("image_id") or entry["id"]),
     }
+
+
+#: the fields of a sample without boxes (shared: a tensor with no elements cannot be changed in place)
+_NO_BOXES, _NO_LABELS = torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)
+
+
+def _model_boxes(boxes: list[list[float]] | None, hw: tuple[int, int], image_cfg: ImageConfig) -> torch.Tensor:
+    """Pixel boxes of a frame of size ``hw`` -> normalised boxes of the model input, (K, 4)."""
+    return transform_boxes(_boxes_tensor(boxes), hw, image_cfg) if boxes else _NO_BOXES
+
+
+def class_labels(entries: list[Entry], classes: list[str] | str, where: Path) -> list[str]:
+    """Give every entry without ``labels`` the integer label of its ``class`` among ``classes`` (a list of names,
+    or ``"sorted"``: the sorted class names of the entries); returns the class names."""
+    names = sorted({str(e["class"]) for e in entries if "class" in e}) if classes == "sorted" else classes
+    if not isinstance(names, list):
+        raise ConfigError(f"{where}: classes must be a list of class names or 'sorted', got {classes!r}")
+    index = {c: k for k, c in enumerate(names)}
+    for e in entries:
+        if "labels" in e:
+            continue
+        if e.get("class") not in index:
+            raise DataError(f"{where}: entry {e['id']!r} has class {e.get('class')!r}, not one of the {len(names)} classes given")
+        e["labels"] = [index[e["class"]]]
+    return list(names)
 
 
 class ManifestDataset(Dataset):
@@ -113,18 +139,11 @@ class ManifestDataset(Dataset):
     ) -> None:
         self.path = Path(manifest)
         self.entries = read_manifest(self.path)
+        if any("shard" in e for e in self.entries):
+            raise DataError(f"{self.path} is the manifest of a shard set: read it as `shards:{self.path.parent}` "
+                            "(avloc.data.shards.ShardDataset)")
         if classes is not None:  # class names (the prepare steps' ``class``) -> integer ``labels``
-            names = sorted({str(e["class"]) for e in self.entries if "class" in e}) if classes == "sorted" else classes
-            if not isinstance(names, list):
-                raise ConfigError(f"{self.path}: classes must be a list of class names or 'sorted', got {classes!r}")
-            index = {c: k for k, c in enumerate(names)}
-            for e in self.entries:
-                if "labels" in e:
-                    continue
-                if e.get("class") not in index:
-                    raise DataError(f"{self.path}: entry {e['id']!r} has class {e.get('class')!r}, not one of the {len(names)} classes given")
-                e["labels"] = [index[e["class"]]]
-            self.classes = list(names)
+            self.classes = class_labels(self.entries, classes, self.path)
         if count is not None:  # the first ``count`` entries
             if count < 1:
                 raise ConfigError(f"{self.path}: count must be >= 1, got {count}")
@@ -155,10 +174,10 @@ class ManifestDataset(Dataset):
         center = float(t) if t is not None else wav.size / sr / 2
         sample = build_sample(e, image, wav, sr, self.image_cfg, self.audio_cfg, center, self.audio_pad)
         if segment:  # T frames around the entry's time (ImageConfig.frames); boxes stay those of the frame at `time`
-            video = resolve_media(self.path, e["video"])
             times = segment_times(float(e["time"]), self.audio_cfg.window_seconds, self.image_cfg.frames)
-            last = float(e["duration"]) - 0.5 / float(e.get("fps") or 25.0) if "duration" in e else max(times)
-            frames = [read_frame_at(video, min(max(t, 0.0), last)) for t in times]  # clamped to the video
+            # before the start: the first frame; after the video's last frame: that frame (its real timestamp,
+            # whatever the frame rate; not an assumed 25 fps)
+            frames = frames_at(resolve_media(self.path, e["video"]), [max(t, 0.0) for t in times])
             sample["image"] = torch.stack(
                 [preprocess_image(torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1), self.image_cfg) for f in frames]
             )  # (T, 3, S, S)
@@ -173,16 +192,29 @@ def manifest_dataset(
     return ManifestDataset(path, image_cfg, audio_cfg, **kwargs)
 
 
-#: the keyword arguments a manifest spec takes (:class:`ManifestDataset`)
+#: the keyword arguments a manifest spec takes (:class:`ManifestDataset`), and a shard set's
+#: (:class:`avloc.data.shards.ShardDataset`)
 MANIFEST_KWARGS = ("audio_pad", "count", "classes")
+SHARD_KWARGS = (*MANIFEST_KWARGS, "compact", "verify")
 
 
 def _manifest(
-    path: str, image_cfg: ImageConfig | None, audio_cfg: AudioFrontendConfig | None, kwargs: dict[str, Any]
-) -> ManifestDataset:
-    unknown = sorted(set(kwargs) - set(MANIFEST_KWARGS))
+    path: str, image_cfg: ImageConfig | None, audio_cfg: AudioFrontendConfig | None, kwargs: dict[str, Any],
+    shards: bool = False,
+) -> Dataset:
+    """A :class:`ManifestDataset`, or the shard set whose manifest (or folder) ``path`` is."""
+    from avloc.formats.shards import is_shard_set
+
+    shards = shards or is_shard_set(path)
+    allowed = SHARD_KWARGS if shards else MANIFEST_KWARGS
+    unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
-        raise ConfigError(f"manifest {path}: unknown dataset arguments {unknown}; a manifest takes {list(MANIFEST_KWARGS)}")
+        what = "a shard set" if shards else "a manifest"
+        raise ConfigError(f"{path}: unknown dataset arguments {unknown}; {what} takes {list(allowed)}")
+    if shards:
+        from avloc.data.shards import ShardDataset
+
+        return ShardDataset(path, image_cfg, audio_cfg, **kwargs)
     return ManifestDataset(path, image_cfg, audio_cfg, **kwargs)
 
 
@@ -193,11 +225,14 @@ def dataset_from_spec(
     audio_cfg: AudioFrontendConfig | None = None,
     **kwargs: Any,
 ) -> Dataset:
-    """Resolve a ``--data`` spec: ``manifest:PATH``, a ``.jsonl`` path, or ``NAME[:VARIANT[:SPLIT]]``.
+    """Resolve a ``--data`` spec: ``manifest:PATH``, a ``.jsonl`` path (a shard set's manifest too),
+    ``shards:DIR`` (``avloc data extract --format shards``), or ``NAME[:VARIANT[:SPLIT]]``.
 
     ``digitscenes:single:test`` generates that DigitScenes variant and split
     deterministically from the raw sources in ``raw``.
     """
+    if spec.startswith("shards:"):
+        return _manifest(spec.removeprefix("shards:"), image_cfg, audio_cfg, kwargs, shards=True)
     if spec.startswith("manifest:"):
         return _manifest(spec.removeprefix("manifest:"), image_cfg, audio_cfg, kwargs)
     if spec.endswith(".jsonl") and ":" not in spec.split("/")[-1]:

@@ -280,7 +280,7 @@ def encode_dataset(
     from torch.utils.data import Subset
     from tqdm import tqdm
 
-    from avloc.data.collate import collate_samples
+    from avloc.data.collate import collate_samples, expand_compact
     from avloc.data.loader import Loader
 
     first: dict[Any, int] = {}
@@ -292,7 +292,7 @@ def encode_dataset(
     feats: list[torch.Tensor] = []
     with torch.no_grad():
         for batch in tqdm(loader, desc="caching visual features", unit="batch", disable=not progress, file=sys.stderr):
-            images = batch["image"]  # (b, 3, H, W)
+            images = expand_compact(batch)["image"]  # (b, 3, H, W) float (compact sets: the same values)
             if disk is None:
                 feats.append(encode(images))
             else:

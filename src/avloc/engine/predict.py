@@ -146,6 +146,7 @@ def predict(
     """
     import torch
 
+    from avloc.data.collate import expand_compact
     from avloc.encoders.cache import FeatureCache
     from avloc.methods.base import Capability, require
 
@@ -172,7 +173,8 @@ def predict(
                 missing = [k for k in ("id", "image", "audio") if k not in batch]
                 if missing:
                     raise DataError(f"prediction batch lacks {missing} (keys: {sorted(batch)})")
-                images, audio = batch["image"].to(dev), batch["audio"].to(dev)
+                moved = expand_compact({"image": batch["image"].to(dev), "audio": batch["audio"].to(dev)})
+                images, audio = moved["image"], moved["audio"]  # float on the device (compact sets: converted there)
                 n = images.shape[0]
                 preds.targets.append(targets_from_batch(batch))
                 if "maps" in outputs:

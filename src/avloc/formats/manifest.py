@@ -7,7 +7,8 @@ Core keys of an entry (others are allowed and kept):
 
 ============== ===============================================================
 ``id``         unique string
-``image``      frame image path, or ``video`` (+ ``time`` in s for one frame)
+``image``      frame image path, or ``video`` (+ ``time`` in s for one frame), or
+               ``shard`` (a sample stored in a shard set: :mod:`avloc.formats.shards`)
 ``audio``      audio path (may be the video itself)
 ``size``       ``[W, H]`` of the frame in pixels
 ``boxes``      sounding-object boxes, pixel ``[x1, y1, x2, y2]`` in that frame
@@ -133,8 +134,8 @@ def entry_problems(e: Entry) -> list[str]:
     out: list[str] = []
     if not isinstance(e.get("id"), str) or not e["id"]:
         out.append("missing string 'id'")
-    if "image" not in e and "video" not in e:
-        out.append("needs 'image' or 'video'")
+    if "image" not in e and "video" not in e and "shard" not in e:
+        out.append("needs 'image', 'video' or 'shard'")
     for key in MEDIA_KEYS:  # paths: a wrong type would only fail deep inside a decoder
         if key in e and e[key] is not None and (not isinstance(e[key], str) or not e[key]):
             out.append(f"'{key}' must be a media path (a non-empty string), got {_show(e[key])}")

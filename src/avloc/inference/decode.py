@@ -69,6 +69,10 @@ class ArrayVideo:
         if not (isinstance(sr, int) and not isinstance(sr, bool) and 1 <= sr <= MAX_SAMPLE_RATE):
             raise ConfigError(f"sample_rate must be an integer in [1, {MAX_SAMPLE_RATE}], got {sr!r}")
 
+    def __str__(self) -> str:
+        """How messages name it (as :meth:`info` does): ``<array>``, never the arrays themselves."""
+        return f"<{self.name}>"
+
     @property
     def duration(self) -> float:
         return self.frames.shape[0] / float(self.fps)

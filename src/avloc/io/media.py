@@ -5,6 +5,8 @@
   truncated files whose header promises more than the file holds.
 * :func:`iter_frames` — frames sampled at an analysis rate with exact
   timestamps, streamed (constant memory however long the video).
+* :func:`frames_at` — the pictures shown at a few given times, in one pass
+  (a segment of frames; after the last frame, the last frame).
 * :func:`decode_audio` — mono float32 from any container with audio (one copy in memory).
 * :class:`AudioStream` — the same samples decoded on demand for windows at
   non-decreasing times (constant memory however long the track).
@@ -27,7 +29,7 @@ frame for targets before it). This is correct for variable frame rate video.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -244,9 +246,10 @@ def iter_frames(
                 img = fr.to_ndarray(format="rgb24")
             return rotate_picture(img, rotation)
 
+        rate = _stream_rate(vs)
         try:
             for fr in c.decode(vs):
-                ft = (float(fr.time) if fr.time is not None else n_all / float(vs.average_rate or 25)) - t0
+                ft = _frame_time(fr, n_all, rate, t0, p)
                 n_all += 1
                 if end is not None and ft > end and fps is None:
                     return
@@ -276,6 +279,73 @@ def iter_frames(
             while start + k / fps < stop:
                 yield Frame(k, start + k / fps, prev_t, convert(prev))
                 k += 1
+
+
+def _stream_rate(vs: Any) -> float | None:
+    """The video stream's frame rate (average, else guessed, else nominal); ``None`` when it declares none."""
+    rate = vs.average_rate or vs.guessed_rate or vs.base_rate
+    return float(rate) if rate else None
+
+
+def _frame_time(fr: Any, index: int, rate: float | None, t0: float, p: Path) -> float:
+    """Presentation time (s from the container's start) of decoded frame ``index``: its own timestamp, else
+    ``index / rate`` (streams without timestamps); :class:`MediaError` when there is neither."""
+    if fr.time is not None:
+        return float(fr.time) - t0
+    if rate is None:
+        raise MediaError(f"{p}: frame {index} has no timestamp and the video stream declares no frame rate")
+    return index / rate
+
+
+def frames_at(path: str | Path, times: Sequence[float]) -> list[np.ndarray]:
+    """The picture shown at each of ``times`` (s), in one decoding pass: (H, W, 3) uint8 RGB each.
+
+    The picture shown at ``t`` is the last frame whose presentation time is <= ``t`` (the rule of
+    :func:`iter_frames`), found from the frames' own timestamps, so any frame rate, constant or variable,
+    is handled without assuming one. Before the first frame it is the first frame; after the last frame it
+    is the last frame (a player keeps showing it), so a time between the end of the video stream and the
+    end of a longer audio track still has its picture. Pictures are in display orientation.
+    """
+    import av
+
+    if any(not math.isfinite(t) for t in times):
+        raise MediaError(f"{path}: frame times must be finite numbers, got {list(times)}")
+    order = sorted(range(len(times)), key=lambda k: times[k])
+    out: list[np.ndarray] = [np.empty(0, np.uint8)] * len(times)
+    p = Path(path)
+    with _open(p) as c:
+        if not c.streams.video:
+            raise MediaError(f"{p}: no video stream")
+        vs = c.streams.video[0]
+        vs.thread_type = "AUTO"
+        t0, rate = float(c.start_time / 1_000_000) if c.start_time else 0.0, _stream_rate(vs)
+        shown: list[Any] = []  # [frame, its picture or None]: the frame shown before the current one
+        j = n = 0
+        try:
+            for fr in c.decode(vs):
+                ft = _frame_time(fr, n, rate, t0, p)
+                n += 1
+                while j < len(order) and times[order[j]] < ft:  # shown before this frame: the previous one
+                    out[order[j]] = _picture_of(shown or [fr, None], p)
+                    j += 1
+                if j == len(order):
+                    break
+                shown = [fr, None]
+        except av.FFmpegError as e:
+            raise MediaError(f"{p}: decoding failed at frame {n} ({e.strerror or e}); file truncated or corrupt?") from None
+        if n == 0:
+            raise MediaError(f"{p}: video stream has no decodable frames")
+        for k in order[j:]:  # after the last frame: the last frame
+            out[k] = _picture_of(shown, p)
+    return out
+
+
+def _picture_of(shown: list[Any], p: Path) -> np.ndarray:
+    """The display-orientation picture of ``shown[0]``, converted once (kept in ``shown[1]``)."""
+    if shown[1] is None:
+        fr = shown[0]
+        shown[1] = rotate_picture(fr.to_ndarray(format="rgb24"), frame_rotation(fr, p))
+    return shown[1]  # type: ignore[no-any-return]
 
 
 def decode_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.ndarray, int]:

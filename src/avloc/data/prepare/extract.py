@@ -10,6 +10,9 @@ apply at load time), as ``frames/<id>.jpg`` and the audio track at
 entries point at them (``audio_time`` keeps the window centred on the frame;
 pixel boxes are scaled with the frame). Image entries are copied with their
 paths re-based. Unreadable clips are reported, never skipped silently.
+
+``format="shards"`` stores the model inputs themselves in tar shards instead,
+for large sets (:mod:`avloc.data.prepare.shards`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -28,9 +31,20 @@ from avloc.errors import DataError, MediaError, describe_error
 from avloc.formats.atomic import check_writable, write_text_atomic
 from avloc.formats.manifest import Entry, read_manifest, resolve_media, write_manifest
 
+if TYPE_CHECKING:
+    from avloc.data.prepare.shards import ShardConfig
+
 log = logging.getLogger(__name__)
 #: JPEG quality of the extracted frames (visually lossless at 224)
 JPEG_QUALITY = 95
+
+
+def decode_pool(workers: int, **kwargs: Any) -> ProcessPoolExecutor:
+    """Worker processes for decoding, started fresh (``spawn``), not forked: a process forked from one that has
+    decoded video with PyAV can hang in its first ``to_ndarray`` (FFmpeg's scaler waits on the parent's threads)."""
+    import multiprocessing
+
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), **kwargs)
 
 
 @dataclass
@@ -96,11 +110,19 @@ def _one(args: tuple[Entry, str, str, int, int]) -> tuple[str, Entry | None, str
 
 def extract(
     manifest: str | Path, out_dir: str | Path, *, size: int = 224, sample_rate: int = 16000, workers: int = 1,
-    force: bool = False,
+    force: bool = False, format: Literal["files", "shards"] = "files", shards: ShardConfig | None = None,
 ) -> ExtractResult:
-    """Pre-extract ``manifest`` into ``out_dir`` (``manifest.jsonl``, ``frames/``, ``audio/``; module doc)."""
+    """Pre-extract ``manifest`` into ``out_dir``: ``format="files"`` writes ``manifest.jsonl``, ``frames/``,
+    ``audio/`` (module doc); ``"shards"`` a shard set of model inputs (:mod:`avloc.data.prepare.shards`)."""
     if size < 1 or sample_rate < 1 or workers < 1:
         raise DataError(f"--size, --sample-rate and --workers must be positive, got {size}, {sample_rate}, {workers}")
+    if format == "shards":
+        from avloc.data.prepare.shards import ShardConfig, extract_shards
+
+        return extract_shards(manifest, out_dir, size=size, sample_rate=sample_rate, workers=workers, force=force,
+                              cfg=shards or ShardConfig())
+    if format != "files":
+        raise DataError(f"--format must be files or shards, got {format!r}")
     entries = read_manifest(manifest)
     out = Path(out_dir)
     out_man, report = out / "manifest.jsonl", out / "manifest.jsonl.report.txt"
@@ -110,7 +132,7 @@ def extract(
         (out / sub).mkdir(parents=True, exist_ok=True)
     jobs = [(e, str(manifest), str(out), size, sample_rate) for e in entries]
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        with decode_pool(workers) as pool:
             results = list(pool.map(_one, jobs, chunksize=8))
     else:
         results = [_one(j) for j in jobs]

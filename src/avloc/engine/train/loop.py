@@ -64,6 +64,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from avloc.config import config_to_dict
+from avloc.data.collate import expand_compact
 from avloc.data.datasets import dataset_image_keys
 from avloc.data.loader import Loader
 from avloc.encoders.cache import FeatureBank, encode_dataset
@@ -155,7 +156,9 @@ def _epoch_loader(dataset: Dataset, cfg: TrainConfig, d: Dist, epoch: int, skip_
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    """The batch on ``device``; a compact batch (uint8 pictures, int16 audio) is made float there."""
+    return expand_compact({k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                           for k, v in batch.items()})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,16 +274,19 @@ class Trainer:
         self.use_cache = keys is not None
         self.precision = resolve_precision(cfg, self.device)
         self.run = RunDir(out, self.dist.main)
-        self.run.start(run_config(model, requested, cfg, data, self.dist.world, self.total, self.use_cache,
-                                  {"used": self.precision.used, "why": self.precision.why}), resume)
-        self._announce()
-        barrier(self.dist)
+        run_cfg = run_config(model, requested, cfg, data, self.dist.world, self.total, self.use_cache,
+                             {"used": self.precision.used, "why": self.precision.why})
         self.params, self.opt = self._optimiser()
         self.pos = Progress()
-        if resume:
+        if resume:  # before anything is written or announced: a refused resume leaves the run as it was
+            self.run.check_continues(run_cfg)
             self.pos, best = restore(out / STATE_FILE, model, self.opt, self.device, self.dist)
             if self.tracker is not None:
                 self.tracker.best = best
+        self.run.start(run_cfg, resume)
+        self._announce()
+        barrier(self.dist)
+        if resume:
             self.run.truncate_metrics(self.pos.step)
         self.criterion = model.build_criterion().to(self.device)
         self.cached = None

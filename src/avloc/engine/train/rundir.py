@@ -19,7 +19,7 @@ import numpy as np
 
 from avloc.config import config_to_dict
 from avloc.engine.train.config import DataConfig, TrainConfig
-from avloc.engine.train.state import STATE_KEYS, STATE_META_KEY
+from avloc.engine.train.state import REPAIR, check_state_file
 from avloc.errors import ConfigError, DataError, OutputExistsError
 from avloc.formats.atomic import atomic_path, write_text_atomic
 from avloc.methods.base import LocalizationMethod
@@ -28,8 +28,6 @@ STATE_FILE = "train_state.safetensors"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
-#: what to do about a damaged run directory (every resume error ends with it)
-REPAIR = "restore it from a copy, or start a new run (--force overwrites this one)"
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -160,34 +158,19 @@ def _read_json_object(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
     return obj  # type: ignore[no-any-return]
 
 
-def _check_state_header(path: Path) -> None:
-    """The training state opens, its header is an avloc state holding every key, its tensors are all there."""
-    from safetensors import SafetensorError, safe_open
+def _check_saved_configs(path: Path, cfg: dict[str, Any]) -> None:
+    """The saved method name and its, the train and the data configs parse as when they were written."""
+    from avloc.config import config_from_dict
+    from avloc.registry import METHODS, RegistryError
 
-    if not path.is_file():
-        raise DataError(f"cannot resume: {path} not found (the run never reached a checkpoint); {REPAIR}")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta, names = f.metadata() or {}, set(f.keys())
-        skeleton = json.loads(meta[STATE_META_KEY])
-    except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as e:
-        raise DataError(f"cannot resume: {path} is damaged ({type(e).__name__}: {e}); {REPAIR}") from None
-    top = {k for k, _ in skeleton.get("__dict__", [])} if isinstance(skeleton, dict) else set()
-    refs = set(_tensor_refs(skeleton))
-    missing = [k for k in STATE_KEYS if k not in top] + sorted(refs - names)[:3]
-    if missing:
-        raise DataError(f"cannot resume: {path} is damaged (no {', '.join(missing)}); {REPAIR}")
-
-
-def _tensor_refs(obj: Any) -> list[str]:
-    """The tensor names a state skeleton refers to."""
-    if isinstance(obj, dict):
-        if "__tensor__" in obj:
-            return [str(obj["__tensor__"])]
-        return [r for v in obj.values() for r in _tensor_refs(v)]
-    if isinstance(obj, list):
-        return [r for v in obj for r in _tensor_refs(v)]
-    return []
+        if not isinstance(cfg["method"], str):
+            raise ConfigError(f"'method' must be a name, got {cfg['method']!r}")
+        config_from_dict(METHODS.get(cfg["method"]).config_class, cfg["method_config"])
+        config_from_dict(TrainConfig, cfg["train"])
+        config_from_dict(DataConfig, cfg.get("data") or {})
+    except (ConfigError, RegistryError) as e:
+        raise DataError(f"cannot resume: {path} is damaged ({e}); {REPAIR}") from None
 
 
 class RunDir:
@@ -211,7 +194,8 @@ class RunDir:
         A missing or damaged file raises :class:`DataError` naming it and what to do (:data:`REPAIR`).
         """
         cfg = _read_json_object(out / CONFIG_FILE, ("method", "method_config", "train"))
-        _check_state_header(out / STATE_FILE)
+        _check_saved_configs(out / CONFIG_FILE, cfg)
+        check_state_file(out / STATE_FILE)
         path = out / METRICS_FILE
         try:
             _read_metrics(path)
@@ -219,9 +203,11 @@ class RunDir:
             raise DataError(f"cannot resume: {path} is damaged ({e}); {REPAIR}") from None
         return cfg
 
+    def check_continues(self, run_cfg: dict[str, Any]) -> None:
+        """A resume continues the same run: the method, its config and the recipe as in ``config.json``."""
+        check_resume_config(json.loads((self.out / CONFIG_FILE).read_text()), run_cfg)
+
     def start(self, run_cfg: dict[str, Any], resume: bool) -> None:
-        if resume:
-            check_resume_config(json.loads((self.out / CONFIG_FILE).read_text()), run_cfg)
         if not self.main:
             return
         self.out.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from avloc.errors import DataError
 
 #: the safetensors header key holding the JSON skeleton of a training state
 STATE_META_KEY = "avloc_train_state"
+#: what to do about a damaged run file (the end of every "cannot resume" error)
+REPAIR = "restore it from a copy, or start a new run (--force overwrites this one)"
 
 
 def seed_everything(seed: int) -> None:
@@ -52,16 +55,30 @@ def _split_tensors(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> A
     raise TypeError(f"cannot store {type(obj).__name__} at {prefix} in a training state")
 
 
-def _join_tensors(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+class _Damaged(ValueError):
+    """A skeleton node that :func:`save_train_state` cannot have written (reported as a damaged file)."""
+
+
+def _join_tensors(obj: Any, tensors: Mapping[str, Any], where: str = "$") -> Any:
+    """Invert :func:`_split_tensors`; a node it cannot have written raises :class:`_Damaged` naming where."""
     if isinstance(obj, dict):
-        if "__tensor__" in obj:
-            return tensors[obj["__tensor__"]]
-        if "__dict__" in obj:
-            return {k: _join_tensors(v, tensors) for k, v in obj["__dict__"]}
-        if "__list__" in obj:
-            return [_join_tensors(v, tensors) for v in obj["__list__"]]
-        if "__tuple__" in obj:
-            return tuple(_join_tensors(v, tensors) for v in obj["__tuple__"])
+        if len(obj) != 1 or next(iter(obj)) not in ("__tensor__", "__dict__", "__list__", "__tuple__"):
+            raise _Damaged(f"{where}: an object that is not a tensor, dict, list or tuple node")
+        (kind, val), = obj.items()
+        if kind == "__tensor__":
+            if not isinstance(val, str) or val not in tensors:
+                raise _Damaged(f"{where}: refers to no stored tensor ({val!r})")
+            return tensors[val]
+        if not isinstance(val, list):
+            raise _Damaged(f"{where}: {kind} holds no list")
+        if kind == "__dict__":
+            if not all(isinstance(kv, list) and len(kv) == 2 and isinstance(kv[0], (str, int)) for kv in val):
+                raise _Damaged(f"{where}: __dict__ is not a list of [key, value] pairs")
+            return {k: _join_tensors(v, tensors, f"{where}.{k}") for k, v in val}
+        items = [_join_tensors(v, tensors, f"{where}[{i}]") for i, v in enumerate(val)]
+        return items if kind == "__list__" else tuple(items)
+    if isinstance(obj, list):
+        raise _Damaged(f"{where}: a bare list (lists are stored as __list__ nodes)")
     return obj
 
 
@@ -105,27 +122,40 @@ def save_train_state(path: str | Path, state: dict[str, Any]) -> Path:
 STATE_KEYS = ("model", "optim", "step", "epoch", "batch_in_epoch", "rng")
 
 
+def _read_state(path: Path, tensors: Callable[[Path, set[str]], Mapping[str, Any]]) -> dict[str, Any]:
+    """Open a training state and decode its skeleton over ``tensors(path, names)``; damage is a :class:`DataError`."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise DataError(f"cannot resume: {path} not found (the run never reached a checkpoint); {REPAIR}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta, names = f.metadata() or {}, set(f.keys())
+        if STATE_META_KEY not in meta:
+            raise DataError(f"cannot resume: {path} is not an avloc training state; {REPAIR}")
+        out = _join_tensors(json.loads(meta[STATE_META_KEY]), tensors(path, names))
+    except (SafetensorError, OSError, ValueError, RecursionError) as e:  # JSONDecodeError and _Damaged too
+        detail = str(e) if isinstance(e, _Damaged) else f"{type(e).__name__}: {e}"
+        raise DataError(f"cannot resume: {path} is damaged ({detail}); {REPAIR}") from None
+    if not isinstance(out, dict):
+        raise DataError(f"cannot resume: {path} is damaged (its header holds no dict); {REPAIR}")
+    return out
+
+
 def load_train_state(path: str | Path) -> dict[str, Any]:
     """Read a file written by :func:`save_train_state`; a damaged or foreign file is a :class:`DataError` naming it."""
-    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"cannot resume: no training state {p} (the run never reached a checkpoint)")
-    damaged = f"cannot resume: {p} is damaged"
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-        if STATE_META_KEY not in meta:
-            raise DataError(f"cannot resume: {p} is not an avloc training state")
-        skeleton = json.loads(meta[STATE_META_KEY])
-        out = _join_tensors(skeleton, load_file(str(p)))
-    except (SafetensorError, OSError, ValueError, KeyError) as e:  # ValueError: JSONDecodeError too
-        raise DataError(f"{damaged} ({type(e).__name__}: {e}); restore it or start a new run with --force") from None
-    if not isinstance(out, dict):
-        raise DataError(f"{damaged} (its header holds no dict); restore it or start a new run with --force")
-    return out
+    return _read_state(Path(path), lambda p, _: load_file(str(p)))
+
+
+def check_state_file(path: Path) -> None:
+    """What a resume can check without reading tensors: the file opens, its skeleton decodes (every reference
+    names a stored tensor) and holds every key of :data:`STATE_KEYS`; else a :class:`DataError` naming it."""
+    st = _read_state(path, lambda _, names: dict.fromkeys(names))
+    missing = [k for k in STATE_KEYS if k not in st]
+    if missing:
+        raise DataError(f"cannot resume: {path} is damaged (no {', '.join(missing)}); {REPAIR}")
 
 
 @dataclass
@@ -153,14 +183,70 @@ def gather_rng(d: Dist) -> list[Any]:
     ]
 
 
-def restore(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, device: torch.device, d: Dist) -> tuple[Progress, float | None]:
-    """Load the resumable state: weights, optimizer, RNG (this rank's); returns the progress and the best score."""
-    st = load_train_state(path)
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _state_problem(st: dict[str, Any], model: torch.nn.Module) -> str | None:
+    """What in a decoded run state (:data:`STATE_KEYS`) the loop could not continue from, or None."""
     missing = [k for k in STATE_KEYS if k not in st]
     if missing:
-        raise DataError(f"cannot resume: {path} is damaged (no {', '.join(missing)}); restore it or start a new run")
+        return f"no {', '.join(missing)}"
+    bad = [k for k in ("step", "epoch", "batch_in_epoch") if not _count(st[k])]
+    if bad:
+        return f"{', '.join(bad)}: not a whole number >= 0"
+    if st.get("best") is not None and (isinstance(st["best"], bool) or not isinstance(st["best"], (int, float))):
+        return "best must be a number or null"
+    weights, own = st["model"], model.state_dict()
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        return "model is not a mapping of tensors"
+    if set(weights) != set(own):
+        diff = sorted(set(weights) ^ set(own))
+        return f"model weights do not match the run's model ({len(diff)} names differ, e.g. {diff[0]!r})"
+    odd = [k for k, v in weights.items() if v.shape != own[k].shape or v.dtype != own[k].dtype]
+    if odd:
+        got, want = weights[odd[0]], own[odd[0]]
+        return (f"model weight {odd[0]!r} is {tuple(got.shape)} {got.dtype}, the model's is "
+                f"{tuple(want.shape)} {want.dtype}")
+    optim, rngs = st["optim"], st["rng"]
+    if not isinstance(optim, dict) or not isinstance(optim.get("state"), dict) or not isinstance(optim.get("param_groups"), list):
+        return "optim is not an optimizer state (state, param_groups)"
+    if not isinstance(rngs, list) or not rngs or not all(
+            isinstance(r, dict) and isinstance(r.get("torch"), torch.Tensor) and isinstance(r.get("python"), str)
+            and isinstance(r.get("numpy"), list) and len(r["numpy"]) == 5 and isinstance(r["numpy"][1], torch.Tensor)
+            for r in rngs):
+        return "rng is not a list of RNG states (torch, numpy, python)"
+    return None
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any]) -> str | None:
+    """Load ``state`` into ``opt``; what does not fit its parameters, or None."""
+    try:
+        opt.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:  # torch's own checks of the layout
+        return f"optim does not fit the run's model ({type(e).__name__}: {e})"
+    for p, per in opt.state.items():
+        for name, v in per.items():
+            if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape != p.shape:
+                return f"optim state {name!r} has shape {tuple(v.shape)} for a parameter of shape {tuple(p.shape)}"
+    return None
+
+
+def restore(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, device: torch.device, d: Dist) -> tuple[Progress, float | None]:
+    """Load the resumable state: weights, optimizer, RNG (this rank's); returns the progress and the best score.
+
+    Every part is checked against the run's model before it is used: a damaged state is a :class:`DataError`
+    naming the file and what is wrong, never a half-restored run.
+    """
+    st = load_train_state(path)
+    problem = _state_problem(st, model) or _load_optimizer(opt, st["optim"])
+    if problem is None:
+        rngs = st["rng"]
+        try:
+            _set_rng_state(rngs[d.rank] if d.rank < len(rngs) else rngs[0])
+        except (ValueError, TypeError, IndexError, RuntimeError) as e:  # the RNGs' own checks of a state
+            problem = f"rng is not a valid RNG state ({type(e).__name__}: {e})"
+    if problem is not None:
+        raise DataError(f"cannot resume: {path} is damaged ({problem}); {REPAIR}")
     model.load_state_dict({k: v.to(device) for k, v in st["model"].items()})
-    opt.load_state_dict(st["optim"])
-    rngs = st["rng"]
-    _set_rng_state(rngs[d.rank] if isinstance(rngs, list) and d.rank < len(rngs) else rngs[0])
-    return Progress(int(st["step"]), int(st["epoch"]), int(st["batch_in_epoch"])), st.get("best")
+    return Progress(st["step"], st["epoch"], st["batch_in_epoch"]), st.get("best")
