@@ -114,6 +114,7 @@ def test_info_lists_registries(capsys) -> None:
 
     assert main(["info", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"methods", "encoders", "datasets", "protocols", "checkpoint_families"}
+    assert set(out) == {"methods", "encoders", "datasets", "protocols", "checkpoint_families", "vision_models"}
+    assert {"nanodet", "blazepose", "selfie-segmentation"} <= set(out["vision_models"])
     assert {"lvs", "ezvsl", "slavc", "sslalign", "fnac"} <= set(out["checkpoint_families"])
     assert "efficientnet_lite0" in out["encoders"] and "manifest" in out["datasets"]

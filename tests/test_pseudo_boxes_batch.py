@@ -192,8 +192,7 @@ def _kill_session(sid: int) -> None:
 @NEEDS_RAY
 @pytest.mark.slow
 def test_ray_sigkill_midway_then_rerun_completes_without_redoing(tmp_path: Path) -> None:
-    from avloc.inference.batch import existing_set
-    from avloc.inference.config import LocalizeConfig
+    from avloc.inference.collection import listed_names
 
     clips = tmp_path / "clips"
     clips.mkdir()
@@ -206,10 +205,9 @@ def test_ray_sigkill_midway_then_rerun_completes_without_redoing(tmp_path: Path)
     kill_when(p, (out / "c0.avloc.json").exists, "its first output", after=lambda: _kill_session(p.pid))  # midway
     killed = json.loads((out / "run.json").read_text())
     assert killed["finished"] is None
-    cfg = LocalizeConfig(overlay=False)
-    # finished = a complete, valid output set on disk (the actors write them; run.json may lag behind)
+    # finished = a complete, valid output set on disk (the workers write them; run.json may lag behind)
     finished = {f"c{k}" for k in range(N_CLIPS)
-                if existing_set(out / f"c{k}.avloc.json", cfg, "avsync-objectness")[0] == "complete"}
+                if (names := listed_names(out / f"c{k}.avloc.json")) and all((out / n).is_file() for n in names)}
     assert "c0" in finished and len(finished) < N_CLIPS
     mtimes = {s: (out / f"{s}.avloc.json").stat().st_mtime_ns for s in finished}
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -272,3 +270,47 @@ def test_ray_pseudo_boxes_sigkill_midway_then_rerun_completes_without_redoing(me
     assert sum(v == "skipped" for v in st.values()) == len(finished)  # the killed run's entries are not redone
     assert sum(v == "done" for v in st.values()) == n - len(finished)
     assert out.read_bytes() == seq.read_bytes() and not _parts(out).exists()
+
+
+def test_a_second_run_on_out_is_refused_at_once(media: Path, tmp_path: Path, capsys) -> None:
+    """Issue 30: the run holds a lock beside OUT; a second run on the same OUT fails at once naming the first."""
+    from avloc.applications.pseudo_box_run import LOCK_SUFFIX
+    from avloc.io.outputs import HeldLock
+
+    out = tmp_path / "out.jsonl"
+    with HeldLock(tmp_path / f".out.jsonl{LOCK_SUFFIX}", "test"):
+        assert main(_args(media, media / "in.jsonl", out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another avloc pseudo-boxes run is writing it" in err[0] and f"pid {os.getpid()}" in err[0]
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_checkpoint_saved_again_at_the_same_path_redoes_every_entry(media: Path, tmp_path: Path, caplog) -> None:
+    """Issue 30: the work area is keyed by the model's content; new weights under the same path redo the entries it
+    holds instead of copying results of the old weights into OUT."""
+    from avloc.methods import create_method
+    from avloc.methods.zoo import save_model
+
+    ck = tmp_path / "m.safetensors"
+    shutil.copy(media / "m.safetensors", ck)
+    man = _write(tmp_path / "in.jsonl", ["c0", "c1", "bad"], media)
+    (tmp_path / "bad.mp4").write_bytes(b"junk" * 100)
+    out = tmp_path / "out.jsonl"
+    args = ["pseudo-boxes", "--model", str(ck), "--manifest", str(man), "--out", str(out), "--quiet"]
+    assert main(args) == 2 and _statuses(out) == {"c0": "done", "c1": "done", "bad": "failed"}
+    assert main(args) == 2 and _statuses(out) == {"c0": "skipped", "c1": "skipped", "bad": "failed"}
+    torch.manual_seed(7)
+    save_model(create_method("classif", tiny_classif_config()), ck)  # retrained, saved at the same path
+    caplog.clear()
+    assert main(args) == 2 and _statuses(out) == {"c0": "done", "c1": "done", "bad": "failed"}
+    assert "made by another content of" in caplog.text
+
+
+@NEEDS_RAY
+def test_an_unreachable_cluster_fails_in_seconds(media: Path, tmp_path: Path, capsys) -> None:
+    t0 = time.monotonic()
+    rc = main(_args(media, media / "in.jsonl", tmp_path / "out.jsonl", "--workers", "1", "--ray-address", "127.0.0.1:1"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and time.monotonic() - t0 < 20 and len(err) == 1
+    assert "--ray-address 127.0.0.1:1: cannot reach a Ray cluster there" in err[0]
+    assert not (tmp_path / "out.jsonl.parts").exists()

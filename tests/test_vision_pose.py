@@ -217,7 +217,7 @@ def test_converter_reproduces_the_zoo(wheel: Path, tmp_path: Path) -> None:
 
     _converter().main(["--wheel", str(wheel), "--out-dir", str(tmp_path)])
     names = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
-    assert len(names) == 5 and "LICENSE-mediapipe.txt" in names
+    assert len(names) == 5 and "vision/LICENSE-mediapipe.txt" in names
     for name in names:
         if not name.endswith(".safetensors"):
             assert (tmp_path / name).read_bytes() == T.zoo_file(name).read_bytes(), name
@@ -612,11 +612,11 @@ def test_licence_and_weights_ship_as_package_data() -> None:
     globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["avloc"]
     shipped = {p.relative_to(REPO / "src" / "avloc").as_posix() for g in globs for p in (REPO / "src" / "avloc").glob(g)}
     files = [S.VARIANTS[v][0] for v in S.VARIANTS] + [P.DETECTOR_FILE, P.LANDMARK_FILE]
-    text = T.zoo_file("LICENSE-mediapipe.txt").read_text()
+    text = T.zoo_file("vision/LICENSE-mediapipe.txt").read_text()
     assert "Apache License" in text and "Version 2.0, January 2004" in text and "mediapipe==0.10.21" in text
     from safetensors import safe_open
 
-    for name in [*files, "LICENSE-mediapipe.txt"]:
+    for name in [*files, "vision/LICENSE-mediapipe.txt"]:
         assert T.zoo_file(name).is_file() and f"zoo/{name}" in shipped, name  # setuptools globs as pathlib does
     for name in files:
         with safe_open(str(T.zoo_file(name)), "pt") as f:

@@ -18,7 +18,7 @@ mediapipe/modules/pose_landmark/pose_landmark_full.tflite                   medi
 ==========================================================================  =================================================
 
 plus ``LICENSE-mediapipe.txt`` (where each file came from: package==version, path, sha256; then the licence).
-The weights sit in ``zoo/mediapipe/``, apart from the method checkpoints that ``avloc.methods.zoo`` lists.
+The weights sit in ``zoo/vision/`` (beside the other vision models), apart from the method checkpoints that ``avloc.methods.zoo`` lists.
 
 The flatbuffers are read with the schema module of ``ai-edge-litert``; no interpreter is run. Every op of a
 graph must be one the torch ports implement (:data:`SUPPORTED`), with the attributes they assume (2x
@@ -76,13 +76,13 @@ class Source:
 
 SOURCES = (
     Source("mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite",
-           "mediapipe/selfie_segmentation.safetensors", SelfieSegmentationNet),
+           "vision/selfie_segmentation.safetensors", SelfieSegmentationNet),
     Source("mediapipe/modules/selfie_segmentation/selfie_segmentation_landscape.tflite",
-           "mediapipe/selfie_segmentation_landscape.safetensors", SelfieSegmentationNet),
+           "vision/selfie_segmentation_landscape.safetensors", SelfieSegmentationNet),
     Source("mediapipe/modules/pose_detection/pose_detection.tflite",
-           "mediapipe/pose_detection.safetensors", PoseDetectorNet),
+           "vision/pose_detection.safetensors", PoseDetectorNet),
     Source("mediapipe/modules/pose_landmark/pose_landmark_full.tflite",
-           "mediapipe/pose_landmark_full.safetensors", PoseLandmarkNet),
+           "vision/pose_landmark_full.safetensors", PoseLandmarkNet),
 )  # fmt: skip
 #: ops the torch ports implement (builtin names; the custom op by its custom code)
 SUPPORTED = {
@@ -355,8 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         "-" * 78,
         "",
     ]
-    write_text_atomic(args.out_dir / "LICENSE-mediapipe.txt", "\n".join(header) + licence)
-    log.info("wrote %s", args.out_dir / "LICENSE-mediapipe.txt")
+    write_text_atomic(args.out_dir / "vision" / "LICENSE-mediapipe.txt", "\n".join(header) + licence)
+    log.info("wrote %s", args.out_dir / "vision" / "LICENSE-mediapipe.txt")
     return 0
 
 

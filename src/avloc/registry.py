@@ -153,6 +153,7 @@ DATASETS: Registry[Any] = Registry("dataset", {
     "avloc.data.datasets": ("manifest",),
     "avloc.data.digitscenes.dataset": ("digitscenes",),
     "avloc.data.clips": ("digitscenes-clips",),
+    "avloc.data.constructions": ("realclips-constructions",),
 })
 
 PROTOCOLS: Registry[Any] = Registry("protocol", {
@@ -174,6 +175,14 @@ IMPORTERS: Registry[Any] = Registry("checkpoint family", {
     "avloc.importers.families": ("lvs", "sslalign", "ezvsl", "fnac", "slavc", "slavc-momentum"),
 })
 
+VISION: Registry[Any] = Registry("vision model", {
+    "avloc.vision.nanodet": ("nanodet",),
+    "avloc.vision.centernet": ("centernet",),
+    "avloc.vision.movenet": ("movenet",),
+    "avloc.vision.pose": ("blazepose",),
+    "avloc.vision.segmentation": ("selfie-segmentation",),
+})
+
 #: every registry, by the name ``avloc info`` lists it under
 REGISTRIES: dict[str, Registry[Any]] = {
     "methods": METHODS,
@@ -181,4 +190,5 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "datasets": DATASETS,
     "protocols": PROTOCOLS,
     "checkpoint_families": IMPORTERS,
+    "vision_models": VISION,
 }

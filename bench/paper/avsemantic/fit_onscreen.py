@@ -44,12 +44,22 @@ class LabelledFrame:
     motion: float
 
 
-def source_clip(clip: Any, frame: Any) -> str:
-    """The clip a frame's pixels and sound come from (constructions name theirs; else the file itself), so
-    that cross-validation never tests on a clip it trained on."""
-    extra = getattr(frame, "extra", None) or {}
-    srcs = extra.get("source_clips") if isinstance(extra, dict) else None
-    return "+".join(sorted(srcs)) if srcs else clip.name
+def sound_sources(data: Path) -> dict[str, str]:
+    """Clip file -> the recorded clip its sound comes from: a constructed clip's first sounding tile or its
+    off-screen sound (``annotations.json`` of ``avloc data make realclips-constructions``), else the clip
+    itself. Cross-validation holds out every frame whose sound comes from one recorded clip together."""
+    doc = json.loads((data / "annotations.json").read_text())
+    out = {}
+    for c in doc["clips"]:
+        source = c["file"]
+        for f in c.get("frames", []):
+            sounding = [t["file"] for t in f.get("tiles", []) if t.get("sounding")]
+            sounding += [o["file"] for o in f.get("offscreen_sound", [])]
+            if sounding:
+                source = sounding[0]
+                break
+        out[c["file"]] = Path(source).stem
+    return out
 
 
 def collect(data: Path, cache: Path | None) -> list[LabelledFrame]:
@@ -61,25 +71,36 @@ def collect(data: Path, cache: Path | None) -> list[LabelledFrame]:
     from avloc.methods import create_method
 
     clips = load_realclips(data)
+    sources = sound_sources(data)
     key = f"{data.resolve()}"
     stored: dict[str, Any] = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
-    if key not in stored:
-        model = create_method("avsemantic").eval()
+    done: dict[str, Any] = stored.setdefault(key, {})
+    todo = [c for c in clips if c.path.name not in done]
+    model = create_method("avsemantic").eval() if todo else None
+    for i, c in enumerate(todo, 1):  # one clip at a time, cached as it goes: a long fit survives an interrupt
+        log.info("%s: %d/%d %s", data.name, i, len(todo), c.path.name)
         with tempfile.TemporaryDirectory(prefix="avloc-fit-onscreen-") as tmp:
-            run = run_on_clips(clips, model, replace(LocalizeConfig(), fps=5.0), Path(tmp))
-        stored[key] = {fid: r.to_dict() for fid, r in run.records.items()}
+            run = run_on_clips([c], model, replace(LocalizeConfig(), fps=5.0), Path(tmp))
+        done[c.path.name] = {fid: r.to_dict() for fid, r in run.records.items()}
         if cache is not None:
-            cache.write_text(json.dumps(stored))
-    records = {fid: FrameRecord.from_dict(d) for fid, d in stored[key].items()}
+            write_json_atomic(cache, stored)
+    records = {fid: FrameRecord.from_dict(d) for recs in done.values() for fid, d in recs.items()}
     out = []
     for c in clips:
         for f in c.frames:
             rec = records.get(c.frame_id(f))
             if f.onscreen is None or rec is None or rec.silent:  # silent frames are off-screen by rule, not by the model
                 continue
-            out.append(LabelledFrame(data.name, source_clip(c, f), bool(f.onscreen), evidence_of(rec),
+            out.append(LabelledFrame(data.name, sources[c.path.name], bool(f.onscreen), evidence_of(rec),
                                      float((rec.onscreen_features or {}).get("motion", 0.0))))
     return out
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """``obj`` as JSON at ``path``, replaced atomically (an interrupt leaves the previous cache whole)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
 
 
 def evidence_of(rec: Any) -> list[Any]:
@@ -110,7 +131,7 @@ def _sound_map(load: Any) -> Any:
 
 
 def cross_validate(frames: list[LabelledFrame], l2: float) -> np.ndarray:
-    """Held-out P(on-screen) of every frame: a fit on the frames of every other source clip."""
+    """Held-out P(on-screen) of every frame: a fit on the frames whose sound comes from another recorded clip."""
     from avloc.methods.avsemantic.onscreen import fit_onscreen_model
 
     p = np.zeros(len(frames))

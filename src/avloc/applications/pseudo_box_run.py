@@ -1,30 +1,33 @@
 """``avloc pseudo-boxes --manifest IN --out OUT [--workers N]``: the resumable run over IN's entries.
 
-The procedure is :mod:`avloc.applications.pseudo_boxes` (Sec. 5.2); this module runs it over a manifest the way
-``avloc localize`` runs a collection (:mod:`avloc.inference.batch`): one bad entry never stops the others,
-a summary at the end (done / skipped / failed with the one-line reason), a progress bar, and a re-run of the
-same command does not redo finished entries.
+The procedure is :mod:`avloc.applications.pseudo_boxes` (Sec. 5.2); this module makes it a job of the one
+collection runner (:mod:`avloc.applications.runner`, which ``avloc localize`` collections use too): one bad entry
+never stops the others, a summary at the end (done / skipped / failed with the one-line reason), a progress bar,
+a re-run of the same command does not redo finished entries, and ``workers=N`` runs on Ray.
 
-**Running**: ``workers=0`` decodes and runs the model entry after entry in this process (no Ray import).
-``workers=N`` runs one Ray Data pipeline (:func:`avloc.inference.batch.ray_pipeline`): each entry decoded
-(:func:`~avloc.applications.pseudo_boxes.decode_entry`) in a CPU task, the classification model in ``N`` actors
-(``gpus_per_worker`` GPUs each; the model then runs on CUDA) that return each clip's boxes; this process
-turns them into manifest entries (:func:`~avloc.applications.pseudo_boxes.boxes_to_entries`) and writes them. With the
-same torch thread count (``threads_per_worker`` 0: this process's ``--threads``) OUT is byte-identical to
-the sequential path's; on a GPU the scores agree to float rounding.
+**The job** (:class:`PseudoBoxJob`): decode an entry into a clip (:func:`~avloc.applications.pseudo_boxes.decode_entry`:
+an entry is one short clip, decoded whole); infer its boxes with the classification model
+(:func:`~avloc.applications.pseudo_boxes.clip_pseudo_boxes`; on CUDA with ``gpus_per_worker``); commit them as
+manifest entries (:func:`~avloc.applications.pseudo_boxes.boxes_to_entries`) into the entry's part, written
+atomically. With the same torch thread count (``threads_per_worker`` 0: this process's ``--threads``) the Ray
+path writes the same parts and OUT, byte for byte, as the sequential one; on a GPU the scores agree to float
+rounding. The run holds a lock beside OUT (``.OUT.avloc-run.lock``): a second run on the same OUT fails at once.
 
 **Files next to OUT**:
 
 * ``OUT``: the pseudo-box manifest, its entries in IN's order, written atomically once every entry has run;
-* ``OUT.run.json``: the run record (the ``run.json`` format of :mod:`avloc.inference.batch`, tool
+* ``OUT.run.json``: the run record (the ``run.json`` format, :mod:`avloc.formats.runfile`, tool
   ``avloc pseudo-boxes``, one input per entry of IN, ``input`` = the entry's id), rewritten atomically at the
   start, after every entry and at the end; every run on OUT rewrites it, and it stays after the run;
-* ``OUT.parts/``: the work area. ``config.json`` holds what the results depend on (model, IN, OUT's folder,
-  ``top_k``, ``threshold``, ``connectivity``); ``ID-HASH.json`` holds one finished entry
+* ``OUT.parts/``: the work area. ``config.json`` holds what the results depend on (model, the digest of its
+  content ``model_sha256``, IN, OUT's folder, ``top_k``, ``threshold``, ``connectivity``); ``ID-HASH.json`` holds
+  one finished entry
   (``{"source": IN's entry, "entries": [its pseudo-box entries]}``), written atomically when it finishes.
 
 **Resuming**: without ``force`` an entry whose part holds the same source entry is skipped (an entry edited in
-IN is redone); a work area of another configuration is refused ("pass --force"). When no entry failed, OUT is
+IN is redone), and so is one whose part is damaged or was edited into entries the manifest checks refuse; a work
+area of another configuration is refused ("pass --force"), one made by another content of the same model (a
+checkpoint saved again at the same path) is emptied and every entry redone. When no entry failed, OUT is
 assembled and ``OUT.parts/`` removed, so the next run on OUT needs ``--force`` as before. When some failed, OUT
 is assembled from the others (exit 2) and ``OUT.parts/`` is kept; its ``written.json`` lists the sha256 of every
 OUT it wrote (recorded before OUT is replaced, so a run killed at any point still knows its OUT). Re-running the
@@ -35,36 +38,21 @@ without ``force``; ``force`` removes ``OUT.parts/`` and redoes every entry. A ma
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
-import pickle
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from avloc.applications.pseudo_boxes import ClipBox, PseudoBoxConfig, boxes_to_entries, clip_pseudo_boxes, decode_entry
+from avloc.applications.models import ModelSpec
+from avloc.applications.pseudo_boxes import PseudoBoxConfig, boxes_to_entries, clip_pseudo_boxes, decode_entry
+from avloc.applications.runner import Done, Existing, Found, Item, Outcome, RunnerConfig, check_backend, run
 from avloc.errors import ConfigError, DataError, OutputExistsError
-from avloc.inference.batch import (
-    BatchConfig,
-    InputState,
-    ModelSpec,
-    RunLog,
-    Tracker,
-    actor_threads,
-    failure,
-    ray_pipeline,
-    require_ray,
-    summarize,
-)
 
 if TYPE_CHECKING:
     from avloc.methods.classif import Classif, ClassifConfig
@@ -72,26 +60,25 @@ if TYPE_CHECKING:
 log = logging.getLogger("avloc")
 
 TOOL = "avloc pseudo-boxes"
-#: what the runners call when an entry has run: (entry index, its state, its boxes and frame size, or None if it failed)
-Keep = Callable[[int, InputState, "list[ClipBox] | None", "tuple[int, int] | None"], None]
 PARTS_SUFFIX = ".parts"
 RUN_SUFFIX = ".run.json"
+LOCK_SUFFIX = ".avloc-run.lock"
 _CONFIG = "config.json"
 _WRITTEN = "written.json"
 
 
 @dataclass
 class PseudoBoxRun:
-    """What a run did: each entry's state, the pseudo boxes in OUT, whether OUT was written."""
+    """What a run did: each entry's outcome, the pseudo boxes in OUT, whether OUT was written."""
 
-    states: list[InputState]
+    outcomes: list[Outcome]
     boxes: int
     written: bool
     seconds: float
 
     @property
     def clips_per_second(self) -> float:
-        done = sum(s.status == "done" for s in self.states)
+        done = sum(o.status == "done" for o in self.outcomes)
         return done / max(self.seconds, 1e-9)
 
 
@@ -149,13 +136,14 @@ def check_out(out: Path, force: bool) -> None:
 
 
 def _open_parts(parts: Path, key: dict[str, Any], force: bool) -> None:
-    """Create the work area for ``key``, or check that the one there is for ``key`` (refused otherwise)."""
+    """Create the work area for ``key``, or check that the one there is for ``key`` (module doc: refused when made
+    with another configuration; emptied of its parts when made by another content of the same model)."""
     from avloc.formats.atomic import write_text_atomic
 
     if force and parts.exists():
         shutil.rmtree(parts)
     have = _read_json(parts / _CONFIG) if parts.exists() else None
-    if have is None:
+    if not isinstance(have, dict):
         if parts.exists() and any(parts.iterdir()):
             raise DataError(f"{parts}: not a pseudo-boxes work area (no readable {_CONFIG}); "
                             "pass --force to replace it")
@@ -163,24 +151,35 @@ def _open_parts(parts: Path, key: dict[str, Any], force: bool) -> None:
         write_text_atomic(parts / _CONFIG, json.dumps(key, indent=1, sort_keys=True) + "\n")
         return
     for k, v in key.items():
-        if have.get(k) != v:
+        if k != "model_sha256" and have.get(k) != v:
             raise ConfigError(f"{parts} holds results made with {k}={have.get(k)!r}, not {v!r}; "
                               "pass --force to redo every entry")
+    if have.get("model_sha256") != key["model_sha256"]:
+        log.info("%s: made by another content of %s (a checkpoint saved again at the same path?); every entry is "
+                 "redone", parts, key["model"])
+        for f in parts.iterdir():
+            if f.name not in (_CONFIG, _WRITTEN):
+                f.unlink()
+        write_text_atomic(parts / _CONFIG, json.dumps(key, indent=1, sort_keys=True) + "\n")
 
 
-def _finished_part(path: Path, entry: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The entries a part holds when it is complete, made from ``entry`` and valid manifest entries, else ``None``
-    (redo: a part edited or damaged since it was written is never copied into OUT unchecked)."""
+def _part_state(path: Path, entry: dict[str, Any]) -> Existing:
+    """A part complete, made from ``entry`` and holding valid manifest entries: ``COMPLETE`` (its entries as the
+    payload); damaged or edited since it was written: ``STALE`` (redone, never copied into OUT unchecked)."""
     from avloc.formats.manifest import entry_problems
 
+    if not path.exists():
+        return Existing(Found.NOTHING)
     doc = _read_json(path)
-    if not (isinstance(doc, dict) and doc.get("source") == entry and isinstance(doc.get("entries"), list)):
-        return None
+    if not (isinstance(doc, dict) and isinstance(doc.get("entries"), list)):
+        return Existing(Found.STALE, f"{path} is damaged")
+    if doc.get("source") != entry:
+        return Existing(Found.STALE, "the entry changed in the manifest")
     problems = [q for x in doc["entries"] for q in (entry_problems(x) if isinstance(x, dict) else ["not an object"])]
     if problems:
         log.warning("%s: %s; the entry is redone", path, problems[0])
-        return None
-    return list(doc["entries"])
+        return Existing(Found.STALE, f"{path.name}: {problems[0]}")
+    return Existing(Found.COMPLETE, payload=list(doc["entries"]))
 
 
 def load_classif(name: str, device: str = "cpu") -> Classif:
@@ -193,9 +192,54 @@ def load_classif(name: str, device: str = "cpu") -> Classif:
     return model.eval()
 
 
-def _reason(entry_id: str, e: BaseException, traceback_lines: int = 0) -> tuple[str, bool]:
-    msg, bug = failure(e, traceback_lines)
-    return (msg if repr(entry_id) in msg else f"entry {entry_id!r}: {msg}"), bug
+@dataclass
+class PseudoBoxJob:
+    """``avloc pseudo-boxes`` of one manifest entry as a runner job (module doc); items carry the entry."""
+
+    spec: ModelSpec
+    cfg: PseudoBoxConfig
+    model_cfg: ClassifConfig
+    manifest: Path  # resolved: the Ray workers' working folder may differ
+    out_dir: Path  # resolved
+    parts: Path
+    tool: str = TOOL
+    noun: str = "entries"
+    unit: str = "entry"
+    per_worker: int = 1
+    preloaded: Classif | None = None  # the driver's model (sequential path; never pickled)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "preloaded": None}
+
+    def subject(self, item: Item) -> str:
+        return f"entry {item.input!r}"
+
+    def done_line(self, o: Outcome) -> str:
+        return f"entry {o.item.input!r}: {len(o.payload or [])} pseudo box(es) in {o.record.seconds or 0.0:.2f} s"
+
+    def existing(self, item: Item) -> Existing:
+        return _part_state(_part_path(self.parts, item.input), item.data)
+
+    def load(self) -> Classif:
+        model, self.preloaded = self.preloaded or load_classif(str(self.spec.name), self.spec.device), None
+        return model
+
+    def decode(self, item: Item) -> Iterator[Any]:
+        yield decode_entry(self.model_cfg, self.manifest, item.data)  # one short clip: decoded whole
+
+    def infer(self, worker: Classif, item: Item, pieces: Iterator[Any]) -> tuple[list[Any], tuple[int, int]]:
+        clip = next(pieces)
+        dev = self.spec.device
+        return clip_pseudo_boxes(worker, clip.frames.to(dev), clip.audio.to(dev), self.cfg), clip.hw
+
+    def commit(self, item: Item, inferred: tuple[list[Any], tuple[int, int]]) -> Done:
+        from avloc.formats.atomic import write_text_atomic
+
+        boxes, hw = inferred
+        new = boxes_to_entries(item.data, boxes, hw, self.model_cfg, self.cfg, self.manifest, self.out_dir)
+        write_text_atomic(_part_path(self.parts, item.input),
+                          json.dumps({"source": item.data, "entries": new}, allow_nan=False) + "\n")
+        return Done(payload=new)
 
 
 def run_pseudo_boxes(
@@ -203,169 +247,54 @@ def run_pseudo_boxes(
     manifest: str | Path,
     out: str | Path,
     cfg: PseudoBoxConfig,
-    batch: BatchConfig,
+    batch: RunnerConfig,
     limit: int | None = None,
     command: list[str] | None = None,
 ) -> PseudoBoxRun:
     """Pseudo boxes for every entry of ``manifest`` into the manifest ``out`` (module doc)."""
-    from avloc.formats.atomic import write_text_atomic
-    from avloc.formats.manifest import read_manifest
+    from avloc.io.outputs import HeldLock
 
-    batch.validate()
     src, dst = Path(manifest), Path(out)
-    check_out(dst, batch.force)  # before loading anything
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with HeldLock(dst.with_name(f".{dst.name}{LOCK_SUFFIX}"), f"{dst}: another avloc pseudo-boxes run is writing it"):
+        check_out(dst, batch.force)  # before loading anything
+        entries = read_manifest_entries(src, limit)
+        check_backend(batch)
+        model = load_classif(model_name)  # checked before anything is written; its config serves the decode step
+        spec = ModelSpec(model_name, device="cuda" if batch.gpus_per_worker else "cpu")
+        key = {"model": model_name, "model_sha256": spec.digest(), "manifest": str(src.resolve()),
+               "out_dir": str(dst.parent.resolve()), **asdict(cfg)}
+        parts = parts_dir(dst)
+        _open_parts(parts, key, batch.force)
+        job = PseudoBoxJob(spec, cfg, model.cfg, src.resolve(), dst.parent.resolve(), parts,
+                           preloaded=None if batch.workers else model)
+        del model
+        items = [Item(str(e["id"]), e) for e in entries]
+        t0 = time.perf_counter()
+        outcomes = run(job, items, batch, run_file(dst), list(command if command is not None else sys.argv),
+                       {**key, "limit": limit})
+        return _finish(dst, parts, src, outcomes, time.perf_counter() - t0)
+
+
+def read_manifest_entries(src: Path, limit: int | None) -> list[dict[str, Any]]:
+    from avloc.formats.manifest import read_manifest
+
     entries = read_manifest(src)
-    entries = entries[:limit] if limit else entries
-    if batch.workers:
-        require_ray()
-    model = load_classif(model_name)  # checked before anything is written; the Ray driver reads its cfg
-    key = {"model": model_name, "manifest": str(src.resolve()), "out_dir": str(dst.parent.resolve()),
-           **asdict(cfg)}
-    parts = parts_dir(dst)
-    _open_parts(parts, key, batch.force)
-    spec = ModelSpec(model_name, device="cuda" if batch.gpus_per_worker else "cpu")
-    states = [InputState(str(e["id"]), str(e["id"])) for e in entries]
-    index = {str(e["id"]): i for i, e in enumerate(entries)}  # ids are unique (read_manifest)
-    results: dict[int, list[dict[str, Any]]] = {}
-    todo: list[int] = []
-    for i, e in enumerate(entries):
-        done = _finished_part(_part_path(parts, e["id"]), e)
-        if done is None:
-            todo.append(i)
-        else:
-            states[i].status, results[i] = "skipped", done
-    config = {**key, "limit": limit, "workers": batch.workers, "ray_address": batch.ray_address,
-              "gpus_per_worker": batch.gpus_per_worker, "threads_per_worker": batch.threads_per_worker}
-    run_log = RunLog(run_file(dst), list(command if command is not None else sys.argv), config, states, tool=TOOL)
-    run_log.write()
-    t0 = time.perf_counter()
-    if todo:
+    return entries[:limit] if limit else entries
 
-        def keep(i: int, st: InputState, boxes: list[ClipBox] | None, hw: tuple[int, int] | None) -> None:
-            """Turn a finished entry's boxes into manifest entries and write its part."""
-            e = entries[i]
-            if boxes is not None and hw is not None:
-                try:
-                    new = boxes_to_entries(e, boxes, hw, model.cfg, cfg, src, dst.parent)
-                    write_text_atomic(_part_path(parts, e["id"]),
-                                      json.dumps({"source": e, "entries": new}, allow_nan=False) + "\n")
-                    results[i] = new
-                except Exception as err:  # e.g. a full disk: this entry fails, the others go on
-                    st = dataclasses.replace(st, status="failed", seconds=None)
-                    st.error, st.bug = _reason(e["id"], err)
-                    if st.bug:
-                        log.error("entry %r: unexpected error", e["id"], exc_info=err)
-            tracker.finished(i, st)
 
-        tracker = Tracker(states, run_log, len(todo), TOOL, "entry", batch.progress,
-                          done_line=lambda st: f"entry {st.input!r}: {len(results.get(index[st.input], []))} "
-                                               f"pseudo box(es) in {st.seconds or 0.0:.2f} s")
-        try:
-            if batch.workers:
-                _run_ray(todo, entries, states, model.cfg, src, cfg, spec, batch, keep)
-            else:
-                _run_sequential(todo, entries, states, model, src, cfg, tracker, keep)
-        finally:
-            tracker.close()
-    boxes = sum(len(results[i]) for i in results)
-    failed = any(s.status == "failed" for s in states)
+def _finish(dst: Path, parts: Path, src: Path, outcomes: list[Outcome], seconds: float) -> PseudoBoxRun:
+    """Assemble OUT from the finished entries (module doc) and say what is left to do."""
+    results = [o.payload or [] for o in outcomes]
+    boxes = sum(len(r) for r in results)
+    failed = any(o.status == "failed" for o in outcomes)
     if boxes:
-        _assemble(dst, parts, [results.get(i, []) for i in range(len(entries))], keep_parts=failed)
-    run_log.finish()
-    summarize(states, tool=TOOL, noun="entries")
+        _assemble(dst, parts, results, keep_parts=failed)
     if not boxes and not failed:
         raise DataError(f"no pseudo box from {src}: every attention map was flat")
     if failed:
         log.info("%s: %s; re-run the same command to retry the failed entries (finished ones are kept in %s)",
                  TOOL, f"wrote {dst} without them" if boxes else f"{dst} not written (no pseudo box)", parts)
-    return PseudoBoxRun(states, boxes, bool(boxes), time.perf_counter() - t0)
-
-
-def _run_sequential(todo: list[int], entries: list[dict[str, Any]], states: list[InputState], model: Classif,
-                    src: Path, cfg: PseudoBoxConfig, tracker: Tracker, keep: Keep) -> None:
-    for i in todo:
-        tracker.started(i)
-        st = dataclasses.replace(states[i])
-        t0 = time.perf_counter()
-        try:
-            clip = decode_entry(model.cfg, src, entries[i])
-            boxes = clip_pseudo_boxes(model, clip.frames, clip.audio, cfg)
-        except KeyboardInterrupt:
-            raise
-        except Exception as e:  # per-entry isolation: the other entries still run
-            st.status, st.seconds = "failed", None
-            st.error, st.bug = _reason(entries[i]["id"], e)
-            if st.bug:
-                log.error("entry %r: unexpected error", entries[i]["id"], exc_info=e)
-            keep(i, st, None, None)
-        else:
-            st.status, st.error, st.seconds = "done", None, round(time.perf_counter() - t0, 3)
-            keep(i, st, boxes, clip.hw)
-
-
-# ---------------------------------------------------------------------------------------------
-# Ray
-
-
-def _decode_entry_task(row: dict[str, Any], model_cfg: ClassifConfig, manifest: str) -> dict[str, Any]:
-    """Ray CPU task: decode one entry (errors travel in the row, never raised)."""
-    t0 = time.perf_counter()
-    entry = json.loads(row["entry"])
-    try:
-        clip = decode_entry(model_cfg, manifest, entry)
-        payload, error, bug = pickle.dumps(clip, protocol=5), "", False
-    except Exception as e:
-        (error, bug), payload = _reason(entry["id"], e), b""
-    return {**row, "payload": payload, "error": error, "bug": bug, "decode_seconds": time.perf_counter() - t0}
-
-
-class _PseudoBoxActor:
-    """Ray actor: the classification model, loaded once; each decoded clip's boxes (Sec. 5.2)."""
-
-    def __init__(self, spec: ModelSpec, cfg: PseudoBoxConfig, threads: int) -> None:
-        import torch
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.spec, self.cfg = spec, cfg
-        self.model = load_classif(str(spec.name), spec.device)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-        rows = [dict(zip(batch, vals)) for vals in zip(*batch.values())]
-        res: dict[str, list[Any]] = {k: [] for k in ("index", "status", "error", "bug", "boxes", "hw", "seconds")}
-        for r in rows:
-            t0 = time.perf_counter()
-            status, error, bug, boxes, hw = "failed", str(r["error"]), bool(r["bug"]), "[]", "[]"
-            if not error:
-                try:
-                    clip = pickle.loads(r["payload"])
-                    dev = self.spec.device
-                    out = clip_pseudo_boxes(self.model, clip.frames.to(dev), clip.audio.to(dev), self.cfg)
-                    status, boxes, hw = "done", json.dumps([asdict(b) for b in out]), json.dumps(list(clip.hw))
-                except Exception as e:  # a bug's traceback travels in the reason: the actor's log stays there
-                    error, bug = _reason(json.loads(r["entry"])["id"], e, traceback_lines=3)
-            for k, v in zip(res, (int(r["index"]), status, error, bug, boxes, hw,
-                                  round(float(r["decode_seconds"]) + time.perf_counter() - t0, 3))):
-                res[k].append(v)
-        return res
-
-
-def _run_ray(todo: list[int], entries: list[dict[str, Any]], states: list[InputState], model_cfg: ClassifConfig,
-             src: Path, cfg: PseudoBoxConfig, spec: ModelSpec, batch: BatchConfig, keep: Keep) -> None:
-    rows = [{"index": i, "entry": json.dumps(entries[i])} for i in todo]
-    pipeline = ray_pipeline(rows, _decode_entry_task, {"model_cfg": model_cfg, "manifest": str(src.resolve())},
-                            _PseudoBoxActor, {"spec": spec, "cfg": cfg, "threads": actor_threads(batch)}, batch)
-    with contextlib.closing(pipeline):  # Ray shut down on the way out, also on an error or Ctrl-C
-        for row in pipeline:
-            i = int(row["index"])
-            st = dataclasses.replace(states[i], status=str(row["status"]), bug=bool(row["bug"]))
-            if st.status == "done":
-                st.error, st.seconds = None, float(row["seconds"])
-                boxes = [ClipBox(**b) for b in json.loads(str(row["boxes"]))]
-                hw = tuple(json.loads(str(row["hw"])))
-                keep(i, st, boxes, (int(hw[0]), int(hw[1])))
-            else:
-                st.error, st.seconds = str(row["error"]), None
-                keep(i, st, None, None)
+    return PseudoBoxRun(outcomes, boxes, bool(boxes), seconds)

@@ -46,16 +46,17 @@ def add_parser(sub: Any, name: str) -> None:
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """Files as given, folders expanded, lists read (:func:`avloc.inference.batch.collect_inputs`); (files, errors)."""
-    from avloc.inference.batch import collect_inputs
+    """Files as given, folders expanded, lists read (:func:`avloc.inference.collection.collect_inputs`); (files,
+    errors)."""
+    from avloc.inference.collection import collect_inputs
 
-    files, errors = collect_inputs(inputs)
-    return files, [e for _, e in errors]
+    found = collect_inputs(inputs)
+    return found.files, [e for _, e in found.errors]
 
 
 def is_collection(args: argparse.Namespace) -> bool:
     """A list file, several videos or ``--workers``: the resumable collection runner (DIR/run.json)."""
-    from avloc.inference.batch import is_input_list
+    from avloc.inference.collection import is_input_list
 
     if args.workers is not None or len(args.inputs) > 1:
         return True
@@ -64,31 +65,30 @@ def is_collection(args: argparse.Namespace) -> bool:
 
 
 def batch_config(args: argparse.Namespace) -> Any:
-    """The collection options as a validated :class:`avloc.inference.batch.BatchConfig` (also for one video)."""
-    from avloc.inference.batch import BatchConfig
+    """The collection options as a checked :class:`avloc.applications.runner.RunnerConfig` (also for one video)."""
+    from avloc.applications.runner import RunnerConfig
 
-    batch = BatchConfig(workers=args.workers or 0, ray_address=args.ray_address, gpus_per_worker=args.gpus_per_worker,
-                        threads_per_worker=args.threads_per_worker, across_videos=args.batch_across_videos,
+    return RunnerConfig(workers=args.workers or 0, ray_address=args.ray_address, gpus_per_worker=args.gpus_per_worker,
+                        threads_per_worker=args.threads_per_worker, across_inputs=args.batch_across_videos,
                         force=args.force, progress=not args.quiet)
-    batch.validate()
-    return batch
 
 
 def run_collection(args: argparse.Namespace, cfg: Any) -> int:
+    from avloc.applications.models import ModelSpec
+    from avloc.applications.runner import exit_status
     from avloc.inference import DEFAULT_MODEL
-    from avloc.inference.batch import ModelSpec, exit_status
-    from avloc.inference.batch import run_collection as run_all
+    from avloc.inference.collection import run_collection as run_all
 
     batch = batch_config(args)
     spec = ModelSpec(None if args.visual_only else (args.model or DEFAULT_MODEL), args.audio_tagger, args.device)
-    states = run_all(args.inputs, args.out, cfg, spec, batch, command=["avloc", *getattr(args, "argv", sys.argv[1:])])
-    return exit_status(states)
+    outcomes = run_all(args.inputs, args.out, cfg, spec, batch, command=["avloc", *getattr(args, "argv", sys.argv[1:])])
+    return exit_status(outcomes)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from avloc.inference import DEFAULT_MODEL, LocalizeConfig, localize_video
+    from avloc.inference import LocalizeConfig
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
@@ -102,44 +102,38 @@ def run(args: argparse.Namespace) -> int:
     batch_config(args)  # --workers options are checked for one video too
     if is_collection(args):
         return run_collection(args, cfg)
-    model = None
-    name = None
-    tagger = None
-    if args.visual_only:
-        if args.model is not None or args.audio_tagger is not None:
-            raise ConfigError("--visual-only uses the object prior alone: do not combine it with --model or --audio-tagger")
-    else:
+    return run_one(args, cfg)
+
+
+def run_one(args: argparse.Namespace, cfg: Any) -> int:
+    """One video (a file, or a folder holding one): no run.json, an existing set needs --force."""
+    from avloc.inference import DEFAULT_MODEL, localize_video
+    from avloc.io.outputs import check_output_folder
+
+    check_output_folder(args.out)
+    files, errors = expand_inputs(args.inputs)
+    if errors:
+        raise ConfigError(errors[0])
+    (video,) = files  # not a collection: one input that is one video
+    model = tagger = None
+    name = None if args.visual_only else (args.model or DEFAULT_MODEL)
+    if name is not None:
         from avloc.methods.zoo import load_model
 
-        name = args.model or DEFAULT_MODEL
         model = load_model(name, device=args.device)
         if args.audio_tagger:
             from avloc.inference.semantic import SemanticMapper
 
             tagger = SemanticMapper(args.audio_tagger, device=args.device)
-    from avloc.cli.main import batch_status, report_error
-    from avloc.io.outputs import check_output_folder
+    try:
+        res = localize_video(video, model, cfg, args.out, model_name=name, tagger=tagger, progress=not args.quiet)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # the line names the video unless the message does
+        from avloc.cli.main import report_error
 
-    check_output_folder(args.out)  # a bad --out fails once, not once per input
-    files, errors = expand_inputs(args.inputs)
-    for e in errors:
-        print(f"avloc localize: error: {e}", file=sys.stderr)
-    statuses = [2] * len(errors)
-    seen: dict[str, Path] = {}
-    for f in files:
-        if f.stem in seen:
-            print(f"avloc localize: error: {f}: same output name as {seen[f.stem]}; run it with another --out", file=sys.stderr)
-            statuses.append(2)
-            continue
-        seen[f.stem] = f
-        try:
-            res = localize_video(f, model, cfg, args.out, model_name=name, tagger=tagger, progress=not args.quiet)
-        except KeyboardInterrupt:
-            raise
-        except Exception as e:  # per-input isolation for every error kind: the other inputs still run
-            statuses.append(report_error("avloc localize", e, subject=f))
-            continue
-        on = "n/a" if res.onscreen_fraction is None else f"{res.onscreen_fraction:.0%}"
-        print(f"{f}: {res.frames} frames, on-screen {on}, {res.realtime_factor:.2f}x real time -> "
-              + ", ".join(str(p) for p in res.outputs.values()))
-    return batch_status(statuses)
+        return report_error("avloc localize", e, subject=video)
+    on = "n/a" if res.onscreen_fraction is None else f"{res.onscreen_fraction:.0%}"
+    print(f"{video}: {res.frames} frames, on-screen {on}, {res.realtime_factor:.2f}x real time -> "
+          + ", ".join(str(p) for p in res.outputs.values()))
+    return 0

@@ -56,15 +56,14 @@ def add_parser(sub: Any, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from avloc.applications.pseudo_boxes import PseudoBoxConfig
+    from avloc.applications.runner import RunnerConfig, exit_status
     from avloc.errors import ConfigError
-    from avloc.inference.batch import BatchConfig, exit_status
 
     cfg = PseudoBoxConfig(top_k=args.top_k, threshold=args.threshold, connectivity=args.connectivity)
     if args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-    batch = BatchConfig(workers=args.workers, ray_address=args.ray_address, gpus_per_worker=args.gpus_per_worker,
-                        threads_per_worker=args.threads_per_worker, force=args.force, progress=not args.quiet)
-    batch.validate()
+    batch = RunnerConfig(workers=args.workers, ray_address=args.ray_address, gpus_per_worker=args.gpus_per_worker,
+                         threads_per_worker=args.threads_per_worker, force=args.force, progress=not args.quiet)
     import torch
 
     from avloc.applications.pseudo_box_run import run_pseudo_boxes
@@ -73,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     res = run_pseudo_boxes(args.model, args.manifest, args.out, cfg, batch, limit=args.limit,
                            command=["avloc", *getattr(args, "argv", sys.argv[1:])])
     if res.written:
-        done = sum(s.status == "done" for s in res.states)
+        done = sum(o.status == "done" for o in res.outcomes)
         rate = f", {done} clip(s) run at {res.clips_per_second:.2f} clips/s" if done else ", every clip kept from before"
         print(f"wrote {res.boxes} pseudo boxes to {args.out}{rate}")
-    return exit_status(res.states)
+    return exit_status(res.outcomes)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import torch
 
     from avloc.methods.base import LocalizationMethod
+    from avloc.metrics.realworld import FramePrediction
 
 
 def evaluate_model(
@@ -75,12 +76,15 @@ def evaluate_predictions(
     batch_size: int = 512,
     chunk_size: int = 16,
     onscreen: Mapping[str, float] | None = None,
+    frames: Mapping[str, FramePrediction] | None = None,
 ) -> dict[str, Any]:
     """Score saved heatmaps: ``preds`` maps each ground-truth id to a raw 2-D map (3-D class maps for class-aware).
 
     ``onscreen``: optional predicted P(source visible) per id; every target with an on/off-screen label
-    then needs one, and the result gains balanced accuracy, accuracy and calibration error
-    (:func:`avloc.metrics.realworld.onscreen_summary`).
+    then needs one, and the result gains balanced accuracy, both recalls, accuracy and calibration error
+    (:func:`avloc.metrics.realworld.onscreen_summary`). ``frames``: optional per-frame records (boxes, peak,
+    speaker, heard sources and their maps) of every id; the result gains the box, tile, speaker and class-aware
+    scores of :func:`avloc.metrics.realworld.frame_scores`.
 
     Every ground-truth sample needs a prediction (missing ones raise with
     examples); predictions without ground truth are counted in
@@ -97,7 +101,8 @@ def evaluate_predictions(
             f"{len(missing)} of {len(targets)} ground-truth ids have no prediction, e.g. {missing[:3]}; "
             "the predictions file must hold one map per clip id"
         )
-    acc = create_protocol(protocol).accumulator(workers=workers, chunk_size=chunk_size)
+    proto = create_protocol(protocol)
+    acc = proto.accumulator(workers=workers, chunk_size=chunk_size)
     shape_of = preds.shape if isinstance(preds, NpzArchive) else (lambda key: np.shape(preds[key]))  # headers: no read
     by_shape: dict[tuple[int, ...], list[Target]] = {}
     for t in targets:
@@ -110,12 +115,18 @@ def evaluate_predictions(
     out = acc.compute()
     out["n_unused_predictions"] = len(set(preds) - {t.id for t in targets})
     if onscreen is not None:
-        from avloc.metrics.realworld import onscreen_summary
+        from avloc.metrics.realworld import OnscreenMetrics
 
         labelled = [t for t in targets if t.onscreen is not None]
         lacking = [t.id for t in labelled if t.id not in onscreen]
         if lacking:
             raise DataError(f"{len(lacking)} on/off-screen labelled ids have no on-screen prediction, e.g. {lacking[:3]}")
         if labelled:
-            out.update(onscreen_summary(np.array([onscreen[t.id] for t in labelled]), np.array([t.onscreen for t in labelled])))
+            on = OnscreenMetrics()
+            on.update([t.id for t in labelled], [onscreen[t.id] for t in labelled], [bool(t.onscreen) for t in labelled])
+            out.update(on.compute())
+    if frames is not None:
+        from avloc.metrics.realworld import frame_scores
+
+        out.update(frame_scores(frames, targets, preds, proto))
     return out

@@ -15,8 +15,7 @@ sources, ``sources`` (every heard class with its own on-screen probability, peak
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -354,15 +353,3 @@ def write_document(doc: LocalizeDocument, path: str | Path) -> None:
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
-
-
-def finite(x: float, where: str) -> float:
-    """``x`` when finite; else :class:`DataError` (records never carry NaN or infinities)."""
-    if not math.isfinite(x):
-        raise DataError(f"{where}: {x} is not a finite number")
-    return x
-
-
-def boxes_from(rows: Sequence[Mapping[str, Any]]) -> tuple[Box, ...]:
-    """Boxes from plain dicts (``x1 y1 x2 y2 score`` and the optional fields)."""
-    return tuple(Box.from_dict(r) for r in rows)

@@ -8,11 +8,11 @@ state, so that a run killed at any point leaves a readable record::
       "schema_version": "1.0",
       "tool": {"name": "avloc localize", "version": "0.1.0"},
       "command": ["avloc", "localize", "clips/", "--out", "DIR"],   # optional
-      "config": {"fps": 5.0, "model": "avsemantic", "workers": 2},  # optional, free-form
+      "config": {"fps": 5.0, "model": "avsemantic", "model_sha256": "9f2c...", "workers": 2},  # optional
       "started": "2025-01-01T12:00:00+00:00",
       "finished": null,                  # null while running or when killed
       "inputs": [
-        {"input": "clips/a.mp4", "status": "done", "error": null,
+        {"input": "clips/a.mp4", "stem": "a", "status": "done", "error": null,
          "outputs": {"json": "a.avloc.json", "video": "a.avloc.mp4", "sheet": "a.sheet.png"},
          "seconds": 3.1},
         {"input": "clips/b.mp4", "status": "failed", "error": "clips/b.mp4: no audio track; ..."},
@@ -26,7 +26,11 @@ state, so that a run killed at any point leaves a readable record::
 (``error`` holds the one-line reason the CLI printed; required) and
 ``pending`` (queued or in progress when the file was last written).
 ``outputs`` names the files in ``DIR`` of that input; without it they are
-``STEM.avloc.json`` and so on from the input's stem.
+``STEM.avloc.json`` and so on, ``STEM`` being ``stem`` (the output name the run
+gave the input) or else the input's own stem. ``config`` is what the results
+depend on: the resolved configuration, the model's name and ``model_sha256``,
+the digest of its content (:mod:`avloc.applications.models`), and how the run
+was spread (workers).
 
 ``avloc report`` reads the file when present (:func:`read_run`) and otherwise
 infers each video's status from the files alone (avloc.report.collect).
@@ -58,17 +62,23 @@ class RunInput:
     started: str | None = None
     finished: str | None = None
     seconds: float | None = None
+    stem: str | None = None  # the output name the run gave the input (``STEM`` of ``STEM.avloc.json``)
 
     @property
-    def stem(self) -> str:
-        """The output name: ``STEM`` of ``STEM.avloc.json``."""
+    def output_stem(self) -> str:
+        """The output name: ``stem``, else ``STEM`` of ``outputs["json"]``, else the input's stem."""
+        if self.stem is not None:
+            return self.stem
         js = Path(self.outputs.get("json") or "").name
         if js.endswith(".avloc.json"):
             return js[: -len(".avloc.json")]
         return Path(self.input).stem
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"input": self.input, "status": self.status, "error": self.error}
+        d: dict[str, Any] = {"input": self.input}
+        if self.stem is not None:
+            d["stem"] = self.stem
+        d.update(status=self.status, error=self.error)
         if self.outputs:
             d["outputs"] = dict(self.outputs)
         for k in ("started", "finished", "seconds"):
@@ -109,7 +119,9 @@ class RunRecord:
                 if r["status"] == "failed" and not (r["error"] or "").strip():
                     errs.append(f"$.inputs[{i}]: status 'failed' needs its one-line error")
                 errs += [f"$.inputs[{i}].outputs.{k}: {v!r} is not a file name in the run's folder"
-                         for k, v in r.get("outputs", {}).items() if Path(v).name != v or v in ("", ".", "..")]
+                         for k, v in r.get("outputs", {}).items() if not _plain_name(v)]
+                if "stem" in r and not _plain_name(r["stem"]):
+                    errs.append(f"$.inputs[{i}].stem: {r['stem']!r} is not a name in the run's folder")
         if errs:
             more = f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""
             raise DataError(f"{where}: does not match run_schema.json: {errs[0]}{more}")
@@ -117,12 +129,17 @@ class RunRecord:
             RunInput(
                 input=r["input"], status=cast(RunStatus, r["status"]), error=r["error"],
                 outputs=dict(r.get("outputs", {})), started=r.get("started"), finished=r.get("finished"),
-                seconds=r.get("seconds"),
+                seconds=r.get("seconds"), stem=r.get("stem"),
             )
             for r in doc["inputs"]
         ]
         return cls(tool=dict(doc["tool"]), started=doc["started"], finished=doc["finished"], inputs=inputs,
                    command=doc.get("command"), config=doc.get("config"), schema_version=doc["schema_version"])
+
+
+def _plain_name(v: str) -> bool:
+    """A file name in the run's folder: no folder part, not ``.`` or ``..``."""
+    return Path(v).name == v and v not in ("", ".", "..")
 
 
 def read_run(folder: str | Path) -> RunRecord | None:
@@ -142,11 +159,17 @@ def read_run(folder: str | Path) -> RunRecord | None:
     return RunRecord.from_dict(doc, where=str(p))
 
 
-def write_run(folder: str | Path, record: RunRecord) -> Path:
-    """Write ``folder/run.json`` atomically (readers see the old record or the new one, never half)."""
+def write_run(folder: str | Path, record: RunRecord, name: str = RUN_FILE, check: bool = True) -> Path:
+    """Write ``folder/name`` (``run.json``) atomically (readers see the old record or the new one, never half).
+
+    ``check``: validate it first (:meth:`RunRecord.from_dict`), so that no record the reader would refuse is
+    written; a runner rewriting the record after every input checks its first and last writes only (validating
+    thousands of inputs at every rewrite would cost more than the inputs)."""
     from avloc.formats.atomic import write_text_atomic
 
-    RunRecord.from_dict(record.to_dict())  # never write a record the reader would refuse
-    p = Path(folder) / RUN_FILE
-    write_text_atomic(p, json.dumps(record.to_dict(), indent=2, allow_nan=False) + "\n")
+    doc = record.to_dict()
+    if check:
+        RunRecord.from_dict(doc)
+    p = Path(folder) / name
+    write_text_atomic(p, json.dumps(doc, indent=2, allow_nan=False) + "\n")
     return p

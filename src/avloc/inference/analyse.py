@@ -202,6 +202,9 @@ class VideoAnalysis:
     source_labels: np.ndarray | None = None
     source_scores: np.ndarray | None = None
     started: float = 0.0  # time.perf_counter() when the analysis began
+    #: the digest of the model's content (:meth:`avloc.applications.models.ModelSpec.digest`), recorded in the
+    #: JSON's ``model.sha256`` when known (collection runs resume only over outputs of the same content)
+    model_sha256: str | None = None
     media: Media | None = field(default=None, repr=False)  # what the overlay decodes again (default: ``input``)
 
     @property
@@ -217,7 +220,7 @@ class VideoAnalysis:
         """The ``NAME.avloc.json`` document; ``seconds``: processing time (default: until now)."""
         secs = time.perf_counter() - self.started if seconds is None else seconds
         return build_document(self.info, self.model_name, self.source, self.cfg, self.window, self.map_wh, outputs,
-                              self.records, secs, self.tagger)
+                              self.records, secs, self.tagger, model_sha256=self.model_sha256)
 
 
 def analyse_video(
@@ -237,8 +240,8 @@ def analyse_video(
 
     ``scratch``: a folder for the maps (memory-mapped files), so memory stays flat in the video's length;
     ``None`` keeps them in memory. ``decoded``: the frames and audio windows :func:`decode_video` read
-    elsewhere (a Ray decode task, :mod:`avloc.inference.batch`), used instead of decoding here; ``source``: the
-    map source to use instead of one made from ``model`` (the batch runner's frames-across-videos source);
+    elsewhere (a Ray decode task, :mod:`avloc.inference.collection`), used instead of decoding here; ``source``: the
+    map source to use instead of one made from ``model`` (:class:`avloc.inference.gang.GangedSource`);
     ``info``: what :func:`check_video` returned for ``path`` (the probe is then not repeated).
     Raises :class:`avloc.errors.MediaError` for unreadable inputs, a missing
     audio track (unless ``cfg.visual_only``) or a video without frames at ``cfg.fps``.

@@ -2,14 +2,14 @@
 
 Frames are decoded at ``cfg.fps`` and downscaled early by FFmpeg to the model's working size (short side = the
 model's input size), each paired with the audio window centred on it; memory is independent of the video's
-length (:func:`iter_raw_frames` streams; :func:`decode_video` holds a short clip for the Ray decode tasks).
+length (:func:`iter_raw_frames` and :func:`decode_video` stream).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,11 +188,12 @@ class RawFrame:
 
 @dataclass
 class DecodedVideo:
-    """What :func:`decode_video` read from one video: its probe and every analysed frame (:class:`RawFrame`)."""
+    """What :func:`decode_video` reads from one video: its probe and its analysed frames (:class:`RawFrame`),
+    streamed (an iterable consumed once)."""
 
     input: Path
     info: MediaInfo
-    frames: list[RawFrame]
+    frames: Iterable[RawFrame]
 
 
 def iter_raw_frames(path: Media, info: MediaInfo, cfg: LocalizeConfig, sample_rate: int, window: float,
@@ -216,18 +217,14 @@ def iter_raw_frames(path: Media, info: MediaInfo, cfg: LocalizeConfig, sample_ra
 
 
 def decode_video(path: str | Path, model_cfg: Any, cfg: LocalizeConfig) -> DecodedVideo:
-    """Probe, check and decode one video for :func:`analyse_video` (``decoded=``): the CPU half of the analysis.
+    """Probe and check one video, and its frames for :func:`analyse_video` (``decoded=``), streamed: the CPU half
+    of the analysis (a collection's decode step, :mod:`avloc.inference.collection`).
 
-    ``model_cfg``: the map source's model config (its ``image`` and ``audio`` preprocessing). Holds every
-    analysed frame in memory (working size, uint8), so it suits short clips (the batch runner's decode tasks).
+    ``model_cfg``: the map source's model config (its ``image`` and ``audio`` preprocessing).
     """
     path = Path(path)
     info = check_video(path, None, cfg, None)  # the model/tagger combination is checked where they are loaded
     window = cfg.window_seconds if cfg.window_seconds is not None else model_cfg.audio.window_seconds
     assert info.width and info.height  # check_video
     work_wh = working_size(info.width, info.height, model_cfg.image)
-    frames = list(iter_raw_frames(path, info, cfg, model_cfg.audio.sample_rate, window, work_wh))
-    if not frames:
-        raise MediaError(f"{path}: no frames to analyse at {cfg.fps} fps")
-    return DecodedVideo(path, info, frames)
-
+    return DecodedVideo(path, info, iter_raw_frames(path, info, cfg, model_cfg.audio.sample_rate, window, work_wh))

@@ -144,8 +144,10 @@ def frame_record(r: FrameResult, cfg: LocalizeConfig, src_wh: tuple[int, int]) -
 def build_document(
     info: MediaInfo, model_name: str | None, source: Any, cfg: LocalizeConfig, window: float,
     map_wh: tuple[int, int], outs: dict[str, Path], records: list[FrameRecord], seconds: float, tagger: Any,
+    model_sha256: str | None = None,
 ) -> LocalizeDocument:
-    """The ``NAME.avloc.json`` document of one video (docs/localize.md)."""
+    """The ``NAME.avloc.json`` document of one video (docs/localize.md); ``model_sha256``: the digest of the
+    model's content, recorded as ``model.sha256`` when given (collection runs)."""
     from avloc import __version__
     from avloc.config import config_to_dict
 
@@ -158,11 +160,12 @@ def build_document(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         input=info.to_dict(),
         model={
-            "name": model_name if not cfg.visual_only else "object-prior (visual only)",
+            "name": "object-prior (visual only)" if cfg.visual_only else (model_name if model_name is not None else m.name),
             "method": m.name,
             "config": config_to_dict(m.cfg),
             "combine": cfg.combine,
             "audio_tagger": None if tagger is None else tagger.describe(),
+            **({} if model_sha256 is None else {"sha256": model_sha256}),
         },
         config={**asdict(cfg), "window_seconds": window},
         heatmap_size={"width": map_wh[0], "height": map_wh[1]},

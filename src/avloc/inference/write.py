@@ -132,7 +132,8 @@ def write_json(analysis: VideoAnalysis, tmp: Path, outputs: dict[str, Path]) -> 
     write_document(analysis.document(outputs), tmp)
 
 
-def _write_into(tx: OutputTransaction, analysis: VideoAnalysis, outs: dict[str, Path], progress: bool) -> None:
+def write_into(tx: OutputTransaction, analysis: VideoAnalysis, outs: dict[str, Path], progress: bool = False) -> None:
+    """Write the outputs ``outs`` (kind -> final path) of ``analysis`` into the begun transaction ``tx``."""
     if "video" in outs:
         with tx.writing("video") as tmp:
             write_overlay_video(analysis, tmp, progress)
@@ -158,7 +159,7 @@ def write_outputs(analysis: VideoAnalysis, out_dir: str | Path, force: bool | No
     """Write the outputs ``analysis.cfg`` asks for into ``out_dir``, all or none (module doc)."""
     outs = wanted_outputs(analysis.input, out_dir, analysis.cfg)
     with _transaction(analysis.input.stem, outs, out_dir, analysis.cfg.force if force is None else force) as tx:
-        _write_into(tx, analysis, outs, progress)
+        write_into(tx, analysis, outs, progress)
     return _result(analysis, outs)
 
 
@@ -192,5 +193,5 @@ def localize_video(
         analysis = analyse_video(
             path, model, cfg, model_name=model_name, tagger=tagger, progress=progress, scratch=tx.dir, info=info
         )
-        _write_into(tx, analysis, outs, progress)
+        write_into(tx, analysis, outs, progress)
     return _result(analysis, outs)

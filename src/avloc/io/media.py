@@ -445,8 +445,12 @@ def write_video(
     sample_rate: int | None = None,
     crf: int = 23,
     preset: str = "veryfast",
+    threads: int | None = None,
 ) -> Path:
     """Encode RGB uint8 frames (H, W, 3) as H.264 MP4, with mono AAC audio if given.
+
+    ``threads``: x264 threads (``None``: FFmpeg's choice). Threaded encoding may differ from run to run with
+    the machine's load; ``threads=1`` gives the same file for the same input (reproducible data sets).
 
     Frames are consumed lazily, and so is ``audio`` when it is an iterable of
     mono chunks (:func:`iter_audio`) rather than one array: the audio is encoded
@@ -460,91 +464,110 @@ def write_video(
     if audio is not None and not sample_rate:
         raise MediaError("write_video: audio given without sample_rate")
     rate = Fraction(fps).limit_denominator(1001)
-    chunks: Iterator[np.ndarray] | None = None
-    if audio is not None:
-        chunks = iter([audio]) if isinstance(audio, np.ndarray) else iter(audio)
+    options = {"crf": str(crf), "preset": preset} | ({} if threads is None else {"threads": str(threads)})
     with av.open(str(path), "w", format="mp4") as out:
+        track = None if audio is None else _AudioTrack(out, audio, int(sample_rate))  # type: ignore[arg-type]
         vs: Any = None
-        ast: Any = None
-        fifo: Any = None
-        if chunks is not None:
-            ast = out.add_stream("aac", rate=int(sample_rate))  # type: ignore[arg-type]
-            ast.layout = "mono"
-            fifo = av.AudioFifo()
-        n_fr = (ast.codec_context.frame_size or 1024) if ast is not None else 0
-        # AAC encoders prepend `frame_size` priming samples that PyAV's MP4 muxer does not
-        # hide with an edit list; advancing the audio by that much keeps it in sync with
-        # the video (the first frame_size samples are lost: 64 ms at 16 kHz).
-        skip = n_fr
-        fed = 0  # samples written into the fifo
-        encoded = 0  # samples sent to the encoder
-        any_audio = False
-
-        def feed() -> bool:
-            """Move the next audio chunk into the fifo; False when there is none left."""
-            nonlocal skip, fed, chunks, any_audio
-            if chunks is None:
-                return False
-            nxt = next(chunks, None)
-            if nxt is None:
-                chunks = None
-                return False
-            a = np.asarray(nxt, dtype=np.float32).reshape(-1)
-            if skip:
-                cut = min(skip, a.size)
-                a, skip = a[cut:], skip - cut
-            if a.size:
-                af = av.AudioFrame.from_ndarray(np.clip(a, -1, 1).reshape(1, -1), format="flt", layout="mono")
-                af.sample_rate = int(sample_rate)  # type: ignore[arg-type]
-                af.pts = fed
-                fifo.write(af)
-                fed += a.size
-                any_audio = True
-            return True
-
-        def pump(until: int | None) -> None:
-            """Encode audio up to sample ``until`` (all of it when ``None``)."""
-            nonlocal encoded
-            while ast is not None and (until is None or encoded < until):
-                if fifo.samples >= n_fr or (chunks is None and fifo.samples):
-                    chunk = fifo.read(min(n_fr, fifo.samples), partial=True)
-                    encoded += chunk.samples
-                    for pkt in ast.encode(chunk):
-                        out.mux(pkt)
-                elif not feed() and not fifo.samples:
-                    break
-
         for i, img in enumerate(frames):
-            if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-                raise MediaError(f"write_video: frame {i} must be (H, W, 3) uint8, got {img.shape} {img.dtype}")
-            h, w = img.shape[:2]
-            if h % 2 or w % 2:
-                img = np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-            if vs is None:
-                vs = out.add_stream("libx264", rate=rate)
-                vs.width, vs.height = img.shape[1], img.shape[0]
-                vs.pix_fmt = "yuv420p"
-                vs.options = {"crf": str(crf), "preset": preset}
-            elif (img.shape[1], img.shape[0]) != (vs.width, vs.height):
-                raise MediaError(f"write_video: frame {i} is {img.shape[1]}x{img.shape[0]}, expected {vs.width}x{vs.height}")
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-            vf.pts = i
-            vf.time_base = 1 / rate
-            for pkt in vs.encode(vf):
-                out.mux(pkt)
-            if ast is not None:
-                pump(round((i + 1) / float(rate) * int(sample_rate)))  # type: ignore[arg-type]
+            vs = _encode_frame(out, vs, img, i, rate, options)
+            if track is not None:
+                track.pump(round((i + 1) / float(rate) * track.rate))
         if vs is None:
             raise MediaError("write_video: no frames to write")
         for pkt in vs.encode():
             out.mux(pkt)
-        if ast is not None:
-            pump(None)
-            if not any_audio:  # a track shorter than the priming: one frame of silence keeps the stream valid
-                af = av.AudioFrame.from_ndarray(np.zeros((1, n_fr), np.float32), format="flt", layout="mono")
-                af.sample_rate, af.pts = int(sample_rate), 0  # type: ignore[arg-type]
-                for pkt in ast.encode(af):
-                    out.mux(pkt)
-            for pkt in ast.encode():
-                out.mux(pkt)
+        if track is not None:
+            track.finish()
     return Path(path)
+
+
+def _encode_frame(out: Any, vs: Any, img: np.ndarray, i: int, rate: Fraction, options: dict[str, str]) -> Any:
+    """Encode frame ``i`` (the video stream is made from the first frame's size); returns the stream."""
+    import av
+
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise MediaError(f"write_video: frame {i} must be (H, W, 3) uint8, got {img.shape} {img.dtype}")
+    h, w = img.shape[:2]
+    if h % 2 or w % 2:
+        img = np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    if vs is None:
+        vs = out.add_stream("libx264", rate=rate)
+        vs.width, vs.height = img.shape[1], img.shape[0]
+        vs.pix_fmt = "yuv420p"
+        vs.options = options
+    elif (img.shape[1], img.shape[0]) != (vs.width, vs.height):
+        raise MediaError(f"write_video: frame {i} is {img.shape[1]}x{img.shape[0]}, expected {vs.width}x{vs.height}")
+    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+    vf.pts = i
+    vf.time_base = 1 / rate
+    for pkt in vs.encode(vf):
+        out.mux(pkt)
+    return vs
+
+
+class _AudioTrack:
+    """The mono AAC track of :func:`write_video`, fed lazily from an array or an iterable of chunks.
+
+    AAC encoders prepend ``frame_size`` priming samples that PyAV's MP4 muxer does not hide with an edit
+    list; advancing the audio by that much keeps it in sync with the video (the first ``frame_size``
+    samples are lost: 64 ms at 16 kHz).
+    """
+
+    def __init__(self, out: Any, audio: np.ndarray | Iterable[np.ndarray], rate: int) -> None:
+        import av
+
+        self.out, self.rate = out, rate
+        self.chunks: Iterator[np.ndarray] | None = iter([audio]) if isinstance(audio, np.ndarray) else iter(audio)
+        self.stream = out.add_stream("aac", rate=rate)
+        self.stream.layout = "mono"
+        self.fifo = av.AudioFifo()
+        self.frame_size = self.stream.codec_context.frame_size or 1024
+        self.skip = self.frame_size  # priming samples still to drop
+        self.fed = 0  # samples written into the fifo
+        self.encoded = 0  # samples sent to the encoder
+        self.any_audio = False
+
+    def feed(self) -> bool:
+        """Move the next audio chunk into the fifo; False when there is none left."""
+        import av
+
+        nxt = None if self.chunks is None else next(self.chunks, None)
+        if nxt is None:
+            self.chunks = None
+            return False
+        a = np.asarray(nxt, dtype=np.float32).reshape(-1)
+        if self.skip:
+            cut = min(self.skip, a.size)
+            a, self.skip = a[cut:], self.skip - cut
+        if a.size:
+            af = av.AudioFrame.from_ndarray(np.clip(a, -1, 1).reshape(1, -1), format="flt", layout="mono")
+            af.sample_rate, af.pts = self.rate, self.fed
+            self.fifo.write(af)
+            self.fed += a.size
+            self.any_audio = True
+        return True
+
+    def pump(self, until: int | None) -> None:
+        """Encode audio up to sample ``until`` (all of it when ``None``)."""
+        while until is None or self.encoded < until:
+            if self.fifo.samples >= self.frame_size or (self.chunks is None and self.fifo.samples):
+                chunk = self.fifo.read(min(self.frame_size, self.fifo.samples), partial=True)
+                assert chunk is not None  # the fifo holds samples
+                self.encoded += chunk.samples
+                for pkt in self.stream.encode(chunk):
+                    self.out.mux(pkt)
+            elif not self.feed() and not self.fifo.samples:
+                break
+
+    def finish(self) -> None:
+        """Encode what is left and flush (a track shorter than the priming gets one frame of silence)."""
+        import av
+
+        self.pump(None)
+        if not self.any_audio:
+            af = av.AudioFrame.from_ndarray(np.zeros((1, self.frame_size), np.float32), format="flt", layout="mono")
+            af.sample_rate, af.pts = self.rate, 0
+            for pkt in self.stream.encode(af):
+                self.out.mux(pkt)
+        for pkt in self.stream.encode():
+            self.out.mux(pkt)

@@ -302,19 +302,49 @@ class OutputTransaction:
                 self.cleaned.append(e)
 
     def _lock(self) -> None:
+        what = f"{self.finals[self.marker]}: another run is writing this output set"
+        self._lock_fd = HeldLock(self._lock_path, what).acquire()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            _release(self._lock_path, self._lock_fd)
+            self._lock_fd = None
+
+
+def _release(path: Path, fd: int) -> None:
+    try:
+        path.unlink(missing_ok=True)  # removed while still held (see HeldLock.acquire)
+    finally:
+        os.close(fd)
+
+
+class HeldLock:
+    """An advisory ``fcntl`` lock on the file ``path``, held by one process at a time (``with`` it).
+
+    A second process fails at once with :class:`OutputLockedError` naming the holder (pid, host, since when,
+    its command), which the holder writes into the file. The file is removed on release; a killed holder's
+    lock is released by the kernel, and its file is taken over by the next run. ``what`` starts the error's
+    line (what the lock protects).
+    """
+
+    def __init__(self, path: str | Path, what: str) -> None:
+        self.path, self.what = Path(path), what
+        self._fd: int | None = None
+
+    def acquire(self) -> int:
+        """Take the lock (or raise :class:`OutputLockedError`); returns its file descriptor."""
         while True:
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "a process that has not said who it is"
                 os.close(fd)
                 raise OutputLockedError(
-                    f"{self.finals[self.marker]}: another run is writing this output set ({holder}); "
-                    "wait for it to finish or choose another output folder"
+                    f"{self.what} ({holder}); wait for it to finish or choose another output folder"
                 ) from None
             try:
-                same = os.fstat(fd).st_ino == os.stat(self._lock_path).st_ino
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
                 same = False
             if same:
@@ -324,13 +354,17 @@ class OutputTransaction:
         who = f"pid {os.getpid()} on {socket.gethostname()}, since {started}: {' '.join(sys.argv[:1] + sys.argv[1:6])}"
         os.ftruncate(fd, 0)
         os.pwrite(fd, (who + "\n").encode(), 0)
-        self._lock_fd = fd
+        self._fd = fd
+        return fd
 
-    def _unlock(self) -> None:
-        if self._lock_fd is None:
-            return
-        try:
-            self._lock_path.unlink(missing_ok=True)  # removed while still held (see _lock)
-        finally:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+    def release(self) -> None:
+        if self._fd is not None:
+            _release(self.path, self._fd)
+            self._fd = None
+
+    def __enter__(self) -> HeldLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

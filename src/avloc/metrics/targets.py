@@ -35,6 +35,18 @@ def _boxes(x: Any, where: str) -> np.ndarray:
     return a
 
 
+@dataclass(frozen=True)
+class Tile:
+    """One tile of a constructed frame (a mosaic, two speakers side by side): its normalised rectangle in the
+    frame, whether its sound is in the soundtrack, the boxes of its sounding objects (normalised to the whole
+    frame; only for sounding tiles) and the AudioSet labels of its sound (class-aware scoring)."""
+
+    rect: tuple[float, float, float, float]
+    sounding: bool
+    boxes: tuple[tuple[float, float, float, float], ...] = ()
+    labels: tuple[str, ...] = ()
+
+
 @dataclass
 class Target:
     """Ground truth of one sample (boxes normalised to [0, 1] in the model-input frame)."""
@@ -53,6 +65,9 @@ class Target:
     image_id: str = ""
     #: False: the frame is not scored for localisation (real-footage annotations: source ambiguous or unclear)
     scored: bool = True
+    #: constructed frames (avloc.data.constructions): the tiles, and the index of the tile whose face speaks
+    tiles: tuple[Tile, ...] = ()
+    speaker_tile: int | None = None
 
     def __post_init__(self) -> None:
         if not self.image_id:

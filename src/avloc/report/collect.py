@@ -211,15 +211,15 @@ def collect(folder: str | Path) -> Collection:
     seen: set[str] = set()
     if coll.run is not None:
         for r in coll.run.inputs:
-            if r.stem in seen:
+            if r.output_stem in seen:
                 continue  # the same output name twice: the CLI already refused the second input
-            seen.add(r.stem)
+            seen.add(r.output_stem)
             js = r.outputs.get("json")
             if js is not None and Path(js).name != js:  # file names in DIR only: never read outside it
-                e = VideoEntry(stem=r.stem, status="invalid",
+                e = VideoEntry(stem=r.output_stem, status="invalid",
                                errors=[f"{RUN_FILE}: outputs.json {js!r} of {r.input} is not a file name in {d}"])
             else:
-                e = _entry(r.stem, d, r.status, js)
+                e = _entry(r.output_stem, d, r.status, js)
             e.input = r.input
             if r.error:
                 e.errors.insert(0, r.error)

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avloc.errors import ConfigError, DataError
+from avloc.registry import VISION
 from avloc.vision._tflite import (
     Act,
     TFConv2d,
@@ -58,8 +59,8 @@ from avloc.vision._tflite import (
 )
 
 #: zoo files (under avloc/zoo)
-DETECTOR_FILE = "mediapipe/pose_detection.safetensors"
-LANDMARK_FILE = "mediapipe/pose_landmark_full.safetensors"
+DETECTOR_FILE = "vision/pose_detection.safetensors"
+LANDMARK_FILE = "vision/pose_landmark_full.safetensors"
 #: BlazePose's 33 landmarks (MediaPipe ``PoseLandmark``)
 LANDMARK_NAMES = (
     "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye", "right_eye_outer",
@@ -619,6 +620,7 @@ class PoseEstimator(nn.Module):
         return out
 
 
+@VISION.register("blazepose")
 def load_pose(device: str | torch.device = "cpu", config: PoseConfig | None = None,
               detector_path: str | Path | None = None, landmark_path: str | Path | None = None) -> PoseEstimator:  # fmt: skip
     """The pose estimator with the shipped weights (``avloc/zoo``, or the given files), eval mode, on ``device``

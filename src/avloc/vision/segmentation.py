@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avloc.errors import ConfigError, DataError
+from avloc.registry import VISION
 from avloc.vision._tflite import (
     Act,
     TFConv2d,
@@ -43,8 +44,8 @@ from avloc.vision._tflite import (
 
 #: zoo file (under avloc/zoo) and input (height, width) of each variant (MediaPipe's ``model_selection`` 0 and 1)
 VARIANTS = {
-    "general": ("mediapipe/selfie_segmentation.safetensors", (256, 256)),
-    "landscape": ("mediapipe/selfie_segmentation_landscape.safetensors", (144, 256)),
+    "general": ("vision/selfie_segmentation.safetensors", (256, 256)),
+    "landscape": ("vision/selfie_segmentation_landscape.safetensors", (144, 256)),
 }
 
 
@@ -222,6 +223,7 @@ class PersonSegmenter(nn.Module):
         return out
 
 
+@VISION.register("selfie-segmentation")
 def load_segmenter(device: str | torch.device = "cpu", config: SegmenterConfig | None = None,
                    path: str | Path | None = None) -> PersonSegmenter:  # fmt: skip
     """The segmenter with the shipped weights (``avloc/zoo``, or ``path``), in eval mode on ``device``

@@ -36,6 +36,7 @@ import numpy as np
 
 import avloc
 from avloc.errors import ConfigError
+from avloc.vision.detector import COCO_CLASSES as COCO_NAMES  # the detectors' label order
 
 #: The shipped map, and the ImageNet-1k class names it is checked against.
 DEFAULT_SOUND_MAP = Path(__file__).with_name("sound_map.json")
@@ -53,18 +54,6 @@ KINDS: tuple[str, ...] = ("object", "human", "none")
 OBJECT, HUMAN, NONE = 0, 1, 2
 REGIONS: tuple[str, ...] = ("face", "body")
 _KEYS = {"audioset", "kind", "imagenet", "coco", "union_of", "region", "offscreen_prior", "why"}
-#: COCO-80's category names in the detectors' label order (Lin et al., ECCV 2014; 80 of the 91 ids)
-COCO_NAMES: tuple[str, ...] = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
-    "hair drier", "toothbrush",
-)
 
 ClassNames = Sequence[str] | str | Path | None
 
@@ -256,76 +245,93 @@ def load_sound_map(path: str | Path = DEFAULT_SOUND_MAP, class_names: ClassNames
         raise ConfigError(f"{p}: expected {{'version': {SOUND_MAP_VERSION}, 'classes': [...]}} "
                           "(the old 42-group file loads with SoundMap.from_legacy_groups)")
     position = {n: i for i, n in enumerate(audioset)}
-    a = len(audioset)
-    kind = np.full(a, -1, dtype=np.int8)
-    imagenet: list[tuple[int, ...]] = [()] * a
-    coco: list[tuple[int, ...]] = [()] * a
-    region: list[str | None] = [None] * a
-    off = np.zeros(a, dtype=bool)
-    why: list[str | None] = [None] * a
-    unions: list[tuple[str, str, list[Any]]] = []
+    entries: dict[int, _Entry] = {}
     for k, e in enumerate(doc["classes"]):
-        if not isinstance(e, dict) or not isinstance(e.get("audioset"), str):
-            raise ConfigError(f"{p}: classes[{k}]: an entry needs an 'audioset' class name")
-        name = e["audioset"]
-        where = f"classes[{k}] ({name!r})"
-        if name not in position:
-            raise ConfigError(f"{p}: {where}: AudioSet class {name!r} is not in the YAMNet class map")
-        i = position[name]
-        if kind[i] >= 0:
-            raise ConfigError(f"{p}: {where}: AudioSet class {name!r} appears twice")
-        extra = set(e) - _KEYS
-        if extra:
-            raise ConfigError(f"{p}: {where}: unknown keys {sorted(extra)} (allowed: {sorted(_KEYS)})")
-        kname = e.get("kind")
-        if kname not in KINDS:
-            raise ConfigError(f"{p}: {where}: kind {kname!r} is not one of {list(KINDS)}")
-        kind[i] = KINDS.index(kname)
-        if "coco" in e:
-            coco[i] = _coco(p, where, e["coco"], kname)
-        if kname == "object":
-            if "imagenet" in e or not coco[i]:
-                imagenet[i] = _ranges(p, where, e.get("imagenet"), inet)
-            if "union_of" in e:
-                if not isinstance(e["union_of"], list) or not e["union_of"]:
-                    raise ConfigError(f"{p}: {where}: 'union_of' must be a non-empty list of AudioSet class names")
-                unions.append((name, where, e["union_of"]))
-        else:
-            for key in ("imagenet", "union_of"):
-                if key in e:
-                    raise ConfigError(f"{p}: {where}: {key!r} is only for kind 'object', not {kname!r}")
-        if kname == "human":
-            if e.get("region") not in REGIONS:
-                raise ConfigError(f"{p}: {where}: a human class needs region one of {list(REGIONS)}, not {e.get('region')!r}")
-            region[i] = e["region"]
-        elif "region" in e:
-            raise ConfigError(f"{p}: {where}: 'region' is only for kind 'human'")
-        if kname == "none" and not (isinstance(e.get("why"), str) and e["why"].strip()):
-            raise ConfigError(f"{p}: {where}: a 'none' class needs a short 'why' (why nothing visible makes it)")
-        if "why" in e and not isinstance(e["why"], str):
-            raise ConfigError(f"{p}: {where}: 'why' must be a string")
-        why[i] = e.get("why")
-        o = e.get("offscreen_prior", False)
-        if not isinstance(o, bool):
-            raise ConfigError(f"{p}: {where}: 'offscreen_prior' must be true or false")
-        off[i] = o
-    missing = [n for n in audioset if kind[position[n]] < 0]
+        where = f"classes[{k}] ({e.get('audioset')!r})" if isinstance(e, dict) else f"classes[{k}]"
+        entry = _entry(p, where, e, position, inet)
+        if entry.index in entries:
+            raise ConfigError(f"{p}: {where}: AudioSet class {audioset[entry.index]!r} appears twice")
+        entries[entry.index] = entry
+    missing = [n for n in audioset if position[n] not in entries]
     if missing:
         raise ConfigError(f"{p}: {len(missing)} YAMNet classes are not covered, e.g. {missing[:5]} "
                           "(every class needs an entry: object, human or none)")
-    for name, where, children in unions:
-        mine = set(imagenet[position[name]])
-        for c in children:
+    rows = [entries[i] for i in range(len(audioset))]
+    _check_unions(p, rows, position, inet)
+    return SoundMap(audioset, np.array([r.kind for r in rows], np.int8), [r.imagenet for r in rows],
+                    [r.region for r in rows], np.array([r.offscreen for r in rows], bool), [r.why for r in rows],
+                    inet, source=str(p), coco=[r.coco for r in rows])
+
+
+@dataclass
+class _Entry:
+    """One checked entry of ``sound_map.json``."""
+
+    index: int
+    where: str
+    kind: int
+    imagenet: tuple[int, ...]
+    coco: tuple[int, ...]
+    region: str | None
+    offscreen: bool
+    why: str | None
+    union_of: list[Any] | None
+
+
+def _entry(p: Path, where: str, e: Any, position: dict[str, int], inet: list[str]) -> _Entry:
+    """Check one entry of the map (module doc) -> :class:`_Entry`."""
+    if not isinstance(e, dict) or not isinstance(e.get("audioset"), str):
+        raise ConfigError(f"{p}: {where}: an entry needs an 'audioset' class name")
+    name = e["audioset"]
+    if name not in position:
+        raise ConfigError(f"{p}: {where}: AudioSet class {name!r} is not in the YAMNet class map")
+    extra = set(e) - _KEYS
+    if extra:
+        raise ConfigError(f"{p}: {where}: unknown keys {sorted(extra)} (allowed: {sorted(_KEYS)})")
+    kname = e.get("kind")
+    if kname not in KINDS:
+        raise ConfigError(f"{p}: {where}: kind {kname!r} is not one of {list(KINDS)}")
+    coco = _coco(p, where, e["coco"], kname) if "coco" in e else ()
+    imagenet: tuple[int, ...] = ()
+    union = None
+    if kname == "object":
+        if "imagenet" in e or not coco:
+            imagenet = _ranges(p, where, e.get("imagenet"), inet)
+        if "union_of" in e:
+            if not isinstance(e["union_of"], list) or not e["union_of"]:
+                raise ConfigError(f"{p}: {where}: 'union_of' must be a non-empty list of AudioSet class names")
+            union = e["union_of"]
+    for key in ("imagenet", "union_of"):
+        if kname != "object" and key in e:
+            raise ConfigError(f"{p}: {where}: {key!r} is only for kind 'object', not {kname!r}")
+    if kname == "human" and e.get("region") not in REGIONS:
+        raise ConfigError(f"{p}: {where}: a human class needs region one of {list(REGIONS)}, not {e.get('region')!r}")
+    if kname != "human" and "region" in e:
+        raise ConfigError(f"{p}: {where}: 'region' is only for kind 'human'")
+    if kname == "none" and not (isinstance(e.get("why"), str) and e["why"].strip()):
+        raise ConfigError(f"{p}: {where}: a 'none' class needs a short 'why' (why nothing visible makes it)")
+    if "why" in e and not isinstance(e["why"], str):
+        raise ConfigError(f"{p}: {where}: 'why' must be a string")
+    off = e.get("offscreen_prior", False)
+    if not isinstance(off, bool):
+        raise ConfigError(f"{p}: {where}: 'offscreen_prior' must be true or false")
+    return _Entry(position[name], where, KINDS.index(kname), imagenet, coco, e.get("region"), off, e.get("why"), union)
+
+
+def _check_unions(p: Path, rows: list[_Entry], position: dict[str, int], inet: list[str]) -> None:
+    """A parent with ``union_of`` covers at least the ImageNet classes of every child it names (object ones)."""
+    for r in rows:
+        mine = set(r.imagenet)
+        for c in r.union_of or ():
             if not isinstance(c, str) or c not in position:
-                raise ConfigError(f"{p}: {where}: union_of names {c!r}, which is not in the YAMNet class map")
-            j = position[c]
-            if kind[j] != OBJECT:
-                raise ConfigError(f"{p}: {where}: union_of names {c!r}, which is {KINDS[int(kind[j])]!r}, not 'object'")
-            lost = sorted(set(imagenet[j]) - mine)
+                raise ConfigError(f"{p}: {r.where}: union_of names {c!r}, which is not in the YAMNet class map")
+            child = rows[position[c]]
+            if child.kind != OBJECT:
+                raise ConfigError(f"{p}: {r.where}: union_of names {c!r}, which is {KINDS[child.kind]!r}, not 'object'")
+            lost = sorted(set(child.imagenet) - mine)
             if lost:
-                raise ConfigError(f"{p}: {where}: does not cover its child {c!r}: ImageNet {lost[:5]} "
+                raise ConfigError(f"{p}: {r.where}: does not cover its child {c!r}: ImageNet {lost[:5]} "
                                   f"({', '.join(inet[x] for x in lost[:5])}) missing")
-    return SoundMap(audioset, kind, imagenet, region, off, why, inet, source=str(p), coco=coco)
 
 
 def _coco(path: Path, where: str, value: Any, kind: str) -> tuple[int, ...]:

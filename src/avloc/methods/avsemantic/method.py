@@ -44,6 +44,7 @@ from avloc.methods.avsemantic.grounding import (
     ground_none,
     ground_object,
 )
+from avloc.methods.avsemantic.mapping import COCO_NAMES
 from avloc.methods.avsync_prior import frame_envelope, synchrony_maps
 from avloc.methods.base import (
     Capability,
@@ -107,8 +108,20 @@ class AVSemanticConfig(MethodConfig):
     #: support above ``box_support`` x its peak
     max_instances: int = 4
     box_support: float = 0.5
+    #: a CAM instance's support snapped to SLICO superpixels about ``segment_px`` across (model-input pixels)
+    snap_segments: bool = True
+    segment_px: int = 16
+    #: COCO instances of heard objects and people: this detector (``avloc.registry.VISION``) at this input size
+    #: and score threshold (NanoDet-g 416 letterboxed: docs/localize.md, "Detector"); ``None``: no detector
+    detector: str | None = "nanodet"
+    detector_size: int = 416
+    detector_threshold: float = 0.3
     #: human sounds -> faces (YuNet); ``False``: human sounds are not grounded (ablation)
     use_faces: bool = True
+    #: a vocal sound with no face found: the head of the people BlazePose finds (MediaPipe, :mod:`avloc.vision.pose`)
+    use_pose: bool = True
+    #: a body sound (clapping, footsteps): the detected people tightened to their mask (selfie segmentation)
+    use_masks: bool = True
     #: weight of the upper body next to the head in a person's map (the sound comes from the head)
     body_weight: float = 0.3
     #: each source map keeps only cells >= this fraction of its peak (a tight support, :func:`centre_map`)
@@ -129,9 +142,10 @@ class AVSemanticConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for k in ("top_k", "max_instances", "sync_grid", "sync_blur", "sync_spread"):
+        for k in ("top_k", "max_instances", "sync_grid", "sync_blur", "sync_spread", "segment_px"):
             check_range(k, getattr(self, k), 1)
-        for k in ("min_score", "min_visible", "support", "box_support", "sync_floor", "sync_w_motion"):
+        for k in ("min_score", "min_visible", "support", "box_support", "sync_floor", "sync_w_motion",
+                  "detector_threshold"):
             check_range(k, getattr(self, k), 0, 1)
         check_range("context_seconds", self.context_seconds, 0)
         if self.mapping not in ("v2", "legacy"):
@@ -158,7 +172,7 @@ class AVSemantic(LocalizationMethod):
 
     # -- parts ---------------------------------------------------------------------------
     def checkpoint_exclude_prefixes(self) -> list[str]:
-        return ["_evidence.", "_tagger."]
+        return ["_evidence.", "_tagger.", "_detector."]
 
     def _build(self, device: torch.device) -> None:
         if self._parts:
@@ -170,6 +184,11 @@ class AVSemantic(LocalizationMethod):
         self._tagger = load_yamnet(device, match_tflite=False)
         self._evidence = ImageNetEvidence(self.cfg.cam_strides).to(device).eval()
         self._parts = {"classes": _visual_sets(yamnet_class_names(), self.cfg)}
+        if self.cfg.detector is not None:
+            from avloc.vision import create_vision_model
+
+            self._detector = create_vision_model(self.cfg.detector, device=device, input_size=self.cfg.detector_size,
+                                                 score_threshold=self.cfg.detector_threshold)
         if self.cfg.use_faces:
             from avloc.methods.avsemantic.faces import FaceConfig, FaceDetector
 
@@ -215,13 +234,18 @@ class AVSemantic(LocalizationMethod):
         # faces only where a human sound is heard (YuNet also fires on animal faces, and costs time)
         faces, speaker = self._faces_and_speaker(frames, audio, times, idx) if cfg.use_faces and hears_people else ({}, {})
         probs = ev.probs.cpu().numpy()  # (T', 1000)
+        dets = self._detect(frames[keep], heard_all)
         model = cfg.onscreen_model()
         maps, onscreen, sources, details = [], [], [], []
         for k, j in enumerate(idx):
             f = FrameInputs(
-                probs=probs[k], cam=functools.partial(self._cam, ev, k, out_hw), detections=[],
+                probs=probs[k], cam=functools.partial(self._cam, ev, k, out_hw), detections=dets[k],
                 faces=faces.get(j, np.zeros((0, 15), np.float32)), speaker=speaker.get(j), fallback=fallback[k],
-                motion=float(motion[k]), out_hw=out_hw, side=s_img,
+                motion=float(motion[k]), out_hw=out_hw, side=s_img, coco_names=COCO_NAMES,
+                segments=functools.cache(functools.partial(_segments, frames[keep][k], cfg.segment_px))
+                if cfg.snap_segments else None,
+                pose_heads=functools.cache(functools.partial(self._pose_heads, frames[keep][k])) if cfg.use_pose else None,
+                person_mask=functools.cache(functools.partial(self._person_mask, frames[keep][k])) if cfg.use_masks else None,
             )
             srcs = [self._ground(f, int(c), float(scores[k, c])) for c in heard_all[k]]
             for h in srcs:
@@ -234,6 +258,42 @@ class AVSemantic(LocalizationMethod):
         return ClipAnalysis(torch.stack(maps).to(frames.device), torch.tensor(onscreen, dtype=torch.float32), sources,
                             details)
 
+    def _detect(self, frames: torch.Tensor, heard: list[list[int]]) -> list[list[tuple[Any, float, int]]]:
+        """COCO instances (box in model-input pixels, score, label) of the frames whose heard classes name a COCO
+        category (objects, and people for human sounds); none without a detector."""
+        cls = self._parts["classes"]
+        need = [any(cls.coco[c] or cls.kinds[c] == "human" for c in h) for h in heard]
+        out: list[list[tuple[Any, float, int]]] = [[] for _ in heard]
+        if self.cfg.detector is None or not any(need):
+            return out
+        idx = [k for k, n in enumerate(need) if n]
+        for k, d in zip(idx, self._detector.detect(frames[idx]), strict=True):
+            out[k] = [(tuple(float(v) for v in b), float(s), int(c))
+                      for b, s, c in zip(d.boxes.tolist(), d.scores.tolist(), d.labels.tolist(), strict=True)]
+        return out
+
+    def _pose_heads(self, frame: torch.Tensor) -> list[tuple[tuple[float, float, float, float], float]]:
+        """Head boxes (model-input pixels) and scores of the people BlazePose finds in one frame (3, S, S)."""
+        from avloc.vision import create_vision_model
+        from avloc.vision.pose import head_box
+
+        if "pose" not in self._parts:
+            self._parts["pose"] = create_vision_model("blazepose", device=frame.device)
+        out = []
+        for person in self._parts["pose"]([frame])[0]:
+            b = head_box(person)
+            if b is not None:
+                out.append((tuple(float(v) for v in b.tolist()), float(person.score)))
+        return out  # type: ignore[return-value]
+
+    def _person_mask(self, frame: torch.Tensor) -> torch.Tensor:
+        """Person probability (S, S) of one frame (selfie segmentation, :mod:`avloc.vision.segmentation`)."""
+        from avloc.vision import create_vision_model
+
+        if "segmenter" not in self._parts:
+            self._parts["segmenter"] = create_vision_model("selfie-segmentation", device=frame.device)
+        return self._parts["segmenter"].segment(frame[None])[0].cpu()
+
     def _cam(self, ev: Any, k: int, out_hw: tuple[int, int], indices: list[int]) -> torch.Tensor:
         return self._evidence.cam(ev, k, indices, out_hw).cpu()
 
@@ -243,14 +303,15 @@ class AVSemantic(LocalizationMethod):
 
         cls, cfg = self._parts["classes"], self.cfg
         name, kind = cls.names[c], cls.kinds[c]
-        g = GroundingConfig(cfg.min_visible, cfg.support, 0.0, cfg.max_instances, cfg.box_support)
+        g = GroundingConfig(cfg.min_visible, cfg.support, cfg.detector_threshold, cfg.max_instances, cfg.box_support)
         if kind == "object":
             return ground_object(f, g, name, score, cls.imagenet[c], cls.parts[c], cls.coco[c])
         if kind == "human":
             if not cfg.use_faces:
                 return HeardSource(name, score, "human", "faces off", None, {})
-            return ground_human(f, g, name, score, functools.partial(self._person_weights, out_hw=f.out_hw, s_img=f.side),
-                                lambda row: head_box(row, (f.side, f.side)), None)
+            return ground_human(f, g, name, score, cls.regions[c],
+                                functools.partial(self._person_weights, out_hw=f.out_hw, s_img=f.side),
+                                lambda row: head_box(row, (f.side, f.side)), COCO_NAMES.index("person"))
         return ground_none(f, name, score)
 
     def _fallback(
@@ -329,6 +390,7 @@ class _ClassSets:
 
     names: list[str]
     kinds: list[str]
+    regions: list[str | None]  # human classes: "face" (vocal) or "body"
     narration: list[bool]
     imagenet: list[list[int]]  # its own ImageNet classes and its descendants'
     coco: list[list[int]]  # its own COCO labels and its descendants'
@@ -360,7 +422,7 @@ def _visual_sets(names: list[str], cfg: AVSemanticConfig) -> _ClassSets:
     for i in range(len(names)):  # a generic class with visible descendants is an object class
         if kinds[i] == "none" and (imagenet[i] or coco[i]):
             kinds[i] = "object"
-    return _ClassSets(names, kinds, [bool(v) for v in smap.offscreen_prior], imagenet, coco, parts)
+    return _ClassSets(names, kinds, list(smap.region), [bool(v) for v in smap.offscreen_prior], imagenet, coco, parts)
 
 
 def _evidence_of(h: HeardSource, classes: _ClassSets) -> onscreen_model.HeardEvidence:
@@ -371,6 +433,14 @@ def _evidence_of(h: HeardSource, classes: _ClassSets) -> onscreen_model.HeardEvi
     ev = {k: float(v) for k, v in h.detail.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     cause = onscreen_model.cause_key(h.kind, h.grounding, h.label, h.map is not None and h.kind != "none")
     return onscreen_model.HeardEvidence(group, h.score, ev, cause)
+
+
+def _segments(frame: torch.Tensor, region: int) -> np.ndarray:
+    """Superpixels of a model-input frame (3, S, S) in [0, 1] (:func:`.grounding.superpixels`)."""
+    from avloc.methods.avsemantic.grounding import superpixels
+
+    rgb = (frame.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return superpixels(rgb, region)
 
 
 def _frame_map(srcs: list[HeardSource], fallback: torch.Tensor) -> torch.Tensor:

@@ -58,7 +58,8 @@ register_protocol(
         "realclips", source="avloc real-footage dev set (VGG-SS protocol of LVS test.py)",
         resize="cv2", normalize="lvs", strict=True, gt="union", published_inputs="image full frame",
         notes="hand-drawn boxes on full frames; median and adaptive cIoU >= 0.5, pointing; "
-        "frames with scored=false skipped; image_id = clip (per-clip breakdown)",
+        "frames with scored=false skipped; image_id = clip (per-clip breakdown); with the frames' records: "
+        "boxes, on/off-screen recalls, tiles, speaker, class-aware cIoU (avloc.metrics.realworld.frame_scores)",
     ),
     __name__,
 )
