@@ -11,9 +11,9 @@ Scored on 200 ``test`` scenes with 2-4 visible digits (unseen speaker and images
 falls in the sounding digit's box (re-derived here with NumPy). A run learns when its pointing beats the
 training-free priors that know nothing of the scene (``centre``, ``random``) and the same model given another scene's
 sound, each by :data:`MARGIN`. The ``objectness`` prior (where the frozen encoder sees things) is reported in the
-failure message, not asserted: in 300 steps FNAC passes it, SLAVC does not (docs/training.md, "Learning check").
+failure message, not asserted: in 300 steps FNAC and SSL-Alignment pass it, SLAVC does not (docs/training.md, "Learning check").
 Measured (torch 2.13 CPU, 2026-12-08; deterministic on one thread), pointing trained / other sound / untrained:
-FNAC 0.305 / 0.215 / 0.080, SLAVC 0.185 / 0.085 / 0.070; priors centre 0.125, random 0.065, objectness 0.240.
+FNAC 0.305 / 0.215 / 0.080, SLAVC 0.185 / 0.085 / 0.070, SSL-Alignment 0.345 / 0.200 / 0.080; priors centre 0.125, random 0.065, objectness 0.240.
 """
 
 from __future__ import annotations
