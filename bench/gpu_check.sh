@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# GPU check (issue 21): the CUDA tests, then training throughput of LVS and EZ-VSL
-# (ResNet-18 at 224, batch 128, AMP off / fp16 / bf16) and `avloc localize` speed,
-# printed as one summary table. Takes under 5 minutes on one recent GPU.
+# GPU check (issues 21, 29): the CUDA tests (every trainable method, FNAC, SLAVC and SSL-Alignment
+# included, under fp16 / bf16 autocast), then training throughput of LVS, EZ-VSL, FNAC, SLAVC and
+# SSL-Alignment (ResNet-18 at 224, batch 128, AMP off / fp16 / bf16) and `avloc localize` speed,
+# printed as one summary table. Takes 5-10 minutes on one recent GPU (--methods lvs,ezvsl: under 5).
 #
 #   bench/gpu_check.sh                 # uses `python` (set PYTHON=... to choose another)
 #   bench/gpu_check.sh --steps 20      # extra arguments go to bench/speed/gpu_throughput.py
+#   bench/gpu_check.sh --methods fnac,slavc,sslalign   # only the issue-29 baselines
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"

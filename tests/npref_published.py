@@ -206,6 +206,18 @@ def slavc_ap_f1(visible: Sequence[bool], cious: Sequence[float], conf: Sequence[
     return {"ap": ap, "max_f1": max(f1)}
 
 
+def slavc_sounding(audible: bool, flickr_pixel_boxes: Sequence[Sequence[int]] | None = None) -> bool:
+    """SLAVC's audible / silent split: the pair decides (a frame of the annotation is audible, a non-sounding
+    pair of the csv is not), whatever boxes the frame has, even none. Flickr XML boxes whose left bound
+    ``int(224 * x / 256)`` is negative are dropped (``bb[bb[:, 0] >= 0]``): a frame with boxes, all dropped,
+    is not sounding. (VGG-SS boxes are clipped to [0, 1] first, so none is dropped.)"""
+    if not audible:
+        return False
+    if flickr_pixel_boxes is None or not len(flickr_pixel_boxes):
+        return True
+    return any(int(S * int(b[0]) / 256) >= 0 for b in flickr_pixel_boxes)
+
+
 def slavc(
     maps: Sequence[np.ndarray], gts: Sequence[np.ndarray], visible: Sequence[bool], tau: float = 0.03
 ) -> dict[str, float]:
@@ -220,7 +232,8 @@ def slavc(
         cious.append(ciou(pred >= thr, g))
     out = slavc_ap_f1(visible, cious, conf)
     vis = [c for c, v in zip(cious, visible, strict=True) if v]
-    _, out["auc"] = auc_curve(vis)
+    out.update(summary(vis))  # success, auc, mean_ciou over the sounding frames (SLAVC cal_auc)
+    out["precision"], _ = slavc_pr(visible, cious, conf, -1000.0)
     out["conf"] = conf  # type: ignore[assignment]
     return out
 
@@ -247,7 +260,7 @@ def dsol_frames(
     c = np.array(cious)
     curve, auc = auc_curve(cious)
     return {"auc": auc, "success@0.3": curve[6], "success": curve[10], "nsa": float(np.mean(nsas)),
-            "mean_ciou": float(np.mean(c))}
+            "mean_ciou": float(np.mean(c)), "mean_ciou_defined": float(np.mean(c[~np.isnan(c)]))}
 
 
 def dsol_tools(maps: Sequence[np.ndarray], frames: Sequence[list[list[float]]]) -> dict[str, float]:

@@ -29,8 +29,19 @@ def test_throughput_script_runs_on_cpu(capsys: pytest.CaptureFixture[str]) -> No
     # batch 2, 1x1 maps) gave a NaN loss that did not reproduce in isolation (the script stops on it, as it should)
     text = _script().main([*SMALL, "--amp", "off", "--clip-seconds", "1"])
     rows = [r for r in text.splitlines() if r.startswith("| train") or r.startswith("| avloc")]
-    assert len(rows) == 3 and "x real time" in rows[-1]
-    assert "| train ezvsl (ResNet-18, 32px) | 2 | off |" in text and "| train lvs (ResNet-18, 32px) | 2 | off |" in text
+    assert len(rows) == 6 and "x real time" in rows[-1]
+    for method in ("lvs", "ezvsl", "fnac", "slavc", "sslalign"):  # the default: LVS and the EZ-VSL family
+        assert f"| train {method} (ResNet-18, 32px) | 2 | off |" in text
+
+
+def test_throughput_configs_are_the_paper_methods() -> None:
+    """Each timed method trains with its own loss and config: FNAC's terms, SLAVC's momentum and dropout, views."""
+    mod = _script()
+    fnac, slavc, ssl = (mod.paper_config(m, 224, 3.0) for m in ("fnac", "slavc", "sslalign"))
+    assert fnac.tne_weight == fnac.fns_audio_weight == 100.0 and fnac.augment.hflip == 0.5
+    assert slavc.heads == 2 and slavc.visual_dropout == 0.9 and slavc.momentum == 0.999
+    assert ssl.augment.enabled and ssl.semantic_k == 0
+    assert "--methods fnac,slavc,sslalign" in (BENCH / "gpu_check.sh").read_text()
 
 
 def test_throughput_script_rejects_unknown_amp() -> None:
@@ -41,7 +52,7 @@ def test_throughput_script_rejects_unknown_amp() -> None:
 @pytest.mark.slow
 def test_throughput_script_all_modes_on_cpu() -> None:
     text = _script().main([*SMALL, "--image-size", "64", "--clip-seconds", "0"])
-    assert text.count("| train ") == 6
+    assert text.count("| train ") == 15  # 5 methods x 3 AMP modes
 
 
 def test_gpu_check_sh_refuses_without_cuda() -> None:

@@ -24,6 +24,7 @@ from avloc.engine.evaluate import evaluate_predictions
 from avloc.metrics import create_protocol, ops
 from avloc.metrics.extended import extended_ap, slavc_ap_f1, top_fraction_confidence
 from avloc.metrics.groundtruth import flickr_targets, load_gt
+from avloc.metrics.targets import to_target
 
 S = 224
 N = S * S
@@ -152,6 +153,65 @@ def test_confident_but_wrong_audible_frame() -> None:
     want = ref.slavc_ap_f1(visible.tolist(), scores.tolist(), list(conf))
     assert got["ap"] == want["ap"] and got["max_f1"] == want["max_f1"]
     assert extended_ap(conf, scores, visible)["ap"] == pytest.approx(7 / 18, rel=1e-15)
+
+
+def test_audible_frame_without_a_box_is_sounding() -> None:
+    """SLAVC splits audible / silent by the pair, not the boxes: an audible frame with no box is sounding (cIoU 0).
+
+    224 x 224 maps (the bicubic resize is the identity), scores s = (h + 1/tau) / (2/tau):
+    A audible, box = left half, h = +10 left / -10 right: prediction = left half, cIoU 1, conf 0.65;
+    B audible, no box, h = 5: every pixel predicted, cIoU 0 / (0 + N) = 0, conf 0.575;
+    C silent, h = 0: conf 0.5; D silent, h = 8: conf 0.62.
+    AP thresholds 0.62, 0.575, 0.5: (P, R) = (1/2, 1/2), (1/3, 1), (1/4, 1): AP = 1/2 * (1 - 1/2) + 1/3 * 0 = 1/4.
+    F1 at 0.5, 0.575, 0.62, 0.65: 0.4, 0.5, 0.5, 2/3. success = mean cIoU = (1 + 0) / 2 over 2 sounding frames.
+    """
+    h_a = np.full((S, S), -10.0, np.float32)
+    h_a[:, : S // 2] = 10.0
+    preds = {"A": h_a, "B": np.full((S, S), 5.0, np.float32), "C": np.zeros((S, S), np.float32),
+             "D": np.full((S, S), 8.0, np.float32)}
+    gts: list[dict[str, object]] = [
+        {"id": "A", "boxes": [[0.0, 0.0, 0.5, 1.0]]},
+        {"id": "B", "boxes": []},
+        {"id": "C", "boxes": [], "audible": False},
+        {"id": "D", "boxes": [], "audible": False},
+    ]
+    got = evaluate_predictions(preds, gts, "slavc-extended")
+    assert (got["n_audible"], got["n_silent"]) == (2, 2)
+    assert got["ap"] == pytest.approx(1 / 4, rel=1e-15) and got["max_f1"] == pytest.approx(2 / 3, rel=1e-15)
+    assert got["success"] == 0.5 and got["mean_ciou"] == 0.5 and got["precision"] == 0.25
+    vis = [ref.slavc_sounding(bool(t.get("audible", True))) for t in gts]
+    want = ref.slavc([preds[str(t["id"])] for t in gts], [ref.vggss_gt(np.asarray(t["boxes"])) for t in gts], vis)
+    check(got, want, ("ap", "max_f1", "precision", "success", "auc", "mean_ciou"))
+
+
+def test_slavc_split_on_the_real_vggss_annotation(shared_data: Path) -> None:
+    """The real vggss.json: M1P1xla8rg0_000000 and MKC9LvRivTM_000030 have only degenerate boxes. With or
+    without them (a manifest drops empty boxes) both stay sounding: 5,158 audible / 5,158 silent, as SLAVC.
+    A subset holding both entries is checked against the NumPy re-derivation, every reported metric."""
+    from avloc.formats.annotations import vggss_problems
+
+    path = shared_data / "vggss" / "vggss.json"
+    recs = load_gt(path)
+    bare = {"M1P1xla8rg0_000000", "MKC9LvRivTM_000030"}
+    assert {r["id"] for r in recs if len(vggss_problems([r])) == len(r["boxes"])} == bare
+    dropped = [{**r, "boxes": []} if r["id"] in bare else r for r in recs]
+    silent = [{"id": f"nonsounding/{r['id']}/x", "image_id": r["id"], "boxes": [], "audible": False} for r in recs]
+    scorer = create_protocol("slavc-extended").accumulator()
+    for annotation in (recs, dropped):
+        sounding = scorer.visible([to_target(t) for t in annotation + silent])
+        assert (int(sounding.sum()), int((~sounding).sum())) == (5158, 5158)
+    rng = np.random.default_rng(11)
+    keep = {r["id"] for i, r in enumerate(recs) if i % 40 == 0} | bare
+    sub = [t for t in dropped if t["id"] in keep]
+    sub_silent = [t for i, t in enumerate(silent) if i % 40 == 1]
+    targets = sub + sub_silent
+    preds = {str(t["id"]): (rng.standard_normal((7, 7)) * 8).astype(np.float32) for t in targets}
+    got = evaluate_predictions(preds, targets, "slavc-extended")
+    assert evaluate_predictions(preds, [r for r in recs if r["id"] in keep] + sub_silent, "slavc-extended") == got
+    vis = [ref.slavc_sounding(bool(t.get("audible", True))) for t in targets]
+    want = ref.slavc([preds[str(t["id"])] for t in targets], [ref.vggss_gt(np.asarray(t["boxes"])) for t in targets], vis)
+    check(got, want, ("ap", "max_f1", "precision", "success", "auc", "mean_ciou"))
+    assert got["n_audible"] == len(sub)
 
 
 def test_confidence_is_slavcs_float32_mean() -> None:
@@ -300,16 +360,13 @@ def test_slavc_protocols_vs_published(name: str) -> None:
             t["boxes"] = np.zeros((0, 4))
             t.pop("box_annotator", None)
             g[i] = np.zeros((S, S))
-    # SLAVC counts a frame as sounding when a box with a non-negative left pixel bound remains (bb[:, 0] >= 0)
-    vis = []
-    for t in gts:
-        b = np.asarray(t["boxes"], dtype=np.float64).reshape(-1, 4)
-        left = np.trunc(b[:, 0] * S) if name.endswith("flickr") else np.clip(b[:, 0], 0, 1) * S
-        vis.append(bool(t.get("audible", True)) and bool((left >= 0).any()))
+    # SLAVC's split: by the pair; Flickr boxes with a negative left pixel bound dropped (bb[:, 0] >= 0)
+    vis = [ref.slavc_sounding(bool(t.get("audible", True)), pix[i] if name.endswith("flickr") and len(t["boxes"])
+                              else None) for i, t in enumerate(gts)]
     got = evaluate_predictions(preds, gts, name)
     want = ref.slavc([preds[str(t["id"])] for t in gts], g, vis)
-    check(got, want, ("ap", "max_f1", "auc"))
-    assert got["n_audible"] == sum(vis)
+    check(got, want, ("ap", "max_f1", "precision", "success", "auc", "mean_ciou"))
+    assert got["n_audible"] == sum(vis) and got["n_silent"] == len(vis) - sum(vis)
     assert 0 < got["ap"] < 1 or name.endswith("flickr")
 
 
@@ -322,6 +379,10 @@ def dsol_case(seed: int, n: int, n_cls: int = 5) -> tuple[dict[str, np.ndarray],
         cm = rng.random((n_cls, 7, 7)).astype(np.float32)
         if i % 6 == 1:
             cm[0] = 0.5  # constant class map
+        elif i % 6 == 3:
+            cm[0] = -cm[0]  # negative class map: its max x a fraction is above its max, nothing is predicted
+        elif i % 6 == 5:
+            cm = cm * np.float32(1e4)  # 1e4 scale (float32 thresholds f x max)
         objs = []
         for _ in range(int(rng.integers(0, 3)) if i % 4 else 1):
             x, y = (float(v) for v in np.round(rng.uniform(0, 0.7, 2), 2))
@@ -354,7 +415,8 @@ def test_dsol_classaware_vs_published(tmp_path: Path, name: str, fraction: float
     path.write_text(json.dumps(js))
     got = evaluate_predictions(preds, load_gt(path), name)
     want = ref.dsol_frames(list(preds.values()), _frames(js), fraction, skip)
-    check(got, want, ("auc", "success@0.3", "success", "nsa"))
+    check(got, want, ("auc", "success@0.3", "success", "nsa", "mean_ciou", "mean_ciou_defined"))
+    assert math.isnan(got["mean_ciou"]) != skip  # frames without a sounding class: NaN, unless skipped (duet)
     assert got["n_skipped"] == (sum(not e["bbox"] for e in js.values()) if skip else 0)  # type: ignore[index]
 
 

@@ -1,12 +1,17 @@
-"""GPU training throughput of LVS and EZ-VSL (ResNet-18 at 224, paper batch) with AMP off/fp16/bf16, and localize speed.
+"""GPU training throughput of LVS, EZ-VSL, FNAC, SLAVC and SSL-Alignment (ResNet-18 at 224, paper batch) with AMP
+off/fp16/bf16, and localize speed.
 
 Usage: python bench/speed/gpu_throughput.py [--device cuda] [--steps 10] [--batch-size 128] [--amp off,fp16,bf16]
        [--image-size 224] [--audio-seconds 3] [--clip-seconds 10] [--tests "PYTEST SUMMARY LINE"]
 
 Synthetic inputs (uniform images, Gaussian waveforms); the step loop is built
 from public library calls only -- ``create_method`` from a config, the method's
-criterion, Adam, ``torch.autocast`` and ``GradScaler`` -- not the training
-engine. Throughput = samples / s over ``--steps`` timed steps after
+criterion, Adam, ``torch.autocast``, ``GradScaler`` and the method's
+``after_optimizer_step`` (SLAVC's momentum update) -- not the training
+engine. Each method trains as its paper recipe does: FNAC with its three
+false-negative-aware terms, SLAVC with two heads, 0.9 visual dropout and
+momentum encoders, SSL-Alignment with two augmented views per image (no
+semantic views: they need a mined data set). Throughput = samples / s over ``--steps`` timed steps after
 ``--warmup`` steps (CUDA synchronised). Localize speed: ``avloc localize`` on a
 generated clip with a ResNet-18 EZ-VSL checkpoint at 224 (the imported-checkpoint
 architecture), as clip seconds per wall second. Prints one markdown table.
@@ -28,29 +33,37 @@ from pathlib import Path
 import torch
 
 from avloc.frontends.audio import AudioFrontendConfig
+from avloc.frontends.augment import AugmentConfig
 from avloc.frontends.image import ImageConfig
 from avloc.methods import create_method
 from avloc.methods.base import MethodConfig
-from avloc.methods.ezvsl import EZVSLConfig
 from avloc.methods.lvs import LVSConfig
+from avloc.registry import METHODS
 
 log = logging.getLogger("gpu_throughput")
 
 #: the papers' set-up: batch 128 (LVS Sec. 4.2; EZ-VSL Sec. 4.1), Adam 1e-4, 16 kHz, 3 s
 PAPER_BATCH, PAPER_LR, SAMPLE_RATE = 128, 1e-4, 16000
 AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: the methods timed by default: LVS and the EZ-VSL family (each built from its own config class)
+DEFAULT_METHODS = "lvs,ezvsl,fnac,slavc,sslalign"
+#: EZ-VSL, SLAVC and FNAC train on a 224 crop of the image resized to 1.1 x 224, flipped half the time
+EZVSL_AUGMENT = AugmentConfig(crop_scale=(1 / 1.1**2, 1 / 1.1**2), hflip=0.5)
 
 
 def paper_config(method: str, image_size: int, audio_seconds: float) -> MethodConfig:
-    """LVS / EZ-VSL with ResNet-18 image (trained, ImageNet-normalised) and audio (from scratch) encoders, c = 512."""
+    """LVS or an EZ-VSL-family method (its own config class, paper defaults) with ResNet-18 image (trained,
+    ImageNet-normalised) and audio (from scratch) encoders, c = 512."""
     audio = AudioFrontendConfig(sample_rate=SAMPLE_RATE, window_seconds=audio_seconds, kind="lvs")
     image = ImageConfig(size=image_size, resize=image_size)
     if method == "lvs":
         return LVSConfig(audio=audio, image=image, visual_encoder="resnet18", visual_encoder_kwargs={"out_stride": 16},
                          freeze_visual=False, audio_encoder="resnet18_audio", audio_encoder_kwargs={},
                          embed_dim=512, visual_proj="none")
-    return EZVSLConfig(audio=audio, image=image, visual_encoder="resnet18", visual_encoder_kwargs={},
-                       freeze_visual=False, audio_encoder="resnet18_audio", audio_encoder_kwargs={}, embed_dim=512)
+    cls = METHODS.get(method).config_class
+    extra = {} if method == "sslalign" else {"augment": EZVSL_AUGMENT}  # SSL-Alignment: its own view augmentation
+    return cls(audio=audio, image=image, visual_encoder="resnet18", visual_encoder_kwargs={}, freeze_visual=False,
+               audio_encoder="resnet18_audio", audio_encoder_kwargs={}, embed_dim=512, **extra)
 
 
 @dataclass
@@ -82,8 +95,10 @@ def train_throughput(method: str, amp: str, args: argparse.Namespace, device: to
     b, n = args.batch_size, round(args.audio_seconds * SAMPLE_RATE)
     batch = {"image": torch.rand(b, 3, args.image_size, args.image_size, device=device),
              "audio": 0.1 * torch.randn(b, n, device=device)}
+    done = 0
 
     def step() -> None:
+        nonlocal done
         with _autocast(device, amp):
             loss = crit(model(batch), batch)["loss"]
         if not torch.isfinite(loss):
@@ -92,6 +107,9 @@ def train_throughput(method: str, amp: str, args: argparse.Namespace, device: to
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
+        done += 1
+        with torch.no_grad():
+            model.after_optimizer_step(done)  # SLAVC: momentum encoders
 
     for _ in range(args.warmup):
         step()
@@ -140,7 +158,7 @@ def table(rows: list[Row], tests: str | None, device: str) -> str:
 def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--methods", default="lvs,ezvsl")
+    ap.add_argument("--methods", default=DEFAULT_METHODS)
     ap.add_argument("--amp", default="off,fp16,bf16", help="comma-separated subset of off, fp16, bf16")
     ap.add_argument("--batch-size", type=int, default=PAPER_BATCH)
     ap.add_argument("--steps", type=int, default=10)

@@ -10,11 +10,13 @@ family          avloc method   published layout (keys after ``module.`` is strip
                                spectrogram ``noverlap`` 353, 3 s window.
 ``ezvsl``       ``ezvsl``      torchvision ResNet-18 ``imgnet.*`` (7x7) and ``audnet.*`` (1-channel
                                ``conv1``), ``img_proj`` (1x1 conv) and ``aud_proj`` (linear). Under ``model``.
-``fnac``        ``ezvsl``      EZ-VSL's layout (FNAC changes the loss only).
-``slavc``       ``ezvsl``      EZ-VSL's encoders with two heads each (``img_proj1/2``, ``aud_proj1/2``)
-                               and momentum copies (``momentum_*``); ``heads=2``, online weights
-                               (SLAVC ``test.py`` default, ``use_mom_eval`` off).
-``slavc-momentum`` ``ezvsl``   the same file, the momentum encoders' weights (``--use_mom_eval``).
+``fnac``        ``fnac``       EZ-VSL's layout (FNAC changes the loss only).
+``slavc``       ``slavc``      EZ-VSL's encoders with two heads each (``img_proj1/2``, ``aud_proj1/2``)
+                               and momentum copies (``momentum_*``), all kept (the model trains on);
+                               localises with the online weights (SLAVC ``test.py`` default,
+                               ``use_mom_eval`` off).
+``slavc-momentum`` ``slavc``   the same file and weights, localising with the momentum encoders
+                               (``momentum_eval``, SLAVC ``--use_mom_eval``).
 =============== ============== ====================================================================
 
 Preprocessing (test-time settings of each repository):
@@ -35,13 +37,16 @@ Preprocessing (test-time settings of each repository):
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from avloc.frontends.audio import AudioFrontendConfig
 from avloc.frontends.image import ImageConfig
 from avloc.importers import ImportFamily, Rule, StateDict, register_family, width_of
 from avloc.methods.base import MethodConfig
 from avloc.methods.ezvsl import EZVSLConfig
+from avloc.methods.fnac import FNACConfig
 from avloc.methods.lvs import LVSConfig
+from avloc.methods.slavc import SLAVCConfig
 
 #: the ResNet-18 trunk's parameter prefixes, shared by torchvision and LVS's ``base_models``
 _TRUNK = ("bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
@@ -77,9 +82,12 @@ def _lvs_config(window: float, noverlap: int) -> Callable[[StateDict, int], Meth
     return build
 
 
-def _ezvsl_config(window: float, heads: int, proj: str) -> Callable[[StateDict, int], MethodConfig]:
+def _ezvsl_config(window: float, heads: int, proj: str, cls: type[EZVSLConfig] = EZVSLConfig,
+                  **extra: Any) -> Callable[[StateDict, int], MethodConfig]:
+    """The config of an EZ-VSL-family checkpoint: ``cls`` (EZ-VSL's or a subclass) with ``extra`` settings."""
+
     def build(state: StateDict, sample_rate: int) -> MethodConfig:
-        return EZVSLConfig(
+        return cls(
             audio=_audio(sample_rate, window, LVS_NOVERLAP),
             image=ImageConfig(size=IMAGE_SIZE, resize=IMAGE_SIZE, mode="squash"),
             visual_encoder="resnet18",
@@ -91,6 +99,7 @@ def _ezvsl_config(window: float, heads: int, proj: str) -> Callable[[StateDict, 
             temperature=0.03,
             ogl=False,
             heads=heads,
+            **extra,
         )
 
     return build
@@ -121,8 +130,20 @@ def _slavc_rules(prefix: str) -> tuple[Rule, ...]:
     )
 
 
+def _slavc_momentum_rules() -> tuple[Rule, ...]:
+    """SLAVC's momentum copies onto :class:`avloc.methods.slavc.SLAVC`'s ``momentum`` modules."""
+    return (
+        *_trunk("momentum_imgnet.", "momentum.visual_encoder.trunk.", "conv1"),
+        *_trunk("momentum_audnet.", "momentum.audio_encoder.trunk.", "conv1"),
+        ("momentum_img_proj1.", "momentum.visual_proj.proj."),
+        ("momentum_aud_proj1.", "momentum.audio_proj."),
+        ("momentum_img_proj2.", "momentum.extra_visual_proj.0.proj."),
+        ("momentum_aud_proj2.", "momentum.extra_audio_proj.0."),
+    )
+
+
+_SLAVC_RULES = (*_slavc_rules(""), *_slavc_momentum_rules())
 _SLAVC_SIGNATURE = ("img_proj1.weight", "img_proj2.weight", "aud_proj1.weight", "aud_proj2.weight", "momentum_imgnet.conv1.weight")
-_SLAVC_ONLINE = ("imgnet.", "audnet.", "img_proj1.", "img_proj2.", "aud_proj1.", "aud_proj2.")
 
 LVS_PAPER = "Chen et al., Localizing Visual Sounds the Hard Way, CVPR 2021"
 EZVSL_PAPER = "Mo & Morgado, Localizing Visual Sounds the Easy Way, ECCV 2022"
@@ -148,20 +169,20 @@ register_family(ImportFamily(
     notes="the AV map; EZ-VSL's OGL uses a separate ImageNet ResNet-18, not part of the checkpoint",
 ), __name__)
 register_family(ImportFamily(
-    name="fnac", method="ezvsl",
+    name="fnac", method="fnac",
     paper="Sun et al., Learning Audio-Visual Source Localization via False Negative Aware Contrastive Learning, CVPR 2023",
     repo="OpenNLPLab/FNAC_AVL", rules=_EZVSL_RULES, signature=_EZVSL_SIGNATURE,
-    build_config=_ezvsl_config(3.0, 1, "img_proj"),
+    build_config=_ezvsl_config(3.0, 1, "img_proj", FNACConfig),
 ), __name__)
 register_family(ImportFamily(
-    name="slavc", method="ezvsl", paper=SLAVC_PAPER, repo="stoneMo/SLAVC",
-    rules=_slavc_rules(""), ignored=("momentum_",), signature=_SLAVC_SIGNATURE,
-    build_config=_ezvsl_config(5.0, 2, "img_proj1"),
-    notes="online encoders (test.py default); slavc-momentum takes the momentum copies",
+    name="slavc", method="slavc", paper=SLAVC_PAPER, repo="stoneMo/SLAVC",
+    rules=_SLAVC_RULES, signature=_SLAVC_SIGNATURE,
+    build_config=_ezvsl_config(5.0, 2, "img_proj1", SLAVCConfig, momentum_eval=False),
+    notes="online and momentum encoders; localises with the online ones (test.py default)",
 ), __name__)
 register_family(ImportFamily(
-    name="slavc-momentum", method="ezvsl", paper=SLAVC_PAPER, repo="stoneMo/SLAVC",
-    rules=_slavc_rules("momentum_"), ignored=_SLAVC_ONLINE, signature=_SLAVC_SIGNATURE,
-    build_config=_ezvsl_config(5.0, 2, "momentum_img_proj1"),
-    notes="momentum encoders (SLAVC test.py --use_mom_eval)",
+    name="slavc-momentum", method="slavc", paper=SLAVC_PAPER, repo="stoneMo/SLAVC",
+    rules=_SLAVC_RULES, signature=_SLAVC_SIGNATURE,
+    build_config=_ezvsl_config(5.0, 2, "img_proj1", SLAVCConfig, momentum_eval=True),
+    notes="online and momentum encoders; localises with the momentum ones (SLAVC test.py --use_mom_eval)",
 ), __name__)

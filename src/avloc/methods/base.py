@@ -15,6 +15,9 @@ use only this contract:
 * ``localize(images, audio) -> (B, h, w)`` heatmap, higher = more likely
   sounding. It must work at batch size 1 and never depend on the other samples
   in the batch.
+* ``after_optimizer_step(step)`` (optional; default: nothing): called by the
+  training loop after each optimiser step, for non-gradient updates such as
+  momentum (EMA) encoders.
 * optional abilities are *declared* in the class attribute ``capabilities``
   (a frozenset of :class:`Capability`), each with one signature and one return
   type, defined (and documented) on this base class:
@@ -276,6 +279,13 @@ class LocalizationMethod(nn.Module):
         will replace the images by cached frozen features. Default: ``train_set`` unchanged.
         """
         return train_set
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Called by the training engine after every optimiser step (``step``: the steps done so far, from 1).
+
+        The place for updates that are not gradient steps, such as momentum (EMA) encoders; it runs on the
+        plain model (never the DDP / compiled wrapper) under ``torch.no_grad``. Default: nothing.
+        """
 
     def checkpoint_exclude_prefixes(self) -> list[str]:
         """State-dict prefixes not saved in checkpoints (frozen pretrained encoders)."""

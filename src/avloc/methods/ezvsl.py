@@ -31,12 +31,18 @@ Mo & Morgado, "Localizing Visual Sounds the Easy Way", ECCV 2022.
   MIL logits; it expresses SLAVC's published inference (``avloc import --from slavc``),
   while training it with this loss is EZ-VSL's objective, not SLAVC's momentum-target one.
 
+* Training augmentation (``augment``, :class:`avloc.frontends.augment.AugmentConfig`): EZ-VSL's public
+  code resizes the training images to 1.1x, crops the input size at a random place and flips
+  horizontally; avloc draws the same per sample on the batch, in the model while it trains
+  (:meth:`EZVSL.train_features`). Augmented images cannot come from the engine's frozen-feature cache,
+  so a method with augmentation reports ``visual_cacheable() = False`` and encodes every image.
+
 Heatmap: ``S_{i->i}`` (B, h, w) (cosine in [-1, 1]), or the OGL map in [0, 1]; per sample.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +50,7 @@ from torch import nn
 
 from avloc.config import check_positive, check_range
 from avloc.errors import ConfigError
+from avloc.frontends.augment import AugmentConfig, augment_images
 from avloc.methods import register_method
 from avloc.methods.blocks import (
     ObjectPriorKind,
@@ -118,9 +125,28 @@ class EZVSL(TwoStreamMethod):
             return av
         return object_guided_map(av, object_prior(feat, cfg.object_prior), cfg.ogl_alpha)
 
+    def train_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Visual encoder features (B, C, h, w) of the batch, its images augmented (``cfg.augment``) while training."""
+        if not (self.training and self.cfg.augment.enabled):
+            return self.visual_features(batch)
+        if "image" not in batch:
+            raise ConfigError(f"{self.name}: augment needs the batch's images, but it holds cached features (vfeat); "
+                              "train with train.feature_cache=false or without augment")
+        return self.encode_images(augment_images(batch["image"], self.cfg.augment))
+
+    def visual_cacheable(self) -> bool:
+        """As the base class, but False when the images are augmented (the cache would hold unaugmented features)."""
+        return super().visual_cacheable() and not self.cfg.augment.enabled
+
+    def checkpoint_exclude_prefixes(self) -> list[str]:
+        """A frozen pretrained encoder is rebuilt from its own weights, so it is never saved (augmented or not)."""
+        enc = self.visual_module()
+        pretrained = enc is not None and bool(getattr(enc, "pretrained", False))
+        return ["visual_encoder."] if self.cfg.freeze_visual and pretrained else []
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        feat = self.visual_features(batch)  # (B, C, h, w)
+        feat = self.train_features(batch)  # (B, C, h, w)
         sim = self.similarity(feat, batch["audio"], cross=True)  # (B, B, h, w)
         logits = sim.flatten(2).amax(dim=-1) / cfg.temperature  # (B, B): [audio i, image j]
         with torch.no_grad():
@@ -171,6 +197,7 @@ class EZVSLConfig(TwoStreamConfig):
     ``ogl_alpha``: weight of the AV map in OGL (EZ-VSL: 0.4).
     ``object_prior``: ``l1`` (EZ-VSL's channel mean of ``|f|``) or ``l2`` (channel L2 norm).
     ``heads``: projection heads per modality, maps averaged (EZ-VSL: 1; SLAVC: 2; module docstring).
+    ``augment``: training-time image augmentation (module docstring; default: none).
     """
 
     temperature: float = 0.03
@@ -178,6 +205,7 @@ class EZVSLConfig(TwoStreamConfig):
     ogl_alpha: float = 0.4
     object_prior: ObjectPriorKind = "l1"
     heads: int = 1
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()

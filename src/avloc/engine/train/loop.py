@@ -16,6 +16,9 @@ A registered :class:`avloc.methods.base.LocalizationMethod` with
   ``avloc eval``.
 * ``cfg``: its config dataclass (saved in every checkpoint and ``config.json``).
 * ``training_free = True`` methods are refused (nothing to train).
+* ``after_optimizer_step(step)`` (optional; the base class does nothing) is
+  called after every optimiser step with the number of steps done, on the plain
+  model under ``torch.no_grad``: momentum (EMA) encoders update there.
 * ``prepare_training(train_set, feature_cache=...)`` (optional; the base class
   returns the set unchanged) is called once, after seeding and before the set
   is read: a method's training-only config (data wrappers, pretrained weights)
@@ -366,6 +369,8 @@ class Trainer:
             losses = _step(self.net, self.criterion, self.opt, self.scaler, self.params, batch, lr, cfg,
                            self.precision, pos.step, self.device)
             pos.step += 1
+            with torch.no_grad():  # non-gradient updates of the method (momentum encoders), on the plain model
+                self.model.after_optimizer_step(pos.step)
             pos.batch_in_epoch += 1
             self._n_log += len(raw_batch["audio"]) * self.dist.world
             bar.update(1)

@@ -59,16 +59,21 @@ class ExtendedScorer(ProtocolAccumulator):
         }
 
     def visible(self, targets: Sequence[Target]) -> np.ndarray:
-        """Audible frames with a box, as SLAVC counts them: ``bb = bb[bb[:, 0] >= 0]``, ``bb > 0`` (test.py 177).
+        """Sounding frames as SLAVC splits them: by the pair, not by the boxes (docs/protocols.md).
 
-        Under ``box_negative="wrap"`` a box whose left pixel bound ``int(S * x1)`` is negative is not counted.
+        A frame is sounding when ``audible`` (the annotation's own frames; the non-sounding pairs of SLAVC's
+        csv are not), whatever boxes it has: an audible frame with no box -- e.g. the two VGG-SS entries whose
+        only box is degenerate, once a manifest drops it -- stays sounding, with an empty ground truth (cIoU 0,
+        or NaN when nothing is predicted). One exception, from the boxes SLAVC drops (``bb = bb[bb[:, 0] >= 0]``,
+        test.py 177): under ``box_negative="wrap"`` an audible frame whose every box has a negative left pixel
+        bound ``int(S * x1)`` is not sounding.
         """
         p = self.protocol
         out = np.zeros(len(targets), dtype=bool)
         for i, t in enumerate(targets):
-            if not t.audible or not len(t.boxes):
+            if not t.audible:
                 continue
-            if p.box_negative == "wrap":
+            if p.box_negative == "wrap" and len(t.boxes):
                 out[i] = bool((np.trunc(np.clip(t.boxes[:, 0] * p.eval_size, -1e9, 1e9)) >= 0).any())
             else:
                 out[i] = True
