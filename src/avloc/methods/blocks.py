@@ -110,6 +110,18 @@ class VisualProjection(nn.Module):
         return self.proj(feat)
 
 
+def symmetric_infonce(logits: torch.Tensor) -> torch.Tensor:
+    """``CE(logits, I) + CE(logits^T, I)`` for (B, B) tempered audio-image logits (rows: audio, columns: images):
+    the symmetric InfoNCE of EZ-VSL Sec. 3.2 and SSL-Alignment; negatives are the other clips of the batch."""
+    b = logits.shape[0]
+    if logits.dim() != 2 or logits.shape[1] != b:
+        raise ConfigError(f"logits must be square (B, B), got {tuple(logits.shape)}")
+    if b < 2:
+        raise ConfigError("the contrastive loss needs a batch of at least 2 clips (negatives come from other clips)")
+    target = torch.arange(b, device=logits.device)
+    return F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)
+
+
 def cosine_map(audio: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
     """LVS Sec. 3.2 for matching pairs: ``(B, D)``, ``(B, D, h, w)`` -> ``S_{i->i}`` ``(B, h, w)``."""
     a = F.normalize(audio, dim=1, eps=NORM_EPS)  # (B, D)

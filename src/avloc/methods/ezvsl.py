@@ -45,7 +45,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from avloc.config import check_positive, check_range
@@ -62,6 +61,7 @@ from avloc.methods.blocks import (
     minmax_per_sample,
     mlp_head,
     object_prior,
+    symmetric_infonce,
 )
 
 #: most projection heads per modality: SLAVC uses 2; each head is a full projection of the embedding
@@ -167,13 +167,7 @@ class EZVSL(TwoStreamMethod):
 
 def mil_contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
     """EZ-VSL Sec. 3.2: ``CE(logits, diag) + CE(logits^T, diag)`` for max-pooled, tempered logits (B, B)."""
-    b = logits.shape[0]
-    if logits.dim() != 2 or logits.shape[1] != b:
-        raise ConfigError(f"logits must be square (B, B), got {tuple(logits.shape)}")
-    if b < 2:
-        raise ConfigError("the EZ-VSL loss needs a batch of at least 2 clips (negatives come from other clips)")
-    labels = torch.arange(b, device=logits.device)
-    return F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)
+    return symmetric_infonce(logits)
 
 
 class MILContrastiveLoss(nn.Module):

@@ -55,7 +55,7 @@ from avloc.config import check_positive, check_range
 from avloc.errors import ConfigError
 from avloc.frontends.augment import AugmentConfig, augment_images
 from avloc.methods import register_method
-from avloc.methods.blocks import NORM_EPS, TwoStreamConfig, TwoStreamMethod
+from avloc.methods.blocks import NORM_EPS, TwoStreamConfig, TwoStreamMethod, symmetric_infonce
 
 #: largest number of mined neighbours per image (beyond it the "similar" clips are the data set)
 MAX_NEIGHBOURS = 1024
@@ -77,17 +77,6 @@ def pair_logits(audio: torch.Tensor, visual: torch.Tensor, temperature: float) -
     sim = torch.einsum("id,jdhw->ijhw", audio, visual)  # (B, B, h, w)
     vbar = F.normalize(visual.mean(dim=(2, 3)), dim=1, eps=NORM_EPS)  # (B, D)
     return sim.flatten(2).amax(dim=-1) / temperature, audio @ vbar.t() / temperature
-
-
-def symmetric_infonce(logits: torch.Tensor) -> torch.Tensor:
-    """``CE(logits, I) + CE(logits^T, I)`` for (B, B) logits (rows: audio, columns: images)."""
-    b = logits.shape[0]
-    if logits.dim() != 2 or logits.shape[1] != b:
-        raise ConfigError(f"logits must be square (B, B), got {tuple(logits.shape)}")
-    if b < 2:
-        raise ConfigError("the SSL-Alignment loss needs a batch of at least 2 clips (negatives come from other clips)")
-    target = torch.arange(b, device=logits.device)
-    return F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)
 
 
 # ----------------------------------------------------------------------------- model
