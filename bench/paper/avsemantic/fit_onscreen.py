@@ -64,7 +64,7 @@ def sound_sources(data: Path) -> dict[str, str]:
 
 def collect(data: Path, cache: Path | None) -> list[LabelledFrame]:
     """Run avsemantic on the annotated clips of ``data`` (or read the cached records) -> labelled frames."""
-    from avloc.applications.realworld import run_on_clips
+    from avloc.applications.realworld import localize_clips
     from avloc.data.realclips import load_realclips
     from avloc.formats.localize import FrameRecord
     from avloc.inference import LocalizeConfig
@@ -80,7 +80,7 @@ def collect(data: Path, cache: Path | None) -> list[LabelledFrame]:
     for i, c in enumerate(todo, 1):  # one clip at a time, cached as it goes: a long fit survives an interrupt
         log.info("%s: %d/%d %s", data.name, i, len(todo), c.path.name)
         with tempfile.TemporaryDirectory(prefix="avloc-fit-onscreen-") as tmp:
-            run = run_on_clips([c], model, replace(LocalizeConfig(), fps=5.0), Path(tmp))
+            run = localize_clips([c], model, replace(LocalizeConfig(), fps=5.0), Path(tmp))  # records only: no scoring
         done[c.path.name] = {fid: r.to_dict() for fid, r in run.records.items()}
         if cache is not None:
             write_json_atomic(cache, stored)
