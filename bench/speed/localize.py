@@ -4,7 +4,9 @@ Real-time factor (seconds of video per second of processing, model load excluded
 per clip, analysis rate and overlay on/off, with the default model; peak RSS of a
 child ``avloc localize`` process on generated long 720p videos.
 
-    python bench/speed/localize.py [--data DIR] [--fps 5 10] [--long-minutes 1 5 10] [--skip-shared]
+    python bench/speed/localize.py [--data DIR] [--fps 5 10] [--long-minutes 1 5 10] [--skip-shared] [--set KEY=VALUE ...]
+
+``--set``: method config overrides (``--set detector_size=320``), as ``avloc localize --set``.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def peak_rss_mb(clip: Path, out: Path) -> tuple[float, float]:
 
 def main() -> int:
     from avloc.inference import DEFAULT_MODEL
-    from avloc.methods.zoo import load_model
+    from avloc.methods.zoo import load_model_spec
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=os.environ.get("AVLOC_DATA", str(REPO.parent / "shared" / "data")))
@@ -97,8 +99,9 @@ def main() -> int:
     ap.add_argument("--skip-shared", action="store_true")
     ap.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: the embedded default)")
     ap.add_argument("--gen-fps", type=float, default=30.0, help="frame rate of the generated 720p clip")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="method config overrides")
     args = ap.parse_args()
-    model = load_model(args.model)
+    model = load_model_spec(args.model + ("@" + ",".join(args.set) if args.set else ""))
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}, torch threads {__import__('torch').get_num_threads()}, load {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as d:
         clips = [] if args.skip_shared else sorted(Path(args.data, "videos").glob("*.mp4"))
